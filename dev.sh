@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# pvdrivers developer entry point.
+#
+#   ./dev.sh demo    boot a guest with the demo scenario (real I/O), exit 0 on success
+#   ./dev.sh test    every test: format, clippy, unit tests, portability, QEMU guests
+#   ./dev.sh setup   only install what the two commands above need
+#
+# Runs on Debian 12 with Rust (rustup) installed. System packages are
+# installed idempotently with apt-get; that needs root. Without root, or off
+# Debian, it prints the exact commands to run and exits non-zero.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+# qemu-system-x86 goes first and alone: on this image it replaces a newer
+# qemu-utils, and asking apt for it together with the Xen packages makes the
+# resolver give up ("generated breaks").
+PKGS_QEMU=(qemu-system-x86 qemu-utils)
+PKGS_REST=(
+  busybox-static            # the guest initramfs userland
+  xen-utils-4.17 xenstore-utils libxen-dev  # real xenstored, C client, Xen public headers
+  rustc-web cargo-web rust-web-src          # build-std for the no_std portability check
+  gcc libc6-dev             # C conformance peers and static guest binaries
+)
+KERNEL_META=linux-image-cloud-amd64
+
+log() { printf '[dev.sh] %s\n' "$*" >&2; }
+die() { printf '[dev.sh] error: %s\n' "$*" >&2; exit 1; }
+
+strip_comments() { printf '%s\n' "$@" | sed 's/#.*//' | tr -s ' \n' ' '; }
+
+missing_packages() {
+  local p
+  for p in $(strip_comments "$@"); do
+    if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+      printf '%s ' "$p"
+    fi
+  done
+}
+
+apt_lists_know_kernel() {
+  local policy
+  policy=$(apt-cache policy "$KERNEL_META" 2>/dev/null || true)
+  [[ "$policy" == *"Candidate: "[0-9]* ]]
+}
+
+setup() {
+  if [ ! -r /etc/debian_version ] || ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
+    die "this script sets up Debian 12 only. Elsewhere install the equivalents of:
+  $(strip_comments "${PKGS_QEMU[*]}" "${PKGS_REST[*]}")
+and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debian)."
+  fi
+  command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs), then rerun"
+
+  local miss_qemu miss_rest need_update=0
+  miss_qemu=$(missing_packages "${PKGS_QEMU[@]}")
+  miss_rest=$(missing_packages "${PKGS_REST[@]}")
+  apt_lists_know_kernel || need_update=1
+  if [ -n "$miss_qemu$miss_rest" ] || [ "$need_update" = 1 ]; then
+    if [ "$(id -u)" != 0 ]; then
+      printf '[dev.sh] missing system packages or package lists. As root, run:\n' >&2
+      printf '  apt-get update\n' >&2
+      [ -n "$miss_qemu" ] && printf '  DEBIAN_FRONTEND=noninteractive apt-get install -y %s\n' "$miss_qemu" >&2
+      [ -n "$miss_rest" ] && printf '  DEBIAN_FRONTEND=noninteractive apt-get install -y %s\n' "$miss_rest" >&2
+      exit 1
+    fi
+    log "apt-get update"
+    apt-get update -qq
+    export DEBIAN_FRONTEND=noninteractive
+    if [ -n "$miss_qemu" ]; then
+      log "installing $miss_qemu"
+      # shellcheck disable=SC2086
+      apt-get install -y -qq $miss_qemu >/dev/null
+    fi
+    if [ -n "$miss_rest" ]; then
+      log "installing $miss_rest"
+      # shellcheck disable=SC2086
+      apt-get install -y -qq $miss_rest >/dev/null
+    fi
+    miss_rest=$(missing_packages "${PKGS_QEMU[@]}" "${PKGS_REST[@]}")
+    [ -z "$miss_rest" ] || die "still missing after apt-get install: $miss_rest"
+    apt_lists_know_kernel || die "apt does not know $KERNEL_META even after apt-get update"
+  fi
+  # The service scripts of xen-utils may start daemons on some systems; the
+  # tests start their own xenstored and never touch a system one.
+}
+
+ensure_nextest() {
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest (cargo install --locked)"
+    cargo install --locked cargo-nextest
+  fi
+}
+
+cmd_demo() {
+  setup
+  log "building the demo"
+  cargo build --locked --release -p pvdrivers-tests --bin pvdemo
+  exec ./target/release/pvdemo
+}
+
+cmd_test() {
+  setup
+  ensure_nextest
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  log "cargo clippy (workspace, all targets, -D warnings)"
+  cargo clippy --locked --workspace --all-targets -- -D warnings
+  log "cargo nextest run (unit, portability, QEMU guests)"
+  cargo nextest run --locked --workspace "$@"
+}
+
+case "${1:-}" in
+  demo) shift; cmd_demo "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  setup) setup; log "setup complete" ;;
+  -h|--help|help|"")
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    [ -n "${1:-}" ] || exit 1 ;;
+  *) die "unknown command '$1' (try ./dev.sh --help)" ;;
+esac

@@ -1,0 +1,78 @@
+//! Our own programs that run inside test guests, built as static binaries
+//! (glibc with `crt-static`) into `target/guest/`, once per test process.
+//! Cargo's own lock on that target directory serialises concurrent builds.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::HarnessError;
+
+/// Target triple of the guest binaries.
+pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Every guest binary: (binary, package, features).
+pub const GUEST_BINARIES: &[(&str, &str, &str)] = &[("pvio", "pv-blk", "pv-blk/linux")];
+
+/// The workspace root (the harness is one of its members).
+pub fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// The workspace's target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds every guest binary (once per process) and returns the directory
+/// that holds them.
+pub fn build_all() -> Result<PathBuf, HarnessError> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(HarnessError::Setup)
+}
+
+/// Path of one guest binary, building them all first if needed.
+pub fn path_of(name: &str) -> Result<PathBuf, HarnessError> {
+    if !GUEST_BINARIES.iter().any(|(bin, _, _)| *bin == name) {
+        return Err(HarnessError::Setup(format!(
+            "{name} is not a guest binary (see GUEST_BINARIES)"
+        )));
+    }
+    Ok(build_all()?.join(name))
+}
+
+fn build() -> Result<PathBuf, HarnessError> {
+    let target_dir = target_dir().join("guest");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "--target",
+            GUEST_TARGET,
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        // Applies to target artefacts only (a --target build keeps build
+        // scripts and proc macros dynamic).
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    for (bin, pkg, features) in GUEST_BINARIES {
+        cmd.args(["-p", pkg, "--bin", bin, "--features", features]);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| HarnessError::io("run cargo for guest binaries".into(), e))?;
+    if !status.success() {
+        return Err(HarnessError::Setup(format!(
+            "building guest binaries failed ({status})"
+        )));
+    }
+    Ok(target_dir.join(GUEST_TARGET).join("release"))
+}

@@ -1,0 +1,12 @@
+//! Xen transports for pvdrivers: the shared ring (both ends), grant and
+//! event-channel abstractions, the xenstore wire protocol and client, and the
+//! xenbus state machine.
+//!
+//! The crate is `no_std` + `alloc`; the `std` feature adds host-side pieces
+//! (a xenstore client over a unix socket) and `test-utils` adds in-process
+//! fakes of the other side for tests and fuzzers. Nothing is written yet
+//! beyond the crate itself; see the project's open issues.
+#![no_std]
+
+#[cfg(feature = "std")]
+extern crate std;
