@@ -39,10 +39,14 @@ pub mod guest_bins;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod peers;
 pub mod process;
+pub mod qmp;
 
 pub use guest::{Accel, Guest, GuestBuilder, Outcome, Verdict};
+pub use peers::QemuStorageDaemon;
 pub use process::ChildGuard;
+pub use qmp::Qmp;
 
 /// Harness failures (not scenario failures: those are a [`Verdict`]).
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,83 @@
+//! Reference peers the tests and benchmarks run our code against.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::ChildGuard;
+use crate::HarnessError;
+
+/// Waits until `path` exists (a unix socket a daemon creates), or fails
+/// when the daemon exits or the timeout passes.
+pub fn wait_for_socket(
+    daemon: &mut ChildGuard,
+    path: &Path,
+    timeout: Duration,
+) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if let Some(st) = daemon.try_wait()? {
+            return Err(HarnessError::Setup(format!(
+                "daemon exited ({st}) before creating {}",
+                path.display()
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(HarnessError::Setup(format!(
+                "{} did not appear within {:?}",
+                path.display(),
+                timeout
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// QEMU's reference vhost-user-blk backend, `qemu-storage-daemon`, serving
+/// one raw image on a unix socket. Killed on drop.
+#[derive(Debug)]
+pub struct QemuStorageDaemon {
+    guard: ChildGuard,
+    socket: PathBuf,
+}
+
+impl QemuStorageDaemon {
+    /// Starts the daemon exporting `image` (raw, writable) with
+    /// `num_queues` queues on `socket`, and waits for the socket.
+    pub fn start(image: &Path, socket: &Path, num_queues: u32) -> Result<Self, HarnessError> {
+        let mut cmd = Command::new("qemu-storage-daemon");
+        cmd.arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=file0,filename={},cache.direct=off,aio=threads",
+                image.display()
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on,num-queues={num_queues}",
+                socket.display()
+            ))
+            .stdin(Stdio::null());
+        let mut guard = ChildGuard::spawn("qemu-storage-daemon", &mut cmd).map_err(|e| match e {
+            HarnessError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => HarnessError::Setup(
+                "qemu-storage-daemon missing: install qemu-system-common (comes with qemu-system-x86)".into(),
+            ),
+            other => other,
+        })?;
+        wait_for_socket(&mut guard, socket, Duration::from_secs(30))?;
+        Ok(Self {
+            guard,
+            socket: socket.to_owned(),
+        })
+    }
+
+    /// The vhost-user socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.id()
+    }
+}
