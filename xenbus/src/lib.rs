@@ -4,9 +4,14 @@
 //!
 //! The crate is `no_std` + `alloc`; the `std` feature adds host-side pieces
 //! (a xenstore client over a unix socket) and `test-utils` adds in-process
-//! fakes of the other side for tests and fuzzers. Nothing is written yet
-//! beyond the crate itself; see the project's open issues.
+//! fakes of the other side for tests and fuzzers.
 #![no_std]
 
+extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
+
+pub mod platform;
+pub mod ring;
+pub mod wire;
+pub mod xenstore;
