@@ -1,5 +1,10 @@
-//! The pvdrivers host backend daemon: vhost-user block and net backends for
-//! QEMU, Xen backends over grant-mapped rings, the balloon policy over QMP,
-//! metrics and graceful shutdown.
+//! The pvdrivers host backend daemon.
 //!
-//! Only the crate exists so far; the backends arrive with their issues.
+//! Today: vhost-user-blk disks for QEMU ([`blk`]), configured from a TOML
+//! file or the command line ([`config`]), served by [`daemon`]. Xen
+//! backends, the network switch, the balloon policy and metrics arrive with
+//! their issues.
+
+pub mod blk;
+pub mod config;
+pub mod daemon;

@@ -1,6 +1,9 @@
-//! Our own programs that run inside test guests, built as static binaries
-//! (glibc with `crt-static`) into `target/guest/`, once per test process.
-//! Cargo's own lock on that target directory serialises concurrent builds.
+//! Our own programs the tests run: guest binaries, built static (glibc with
+//! `crt-static`) into `target/guest/`, and host binaries (the backend
+//! daemon), built in release mode into `target/host/`; each set once per
+//! test process. Separate target directories keep these builds off the lock
+//! of the directory the test runner itself was built in, and cargo's own
+//! lock on them serialises concurrent test processes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +16,9 @@ pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Every guest binary: (binary, package, features).
 pub const GUEST_BINARIES: &[(&str, &str, &str)] = &[("pvio", "pv-blk", "pv-blk/linux")];
+
+/// Every host binary: (binary, package).
+pub const HOST_BINARIES: &[(&str, &str)] = &[("pvbackend", "host-backend")];
 
 /// The workspace root (the harness is one of its members).
 pub fn workspace_root() -> PathBuf {
@@ -45,6 +51,42 @@ pub fn path_of(name: &str) -> Result<PathBuf, HarnessError> {
         )));
     }
     Ok(build_all()?.join(name))
+}
+
+/// Path of one host binary (release build), building them all first if needed.
+pub fn host_path_of(name: &str) -> Result<PathBuf, HarnessError> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if !HOST_BINARIES.iter().any(|(bin, _)| *bin == name) {
+        return Err(HarnessError::Setup(format!(
+            "{name} is not a host binary (see HOST_BINARIES)"
+        )));
+    }
+    let dir = BUILT
+        .get_or_init(|| build_host().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(HarnessError::Setup)?;
+    Ok(dir.join(name))
+}
+
+fn build_host() -> Result<PathBuf, HarnessError> {
+    let target_dir = target_dir().join("host");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--release", "--target-dir"])
+        .arg(&target_dir);
+    for (bin, pkg) in HOST_BINARIES {
+        cmd.args(["-p", pkg, "--bin", bin]);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| HarnessError::io("run cargo for host binaries".into(), e))?;
+    if !status.success() {
+        return Err(HarnessError::Setup(format!(
+            "building host binaries failed ({status})"
+        )));
+    }
+    Ok(target_dir.join("release"))
 }
 
 fn build() -> Result<PathBuf, HarnessError> {

@@ -81,3 +81,87 @@ impl QemuStorageDaemon {
         self.guard.id()
     }
 }
+
+/// Our own backend daemon, `pvbackend`, as a child process (release build).
+/// Killed on drop; [`PvBackend::stop`] stops it the graceful way.
+#[derive(Debug)]
+pub struct PvBackend {
+    guard: ChildGuard,
+    sockets: Vec<PathBuf>,
+    log: PathBuf,
+}
+
+impl PvBackend {
+    /// Starts `pvbackend` with `--disk` specs (see `pvbackend --help`) and
+    /// extra arguments, logging to `log`, and waits for every socket named
+    /// in the specs.
+    pub fn start(
+        disk_specs: &[String],
+        extra_args: &[&str],
+        log: &Path,
+    ) -> Result<Self, HarnessError> {
+        let bin = crate::guest_bins::host_path_of("pvbackend")?;
+        let mut cmd = Command::new(&bin);
+        for spec in disk_specs {
+            cmd.arg("--disk").arg(spec);
+        }
+        let out = std::fs::File::create(log)
+            .map_err(|e| HarnessError::io(format!("create {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| HarnessError::io("clone log".into(), e))?;
+        cmd.args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let mut guard = ChildGuard::spawn("pvbackend", &mut cmd)?;
+        let sockets: Vec<PathBuf> = disk_specs
+            .iter()
+            .filter_map(|s| {
+                s.split(',')
+                    .find_map(|kv| kv.strip_prefix("socket="))
+                    .map(PathBuf::from)
+            })
+            .collect();
+        for s in &sockets {
+            wait_for_socket(&mut guard, s, Duration::from_secs(60)).map_err(|e| {
+                HarnessError::Setup(format!(
+                    "{e}; backend log {}:\n{}",
+                    log.display(),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                ))
+            })?;
+        }
+        Ok(Self {
+            guard,
+            sockets,
+            log: log.to_owned(),
+        })
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.id()
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn stop(
+        mut self,
+        timeout: Duration,
+    ) -> Result<Option<std::process::ExitStatus>, HarnessError> {
+        self.guard.signal(libc::SIGTERM)?;
+        let st = self.guard.wait_timeout(timeout)?;
+        let _ = &self.sockets;
+        Ok(st)
+    }
+
+    /// SIGKILL, no cleanup (for crash tests).
+    pub fn kill(mut self) {
+        self.guard.kill();
+    }
+}

@@ -29,6 +29,18 @@ enum Cmd {
     Write(Range),
     /// Check that every block of the range carries the stamp for the seed.
     Verify(Range),
+    /// Zero a byte range of a block device with BLKZEROOUT (the kernel sends
+    /// WRITE_ZEROES when the device offers it).
+    Zeroout {
+        /// Block device.
+        path: PathBuf,
+        /// First byte (a multiple of 512).
+        #[arg(long)]
+        offset: u64,
+        /// Bytes to zero (a multiple of 512).
+        #[arg(long)]
+        len: u64,
+    },
     /// Print the size of the device in bytes.
     Size {
         /// Block device or file.
@@ -91,6 +103,28 @@ fn blocks_in(r: &Range, size: u64) -> Result<u64, String> {
 
 fn run(cmd: Cmd) -> Result<ExitCode, String> {
     match cmd {
+        Cmd::Zeroout { path, offset, len } => {
+            use std::os::unix::io::AsRawFd;
+            /// `_IO(0x12, 127)`.
+            const BLKZEROOUT: libc::c_ulong = 0x127f;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("open {}: {e}", path.display()))?;
+            let range = [offset, len];
+            // SAFETY: BLKZEROOUT reads a u64[2] through the pointer, which
+            // points to a live local array for the duration of the call.
+            let rc = unsafe { libc::ioctl(f.as_raw_fd(), BLKZEROOUT, range.as_ptr()) };
+            if rc != 0 {
+                return Err(format!(
+                    "BLKZEROOUT {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+            println!("pvio: zeroed {len} bytes at {offset}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Size { path } => {
             let mut f = File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
             let size =

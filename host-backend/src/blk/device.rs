@@ -1,0 +1,488 @@
+//! The `VhostUserBackend` implementation for a disk.
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use log::{error, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::QueueT;
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryLoadGuard,
+    GuestMemoryMmap, Permissions,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::disk::Disk;
+use super::request::{self, Desc, Limits, Op, RequestError, S_IOERR, S_OK};
+
+type Mem = GuestMemoryMmap<()>;
+
+/// Most bytes per data segment the device accepts (`size_max`).
+const SIZE_MAX: u32 = 1 << 20;
+/// Largest discard / write-zeroes range in sectors (4 GiB - 512).
+const MAX_DWZ_SECTORS: u32 = (u32::MAX >> 9) & !7;
+/// Ranges per discard / write-zeroes request.
+const MAX_DWZ_SEGMENTS: u32 = 16;
+
+/// Static parameters of one device.
+#[derive(Debug, Clone)]
+pub struct BlkParams {
+    pub num_queues: u16,
+    pub queue_size: u16,
+    /// GET_ID string (at most 20 bytes are used).
+    pub serial: String,
+}
+
+/// Request counters shared by every connection of one disk.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub discards: AtomicU64,
+    pub write_zeroes: AtomicU64,
+    pub get_ids: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub guest_errors: AtomicU64,
+    pub io_errors: AtomicU64,
+    pub dropped_chains: AtomicU64,
+    pub worker_panics: AtomicU64,
+}
+
+struct Shared {
+    disk: Arc<Disk>,
+    params: BlkParams,
+    id: [u8; request::ID_LEN],
+    limits: Limits,
+    mem: RwLock<Option<GuestMemoryAtomic<Mem>>>,
+    event_idx: AtomicBool,
+    /// Set when a worker panicked: the device stops processing until the
+    /// driver resets it (reconnect or reset), instead of killing the daemon.
+    needs_reset: AtomicBool,
+    stats: Arc<Stats>,
+}
+
+/// A vhost-user-blk backend for one disk and one connection.
+#[derive(Clone)]
+pub struct BlkBackend {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BlkBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlkBackend")
+            .field("disk", &self.shared.disk.path())
+            .finish()
+    }
+}
+
+impl BlkBackend {
+    pub fn new(disk: Arc<Disk>, params: BlkParams, stats: Arc<Stats>) -> Self {
+        let mut id = [0u8; request::ID_LEN];
+        let n = params.serial.len().min(id.len());
+        id[..n].copy_from_slice(&params.serial.as_bytes()[..n]);
+        let seg_max = u32::from(params.queue_size.saturating_sub(2).max(1));
+        let limits = Limits {
+            capacity_sectors: disk.size() / request::SECTOR,
+            seg_max,
+            max_transfer: u64::from(seg_max) * u64::from(SIZE_MAX),
+            max_dwz_sectors: MAX_DWZ_SECTORS,
+            max_dwz_segments: MAX_DWZ_SEGMENTS,
+            read_only: disk.read_only(),
+        };
+        Self {
+            shared: Arc::new(Shared {
+                disk,
+                params,
+                id,
+                limits,
+                mem: RwLock::new(None),
+                event_idx: AtomicBool::new(false),
+                needs_reset: AtomicBool::new(false),
+                stats,
+            }),
+        }
+    }
+
+    /// `struct virtio_blk_config` up to `write_zeroes_may_unmap` (60 bytes),
+    /// little-endian as virtio 1.x requires.
+    pub fn config_space(&self) -> Vec<u8> {
+        let l = &self.shared.limits;
+        let mut c = vec![0u8; 60];
+        c[0..8].copy_from_slice(&l.capacity_sectors.to_le_bytes());
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&l.seg_max.to_le_bytes());
+        // geometry (16..20) unused: no VIRTIO_BLK_F_GEOMETRY.
+        c[20..24].copy_from_slice(&512u32.to_le_bytes());
+        // topology (24..32) unused; writeback (32) only with CONFIG_WCE.
+        c[34..36].copy_from_slice(&self.shared.params.num_queues.to_le_bytes());
+        c[36..40].copy_from_slice(&MAX_DWZ_SECTORS.to_le_bytes());
+        c[40..44].copy_from_slice(&MAX_DWZ_SEGMENTS.to_le_bytes());
+        c[44..48].copy_from_slice(&8u32.to_le_bytes()); // discard_sector_alignment: 4 KiB
+        c[48..52].copy_from_slice(&MAX_DWZ_SECTORS.to_le_bytes());
+        c[52..56].copy_from_slice(&MAX_DWZ_SEGMENTS.to_le_bytes());
+        c[56] = 1; // write_zeroes_may_unmap
+        c
+    }
+
+    fn memory(&self) -> Option<GuestMemoryLoadGuard<Mem>> {
+        self.shared
+            .mem
+            .read()
+            .ok()?
+            .as_ref()
+            .map(GuestMemoryAtomic::memory)
+    }
+
+    fn process_queue(
+        &self,
+        vring: &VringRwLock,
+        mem: &GuestMemoryLoadGuard<Mem>,
+    ) -> io::Result<()> {
+        let mut completed = false;
+        loop {
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            // The iterator stops at loops (after queue-size steps) and at
+            // descriptors outside the table; what is left gets parsed and
+            // validated like any other request.
+            let descs: Vec<Desc> = chain
+                .map(|d| Desc {
+                    addr: d.addr().0,
+                    len: d.len(),
+                    write_only: d.is_write_only(),
+                })
+                .collect();
+            let used = self.execute(&descs, mem);
+            vring
+                .add_used(head, used)
+                .map_err(|e| io::Error::other(format!("add_used: {e}")))?;
+            completed = true;
+        }
+        if completed
+            && vring
+                .needs_notification()
+                .map_err(|e| io::Error::other(format!("needs_notification: {e}")))?
+        {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    /// Runs one request; returns the used length (bytes written to the
+    /// guest's writable buffers, status included), 0 when the chain had no
+    /// place for a status.
+    fn execute(&self, descs: &[Desc], mem: &Mem) -> u32 {
+        let st = &self.shared.stats;
+        let parsed = request::parse(descs, &self.shared.limits, |addr, buf| {
+            mem.read_slice(buf, GuestAddress(addr))
+                .map_err(|_| RequestError::GuestMemory)
+        });
+        let Some(status_addr) = parsed.status else {
+            st.dropped_chains.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                "{}: dropped a request without a status byte",
+                self.shared.disk.path().display()
+            );
+            return 0;
+        };
+        let (status, written) = match parsed.op {
+            Err(e) => {
+                st.guest_errors.fetch_add(1, Ordering::Relaxed);
+                log::debug!("{}: {e}", self.shared.disk.path().display());
+                (e.status(), 0)
+            }
+            Ok(op) => self.run_op(op, mem),
+        };
+        if mem.write_obj(status, GuestAddress(status_addr)).is_err() {
+            st.dropped_chains.fetch_add(1, Ordering::Relaxed);
+            return 0;
+        }
+        written.saturating_add(1)
+    }
+
+    fn run_op(&self, op: Op, mem: &Mem) -> (u8, u32) {
+        let st = &self.shared.stats;
+        let disk = &self.shared.disk;
+        let io_result = |r: io::Result<()>, what: &str| match r {
+            Ok(()) => S_OK,
+            Err(e) => {
+                st.io_errors.fetch_add(1, Ordering::Relaxed);
+                error!("{}: {what} failed: {e}", disk.path().display());
+                S_IOERR
+            }
+        };
+        match op {
+            Op::Read { offset, len, data } => {
+                st.reads.fetch_add(1, Ordering::Relaxed);
+                let Some((mut iovs, _guards)) = guest_iovecs(mem, &data, Permissions::Write) else {
+                    st.guest_errors.fetch_add(1, Ordering::Relaxed);
+                    return (S_IOERR, 0);
+                };
+                // SAFETY: the iovecs come from `get_slices` on guest memory
+                // that stays mapped while `mem` (a load guard) is held, and
+                // `_guards` keep the slices' pointers valid for the call.
+                let s = io_result(unsafe { disk.read_at(offset, &mut iovs) }, "read");
+                if s == S_OK {
+                    st.bytes_read.fetch_add(len, Ordering::Relaxed);
+                    // len <= max_transfer, far below u32::MAX.
+                    (s, u32::try_from(len).unwrap_or(u32::MAX))
+                } else {
+                    (s, 0)
+                }
+            }
+            Op::Write { offset, len, data } => {
+                st.writes.fetch_add(1, Ordering::Relaxed);
+                let Some((mut iovs, _guards)) = guest_iovecs(mem, &data, Permissions::Read) else {
+                    st.guest_errors.fetch_add(1, Ordering::Relaxed);
+                    return (S_IOERR, 0);
+                };
+                // SAFETY: as for reads; pwritev only reads the buffers.
+                let s = io_result(unsafe { disk.write_at(offset, &mut iovs) }, "write");
+                if s == S_OK {
+                    st.bytes_written.fetch_add(len, Ordering::Relaxed);
+                }
+                (s, 0)
+            }
+            Op::Flush => {
+                st.flushes.fetch_add(1, Ordering::Relaxed);
+                (io_result(disk.flush(), "flush"), 0)
+            }
+            Op::GetId { len, data } => {
+                st.get_ids.fetch_add(1, Ordering::Relaxed);
+                let mut left = &self.shared.id[..len as usize];
+                for seg in data {
+                    if left.is_empty() {
+                        break;
+                    }
+                    let n = left.len().min(seg.len as usize);
+                    if mem.write_slice(&left[..n], GuestAddress(seg.addr)).is_err() {
+                        st.guest_errors.fetch_add(1, Ordering::Relaxed);
+                        return (S_IOERR, 0);
+                    }
+                    left = &left[n..];
+                }
+                (S_OK, len as u32)
+            }
+            Op::Discard(ranges) => {
+                st.discards.fetch_add(1, Ordering::Relaxed);
+                for r in ranges {
+                    let s = io_result(
+                        disk.discard(
+                            r.sector * request::SECTOR,
+                            u64::from(r.sectors) * request::SECTOR,
+                        ),
+                        "discard",
+                    );
+                    if s != S_OK {
+                        return (s, 0);
+                    }
+                }
+                (S_OK, 0)
+            }
+            Op::WriteZeroes(ranges) => {
+                st.write_zeroes.fetch_add(1, Ordering::Relaxed);
+                for r in ranges {
+                    let s = io_result(
+                        disk.write_zeroes(
+                            r.sector * request::SECTOR,
+                            u64::from(r.sectors) * request::SECTOR,
+                            r.unmap,
+                        ),
+                        "write zeroes",
+                    );
+                    if s != S_OK {
+                        return (s, 0);
+                    }
+                }
+                (S_OK, 0)
+            }
+        }
+    }
+}
+
+/// Turns guest segments into iovecs over the mapped guest memory. `None`
+/// when a segment is not entirely inside guest RAM.
+fn guest_iovecs(
+    mem: &Mem,
+    data: &[request::Segment],
+    access: Permissions,
+) -> Option<(
+    Vec<libc::iovec>,
+    Vec<vm_memory::volatile_memory::PtrGuardMut>,
+)> {
+    let mut iovs = Vec::with_capacity(data.len());
+    let mut guards = Vec::with_capacity(data.len());
+    for seg in data {
+        for slice in mem
+            .get_slices(GuestAddress(seg.addr), seg.len as usize, access)
+            .ok()?
+        {
+            let slice = slice.ok()?;
+            let guard = slice.ptr_guard_mut();
+            iovs.push(libc::iovec {
+                iov_base: guard.as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+            guards.push(guard);
+        }
+    }
+    Some((iovs, guards))
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.shared.params.num_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.shared.params.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = (1u64 << VIRTIO_F_VERSION_1)
+            | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+            | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1u64 << VIRTIO_BLK_F_SIZE_MAX)
+            | (1u64 << VIRTIO_BLK_F_SEG_MAX)
+            | (1u64 << VIRTIO_BLK_F_BLK_SIZE)
+            | (1u64 << VIRTIO_BLK_F_FLUSH)
+            | (1u64 << VIRTIO_BLK_F_MQ)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.shared.disk.read_only() {
+            f |= 1u64 << VIRTIO_BLK_F_RO;
+        } else {
+            f |= (1u64 << VIRTIO_BLK_F_DISCARD) | (1u64 << VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        f
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // No STATUS (see the module docs) and no INFLIGHT_SHMFD (the
+        // framework does not implement it).
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn reset_device(&self) {
+        self.shared.needs_reset.store(false, Ordering::Release);
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.shared.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.config_space();
+        let start = (offset as usize).min(cfg.len());
+        let end = start.saturating_add(size as usize).min(cfg.len());
+        let mut out = cfg[start..end].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
+        let mut slot = self
+            .shared
+            .mem
+            .write()
+            .map_err(|_| io::Error::other("memory lock poisoned"))?;
+        *slot = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // One worker thread per queue: a busy queue never waits for another.
+        (0..self.shared.params.num_queues)
+            .map(|q| 1u64 << q)
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+        }
+        if self.shared.needs_reset.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let vring = vrings.get(usize::from(device_event)).ok_or_else(|| {
+            io::Error::other(format!(
+                "event {device_event} names no queue of worker {thread_id}"
+            ))
+        })?;
+        let Some(mem) = self.memory() else {
+            return Err(io::Error::other("kick before SET_MEM_TABLE"));
+        };
+        let event_idx = self.shared.event_idx.load(Ordering::Acquire);
+        let run = || -> io::Result<()> {
+            if event_idx {
+                // Process with notifications off, re-enable, and go again if
+                // the driver added requests in between (enable_notification
+                // returns true then): no lost wake-up.
+                loop {
+                    vring
+                        .disable_notification()
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                    self.process_queue(vring, &mem)?;
+                    if !vring
+                        .enable_notification()
+                        .map_err(|e| io::Error::other(e.to_string()))?
+                    {
+                        break;
+                    }
+                }
+                Ok(())
+            } else {
+                self.process_queue(vring, &mem)
+            }
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(r) => r,
+            Err(_) => {
+                self.shared
+                    .stats
+                    .worker_panics
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.needs_reset.store(true, Ordering::Release);
+                error!(
+                    "{}: worker {thread_id} panicked; device stops until the driver resets it",
+                    self.shared.disk.path().display()
+                );
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The vhost-user-blk device: one disk served to one QEMU at a time over a
+//! vhost-user socket, one worker thread per virtqueue.
+//!
+//! Wire facts it relies on (virtio 1.2 §5.2, vhost-user spec, QEMU 7.2):
+//! QEMU's vhost-user-blk needs the CONFIG protocol feature and asks for
+//! `num-queues` queues (default: one per vCPU), so the device offers MQ;
+//! it does not offer the STATUS protocol feature (QEMU < 8.1 resets the
+//! device before GET_VRING_BASE when it is offered).
+
+pub mod device;
+pub mod disk;
+pub mod request;
+
+pub use device::{BlkBackend, BlkParams};
+pub use disk::{Disk, DiskError};

@@ -1,0 +1,95 @@
+//! `pvbackend`: the pvdrivers host backend daemon. A thin wrapper over the
+//! `host_backend` library: command line, logging, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser;
+use host_backend::config::{parse_disk_spec, Config};
+
+/// pvdrivers host backend: serves guest disks to QEMU over vhost-user-blk.
+///
+/// Each disk is a raw image file or block device, exported on its own
+/// vhost-user socket. Point QEMU at it with
+///   -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem
+///   -chardev socket,id=d0,path=SOCKET,reconnect=1
+///   -device vhost-user-blk-pci,chardev=d0,num-queues=N
+/// SIGTERM or SIGINT stops it: connections are closed after the requests in
+/// hand, disks are flushed, sockets removed, exit status 0.
+#[derive(Parser, Debug)]
+#[command(name = "pvbackend", version, verbatim_doc_comment)]
+struct Cli {
+    /// TOML configuration file ([daemon] and [[disk]] tables; see the
+    /// host-backend crate docs for every key).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// A disk to serve, in addition to the config file's:
+    /// path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N].
+    /// queues defaults to 4 (must be at least QEMU's num-queues, whose
+    /// default is the guest's vCPU count); queue-size to 256.
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
+
+    /// Log level: error, warn, info, debug or trace (overrides the config
+    /// file; RUST_LOG overrides both).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+
+    /// Seconds to wait for in-flight requests when stopping (default 10,
+    /// or the config file's shutdown_timeout_secs).
+    #[arg(long, value_name = "SECS")]
+    shutdown_timeout: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("pvbackend: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    for spec in &cli.disks {
+        match parse_disk_spec(spec) {
+            Ok(d) => config.disks.push(d),
+            Err(e) => {
+                eprintln!("pvbackend: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(t) = cli.shutdown_timeout {
+        config.daemon.shutdown_timeout_secs = t;
+    }
+    let level = cli
+        .log_level
+        .or_else(|| config.daemon.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    env_logger::Builder::new()
+        .parse_filters(&level)
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("pvbackend: cannot install signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match host_backend::daemon::run(&config, stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pvbackend: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
