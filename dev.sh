@@ -2,7 +2,8 @@
 # pvdrivers developer entry point.
 #
 #   ./dev.sh demo    boot a guest with the demo scenario (real I/O), exit 0 on success
-#   ./dev.sh test    every test: format, clippy, unit tests, portability, QEMU guests
+#   ./dev.sh test    every test: format, clippy, fuzz smoke runs, unit tests,
+#                    portability, real peers (C headers, xenstored, QEMU guests)
 #   ./dev.sh setup   only install what the two commands above need
 #
 # Runs on Debian 12 with Rust (rustup) installed. System packages are
@@ -91,6 +92,36 @@ ensure_nextest() {
   fi
 }
 
+ensure_fuzz() {
+  if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    die "the fuzz smoke runs need a nightly toolchain: rustup toolchain install nightly"
+  fi
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz (cargo install --locked)"
+    cargo install --locked cargo-fuzz
+  fi
+}
+
+# A short run of every cargo-fuzz target in the tree (each crate's fuzz/
+# directory); campaigns are run by hand, see each fuzz/README.md.
+fuzz_smoke() {
+  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t logf out
+  mkdir -p target/fuzz-logs
+  for dir in */fuzz; do
+    [ -f "$dir/Cargo.toml" ] || continue
+    for t in $(cd "$dir" && cargo +nightly fuzz list); do
+      logf="target/fuzz-logs/${dir%%/*}-$t.log"
+      log "fuzz ${dir%%/*}/$t for ${secs}s (log: $logf)"
+      if ! (cd "$dir" && cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -max_len=4096) >"$logf" 2>&1; then
+        tail -n 60 "$logf" >&2
+        die "fuzz target ${dir%%/*}/$t failed (full log: $logf)"
+      fi
+      out=$(grep -E '^Done [0-9]+ runs' "$logf" | tail -n 1)
+      log "  ${out:-no run summary in $logf}"
+    done
+  done
+}
+
 cmd_demo() {
   setup
   log "building the demo"
@@ -101,11 +132,13 @@ cmd_demo() {
 cmd_test() {
   setup
   ensure_nextest
+  ensure_fuzz
   log "cargo fmt --check"
   cargo fmt --all -- --check
   log "cargo clippy (workspace, all targets, -D warnings)"
   cargo clippy --locked --workspace --all-targets -- -D warnings
-  log "cargo nextest run (unit, portability, QEMU guests)"
+  fuzz_smoke
+  log "cargo nextest run (unit, portability, C and xenstored peers, QEMU guests)"
   cargo nextest run --locked --workspace "$@"
 }
 
@@ -114,7 +147,7 @@ case "${1:-}" in
   test) shift; cmd_test "$@" ;;
   setup) setup; log "setup complete" ;;
   -h|--help|help|"")
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     [ -n "${1:-}" ] || exit 1 ;;
   *) die "unknown command '$1' (try ./dev.sh --help)" ;;
 esac

@@ -202,8 +202,18 @@ impl Guest {
         self.qmp_socket.as_deref()
     }
 
-    /// The console so far.
+    /// The console as consumed so far (by [`Guest::wait_for_console`] or
+    /// [`Guest::drain_console`]).
     pub fn console(&self) -> &str {
+        &self.console
+    }
+
+    /// Takes every console line that has arrived, without waiting, and
+    /// returns the whole console so far.
+    pub fn drain_console(&mut self) -> &str {
+        while let Ok(line) = self.lines.try_recv() {
+            self.push_line(&line);
+        }
         &self.console
     }
 
@@ -485,12 +495,22 @@ impl GuestBuilder {
 
     /// A vhost-user-blk device served by a backend listening on `socket`.
     /// Implies shared guest memory.
-    pub fn vhost_user_blk(mut self, socket: &Path, num_queues: u32) -> Self {
+    pub fn vhost_user_blk(self, socket: &Path, num_queues: u32) -> Self {
+        self.vhost_user_blk_chardev(socket, num_queues, "")
+    }
+
+    /// Like [`GuestBuilder::vhost_user_blk`], with QEMU reconnecting to the
+    /// socket every second when the backend goes away (`reconnect=1`).
+    pub fn vhost_user_blk_reconnecting(self, socket: &Path, num_queues: u32) -> Self {
+        self.vhost_user_blk_chardev(socket, num_queues, ",reconnect=1")
+    }
+
+    fn vhost_user_blk_chardev(mut self, socket: &Path, num_queues: u32, opts: &str) -> Self {
         let id = self.dev_id("vub");
         self.shared_memory = true;
         self.qemu_args.extend([
             "-chardev".to_owned(),
-            format!("socket,id={id},path={}", socket.display()),
+            format!("socket,id={id},path={}{opts}", socket.display()),
             "-device".to_owned(),
             format!("vhost-user-blk-pci,chardev={id},num-queues={num_queues}"),
         ]);

@@ -14,8 +14,8 @@ use crate::HarnessError;
 /// Target triple of the guest binaries.
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Every guest binary: (binary, package, features).
-pub const GUEST_BINARIES: &[(&str, &str, &str)] = &[("pvio", "pv-blk", "pv-blk/linux")];
+/// Every guest binary: (binary, package, features of that package).
+pub const GUEST_BINARIES: &[(&str, &str, &str)] = &[("pvio", "pv-blk", "linux")];
 
 /// Every host binary: (binary, package).
 pub const HOST_BINARIES: &[(&str, &str)] = &[("pvbackend", "host-backend")];
@@ -92,29 +92,31 @@ fn build_host() -> Result<PathBuf, HarnessError> {
 fn build() -> Result<PathBuf, HarnessError> {
     let target_dir = target_dir().join("guest");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            GUEST_TARGET,
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        // Applies to target artefacts only (a --target build keeps build
-        // scripts and proc macros dynamic).
-        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    // One invocation per binary: `--features` then names that package's
+    // own features, unambiguously (a crate's self dev-dependency would make
+    // `pkg/feature` ambiguous).
     for (bin, pkg, features) in GUEST_BINARIES {
-        cmd.args(["-p", pkg, "--bin", bin, "--features", features]);
-    }
-    let status = cmd
-        .status()
-        .map_err(|e| HarnessError::io("run cargo for guest binaries".into(), e))?;
-    if !status.success() {
-        return Err(HarnessError::Setup(format!(
-            "building guest binaries failed ({status})"
-        )));
+        let status = Command::new(&cargo)
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--release",
+                "--target",
+                GUEST_TARGET,
+                "--target-dir",
+            ])
+            .arg(&target_dir)
+            .args(["-p", pkg, "--bin", bin, "--features", features])
+            // Applies to target artefacts only (a --target build keeps build
+            // scripts and proc macros dynamic).
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .status()
+            .map_err(|e| HarnessError::io("run cargo for guest binaries".into(), e))?;
+        if !status.success() {
+            return Err(HarnessError::Setup(format!(
+                "building guest binary {bin} failed ({status})"
+            )));
+        }
     }
     Ok(target_dir.join(GUEST_TARGET).join("release"))
 }

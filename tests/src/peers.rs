@@ -93,8 +93,8 @@ pub struct PvBackend {
 
 impl PvBackend {
     /// Starts `pvbackend` with `--disk` specs (see `pvbackend --help`) and
-    /// extra arguments, logging to `log`, and waits for every socket named
-    /// in the specs.
+    /// extra arguments, appending its log to `log`, and waits until it is
+    /// ready (every socket listening).
     pub fn start(
         disk_specs: &[String],
         extra_args: &[&str],
@@ -105,8 +105,13 @@ impl PvBackend {
         for spec in disk_specs {
             cmd.arg("--disk").arg(spec);
         }
-        let out = std::fs::File::create(log)
-            .map_err(|e| HarnessError::io(format!("create {}", log.display()), e))?;
+        // Appended, so a restarted daemon's log follows its predecessor's.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| HarnessError::io(format!("open {}", log.display()), e))?;
+        let before = out.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let err = out
             .try_clone()
             .map_err(|e| HarnessError::io("clone log".into(), e))?;
@@ -123,14 +128,28 @@ impl PvBackend {
                     .map(PathBuf::from)
             })
             .collect();
-        for s in &sockets {
-            wait_for_socket(&mut guard, s, Duration::from_secs(60)).map_err(|e| {
-                HarnessError::Setup(format!(
-                    "{e}; backend log {}:\n{}",
-                    log.display(),
-                    std::fs::read_to_string(log).unwrap_or_default()
-                ))
-            })?;
+        // The daemon logs "ready:" once every socket listens; a stale socket
+        // file left by a killed predecessor exists before that, so waiting
+        // for the file alone is not enough.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.get(before..).is_some_and(|t| t.contains(" ready: ")) {
+                break;
+            }
+            if let Some(st) = guard.try_wait()? {
+                return Err(HarnessError::Setup(format!(
+                    "pvbackend exited ({st}) before it was ready; log {}:\n{text}",
+                    log.display()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Setup(format!(
+                    "pvbackend not ready within 60 s; log {}:\n{text}",
+                    log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Self {
             guard,
