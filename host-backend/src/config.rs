@@ -4,6 +4,7 @@
 //! [daemon]
 //! log_level = "info"            # error | warn | info | debug | trace
 //! shutdown_timeout_secs = 10    # SIGTERM: longest wait for in-flight requests
+//! metrics_listen = "127.0.0.1:9977"  # Prometheus endpoint (GET /metrics); omit to disable
 //!
 //! [[disk]]
 //! name = "vm1-root"             # used in logs (default: the socket's file name)
@@ -51,6 +52,8 @@ pub struct DaemonConfig {
     pub log_level: Option<String>,
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_secs: u64,
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -58,6 +61,7 @@ impl Default for DaemonConfig {
         Self {
             log_level: None,
             shutdown_timeout_secs: default_shutdown_timeout(),
+            metrics_listen: None,
         }
     }
 }

@@ -20,9 +20,10 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::blk::device::Stats;
 use crate::blk::{BlkBackend, BlkParams, Disk, DiskError};
 use crate::config::{Config, ConfigError, DiskConfig};
+use crate::metrics::{BlkFamilies, DiskMetrics, MetricsServer};
+use prometheus_client::registry::Registry;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub enum DaemonError {
         path: PathBuf,
         message: String,
     },
+    #[error("{0}")]
+    Metrics(String),
     #[error("cannot start thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -52,7 +55,7 @@ struct DiskServer {
     socket: PathBuf,
     disk: Arc<Disk>,
     params: BlkParams,
-    stats: Arc<Stats>,
+    metrics: Arc<DiskMetrics>,
     /// Shutdown handle of the connection being served, if any.
     conn: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
 }
@@ -102,7 +105,7 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
         let backend = BlkBackend::new(
             server.disk.clone(),
             server.params.clone(),
-            server.stats.clone(),
+            server.metrics.clone(),
         );
         let mut daemon = match VhostUserDaemon::new(
             format!("vub-{}", server.name),
@@ -120,6 +123,7 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
             warn!("disk '{}': connection failed to start: {e}", server.name);
             continue;
         }
+        server.metrics.connections.inc();
         info!("disk '{}': frontend connected", server.name);
         if let Ok(mut slot) = server.conn.lock() {
             *slot = daemon.shutdown_handle();
@@ -146,10 +150,20 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
 /// configured deadline. Returns an error only for start-up problems.
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     config.validate()?;
+    let mut registry = Registry::default();
+    let families = BlkFamilies::register(&mut registry);
     let mut servers = Vec::new();
     for d in &config.disks {
-        servers.push(open_disk(d)?);
+        servers.push(open_disk(d, &families)?);
     }
+    let metrics = match &config.daemon.metrics_listen {
+        Some(addr) => {
+            let m = MetricsServer::start(addr, Arc::new(registry)).map_err(DaemonError::Metrics)?;
+            info!("metrics on http://{}/metrics", m.addr());
+            Some(m)
+        }
+        None => None,
+    };
     let mut threads: Vec<(Arc<DiskServer>, JoinHandle<()>)> = Vec::new();
     for (server, listener) in servers {
         let stop = stop.clone();
@@ -191,11 +205,17 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         }
         let _ = std::fs::remove_file(&server.socket);
     }
+    if let Some(m) = metrics {
+        m.stop();
+    }
     info!("stopped");
     Ok(())
 }
 
-fn open_disk(d: &DiskConfig) -> Result<(Arc<DiskServer>, Listener), DaemonError> {
+fn open_disk(
+    d: &DiskConfig,
+    families: &BlkFamilies,
+) -> Result<(Arc<DiskServer>, Listener), DaemonError> {
     let name = d.display_name();
     let disk = Disk::open(&d.path, d.read_only).map_err(|source| DaemonError::Disk {
         name: name.clone(),
@@ -211,7 +231,7 @@ fn open_disk(d: &DiskConfig) -> Result<(Arc<DiskServer>, Listener), DaemonError>
             queue_size: d.queue_size,
             serial: d.serial(),
         },
-        stats: Arc::new(Stats::default()),
+        metrics: families.disk(&d.display_name(), d.num_queues),
         conn: Mutex::new(None),
     };
     Ok((Arc::new(server), listener))

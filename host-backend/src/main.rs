@@ -38,6 +38,13 @@ struct Cli {
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
 
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9977; port 0 picks
+    /// a free port, logged at start). Overrides the config file's
+    /// metrics_listen. Every series is documented in host-backend's
+    /// metrics module.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+
     /// Seconds to wait for in-flight requests when stopping (default 10,
     /// or the config file's shutdown_timeout_secs).
     #[arg(long, value_name = "SECS")]
@@ -64,6 +71,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(a) = cli.metrics {
+        config.daemon.metrics_listen = Some(a);
     }
     if let Some(t) = cli.shutdown_timeout {
         config.daemon.shutdown_timeout_secs = t;

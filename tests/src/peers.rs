@@ -163,6 +163,42 @@ impl PvBackend {
         self.guard.id()
     }
 
+    /// The metrics endpoint's address, when the daemon was started with
+    /// `--metrics` (read from its log).
+    pub fn metrics_addr(&self) -> Option<String> {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("metrics on http://"))?;
+        let rest = line.split("metrics on http://").nth(1)?;
+        rest.split('/').next().map(str::to_owned)
+    }
+
+    /// Fetches `GET /metrics` (Prometheus text) from the daemon.
+    pub fn fetch_metrics(&self) -> Result<String, HarnessError> {
+        use std::io::{Read, Write};
+        let addr = self
+            .metrics_addr()
+            .ok_or_else(|| HarnessError::Setup("pvbackend was started without --metrics".into()))?;
+        let mut s = std::net::TcpStream::connect(&addr)
+            .map_err(|e| HarnessError::io(format!("connect {addr}"), e))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| HarnessError::io("timeout".into(), e))?;
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: pvtest\r\n\r\n")
+            .map_err(|e| HarnessError::io("send".into(), e))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .map_err(|e| HarnessError::io("read metrics".into(), e))?;
+        Ok(out)
+    }
+
+    /// The value of one series (exact name and labels as rendered), if present.
+    pub fn metric(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -43,7 +43,7 @@ fn kernel_virtio_blk_on_our_backend() {
                 sock_fs.display()
             ),
         ],
-        &["--log-level", "info"],
+        &["--log-level", "info", "--metrics", "127.0.0.1:0"],
         &dir.path().join("backend.log"),
     )
     .expect("backend");
@@ -101,6 +101,36 @@ echo "pvtest: backend scenario done"
         );
     }
     assert!(out.console_has("pvtest: backend scenario done"));
+
+    // The metrics endpoint saw every operation the scenario issued, on the
+    // disks it issued them to, and both queues of the data disk worked.
+    let m = backend.fetch_metrics().expect("metrics");
+    let v = |series: &str| PvBackend::metric(&m, series).unwrap_or(0.0);
+    for (disk, op) in [
+        ("data", "read"),
+        ("data", "write"),
+        ("data", "get_id"),
+        ("data", "discard"),
+        ("data", "write_zeroes"),
+        ("fs", "write"),
+        ("fs", "flush"),
+    ] {
+        let s = format!("pvbackend_blk_requests_total{{disk=\"{disk}\",op=\"{op}\"}}");
+        assert!(v(&s) >= 1.0, "{s} is {} in:\n{m}", v(&s));
+    }
+    let written = v(r#"pvbackend_blk_bytes_total{disk="data",op="write"}"#);
+    assert!(
+        written >= (DATA_MIB * MIB) as f64,
+        "data disk wrote only {written} bytes"
+    );
+    for q in 0..2 {
+        let s = format!("pvbackend_blk_kicks_total{{disk=\"data\",queue=\"{q}\"}}");
+        assert!(v(&s) >= 1.0, "queue {q} never kicked:\n{m}");
+    }
+    assert!(
+        !m.contains("pvbackend_blk_errors_total{"),
+        "unexpected errors:\n{m}"
+    );
 
     // Graceful stop: exit status 0, sockets removed.
     let status = backend

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use log::{error, warn};
@@ -28,6 +28,7 @@ use vmm_sys_util::event::{
 
 use super::disk::Disk;
 use super::request::{self, Desc, Limits, Op, RequestError, S_IOERR, S_OK};
+use crate::metrics::{BlkOp, DiskMetrics};
 
 type Mem = GuestMemoryMmap<()>;
 
@@ -47,23 +48,6 @@ pub struct BlkParams {
     pub serial: String,
 }
 
-/// Request counters shared by every connection of one disk.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub reads: AtomicU64,
-    pub writes: AtomicU64,
-    pub flushes: AtomicU64,
-    pub discards: AtomicU64,
-    pub write_zeroes: AtomicU64,
-    pub get_ids: AtomicU64,
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub guest_errors: AtomicU64,
-    pub io_errors: AtomicU64,
-    pub dropped_chains: AtomicU64,
-    pub worker_panics: AtomicU64,
-}
-
 struct Shared {
     disk: Arc<Disk>,
     params: BlkParams,
@@ -74,7 +58,7 @@ struct Shared {
     /// Set when a worker panicked: the device stops processing until the
     /// driver resets it (reconnect or reset), instead of killing the daemon.
     needs_reset: AtomicBool,
-    stats: Arc<Stats>,
+    metrics: Arc<DiskMetrics>,
 }
 
 /// A vhost-user-blk backend for one disk and one connection.
@@ -92,7 +76,7 @@ impl std::fmt::Debug for BlkBackend {
 }
 
 impl BlkBackend {
-    pub fn new(disk: Arc<Disk>, params: BlkParams, stats: Arc<Stats>) -> Self {
+    pub fn new(disk: Arc<Disk>, params: BlkParams, metrics: Arc<DiskMetrics>) -> Self {
         let mut id = [0u8; request::ID_LEN];
         let n = params.serial.len().min(id.len());
         id[..n].copy_from_slice(&params.serial.as_bytes()[..n]);
@@ -114,7 +98,7 @@ impl BlkBackend {
                 mem: RwLock::new(None),
                 event_idx: AtomicBool::new(false),
                 needs_reset: AtomicBool::new(false),
-                stats,
+                metrics,
             }),
         }
     }
@@ -151,6 +135,7 @@ impl BlkBackend {
 
     fn process_queue(
         &self,
+        queue: usize,
         vring: &VringRwLock,
         mem: &GuestMemoryLoadGuard<Mem>,
     ) -> io::Result<()> {
@@ -184,6 +169,7 @@ impl BlkBackend {
                 .map_err(|e| io::Error::other(format!("needs_notification: {e}")))?
         {
             vring.signal_used_queue()?;
+            self.shared.metrics.interrupt(queue);
         }
         Ok(())
     }
@@ -192,13 +178,14 @@ impl BlkBackend {
     /// guest's writable buffers, status included), 0 when the chain had no
     /// place for a status.
     fn execute(&self, descs: &[Desc], mem: &Mem) -> u32 {
-        let st = &self.shared.stats;
+        let m = &self.shared.metrics;
+        let started = std::time::Instant::now();
         let parsed = request::parse(descs, &self.shared.limits, |addr, buf| {
             mem.read_slice(buf, GuestAddress(addr))
                 .map_err(|_| RequestError::GuestMemory)
         });
         let Some(status_addr) = parsed.status else {
-            st.dropped_chains.fetch_add(1, Ordering::Relaxed);
+            m.error("dropped_chain");
             warn!(
                 "{}: dropped a request without a status byte",
                 self.shared.disk.path().display()
@@ -207,35 +194,41 @@ impl BlkBackend {
         };
         let (status, written) = match parsed.op {
             Err(e) => {
-                st.guest_errors.fetch_add(1, Ordering::Relaxed);
+                m.error(e.kind());
                 log::debug!("{}: {e}", self.shared.disk.path().display());
                 (e.status(), 0)
             }
-            Ok(op) => self.run_op(op, mem),
+            Ok(op) => {
+                let kind = op_kind(&op);
+                m.inflight.inc();
+                let r = self.run_op(op, mem);
+                m.inflight.dec();
+                m.completed(kind, started.elapsed().as_secs_f64());
+                r
+            }
         };
         if mem.write_obj(status, GuestAddress(status_addr)).is_err() {
-            st.dropped_chains.fetch_add(1, Ordering::Relaxed);
+            m.error("guest_memory");
             return 0;
         }
         written.saturating_add(1)
     }
 
     fn run_op(&self, op: Op, mem: &Mem) -> (u8, u32) {
-        let st = &self.shared.stats;
+        let m = &self.shared.metrics;
         let disk = &self.shared.disk;
         let io_result = |r: io::Result<()>, what: &str| match r {
             Ok(()) => S_OK,
             Err(e) => {
-                st.io_errors.fetch_add(1, Ordering::Relaxed);
+                m.error("io");
                 error!("{}: {what} failed: {e}", disk.path().display());
                 S_IOERR
             }
         };
         match op {
             Op::Read { offset, len, data } => {
-                st.reads.fetch_add(1, Ordering::Relaxed);
                 let Some((mut iovs, _guards)) = guest_iovecs(mem, &data, Permissions::Write) else {
-                    st.guest_errors.fetch_add(1, Ordering::Relaxed);
+                    m.error("guest_memory");
                     return (S_IOERR, 0);
                 };
                 // SAFETY: the iovecs come from `get_slices` on guest memory
@@ -243,7 +236,7 @@ impl BlkBackend {
                 // `_guards` keep the slices' pointers valid for the call.
                 let s = io_result(unsafe { disk.read_at(offset, &mut iovs) }, "read");
                 if s == S_OK {
-                    st.bytes_read.fetch_add(len, Ordering::Relaxed);
+                    m.read_bytes(len);
                     // len <= max_transfer, far below u32::MAX.
                     (s, u32::try_from(len).unwrap_or(u32::MAX))
                 } else {
@@ -251,24 +244,19 @@ impl BlkBackend {
                 }
             }
             Op::Write { offset, len, data } => {
-                st.writes.fetch_add(1, Ordering::Relaxed);
                 let Some((mut iovs, _guards)) = guest_iovecs(mem, &data, Permissions::Read) else {
-                    st.guest_errors.fetch_add(1, Ordering::Relaxed);
+                    m.error("guest_memory");
                     return (S_IOERR, 0);
                 };
                 // SAFETY: as for reads; pwritev only reads the buffers.
                 let s = io_result(unsafe { disk.write_at(offset, &mut iovs) }, "write");
                 if s == S_OK {
-                    st.bytes_written.fetch_add(len, Ordering::Relaxed);
+                    m.written_bytes(len);
                 }
                 (s, 0)
             }
-            Op::Flush => {
-                st.flushes.fetch_add(1, Ordering::Relaxed);
-                (io_result(disk.flush(), "flush"), 0)
-            }
+            Op::Flush => (io_result(disk.flush(), "flush"), 0),
             Op::GetId { len, data } => {
-                st.get_ids.fetch_add(1, Ordering::Relaxed);
                 let mut left = &self.shared.id[..len as usize];
                 for seg in data {
                     if left.is_empty() {
@@ -276,7 +264,7 @@ impl BlkBackend {
                     }
                     let n = left.len().min(seg.len as usize);
                     if mem.write_slice(&left[..n], GuestAddress(seg.addr)).is_err() {
-                        st.guest_errors.fetch_add(1, Ordering::Relaxed);
+                        m.error("guest_memory");
                         return (S_IOERR, 0);
                     }
                     left = &left[n..];
@@ -284,7 +272,6 @@ impl BlkBackend {
                 (S_OK, len as u32)
             }
             Op::Discard(ranges) => {
-                st.discards.fetch_add(1, Ordering::Relaxed);
                 for r in ranges {
                     let s = io_result(
                         disk.discard(
@@ -300,7 +287,6 @@ impl BlkBackend {
                 (S_OK, 0)
             }
             Op::WriteZeroes(ranges) => {
-                st.write_zeroes.fetch_add(1, Ordering::Relaxed);
                 for r in ranges {
                     let s = io_result(
                         disk.write_zeroes(
@@ -317,6 +303,17 @@ impl BlkBackend {
                 (S_OK, 0)
             }
         }
+    }
+}
+
+fn op_kind(op: &Op) -> BlkOp {
+    match op {
+        Op::Read { .. } => BlkOp::Read,
+        Op::Write { .. } => BlkOp::Write,
+        Op::Flush => BlkOp::Flush,
+        Op::GetId { .. } => BlkOp::GetId,
+        Op::Discard(_) => BlkOp::Discard,
+        Op::WriteZeroes(_) => BlkOp::WriteZeroes,
     }
 }
 
@@ -438,6 +435,7 @@ impl VhostUserBackend for BlkBackend {
         if self.shared.needs_reset.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.shared.metrics.kick(thread_id);
         let vring = vrings.get(usize::from(device_event)).ok_or_else(|| {
             io::Error::other(format!(
                 "event {device_event} names no queue of worker {thread_id}"
@@ -456,7 +454,7 @@ impl VhostUserBackend for BlkBackend {
                     vring
                         .disable_notification()
                         .map_err(|e| io::Error::other(e.to_string()))?;
-                    self.process_queue(vring, &mem)?;
+                    self.process_queue(thread_id, vring, &mem)?;
                     if !vring
                         .enable_notification()
                         .map_err(|e| io::Error::other(e.to_string()))?
@@ -466,16 +464,13 @@ impl VhostUserBackend for BlkBackend {
                 }
                 Ok(())
             } else {
-                self.process_queue(vring, &mem)
+                self.process_queue(thread_id, vring, &mem)
             }
         };
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(r) => r,
             Err(_) => {
-                self.shared
-                    .stats
-                    .worker_panics
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.error("worker_panic");
                 self.shared.needs_reset.store(true, Ordering::Release);
                 error!(
                     "{}: worker {thread_id} panicked; device stops until the driver resets it",
