@@ -78,7 +78,8 @@ fn open_range(r: &Range, write: bool) -> Result<File, String> {
     if r.direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    o.open(&r.path).map_err(|e| format!("open {}: {e}", r.path.display()))
+    o.open(&r.path)
+        .map_err(|e| format!("open {}: {e}", r.path.display()))
 }
 
 /// A zeroed buffer of `len` bytes aligned to 4096 (O_DIRECT needs it).

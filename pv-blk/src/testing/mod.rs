@@ -1,0 +1,5 @@
+//! Fakes of the other side, for tests and fuzz targets (`test-utils`).
+
+pub mod fuzz;
+pub mod virtio;
+pub mod xen;
