@@ -42,6 +42,7 @@ pub mod modules;
 pub mod peers;
 pub mod process;
 pub mod qmp;
+pub mod vhost_user;
 
 pub use guest::{Accel, Guest, GuestBuilder, Outcome, Verdict};
 pub use peers::QemuStorageDaemon;
