@@ -147,20 +147,51 @@ impl BlkBackend {
                 .pop_descriptor_chain(mem.clone());
             let Some(chain) = chain else { break };
             let head = chain.head_index();
-            // The iterator stops at loops (after queue-size steps) and at
-            // descriptors outside the table; what is left gets parsed and
-            // validated like any other request.
+            let queue_size = vring.get_ref().get_queue().size();
+            if head >= queue_size {
+                // A driver bug or attack: the available ring names a head
+                // outside the descriptor table. There is no descriptor to
+                // return, so the entry is skipped (next_avail has moved on)
+                // and the queue keeps serving.
+                self.shared.metrics.error("bad_head");
+                warn!(
+                    "{}: queue {queue}: available ring names head {head} outside a table of {queue_size}",
+                    self.shared.disk.path().display()
+                );
+                continue;
+            }
+            // virtio-queue's iterator ends a chain early, without an error,
+            // at a loop (after queue-size or table-size steps), at a next
+            // index outside the table, at a bad indirect table or at the
+            // 4 GiB length limit. The last descriptor it yielded then still
+            // has NEXT set: such a chain is refused as a whole, never run as
+            // the prefix that happened to be read.
+            let mut complete = true;
             let descs: Vec<Desc> = chain
-                .map(|d| Desc {
-                    addr: d.addr().0,
-                    len: d.len(),
-                    write_only: d.is_write_only(),
+                .map(|d| {
+                    complete = !d.has_next();
+                    Desc {
+                        addr: d.addr().0,
+                        len: d.len(),
+                        write_only: d.is_write_only(),
+                    }
                 })
                 .collect();
-            let used = self.execute(&descs, mem);
-            vring
-                .add_used(head, used)
-                .map_err(|e| io::Error::other(format!("add_used: {e}")))?;
+            let used = if complete && !descs.is_empty() {
+                self.execute(&descs, mem)
+            } else {
+                self.refuse_broken_chain(&descs, mem)
+            };
+            // Cannot fail for a head inside the table; if it does anyway,
+            // the error is counted and the queue goes on.
+            if let Err(e) = vring.add_used(head, used) {
+                self.shared.metrics.error("add_used");
+                error!(
+                    "{}: queue {queue}: add_used({head}): {e}",
+                    self.shared.disk.path().display()
+                );
+                continue;
+            }
             completed = true;
         }
         if completed
@@ -212,6 +243,20 @@ impl BlkBackend {
             return 0;
         }
         written.saturating_add(1)
+    }
+
+    /// Completes a chain that loops or leaves its table: IOERR in its last
+    /// writable byte when it has one (the guest's own memory), else a used
+    /// length of 0. Nothing of it is executed.
+    fn refuse_broken_chain(&self, descs: &[Desc], mem: &Mem) -> u32 {
+        self.shared.metrics.error(RequestError::BrokenChain.kind());
+        let Some(status) = request::last_writable_byte(descs) else {
+            return 0;
+        };
+        match mem.write_obj(S_IOERR, GuestAddress(status)) {
+            Ok(()) => 1,
+            Err(_) => 0,
+        }
     }
 
     fn run_op(&self, op: Op, mem: &Mem) -> (u8, u32) {

@@ -102,6 +102,9 @@ pub enum RequestError {
     BadDwzPayload,
     /// Reading the header or payload from guest memory failed (bad address).
     GuestMemory,
+    /// The guest's descriptor chain loops, leaves its table or exceeds
+    /// 4 GiB: the device saw only a prefix of it.
+    BrokenChain,
 }
 
 impl RequestError {
@@ -129,6 +132,7 @@ impl RequestError {
             Self::WrongDirection => "wrong_direction",
             Self::BadDwzPayload => "bad_dwz_payload",
             Self::GuestMemory => "guest_memory",
+            Self::BrokenChain => "broken_chain",
         }
     }
 }
@@ -151,6 +155,7 @@ impl fmt::Display for RequestError {
             Self::WrongDirection => f.write_str("guest gave data buffers of the wrong direction"),
             Self::BadDwzPayload => f.write_str("guest discard/write-zeroes payload is malformed"),
             Self::GuestMemory => f.write_str("guest buffer address is not in guest memory"),
+            Self::BrokenChain => f.write_str("guest descriptor chain loops or leaves its table"),
         }
     }
 }
@@ -247,6 +252,13 @@ fn split_last_byte(segs: &[Segment]) -> (Vec<Segment>, u64) {
         });
     }
     (data, status)
+}
+
+/// Guest address of the last device-writable byte of a chain, if any: where
+/// the status goes.
+pub fn last_writable_byte(descs: &[Desc]) -> Option<u64> {
+    let last = descs.iter().rev().find(|d| d.write_only && d.len > 0)?;
+    Some(last.addr.wrapping_add(u64::from(last.len) - 1))
 }
 
 /// Reads `out.len()` bytes from the guest at the start of `segs`.
@@ -778,5 +790,37 @@ mod tests {
             run(&mem, &[r(0x2000, 16), w(0x5000, 1)], &LIMITS).op,
             Ok(Op::Flush)
         );
+    }
+}
+
+#[cfg(test)]
+mod broken_chain_tests {
+    use super::*;
+
+    #[test]
+    fn status_of_a_broken_chain_is_its_last_writable_byte() {
+        let d = |addr, len, write_only| Desc {
+            addr,
+            len,
+            write_only,
+        };
+        assert_eq!(
+            last_writable_byte(&[
+                d(0x1000, 16, false),
+                d(0x2000, 512, true),
+                d(0x3000, 1, true)
+            ]),
+            Some(0x3000)
+        );
+        assert_eq!(
+            last_writable_byte(&[
+                d(0x1000, 16, false),
+                d(0x2000, 512, true),
+                d(0x3000, 0, true)
+            ]),
+            Some(0x21ff)
+        );
+        assert_eq!(last_writable_byte(&[d(0x1000, 16, false)]), None);
+        assert_eq!(RequestError::BrokenChain.status(), S_IOERR);
     }
 }
