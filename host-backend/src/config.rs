@@ -14,6 +14,7 @@
 //! serial = "vm1-root"           # GET_ID string, at most 20 bytes
 //! num_queues = 4                # at least QEMU's num-queues (its default: one per vCPU)
 //! queue_size = 256              # power of two, at least QEMU's queue-size
+//! poll_us = 50                  # busy-poll an emptied queue this long before sleeping (0: never)
 //! ```
 
 use std::collections::BTreeSet;
@@ -75,6 +76,9 @@ fn default_num_queues() -> u16 {
 fn default_queue_size() -> u16 {
     256
 }
+fn default_poll_us() -> u32 {
+    50
+}
 
 /// One `[[disk]]` table.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -92,6 +96,8 @@ pub struct DiskConfig {
     pub num_queues: u16,
     #[serde(default = "default_queue_size")]
     pub queue_size: u16,
+    #[serde(default = "default_poll_us")]
+    pub poll_us: u32,
 }
 
 impl DiskConfig {
@@ -161,6 +167,9 @@ impl Config {
                     d.queue_size
                 )));
             }
+            if d.poll_us > 10_000 {
+                return Err(bad(format!("poll_us {} is above 10000", d.poll_us)));
+            }
             if d.num_queues == 0 || d.num_queues > 64 {
                 return Err(bad(format!("num_queues {} is not in 1..=64", d.num_queues)));
             }
@@ -196,6 +205,7 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
         serial: None,
         num_queues: default_num_queues(),
         queue_size: default_queue_size(),
+        poll_us: default_poll_us(),
     };
     for part in spec.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part
@@ -217,6 +227,11 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
                 d.num_queues = need(v)?
                     .parse()
                     .map_err(|_| err(format!("'{k}' takes a number")))?;
+            }
+            "poll-us" => {
+                d.poll_us = need(v)?
+                    .parse()
+                    .map_err(|_| err(format!("'{k}' takes a number of microseconds")))?
             }
             "queue-size" => {
                 d.queue_size = need(v)?

@@ -230,6 +230,7 @@ fn open_disk(
             num_queues: d.num_queues,
             queue_size: d.queue_size,
             serial: d.serial(),
+            poll_us: d.poll_us,
         },
         metrics: families.disk(&d.display_name(), d.num_queues),
         conn: Mutex::new(None),

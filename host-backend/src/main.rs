@@ -27,9 +27,10 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// A disk to serve, in addition to the config file's:
-    /// path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N].
+    /// path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N].
     /// queues defaults to 4 (must be at least QEMU's num-queues, whose
-    /// default is the guest's vCPU count); queue-size to 256.
+    /// default is the guest's vCPU count); queue-size to 256; poll-us
+    /// (busy-poll an emptied queue before sleeping, 0 never) to 50.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
 
