@@ -25,21 +25,23 @@ pub const DWZ_SEGMENT_LEN: u32 = 16;
 /// Length of the GET_ID string.
 pub const ID_LEN: usize = 20;
 
-/// Request types (`VIRTIO_BLK_T_*`).
-pub const T_IN: u32 = 0;
-pub const T_OUT: u32 = 1;
-pub const T_FLUSH: u32 = 4;
-pub const T_GET_ID: u32 = 8;
-pub const T_DISCARD: u32 = 11;
-pub const T_WRITE_ZEROES: u32 = 13;
+use virtio_bindings::bindings::virtio_blk as vb;
 
-/// Status values (`VIRTIO_BLK_S_*`).
-pub const S_OK: u8 = 0;
-pub const S_IOERR: u8 = 1;
-pub const S_UNSUPP: u8 = 2;
+/// Request types, from the virtio spec's Linux header (virtio-bindings).
+pub const T_IN: u32 = vb::VIRTIO_BLK_T_IN;
+pub const T_OUT: u32 = vb::VIRTIO_BLK_T_OUT;
+pub const T_FLUSH: u32 = vb::VIRTIO_BLK_T_FLUSH;
+pub const T_GET_ID: u32 = vb::VIRTIO_BLK_T_GET_ID;
+pub const T_DISCARD: u32 = vb::VIRTIO_BLK_T_DISCARD;
+pub const T_WRITE_ZEROES: u32 = vb::VIRTIO_BLK_T_WRITE_ZEROES;
+
+/// Status values (the status byte is one byte on the wire).
+pub const S_OK: u8 = vb::VIRTIO_BLK_S_OK as u8;
+pub const S_IOERR: u8 = vb::VIRTIO_BLK_S_IOERR as u8;
+pub const S_UNSUPP: u8 = vb::VIRTIO_BLK_S_UNSUPP as u8;
 
 /// Write-zeroes flag: the device may deallocate the range.
-pub const WZ_FLAG_UNMAP: u32 = 1;
+pub const WZ_FLAG_UNMAP: u32 = vb::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 
 /// One guest buffer: guest-physical address and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
