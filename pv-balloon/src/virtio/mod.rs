@@ -364,10 +364,9 @@ impl<H: Hal, T: Transport, P: GuestPage> VirtioBalloon<H, T, P> {
             fault: None,
             counters: Counters::default(),
         };
-        if let Err(e) = me.bring_up() {
-            me.transport.set_status(DeviceStatus::FAILED);
-            return Err(e);
-        }
+        // On failure `me` is dropped, which resets the device before the
+        // queues it may have been given are freed.
+        me.bring_up()?;
         Ok(me)
     }
 
