@@ -24,15 +24,19 @@
 //!
 //! # Driving it (for the OS glue, e.g. the Linux runtime)
 //!
-//! The Linux userspace runtime that comes next pins anonymous memory
-//! (`mmap` private anonymous, `madvise(MADV_NOHUGEPAGE)` so no transparent
-//! huge page is built or split under it, `mlock` so it is never swapped or
-//! migrated by compaction — mlocked pages are not moved by default, keep
-//! `vm.compact_unevictable_allowed=0`), touches each page once so it is
-//! backed, reads its frame from `/proc/self/pagemap` (bit 63 present, bits
-//! 0–54 the PFN; needs `CAP_SYS_ADMIN`), and hands `(vaddr, pfn << 12)` as
-//! its [`GuestPage`] type. It never touches the page again until the core
-//! gives it back ([`Event::Released`]); then it `munlock`s and `munmap`s
+//! The Linux userspace runtime that comes next pins anonymous memory and
+//! must make each page's frame number hold still while the balloon has it:
+//! `mmap` private anonymous memory (no hugetlbfs),
+//! `madvise(MADV_NOHUGEPAGE)` so no transparent huge page is built or split
+//! under it, touch each page once so it is backed, `mlock` it so it is
+//! never swapped, and set `vm.compact_unevictable_allowed=0` (mlocked pages
+//! are otherwise still migrated by compaction) and `kernel.numa_balancing=0`
+//! on multi-node guests. It then reads the frame from `/proc/self/pagemap`
+//! (8 bytes per page: bit 63 present, bits 0–54 the PFN; needs
+//! `CAP_SYS_ADMIN`, else the PFN reads as 0 — refuse such pages) and hands
+//! `(vaddr, pfn << 12)` as its [`GuestPage`] type. It never touches the page
+//! again until the core gives it back ([`Event::Released`]); then it
+//! `munlock`s and `munmap`s
 //! (or `MADV_DONTNEED`s) it. For virtio the loop is:
 //!
 //! ```text

@@ -500,3 +500,70 @@ fn drop_resets_the_device() {
     assert_eq!(dev.resets(), before + 1);
     assert!(dev.status().is_empty());
 }
+
+/// The loop the crate docs describe, against an honest device: the balloon
+/// reaches a target of 1000 frames in bounded steps, then gives it all back,
+/// answering stats requests on the way.
+#[test]
+fn the_documented_glue_loop_reaches_the_target_and_back() {
+    let (mut b, dev) = setup(all());
+    let mut next_frame = 0x1_0000u64;
+    let mut free: Vec<u64> = Vec::new();
+    let mut stats_due = false;
+    for target in [1000u32, 0] {
+        dev.set_num_pages(target);
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            assert!(rounds < 100, "no progress toward {target}");
+            let mut ev = Vec::new();
+            b.poll(&mut |e| ev.push(e)).expect("poll");
+            for e in ev {
+                match e {
+                    Event::Released(p) => free.push(p),
+                    Event::StatsRequested => stats_due = true,
+                    _ => {}
+                }
+            }
+            if stats_due {
+                let mut s = MemStats::default();
+                s.set(StatTag::MemFree, 1234);
+                b.supply_stats(&s).expect("stats");
+                stats_due = false;
+            }
+            match b.plan() {
+                Plan::Inflate { pages } => {
+                    assert!(pages <= 256);
+                    let mut v: Vec<u64> =
+                        (0..pages as u64).map(|i| (next_frame + i) * 4096).collect();
+                    next_frame += pages as u64;
+                    b.inflate(&mut v).expect("inflate");
+                }
+                Plan::Deflate { pages } => {
+                    assert!(pages <= 256);
+                    let mut ev = Vec::new();
+                    b.deflate(pages, &mut |e| ev.push(e)).expect("deflate");
+                    assert!(released(&ev).is_empty());
+                }
+                Plan::Idle => {
+                    if b.status().held == u64::from(target)
+                        && b.status().inflating == 0
+                        && b.status().deflating == 0
+                    {
+                        break;
+                    }
+                }
+            }
+            // The device works between interrupts.
+            dev.process(INFLATEQ);
+            dev.process(DEFLATEQ);
+            if rounds % 3 == 0 {
+                dev.request_stats();
+            }
+        }
+        assert_eq!(dev.actual(), target);
+        assert_eq!(dev.balloon().len(), target as usize);
+    }
+    assert_eq!(free.len(), 1000);
+    assert_eq!(dev.last_stats().len(), 20, "MEMFREE and MEMTOT");
+}
