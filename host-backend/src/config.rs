@@ -305,7 +305,18 @@ mod tests {
             .expect_err("dup")
             .to_string()
             .contains("used by another disk"));
-        assert!(Config::default().validate().is_err());
+        assert!(Config::default()
+            .validate()
+            .expect_err("empty")
+            .to_string()
+            .contains("nothing to serve"));
+        // The balloon manager alone is something to serve.
+        let balloon_only =
+            "[balloon]\nenabled = true\n[[balloon.guest]]\nname = \"vm\"\nqmp = \"/run/vm.qmp\"\n";
+        Config::parse(balloon_only, Path::new("b.toml"))
+            .expect("parses")
+            .validate()
+            .expect("balloon only is valid");
         assert!(parse_disk_spec("path=/a").is_err());
         assert!(parse_disk_spec("path=/a,socket=/s,colour=red").is_err());
         let d = parse_disk_spec("path=/a,socket=/run/x.sock,readonly,serial=abc,queues=2")

@@ -377,6 +377,208 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::registry::Registry;
+    use serde_json::{json, Value};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+    use std::sync::Mutex;
+
+    /// A fake QEMU with a virtio-balloon: serves QMP on `path` (one client
+    /// at a time, as QEMU does) until `stop` is set; the guest's size is
+    /// `actual` and it reports `available` bytes free for use.
+    struct FakeQemu {
+        stop: Arc<AtomicBool>,
+        actual: Arc<Mutex<u64>>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl FakeQemu {
+        fn start(path: &Path, ram: u64, available: u64) -> Self {
+            let _ = std::fs::remove_file(path);
+            let listener = UnixListener::bind(path).expect("bind");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let stop = Arc::new(AtomicBool::new(false));
+            let actual = Arc::new(Mutex::new(ram));
+            let (st, act) = (stop.clone(), actual.clone());
+            let path = path.to_owned();
+            let thread = std::thread::spawn(move || {
+                let mut stamp = unix_now();
+                while !st.load(Ordering::Acquire) {
+                    let Ok((s, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    s.set_nonblocking(false).expect("blocking");
+                    s.set_read_timeout(Some(Duration::from_millis(50)))
+                        .expect("timeout");
+                    let mut w = s.try_clone().expect("clone");
+                    let _ = w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n");
+                    let mut r = BufReader::new(s);
+                    let mut line = String::new();
+                    while !st.load(Ordering::Acquire) {
+                        match r.read_line(&mut line) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(_) => continue,
+                        }
+                        let v: Value = serde_json::from_str(&line).expect("json");
+                        line.clear();
+                        stamp += 1;
+                        let mut a = act.lock().expect("lock");
+                        let ret = match v["execute"].as_str().unwrap_or("") {
+                            "qom-list" if v["arguments"]["path"] == "/machine/peripheral" => {
+                                json!([{"name": "type", "type": "string"},
+                                       {"name": "bal0", "type": "child<virtio-balloon-pci>"}])
+                            }
+                            "query-memory-size-summary" => json!({"base-memory": ram}),
+                            "query-balloon" => json!({"actual": *a}),
+                            "qom-get" => json!({"stats": {
+                                "stat-available-memory": available.min(*a),
+                                "stat-total-memory": *a,
+                                "stat-major-faults": 0}, "last-update": stamp}),
+                            "balloon" => {
+                                *a = v["arguments"]["value"].as_u64().expect("value");
+                                json!({})
+                            }
+                            _ => json!({}),
+                        };
+                        let reply = json!({"return": ret, "id": v["id"]});
+                        if w.write_all(format!("{reply}\n").as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+            });
+            Self {
+                stop,
+                actual,
+                thread: Some(thread),
+            }
+        }
+
+        fn actual(&self) -> u64 {
+            *self.actual.lock().expect("lock")
+        }
+
+        fn stop(mut self) {
+            self.stop.store(true, Ordering::Release);
+            if let Some(t) = self.thread.take() {
+                t.join().expect("fake qemu");
+            }
+        }
+    }
+
+    #[test]
+    fn manager_reclaims_reconnects_and_honours_dry_run() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sock = dir.path().join("vm.qmp");
+        let host = dir.path().join("host");
+        std::fs::write(&host, "100").expect("host file");
+        let qemu = FakeQemu::start(&sock, 1024 * MIB, 900 * MIB);
+        let mut registry = Registry::default();
+        let metrics = Arc::new(BalloonMetrics::register(&mut registry));
+        let mut cfg = BalloonConfig {
+            enabled: true,
+            step_mib: 64,
+            host_available_file: Some(host.clone()),
+            qmp_timeout_secs: 5,
+            guests: vec![config::parse_guest_spec(&format!(
+                "name=vm,qmp={},min=512",
+                sock.display()
+            ))
+            .expect("spec")],
+            ..BalloonConfig::default()
+        };
+        let mut m = Manager::new(cfg.clone(), metrics.clone());
+        m.round();
+        assert_eq!(qemu.actual(), 960 * MIB, "one step reclaimed");
+        m.round();
+        assert_eq!(qemu.actual(), 896 * MIB, "and another");
+        let text = crate::metrics::render(&registry);
+        for needle in [
+            r#"pvbackend_balloon_target_bytes{guest="vm"} 939524096"#,
+            r#"pvbackend_balloon_connected{guest="vm"} 1"#,
+            r#"pvbackend_balloon_decisions_total{guest="vm",reason="reclaim"} 2"#,
+            r#"pvbackend_balloon_min_bytes{guest="vm"} 536870912"#,
+        ] {
+            assert!(text.contains(needle), "{needle} in\n{text}");
+        }
+
+        // QEMU goes away: the manager notices, counts it, and reconnects
+        // when a QEMU is back on the same socket.
+        qemu.stop();
+        m.round();
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains(r#"pvbackend_balloon_connected{guest="vm"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pvbackend_balloon_errors_total{guest="vm",kind="closed"}"#)
+                || text.contains(r#"pvbackend_balloon_errors_total{guest="vm",kind="io"}"#),
+            "{text}"
+        );
+        m.round();
+        assert!(crate::metrics::render(&registry)
+            .contains(r#"pvbackend_balloon_errors_total{guest="vm",kind="connect"}"#));
+        let qemu = FakeQemu::start(&sock, 1024 * MIB, 900 * MIB);
+        m.round();
+        assert_eq!(qemu.actual(), 960 * MIB, "reconnected and acting again");
+        assert!(crate::metrics::render(&registry)
+            .contains(r#"pvbackend_balloon_connected{guest="vm"} 1"#));
+        drop(m);
+
+        // Dry run: decisions are counted and logged, nothing is applied.
+        cfg.dry_run = true;
+        let mut m = Manager::new(cfg, metrics);
+        m.round();
+        m.round();
+        assert_eq!(qemu.actual(), 960 * MIB, "dry run changes nothing");
+        drop(m);
+        qemu.stop();
+    }
+
+    #[test]
+    fn watched_directory_adds_and_drops_guests() {
+        let dir = tempfile::tempdir().expect("dir");
+        let host = dir.path().join("host");
+        std::fs::write(&host, "2000").expect("host file");
+        let qemu = FakeQemu::start(&dir.path().join("a.qmp"), 1024 * MIB, 900 * MIB);
+        std::fs::write(dir.path().join("not-a-socket.txt"), "x").expect("file");
+        let mut registry = Registry::default();
+        let metrics = Arc::new(BalloonMetrics::register(&mut registry));
+        let mut m = Manager::new(
+            BalloonConfig {
+                enabled: true,
+                watch_dir: Some(dir.path().to_owned()),
+                host_available_file: Some(host),
+                qmp_timeout_secs: 5,
+                ..BalloonConfig::default()
+            },
+            metrics,
+        );
+        m.round();
+        assert_eq!(m.guest_names(), vec!["a".to_owned()]);
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains(r#"pvbackend_balloon_actual_bytes{guest="a"} 1073741824"#),
+            "{text}"
+        );
+        assert_eq!(
+            qemu.actual(),
+            1024 * MIB,
+            "normal host, idle guest: no change"
+        );
+        qemu.stop();
+        m.round();
+        assert!(m.guest_names().is_empty(), "socket gone, guest dropped");
+        let text = crate::metrics::render(&registry);
+        assert!(
+            !text.contains(r#"pvbackend_balloon_actual_bytes{guest="a"}"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn meminfo_and_override_file() {
