@@ -6,6 +6,9 @@
 //! devices are disconnected once their workers finish the request in hand,
 //! every disk is flushed, sockets are removed. A deadline bounds the whole
 //! stop; the daemon never hangs on it.
+//!
+//! The balloon manager ([`crate::balloon`]), when configured, runs on its
+//! own thread and stops with the rest.
 
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;

@@ -452,6 +452,7 @@ fn shortage_moves_memory_from_idle_to_busy_guest() {
             .all(|(f, t, r)| r == "pressure" && t - f <= 64 && *t <= RAM),
         "{log}"
     );
+    eprintln!("idle guest steps: {idle_steps:?}\nbusy guest steps: {busy_steps:?}");
     let taken: u64 = idle_steps.iter().map(|(f, t, _)| f - t).sum();
     let given: u64 = busy_steps.iter().map(|(f, t, _)| t - f).sum();
     assert!(

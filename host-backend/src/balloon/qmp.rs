@@ -205,23 +205,6 @@ impl QmpClient {
         self.events.drain(..).collect()
     }
 
-    /// Reads events already sent by QEMU without sending a command: waits
-    /// at most `wait` for the first one.
-    pub fn poll_events(&mut self, wait: Duration) -> Result<(), QmpError> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if self.reader.buffer().is_empty() && Instant::now() >= deadline {
-                return Ok(());
-            }
-            match self.read_message(deadline, "events") {
-                Ok(Message::Event { name, data }) => self.queue_event(name, data),
-                Ok(_) => {} // a stale reply: skip
-                Err(QmpError::Timeout { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     fn read_message(&mut self, deadline: Instant, command: &str) -> Result<Message, QmpError> {
         let mut line = Vec::new();
         loop {
