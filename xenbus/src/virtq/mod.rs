@@ -628,6 +628,12 @@ impl<H: Hal> VirtQueue<H> {
         u16::from_le(self.ring.u16(self.used_off + 2).load(Ordering::Acquire))
     }
 
+    /// Completions the device claims to have published and not yet popped
+    /// (as the device wrote it: [`VirtQueue::pop`] still validates each).
+    pub fn used_pending(&self) -> u16 {
+        self.used_idx().wrapping_sub(self.last_used)
+    }
+
     /// Completions published and not yet popped (unchecked count).
     pub fn has_used(&self) -> bool {
         self.used_idx() != self.last_used

@@ -101,10 +101,8 @@ fn too_many_parts_and_full() {
     let e = unsafe { q.add(&parts, 0) };
     assert_eq!(e, Err(VirtqError::TooManyParts { needed: 3, max: 2 }));
     // SAFETY: as above.
-    assert!(matches!(
-        unsafe { q.add(&[], 0) },
-        Err(VirtqError::TooManyParts { .. })
-    ));
+    let e = unsafe { q.add(&[], 0) };
+    assert!(matches!(e, Err(VirtqError::TooManyParts { .. })));
     // SAFETY: `b` outlives the queue's use of it (drained below).
     unsafe { q.add(&parts[..2], 0) }.expect("add");
     // SAFETY: refused.

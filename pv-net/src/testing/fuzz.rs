@@ -1,0 +1,1 @@
+//! Fuzz drivers (coming).

@@ -1,0 +1,1 @@
+//! Xen netif frontend (placeholder while the virtio half lands).
