@@ -49,12 +49,12 @@ mod tests {
     fn complete_then_verify() {
         let mut f = [0u8; 40];
         for (i, b) in f.iter_mut().enumerate() {
-            *b = i as u8 * 7;
+            *b = (i as u8).wrapping_mul(7);
         }
         f[20..22].copy_from_slice(&[0x12, 0x34]);
         assert!(complete(&mut f, 10, 10));
-        // A correct checksum makes the sum over the range all ones, once the
-        // pseudo-header part (0x1234) is taken back out.
+        // A receiver's check: the sum over the range plus the pseudo-header
+        // sum (0x1234 here) is all ones.
         let s = u32::from(ones_sum(&f[10..])) + 0x1234;
         let s = (s & 0xFFFF) + (s >> 16);
         assert_eq!(s, 0xFFFF);
