@@ -9,6 +9,8 @@
 use core::ptr::NonNull;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::boxed::Box;
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::vec;
 use std::vec::Vec;
 
@@ -20,8 +22,18 @@ use super::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 /// buffers are bounced through a fresh allocation, so a driver that forgets
 /// to unshare (or unshares the wrong buffer) loses data and fails its test,
 /// and a device cannot reach a buffer after it was handed back.
+///
+/// Unshared bounce buffers are not freed at once but kept in a quarantine
+/// of the last [`QUARANTINE`] ones: a hostile fake device that writes a
+/// chain the driver already took back (as a real device can) then writes
+/// dead memory that still exists, not freed heap.
 #[derive(Debug)]
 pub struct TestHal;
+
+/// Bounce buffers kept alive after `unshare`.
+pub const QUARANTINE: usize = 8192;
+
+static RETIRED: Mutex<VecDeque<Box<[u8]>>> = Mutex::new(VecDeque::new());
 
 // SAFETY: `dma_alloc` returns fresh zeroed page-aligned allocations owned by
 // the caller until `dma_dealloc`; `share` returns the address of a fresh
@@ -82,6 +94,13 @@ unsafe impl Hal for TestHal {
                     buffer.len(),
                 )
             };
+        }
+        let mut q = RETIRED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        q.push_back(bounce);
+        while q.len() > QUARANTINE {
+            q.pop_front();
         }
     }
 }
