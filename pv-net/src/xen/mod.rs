@@ -551,7 +551,7 @@ where
             // The slot holds a `netif_extra_info`, not a response.
             let mut ex = NetifExtraInfo::default();
             ex.as_mut_bytes().copy_from_slice(rsp.as_bytes());
-            a.extras += 1;
+            a.extras = a.extras.saturating_add(1);
             a.need_extra = ex.flags & EXTRA_FLAG_MORE != 0;
             if a.extras > MAX_EXTRAS {
                 a.bad.get_or_insert(Why::Chain);
@@ -581,7 +581,7 @@ where
             return a.need_extra || a.slots_more();
         }
         let first = a.slots == 0;
-        a.slots += 1;
+        a.slots = a.slots.saturating_add(1);
         if a.slots > MAX_RX_SLOTS {
             a.bad.get_or_insert(Why::Chain);
         }
