@@ -350,6 +350,10 @@ pub struct VirtQueue<H: Hal> {
     last_used: u16,
     in_flight: u16,
     event_idx: bool,
+    /// Scratch for `add` and emptied per-chain records kept for reuse, so
+    /// the data path does not allocate once warm.
+    scratch: Vec<Desc>,
+    spare: Vec<(Vec<u16>, Vec<SharedBuf>)>,
 }
 
 impl<H: Hal> VirtQueue<H> {
@@ -381,6 +385,8 @@ impl<H: Hal> VirtQueue<H> {
             last_used: 0,
             in_flight: 0,
             event_idx,
+            scratch: Vec::new(),
+            spare: Vec::new(),
         };
         q.rebuild();
         Ok(q)
@@ -486,18 +492,24 @@ impl<H: Hal> VirtQueue<H> {
             return Err(VirtqError::Full);
         }
         let mut writable = 0u32;
-        let mut descs: Vec<Desc> = Vec::with_capacity(parts.len());
+        let mut descs = core::mem::take(&mut self.scratch);
+        descs.clear();
         for p in parts {
             let (b, dir) = match *p {
                 Part::Out(b) => (b, BufferDirection::DriverToDevice),
                 Part::In(b) => (b, BufferDirection::DeviceToDriver),
             };
-            let Ok(len) = u32::try_from(b.len()) else {
+            let len = u32::try_from(b.len()).ok();
+            let total = match (len, dir) {
+                (Some(l), BufferDirection::DeviceToDriver) => writable.checked_add(l),
+                (Some(_), _) => Some(writable),
+                (None, _) => None,
+            };
+            let (Some(len), Some(total)) = (len, total) else {
+                self.scratch = descs;
                 return Err(VirtqError::BadBuffer);
             };
-            if dir == BufferDirection::DeviceToDriver {
-                writable = writable.checked_add(len).ok_or(VirtqError::BadBuffer)?;
-            }
+            writable = total;
             descs.push(Desc {
                 addr: 0,
                 len,
@@ -510,7 +522,7 @@ impl<H: Hal> VirtQueue<H> {
             });
         }
         // Only now, with every check passed, share the buffers.
-        let mut shared = Vec::with_capacity(parts.len());
+        let (mut chain, mut shared) = self.spare.pop().unwrap_or_default();
         for (p, d) in parts.iter().zip(descs.iter_mut()) {
             let (b, dir) = match *p {
                 Part::Out(b) => (b, BufferDirection::DriverToDevice),
@@ -525,11 +537,12 @@ impl<H: Hal> VirtQueue<H> {
         }
 
         let head;
-        let mut chain = Vec::with_capacity(self.descs_needed(parts.len()));
         match (&self.tables, descs.len()) {
             (Some(t), n) if n > 1 => {
                 let Some(h) = self.free.pop() else {
                     self.unshare_all(&mut shared);
+                    self.spare.push((chain, shared));
+                    self.scratch = descs;
                     return Err(VirtqError::Full);
                 };
                 head = h;
@@ -559,7 +572,10 @@ impl<H: Hal> VirtQueue<H> {
                             // `fits` checked the count; never leave
                             // descriptors or shares behind anyway.
                             self.free.extend(chain.iter().rev());
+                            chain.clear();
                             self.unshare_all(&mut shared);
+                            self.spare.push((chain, shared));
+                            self.scratch = descs;
                             return Err(VirtqError::Full);
                         }
                     }
@@ -576,6 +592,7 @@ impl<H: Hal> VirtQueue<H> {
                 head = chain[0];
             }
         }
+        self.scratch = descs;
 
         let slot = usize::from(self.avail_idx & (self.size - 1));
         self.ring.put_u16(self.avail_off + 4 + 2 * slot, head);
@@ -678,6 +695,8 @@ impl<H: Hal> VirtQueue<H> {
         }
         self.in_flight -= 1;
         self.unshare_all(&mut rec.shared);
+        rec.chain.clear();
+        self.spare.push((rec.chain, rec.shared));
         let len = if len > rec.writable {
             Err(VirtqError::BadLength {
                 len,
