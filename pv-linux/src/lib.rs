@@ -25,6 +25,7 @@
 //!   socketpair: the wire codec ([`nbd::wire`], host-testable and fuzzed)
 //!   and the kernel side ([`nbd::NbdKernel`]: ioctls, the `NBD_DO_IT`
 //!   thread, disconnect).
+//! - [`logger`]: a minimal stderr logger for the daemons.
 //! - [`signal`]: SIGTERM/SIGINT as a flag, and blocking them in helper
 //!   threads.
 //!
@@ -40,6 +41,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod dma;
+pub mod logger;
 pub mod nbd;
 pub mod pci;
 pub mod poll;

@@ -257,7 +257,7 @@ fn randread(
 ) -> Result<ExitCode, String> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use std::time::{Duration, Instant};
-    if bs < 512 || bs % 512 != 0 {
+    if bs < 512 || !bs.is_multiple_of(512) {
         return Err(format!("block size {bs} is not a multiple of 512"));
     }
     let mut probe = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
