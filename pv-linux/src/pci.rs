@@ -2,7 +2,9 @@
 //!
 //! [`PciDevice::claim`] takes a function away from its kernel driver: it
 //! writes a name no driver has into `driver_override` (so nothing rebinds
-//! it behind our back) and unbinds the current driver. Dropping the
+//! it behind our back) and unbinds the current driver.
+//! [`PciDevice::claim_with`] and [`Binding::UioPciGeneric`] bind it to
+//! `uio_pci_generic` instead, for INTx interrupts ([`UioIrq`]). Dropping the
 //! [`PciDevice`] (or [`PciDevice::release`]) gives it back: unmaps the BARs,
 //! clears `driver_override` and writes the address to `drivers_probe`, so
 //! the kernel driver binds again (for a virtio-blk device: `virtio-pci`,
@@ -349,6 +351,77 @@ impl ConfigurationAccess for SysfsConfig {
     }
 }
 
+/// What the claimed function is bound to while we hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// No driver (`driver_override` names no driver): no interrupts, the
+    /// runtime polls and sleeps on timers.
+    Unbound,
+    /// `uio_pci_generic`: INTx interrupts through `/dev/uioN`
+    /// ([`UioIrq`]); falls back to [`Binding::Unbound`] with a warning when
+    /// the module is missing or refuses the device (it needs INTx masking).
+    UioPciGeneric,
+}
+
+/// INTx interrupts of a function bound to `uio_pci_generic`.
+///
+/// The kernel's handler masks INTx (command register bit 10) when the
+/// device interrupts and counts the event; [`UioIrq::fd`] becomes readable.
+/// (`uio_pci_generic` has no `irqcontrol`, so unmasking is a write of the
+/// command register through sysfs config, as its documentation says.)
+/// The runtime then [`UioIrq::take`]s the count, acknowledges the device
+/// (for virtio: reads the ISR register, which lowers the line), and
+/// [`UioIrq::arm`]s again, which unmasks INTx. INTx is level-triggered: a
+/// line still or again raised when it is unmasked interrupts at once, so no
+/// wake-up is lost between acknowledging and arming.
+#[derive(Debug)]
+pub struct UioIrq {
+    file: File,
+    path: PathBuf,
+    /// Config space, for the command register's INTx-disable bit
+    /// (`uio_pci_generic` has no irqcontrol: userspace unmasks there).
+    config: Arc<File>,
+}
+
+/// Command register bit 10: INTx disable.
+const CMD_INTX_DISABLE: u16 = 1 << 10;
+
+impl UioIrq {
+    /// The descriptor to poll for readability.
+    pub fn fd(&self) -> std::os::unix::io::RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Unmask INTx: clear the command register's INTx-disable bit (a
+    /// 16-bit access: the status register next to it is write-one-to-clear).
+    pub fn arm(&self) -> Result<()> {
+        let mut b = [0u8; 2];
+        self.config
+            .read_exact_at(&mut b, 4)
+            .map_err(|e| Error::io("read command register", &self.path, e))?;
+        let cmd = u16::from_le_bytes(b);
+        if cmd & CMD_INTX_DISABLE != 0 {
+            self.config
+                .write_all_at(&(cmd & !CMD_INTX_DISABLE).to_le_bytes(), 4)
+                .map_err(|e| Error::io("unmask INTx", &self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Interrupts counted since the device was opened, if any arrived since
+    /// the last call (non-blocking).
+    pub fn take(&self) -> Result<Option<u32>> {
+        use std::io::Read;
+        let mut b = [0u8; 4];
+        match (&self.file).read(&mut b) {
+            Ok(4) => Ok(Some(u32::from_ne_bytes(b))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(Error::io("read interrupt count", &self.path, e)),
+        }
+    }
+}
+
 /// One BAR mapped from sysfs `resourceN`.
 #[derive(Debug)]
 struct BarMap {
@@ -363,6 +436,7 @@ pub struct PciDevice {
     config: SysfsConfig,
     maps: Vec<BarMap>,
     previous_driver: Option<String>,
+    irq: Option<UioIrq>,
     released: bool,
 }
 
@@ -371,6 +445,11 @@ impl PciDevice {
     /// already claimed, unbind its driver, map its memory BARs, enable
     /// memory decoding and bus mastering.
     pub fn claim(address: PciAddress) -> Result<Self> {
+        Self::claim_with(address, Binding::Unbound)
+    }
+
+    /// Like [`PciDevice::claim`], bound as `binding` asks.
+    pub fn claim_with(address: PciAddress, binding: Binding) -> Result<Self> {
         let dir = address.sysfs();
         let i = info(address)?;
         if dir.join("iommu_group").exists() {
@@ -387,15 +466,81 @@ impl PciDevice {
             config: Self::open_config(address)?,
             maps: Vec::new(),
             previous_driver: i.driver.clone(),
+            irq: None,
             released: false,
         };
         if let Some(d) = &i.driver {
             log::info!("pci {address}: unbinding from {d}");
             write_attr(&dir.join("driver").join("unbind"), &address.to_string())?;
         }
+        if binding == Binding::UioPciGeneric {
+            match me.bind_uio() {
+                Ok(irq) => {
+                    log::info!(
+                        "pci {address}: bound to uio_pci_generic ({})",
+                        irq.path.display()
+                    );
+                    me.irq = Some(irq);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "pci {address}: no INTx through uio_pci_generic ({e}); polling only"
+                    );
+                    if info(address).is_ok_and(|i| i.driver.is_some()) {
+                        let _ =
+                            write_attr(&dir.join("driver").join("unbind"), &address.to_string());
+                    }
+                    write_attr(&dir.join("driver_override"), OVERRIDE_NAME)?;
+                }
+            }
+        }
         me.map_bars()?;
         me.enable()?;
         Ok(me)
+    }
+
+    fn bind_uio(&self) -> Result<UioIrq> {
+        const DRIVER: &str = "/sys/bus/pci/drivers/uio_pci_generic";
+        let dir = self.address.sysfs();
+        if !Path::new(DRIVER).exists() {
+            return Err(Error::NoDevice(
+                "uio_pci_generic driver (modprobe uio_pci_generic)".into(),
+            ));
+        }
+        write_attr(&dir.join("driver_override"), "uio_pci_generic")?;
+        write_attr(&Path::new(DRIVER).join("bind"), &self.address.to_string())?;
+        let uio_dir = dir.join("uio");
+        let name = std::fs::read_dir(&uio_dir)
+            .map_err(|e| Error::io("list", &uio_dir, e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("uio"))
+            .ok_or_else(|| Error::NoDevice(format!("uio node under {}", uio_dir.display())))?;
+        let path = Path::new("/dev").join(&name);
+        // devtmpfs creates the node asynchronously; give it a moment.
+        for _ in 0..100 {
+            if path.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        Ok(UioIrq {
+            file,
+            path,
+            config: Arc::clone(&self.config.file),
+        })
+    }
+
+    /// INTx interrupts, when bound to `uio_pci_generic`.
+    pub fn irq(&self) -> Option<&UioIrq> {
+        self.irq.as_ref()
     }
 
     fn open_config(address: PciAddress) -> Result<SysfsConfig> {
@@ -544,6 +689,13 @@ impl PciDevice {
         if let Ok(b) = self.config.read_bytes::<2>(4) {
             let cmd = u16::from_le_bytes(b) & !CMD_BUS_MASTER;
             let _ = self.config.write_bytes(4, &cmd.to_le_bytes());
+        }
+        self.irq = None;
+        if info(self.address).is_ok_and(|i| i.driver.is_some()) {
+            write_attr(
+                &dir.join("driver").join("unbind"),
+                &self.address.to_string(),
+            )?;
         }
         write_attr(&dir.join("driver_override"), "\n")?;
         write_attr(Path::new(DRIVERS_PROBE), &self.address.to_string())?;

@@ -8,9 +8,10 @@
 //! `max_sleep`.
 //!
 //! Sleeping is `poll(2)` on the caller's file descriptors (e.g. the socket
-//! new requests arrive on, or a `uio` device's interrupt fd) with the sleep
-//! as timeout, so a readable fd ends the sleep early. The block runtime uses
-//! timed sleeps only for the device (no INTx wake-up): see `pvblkd`.
+//! new requests arrive on, or a `uio` device's interrupt fd, see
+//! [`crate::pci::UioIrq`]) with the sleep as timeout, so a readable fd ends
+//! the sleep early. Callers that must arm an interrupt before sleeping use
+//! [`AdaptivePoller::spin_or_sleep`] and [`AdaptivePoller::woke`].
 
 use std::os::unix::io::RawFd;
 use std::time::{Duration, Instant};
@@ -62,22 +63,39 @@ impl AdaptivePoller {
     /// spin budget, else sleep until one of `fds` is readable or the current
     /// sleep passes. Returns true if an fd became readable.
     pub fn idle(&mut self, fds: &[RawFd]) -> bool {
+        let Some(sleep) = self.spin_or_sleep() else {
+            return false;
+        };
+        let woken = wait_readable(fds, sleep);
+        self.woke(woken);
+        woken
+    }
+
+    /// The first half of [`AdaptivePoller::idle`], for callers that sleep
+    /// their own way (e.g. arm an interrupt first): `None` while within the
+    /// spin budget (after one spin-loop hint), else the time to sleep now.
+    /// Report the outcome of the sleep with [`AdaptivePoller::woke`].
+    pub fn spin_or_sleep(&mut self) -> Option<Duration> {
         let now = Instant::now();
         let since = *self.idle_since.get_or_insert(now);
         if now.duration_since(since) < self.spin {
             self.stats.spins += 1;
             std::hint::spin_loop();
-            return false;
+            return None;
         }
         self.stats.sleeps += 1;
-        let woken = wait_readable(fds, self.sleep);
+        Some(self.sleep)
+    }
+
+    /// After sleeping on [`AdaptivePoller::spin_or_sleep`]'s advice: `woken`
+    /// if an event (fd, interrupt) ended the sleep early.
+    pub fn woke(&mut self, woken: bool) {
         if woken {
             self.stats.woken += 1;
             self.busy();
         } else {
             self.sleep = (self.sleep * 2).min(self.max_sleep);
         }
-        woken
     }
 
     /// Block (no spinning) until an fd is readable or `timeout` passes.
@@ -90,11 +108,19 @@ impl AdaptivePoller {
 /// `ppoll` for readability with a microsecond timeout; true if any fd is
 /// readable (or hung up). Interrupted by signals (returns false).
 pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> bool {
+    let v: Vec<(RawFd, i16)> = fds.iter().map(|&fd| (fd, libc::POLLIN)).collect();
+    wait_events(&v, timeout)
+}
+
+/// `ppoll` for the given `(fd, events)` pairs (`libc::POLLIN`,
+/// `libc::POLLOUT`, ...) with a microsecond timeout; true if any is ready
+/// (or hung up). Interrupted by signals (returns false).
+pub fn wait_events(fds: &[(RawFd, i16)], timeout: Duration) -> bool {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
+        .map(|&(fd, events)| libc::pollfd {
             fd,
-            events: libc::POLLIN,
+            events,
             revents: 0,
         })
         .collect();

@@ -126,7 +126,7 @@ fn runtime_guest(name: &str) -> GuestBuilder {
     Guest::builder(name)
         .cpus(2)
         .memory_mib(768)
-        .modules(["virtio_pci", "virtio_blk", "nbd"])
+        .modules(["virtio_pci", "virtio_blk", "nbd", "uio_pci_generic"])
         .binary("pvio")
         .binary("pvblkd")
         .timeout(Duration::from_secs(900))
