@@ -204,6 +204,10 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     }
     let (sock, kernel_end) = nbd::socketpair().map_err(|e| e.to_string())?;
     sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    // Room for a whole large read reply in the socket, so replies rarely
+    // wait for the kernel's receiver (best effort: the kernel caps it at
+    // net.core.wmem_max unless we are root, which we are).
+    set_sndbuf(&sock, 8 << 20);
     let kernel = NbdKernel::connect(
         cli.nbd,
         kernel_end,
@@ -245,6 +249,26 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     let flushed = flush_device(&mut blk);
     drop(blk);
     served.and(flushed)
+}
+
+fn set_sndbuf(sock: &UnixStream, bytes: libc::c_int) {
+    // SAFETY: setsockopt reads one c_int from a live local for the call's
+    // duration, on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        warn!(
+            "SO_SNDBUFFORCE {bytes}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Flush the device cache and wait (bounded) for the answer.

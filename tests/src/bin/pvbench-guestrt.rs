@@ -17,6 +17,11 @@
 //!
 //! Under TCG the emulated guest CPU bounds every figure; the ratios are
 //! what this measures.
+//!
+//! Experiment knobs: `PVBENCH_PVBLKD_ARGS` adds options to pvblkd (e.g.
+//! `--irq off --spin-us 1000`); `PVBENCH_ONLY` is a shell line run before the
+//! direct cases (e.g. `exit 0` to skip them), and prints the raw console
+//! instead of the table.
 
 use std::path::Path;
 use std::process::ExitCode;
