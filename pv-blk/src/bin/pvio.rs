@@ -83,6 +83,11 @@ enum Cmd {
         /// Seed of the offset sequence.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Copy each completed read out of its DMA buffer (as a runtime
+        /// serving the data must), to measure what touching hugepage DMA
+        /// memory costs.
+        #[arg(long)]
+        touch: bool,
     },
     /// Zero a byte range of a block device with BLKZEROOUT (the kernel sends
     /// WRITE_ZEROES when the device offers it).
@@ -220,7 +225,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             qd,
             block_size,
             seed,
-        } => direct::run(&pci, mode, seconds, qd.max(1), block_size, seed),
+            touch,
+        } => direct::run(&pci, mode, seconds, qd.max(1), block_size, seed, touch),
         Cmd::Zeroout { path, offset, len } => {
             use std::os::unix::io::AsRawFd;
             /// `_IO(0x12, 127)`.
@@ -431,6 +437,7 @@ mod direct {
         qd: u32,
         bs: usize,
         seed: u64,
+        touch: bool,
     ) -> Result<ExitCode, String> {
         if bs < 512 || !bs.is_multiple_of(512) || bs > dma::HUGEPAGE_SIZE {
             return Err(format!(
@@ -440,7 +447,7 @@ mod direct {
         let addr: PciAddress = pci.parse().map_err(|e: pv_linux::Error| e.to_string())?;
         dma::init(64, 1).map_err(|e| e.to_string())?;
         let dev = PciDevice::claim(addr).map_err(|e| format!("claim {addr}: {e}"))?;
-        let r = bench(&dev, mode, seconds, qd, bs, seed);
+        let r = bench(&dev, mode, seconds, qd, bs, seed, touch);
         dev.release().map_err(|e| e.to_string())?;
         r
     }
@@ -452,7 +459,9 @@ mod direct {
         qd: u32,
         bs: usize,
         seed: u64,
+        touch: bool,
     ) -> Result<ExitCode, String> {
+        let mut copy = if touch { vec![0u8; bs] } else { Vec::new() };
         // Declared before the frontend so that they are dropped after it on
         // every path: dropping the frontend resets the device, which then no
         // longer touches them.
@@ -530,6 +539,9 @@ mod direct {
             if !running && end.is_none() {
                 end = Some(now);
             }
+            // Retire every completion before resubmitting: a new request
+            // may reuse the token of one completed in this same batch.
+            let mut free = Vec::with_capacity(done.len());
             for &(t, ok) in &done {
                 let Some((slot, at)) = in_flight.remove(&t) else {
                     continue;
@@ -537,11 +549,19 @@ mod direct {
                 if !ok {
                     errors += 1;
                 }
+                if touch {
+                    if let Some(b) = bufs.get(slot) {
+                        copy.copy_from_slice(b.as_slice());
+                    }
+                }
                 if running {
                     lat.push(u32::try_from(now.duration_since(at).as_micros()).unwrap_or(u32::MAX));
-                    let (t2, at2) = submit(&mut blk, &mut bufs, slot, next_block())?;
-                    in_flight.insert(t2, (slot, at2));
+                    free.push(slot);
                 }
+            }
+            for slot in free {
+                let (t2, at2) = submit(&mut blk, &mut bufs, slot, next_block())?;
+                in_flight.insert(t2, (slot, at2));
             }
             if now > drain_deadline {
                 return Err(format!("{} requests never completed", in_flight.len()));
@@ -562,9 +582,11 @@ mod direct {
         let n = lat.len();
         lat.sort_unstable();
         let pct = |p: f64| lat[((n as f64 * p) as usize).min(n - 1)];
-        let name = match mode {
-            DirectMode::Rand => "direct-randread",
-            DirectMode::Seq => "direct-seqread",
+        let name = match (mode, touch) {
+            (DirectMode::Rand, false) => "direct-randread",
+            (DirectMode::Seq, false) => "direct-seqread",
+            (DirectMode::Rand, true) => "direct-randread-touch",
+            (DirectMode::Seq, true) => "direct-seqread-touch",
         };
         println!(
             "pvio: {name} qd={qd} bs={bs} iops={} mib_s={:.1} p50_us={} p99_us={} p999_us={}",

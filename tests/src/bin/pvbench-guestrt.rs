@@ -18,7 +18,10 @@
 //! Under TCG the emulated guest CPU bounds every figure; the ratios are
 //! what this measures.
 //!
-//! Experiment knobs: `PVBENCH_PVBLKD_ARGS` adds options to pvblkd (e.g.
+//! Experiment knobs: `PVBENCH_CPUS` (guest vCPUs, default 2),
+//! `PVBENCH_PIN=1` (pin pvio, pvblkd and the unbound workqueues to vCPU 0
+//! in all three cases),
+//! `PVBENCH_PVBLKD_ARGS` adds options to pvblkd (e.g.
 //! `--irq off --spin-us 1000`); `PVBENCH_ONLY` is a shell line run before the
 //! direct cases (e.g. `exit 0` to skip them), and prints the raw console
 //! instead of the table.
@@ -92,36 +95,52 @@ fn bench(seconds: u64) -> Result<(), String> {
     // Extra pvblkd options (e.g. polling knobs) for experiments.
     let extra = std::env::var("PVBENCH_PVBLKD_ARGS").unwrap_or_default();
     let only = std::env::var("PVBENCH_ONLY").unwrap_or_default();
+    // Pin every party (pvio, pvblkd, the unbound workqueues nbd receives
+    // on) to vCPU 0, for all three cases alike.
+    let pin = std::env::var("PVBENCH_PIN").is_ok_and(|v| v == "1");
+    let (ts, pin_wq) = if pin {
+        (
+            "taskset 1 ",
+            "echo 1 > /sys/devices/virtual/workqueue/cpumask",
+        )
+    } else {
+        ("", "")
+    };
     let script = format!(
         r#"
 tag() {{ sed "s/^pvio: /$1 /"; }}
+{pin_wq}
 bdf=$(basename "$(readlink -f /sys/block/vdb/device/..)")
-pvio randread /dev/vda --seconds {s} --jobs 1 | tag kernel-qd1
-pvio randread /dev/vda --seconds {s} --jobs 32 | tag kernel-qd32
-pvio seqread /dev/vda --seconds {s} | tag kernel-seq
-pvblkd --pci $bdf --nbd 0 {extra} > /tmp/pvblkd.log 2>&1 &
+{ts}pvio randread /dev/vda --seconds {s} --jobs 1 | tag kernel-qd1
+{ts}pvio randread /dev/vda --seconds {s} --jobs 32 | tag kernel-qd32
+{ts}pvio seqread /dev/vda --seconds {s} | tag kernel-seq
+{ts}pvblkd --pci $bdf --nbd 0 {extra} > /tmp/pvblkd.log 2>&1 &
 pid=$!
 i=0
 while [ "$(cat /sys/block/nbd0/size)" = 0 ]; do
   i=$((i+1)); [ $i -le 300 ] || {{ cat /tmp/pvblkd.log; exit 1; }}
   sleep 0.2
 done
-pvio randread /dev/nbd0 --seconds {s} --jobs 1 | tag nbd-qd1
-pvio randread /dev/nbd0 --seconds {s} --jobs 32 | tag nbd-qd32
-pvio seqread /dev/nbd0 --seconds {s} | tag nbd-seq
+{ts}pvio randread /dev/nbd0 --seconds {s} --jobs 1 | tag nbd-qd1
+{ts}pvio randread /dev/nbd0 --seconds {s} --jobs 32 | tag nbd-qd32
+{ts}pvio seqread /dev/nbd0 --seconds {s} | tag nbd-seq
 kill -TERM $pid || true
 rc=0; wait $pid || rc=$?
 cat /tmp/pvblkd.log
 [ $rc = 0 ]
 while [ ! -e /sys/bus/pci/devices/$bdf/driver ]; do sleep 0.2; done
 {only}
-pvio direct --pci $bdf --mode rand --qd 1 --seconds {s} | tag direct-qd1
-pvio direct --pci $bdf --mode rand --qd 32 --seconds {s} | tag direct-qd32
-pvio direct --pci $bdf --mode seq --qd 1 --block-size 1048576 --seconds {s} | tag direct-seq
+{ts}pvio direct --pci $bdf --mode rand --qd 1 --seconds {s} | tag direct-qd1
+{ts}pvio direct --pci $bdf --mode rand --qd 32 --seconds {s} | tag direct-qd32
+{ts}pvio direct --pci $bdf --mode seq --qd 1 --block-size 1048576 --seconds {s} | tag direct-seq
 "#
     );
+    let cpus: u32 = std::env::var("PVBENCH_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let out = Guest::builder("bench-guestrt")
-        .cpus(2)
+        .cpus(cpus)
         .memory_mib(1024)
         .modules(["virtio_pci", "virtio_blk", "nbd", "uio_pci_generic"])
         .binary("pvio")
@@ -144,7 +163,7 @@ pvio direct --pci $bdf --mode seq --qd 1 --block-size 1048576 --seconds {s} | ta
             .ok_or_else(|| format!("no result for {who}-{case}"))
     };
     println!(
-        "guest: 2 vCPU TCG, two QEMU virtio-blk devices (256 MiB images on /dev/shm), {seconds} s per case, one boot"
+        "guest: {cpus} vCPU TCG, two QEMU virtio-blk devices (256 MiB images on /dev/shm), {seconds} s per case, one boot"
     );
     println!("| case | kernel virtio_blk | ours via /dev/nbd0 | ours direct | nbd/kernel | direct/kernel | p50/p99 µs kernel | nbd | direct |");
     println!("|---|---|---|---|---|---|---|---|---|");
