@@ -29,6 +29,39 @@
 //! - [`signal`]: SIGTERM/SIGINT as a flag, and blocking them in helper
 //!   threads.
 //!
+//! # Writing a runtime on it
+//!
+//! The order matters: the core (which owns the transport, whose pointers
+//! are into the BAR mappings, and whose queues are in pool memory the device
+//! writes) must be dropped — which resets the device — before the
+//! [`pci::PciDevice`] gives the device back.
+//!
+//! ```no_run
+//! use pv_linux::pci::{self, Binding, PciDevice};
+//!
+//! # fn main() -> Result<(), pv_linux::Error> {
+//! pv_linux::logger::init("pvnetd", log::LevelFilter::Info);
+//! pv_linux::signal::install()?;
+//! pv_linux::dma::init(16, 1)?; // up to 16 hugepages, map one now
+//! let addr = pci::find(pci::VIRTIO_VENDOR, &[0x1000, 0x1041])?
+//!     .into_iter()
+//!     .find(|i| i.driver_override.is_none())
+//!     .map(|i| i.address)
+//!     .ok_or_else(|| pv_linux::Error::NoDevice("virtio-net".into()))?;
+//! let dev = PciDevice::claim_with(addr, Binding::UioPciGeneric)?;
+//! let transport = dev.virtio_transport()?;
+//! // Build the core on `transport` with `pv_linux::dma::LinuxHal` as its
+//! // `Hal`; poll it with `pv_linux::poll::AdaptivePoller`, sleeping on
+//! // `dev.irq()` when it is `Some`, until `signal::stop_requested()`.
+//! drop(transport); // (the core, in a real runtime)
+//! dev.release()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `pvblkd` (`pv-blk/src/bin/pvblkd.rs`) is the worked example, with the
+//! NBD export; `pvio direct` (`pv-blk/src/bin/pvio.rs`) the minimal one.
+//!
 //! # What it refuses
 //!
 //! - Devices behind an IOMMU: the DMA addresses handed to the device are
