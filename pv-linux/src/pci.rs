@@ -461,9 +461,17 @@ impl PciDevice {
             )));
         }
         write_attr(&dir.join("driver_override"), OVERRIDE_NAME)?;
+        let config = match Self::open_config(address) {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing unbound yet: just take our mark off the device.
+                let _ = write_attr(&dir.join("driver_override"), "\n");
+                return Err(e);
+            }
+        };
         let mut me = Self {
             address,
-            config: Self::open_config(address)?,
+            config,
             maps: Vec::new(),
             previous_driver: i.driver.clone(),
             irq: None,
