@@ -1,0 +1,804 @@
+//! `pvblkd`: the pv-blk Linux guest runtime. Claims a virtio-blk PCI
+//! device from the kernel, drives it from userspace with the pv-blk core
+//! (`pv_blk::virtio`), and exports it back to the guest kernel as
+//! `/dev/nbdN` through the kernel NBD driver over a socketpair, so guest
+//! filesystems and tools work unchanged.
+//!
+//! # How it runs
+//!
+//! One thread serves everything: it reads NBD requests from the socket,
+//! splits them into device requests (data in 256 KiB hugepage DMA buffers,
+//! discards at the device's limit), keeps up to the queue's depth of them in
+//! flight on the core's queue, and answers each NBD request when all its
+//! parts completed (the kernel keeps up to 128 NBD requests outstanding, so
+//! the device sees real queue depth). A second thread only sits in the
+//! kernel's `NBD_DO_IT` ioctl.
+//!
+//! Completions are found by adaptive polling (`pv_linux::poll`): spin for
+//! `--spin-us` after the last work, then sleep with the sleep doubling from
+//! `--min-sleep-us` to `--max-sleep-us`. By default (`--irq intx`) the
+//! device is bound to `uio_pci_generic` while we hold it, and a sleep also
+//! ends on the device's INTx interrupt (`/dev/uioN`, armed after
+//! `prepare_wait` asks the device for an interrupt at the next completion);
+//! new NBD requests and room in the socket end it too. When uio is missing
+//! (or `--irq off`) sleeps are timed only. With nothing in flight the thread
+//! blocks on the socket.
+//!
+//! # Failure handling
+//!
+//! A device the core stops trusting (bad completion, index overrun) is
+//! reset: requests in flight fail with EIO to the kernel and service goes
+//! on. A reset that fails, or a broken NBD stream, ends the daemon (exit
+//! 1) after giving the device back.
+//!
+//! # Stopping
+//!
+//! SIGTERM/SIGINT: `NBD_DISCONNECT` (the kernel sends its disconnect after
+//! the requests already sent), finish every request in flight, flush the
+//! device cache, reset the device, and hand it back to the kernel driver
+//! (`drivers_probe`: `virtio-pci`, then `virtio_blk`, and `/dev/vdX`
+//! reappears). Exit 0.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use log::{error, info, warn};
+use pv_blk::virtio::{VirtioBlk, VirtioBlkConfig};
+use pv_blk::{BlkError, BlockFrontend, DeviceInfo, IoBuf, Op, Request, Token, SECTOR_SIZE};
+use pv_linux::dma::{self, DmaBuf, LinuxHal};
+use pv_linux::nbd::wire::{self, errno, Command, Decoder};
+use pv_linux::nbd::{self, ExportConfig, NbdKernel};
+use pv_linux::pci::{self, PciAddress, PciDevice};
+use pv_linux::poll::AdaptivePoller;
+use pv_linux::signal;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::Transport;
+
+/// Largest data buffer of one device request.
+const CHUNK: usize = 256 * 1024;
+/// Largest NBD write accepted (the kernel's own limit for nbd is 32 MiB).
+const MAX_PAYLOAD: u32 = 32 << 20;
+/// Largest discard / write-zeroes part when the device states no limit.
+const DEFAULT_MAX_DISCARD_SECTORS: u32 = 1 << 22;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "pv-blk guest runtime: drive a virtio-blk PCI device from userspace and export it as /dev/nbdN"
+)]
+struct Cli {
+    /// PCI address of the virtio-blk device (DDDD:BB:DD.F); default: the
+    /// first virtio-blk function nobody has claimed.
+    #[arg(long)]
+    pci: Option<String>,
+    /// NBD device index to export on (/dev/nbdN; needs `modprobe nbd`).
+    #[arg(long, default_value_t = 0)]
+    nbd: u32,
+    /// Entries per virtqueue (the device may offer fewer).
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+    /// Logical block size of the export (512 or 4096; 4096 needs a
+    /// capacity that is a multiple of it).
+    #[arg(long, default_value_t = 4096)]
+    block_size: u32,
+    /// Busy-poll this long after the last work before sleeping.
+    #[arg(long, default_value_t = 200)]
+    spin_us: u64,
+    /// First sleep when idle with requests in flight.
+    #[arg(long, default_value_t = 20)]
+    min_sleep_us: u64,
+    /// Longest sleep when idle with requests in flight.
+    #[arg(long, default_value_t = 1000)]
+    max_sleep_us: u64,
+    /// Wait for completions on the device's INTx interrupt (through
+    /// uio_pci_generic, which must be loaded) once the spin budget is spent;
+    /// `off`, or when uio is unavailable: timed sleeps only.
+    #[arg(long, value_enum, default_value_t = Irq::Intx)]
+    irq: Irq,
+    /// Most 2 MiB hugepages for DMA memory.
+    #[arg(long, default_value_t = 64)]
+    hugepages: usize,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+}
+
+/// How idle waits for completions end.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Irq {
+    /// INTx through uio_pci_generic.
+    Intx,
+    /// Timed sleeps.
+    Off,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    pv_linux::logger::init("pvblkd", cli.log_level);
+    match run(&cli) {
+        Ok(()) => {
+            info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// First virtio-blk function with no `driver_override` (nobody claimed it).
+fn pick_device(cli: &Cli) -> Result<PciAddress, String> {
+    if let Some(a) = &cli.pci {
+        return a.parse().map_err(|e: pv_linux::Error| e.to_string());
+    }
+    let all = pci::find(pci::VIRTIO_VENDOR, &pci::VIRTIO_BLK_IDS).map_err(|e| e.to_string())?;
+    all.into_iter()
+        .find(|i| i.driver_override.is_none())
+        .map(|i| i.address)
+        .ok_or_else(|| "no unclaimed virtio-blk PCI device".to_owned())
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    signal::install().map_err(|e| e.to_string())?;
+    dma::init(cli.hugepages, 1).map_err(|e| e.to_string())?;
+    let addr = pick_device(cli)?;
+    let binding = match cli.irq {
+        Irq::Intx => pci::Binding::UioPciGeneric,
+        Irq::Off => pci::Binding::Unbound,
+    };
+    let dev = PciDevice::claim_with(addr, binding).map_err(|e| format!("claim {addr}: {e}"))?;
+    info!(
+        "claimed {addr} (was bound to {})",
+        dev.previous_driver().unwrap_or("no driver")
+    );
+    let result = serve_device(cli, &dev);
+    // The core (and with it the transport, which points into the BARs) is
+    // gone by now; give the device back.
+    let released = dev.release().map_err(|e| e.to_string());
+    result.and(released)
+}
+
+fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
+    let transport = dev.virtio_transport().map_err(|e| e.to_string())?;
+    let cfg = VirtioBlkConfig {
+        queue_size: cli.queue_size,
+        ..VirtioBlkConfig::default()
+    };
+    let mut blk: VirtioBlk<LinuxHal, PciTransport> =
+        VirtioBlk::new(transport, cfg).map_err(|e| format!("virtio-blk init: {e}"))?;
+    let di = blk.info();
+    info!(
+        "device: {} sectors, block {} B, queue depth {}, {} segments, features {:?}",
+        di.capacity_sectors, di.block_size, di.queue_depth, di.max_segments, di.features
+    );
+
+    let size_bytes = di.capacity_sectors * SECTOR_SIZE as u64;
+    let mut bs = cli.block_size.max(di.block_size);
+    if !size_bytes.is_multiple_of(u64::from(bs)) {
+        warn!("capacity is not a multiple of {bs}; exporting 512-byte blocks");
+        bs = di.block_size.max(SECTOR_SIZE as u32);
+    }
+    let mut flags = 0;
+    if di.features.read_only {
+        flags |= wire::flags::READ_ONLY;
+    }
+    if di.features.flush {
+        flags |= wire::flags::SEND_FLUSH;
+    }
+    if di.features.discard {
+        flags |= wire::flags::SEND_TRIM;
+    }
+    if di.features.write_zeroes {
+        flags |= wire::flags::SEND_WRITE_ZEROES;
+    }
+    let (sock, kernel_end) = nbd::socketpair().map_err(|e| e.to_string())?;
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    // Room for a whole large read reply in the socket, so replies rarely
+    // wait for the kernel's receiver (best effort: the kernel caps it at
+    // net.core.wmem_max unless we are root, which we are).
+    set_sndbuf(&sock, 8 << 20);
+    let kernel = NbdKernel::connect(
+        cli.nbd,
+        kernel_end,
+        ExportConfig {
+            size: size_bytes - size_bytes % u64::from(bs),
+            block_size: bs,
+            flags,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    info!(
+        "serving {} ({} bytes, {bs}-byte blocks, flags {flags:#x})",
+        kernel.path().display(),
+        size_bytes
+    );
+    println!(
+        "pvblkd: serving {} from {}",
+        kernel.path().display(),
+        dev.address()
+    );
+
+    let poller = AdaptivePoller::new(
+        Duration::from_micros(cli.spin_us),
+        Duration::from_micros(cli.min_sleep_us),
+        Duration::from_micros(cli.max_sleep_us),
+    );
+    let mut server = Server::new(&mut blk, sock, di, poller, dev.irq());
+    let served = server.serve(&kernel);
+    let stats = server.finish();
+    info!(
+        "served {} NBD requests ({} errors); core {:?}",
+        stats.0, stats.1, stats.2
+    );
+    // Our end is closed now (the server dropped it): NBD_DO_IT returns.
+    if let Err(e) = kernel.finish() {
+        warn!("nbd finish: {e}");
+    }
+    // Flush the device cache, then reset it (drop).
+    let flushed = flush_device(&mut blk);
+    drop(blk);
+    served.and(flushed)
+}
+
+fn set_sndbuf(sock: &UnixStream, bytes: libc::c_int) {
+    // SAFETY: setsockopt reads one c_int from a live local for the call's
+    // duration, on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        warn!(
+            "SO_SNDBUFFORCE {bytes}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Flush the device cache and wait (bounded) for the answer.
+fn flush_device(blk: &mut VirtioBlk<LinuxHal, PciTransport>) -> Result<(), String> {
+    if !blk.info().features.flush || blk.fault().is_some() {
+        return Ok(());
+    }
+    let tok = blk.flush().map_err(|e| format!("final flush: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut result = None;
+    while result.is_none() {
+        blk.poll_completions(&mut |t, r| {
+            if t == tok {
+                result = Some(r);
+            }
+        })
+        .map_err(|e| format!("final flush: {e}"))?;
+        if Instant::now() > deadline {
+            return Err("final flush: no answer within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    match result {
+        Some(Ok(_)) => {
+            info!("device cache flushed");
+            Ok(())
+        }
+        Some(Err(e)) => Err(format!("final flush: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// One device request, queued or in flight.
+#[derive(Debug)]
+struct Part {
+    parent: u64,
+    /// Index of this part's buffer in the parent's read data.
+    index: usize,
+    op: Op,
+    sector: u64,
+    buf: Option<DmaBuf>,
+}
+
+/// One NBD request being served.
+#[derive(Debug)]
+struct Parent {
+    handle: u64,
+    remaining: usize,
+    error: u32,
+    /// For reads: the parts' buffers in disk order, as they complete.
+    read: Option<Vec<Option<DmaBuf>>>,
+    /// When the request was decoded (service time statistics).
+    since: Instant,
+}
+
+struct Server<'a> {
+    blk: &'a mut VirtioBlk<LinuxHal, PciTransport>,
+    irq: Option<&'a pci::UioIrq>,
+    /// Interrupts taken (for the exit log).
+    interrupts: u64,
+    sock: Option<UnixStream>,
+    info: DeviceInfo,
+    poller: AdaptivePoller,
+    decoder: Decoder,
+    out: Vec<u8>,
+    backlog: VecDeque<Part>,
+    in_flight: HashMap<u32, Part>,
+    parents: HashMap<u64, Parent>,
+    next_parent: u64,
+    /// The client said NBD_CMD_DISC or closed the socket.
+    client_gone: bool,
+    disconnect_sent: bool,
+    requests: u64,
+    errors: u64,
+    /// Service times (decode to reply queued) in µs, for the exit log.
+    service_us: Vec<u32>,
+}
+
+impl std::fmt::Debug for Server<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("in_flight", &self.in_flight.len())
+            .field("backlog", &self.backlog.len())
+            .finish()
+    }
+}
+
+impl<'a> Server<'a> {
+    fn new(
+        blk: &'a mut VirtioBlk<LinuxHal, PciTransport>,
+        sock: UnixStream,
+        info: DeviceInfo,
+        poller: AdaptivePoller,
+        irq: Option<&'a pci::UioIrq>,
+    ) -> Self {
+        Self {
+            blk,
+            irq,
+            interrupts: 0,
+            sock: Some(sock),
+            info,
+            poller,
+            decoder: Decoder::new(MAX_PAYLOAD),
+            out: Vec::with_capacity(1 << 20),
+            backlog: VecDeque::new(),
+            in_flight: HashMap::new(),
+            parents: HashMap::new(),
+            next_parent: 0,
+            client_gone: false,
+            disconnect_sent: false,
+            requests: 0,
+            errors: 0,
+            service_us: Vec::new(),
+        }
+    }
+
+    fn serve(&mut self, kernel: &NbdKernel) -> Result<(), String> {
+        let fd = self.sock.as_ref().map(|s| s.as_raw_fd()).unwrap_or(-1);
+        loop {
+            if signal::stop_requested() && !self.disconnect_sent {
+                info!("stop requested: disconnecting {}", kernel.path().display());
+                self.disconnect_sent = true;
+                if let Err(e) = kernel.disconnect() {
+                    warn!("NBD_DISCONNECT: {e}");
+                    self.client_gone = true;
+                }
+            }
+            if !kernel.running() && !self.client_gone {
+                info!("NBD_DO_IT ended: the kernel dropped the connection");
+                self.client_gone = true;
+            }
+            let mut work = false;
+            if !self.client_gone {
+                work |= self.read_socket()?;
+                work |= self.take_requests()?;
+            }
+            work |= self.submit_backlog();
+            work |= self.reap()?;
+            work |= self.write_socket()?;
+            if self.client_gone && self.in_flight.is_empty() && self.backlog.is_empty() {
+                // Best effort: deliver the last replies.
+                let _ = self.write_socket();
+                return Ok(());
+            }
+            if work {
+                self.poller.busy();
+            } else if self.in_flight.is_empty() && self.out.is_empty() {
+                // Idle: keep looking at the socket for the spin budget (the
+                // next request of a synchronous reader follows a reply
+                // closely, and a vCPU that halts is slow to wake under TCG),
+                // then block on it.
+                if self.poller.spin_or_sleep().is_some() {
+                    self.poller.wait(&[fd], Duration::from_millis(100));
+                }
+            } else {
+                self.wait_for_device(fd)?;
+            }
+        }
+    }
+
+    /// Requests in flight and nothing to do: spin within the budget, then
+    /// sleep until the socket is readable, the device interrupts (when bound
+    /// to uio), or the poller's sleep passes.
+    fn wait_for_device(&mut self, sock: std::os::unix::io::RawFd) -> Result<(), String> {
+        // Spin on the used ring alone (no system calls, which cost tens of
+        // microseconds each under TCG) until a completion or the budget's end.
+        let sleep = loop {
+            match self.poller.spin_or_sleep() {
+                None => {
+                    if self.reap()? {
+                        self.poller.busy();
+                        return Ok(());
+                    }
+                }
+                Some(s) => break s,
+            }
+        };
+        // Replies waiting for room in the socket: wake when it drains.
+        let sock_ev = if self.out.is_empty() {
+            libc::POLLIN
+        } else {
+            libc::POLLIN | libc::POLLOUT
+        };
+        let Some(irq) = self.irq.filter(|_| !self.in_flight.is_empty()) else {
+            let woken = pv_linux::poll::wait_events(&[(sock, sock_ev)], sleep);
+            self.poller.woke(woken);
+            return Ok(());
+        };
+        // Ask for an interrupt at the next completion; if one is already
+        // there, go and reap it.
+        match self.blk.prepare_wait() {
+            Ok(true) => {
+                self.poller.busy();
+                return Ok(());
+            }
+            Ok(false) => {}
+            // The fault surfaces (and is handled) in the next reap.
+            Err(_) => return Ok(()),
+        }
+        irq.arm().map_err(|e| e.to_string())?;
+        // The interrupt normally ends the sleep; the poller's backoff still
+        // bounds it, because under TCG some INTx wake-ups arrive late or not
+        // at all (measured: a 20 ms floor here cost most of the run).
+        let woken =
+            pv_linux::poll::wait_events(&[(sock, sock_ev), (irq.fd(), libc::POLLIN)], sleep);
+        if irq.take().map_err(|e| e.to_string())?.is_some() {
+            self.interrupts += 1;
+        }
+        // Lower the line (reading the ISR); INTx stays masked until the
+        // next arm.
+        self.blk.transport_mut().ack_interrupt();
+        self.poller.woke(woken);
+        Ok(())
+    }
+
+    /// Close our end of the socket; returns (requests, errors, core stats).
+    /// Requests still in flight (after an error) are taken back from the
+    /// device by a reset first, so their buffers are not freed under it.
+    fn finish(&mut self) -> (u64, u64, pv_blk::Stats) {
+        self.sock = None;
+        if !self.in_flight.is_empty() {
+            warn!(
+                "{} requests still in flight: resetting the device",
+                self.in_flight.len()
+            );
+            if let Err(e) = self.blk.reset(&mut |_, _| {}) {
+                error!("reset: {e}; leaking the buffers still in flight");
+                for (_, part) in self.in_flight.drain() {
+                    std::mem::forget(part);
+                }
+            }
+            self.in_flight.clear();
+        }
+        if !self.service_us.is_empty() {
+            let v = &mut self.service_us;
+            v.sort_unstable();
+            let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+            info!(
+                "device service time (NBD request decoded to reply queued): p50 {} us, p99 {} us; poller {:?}; {} interrupts",
+                pct(0.5),
+                pct(0.99),
+                self.poller.stats,
+                self.interrupts
+            );
+        }
+        (self.requests, self.errors, self.blk.stats())
+    }
+
+    fn read_socket(&mut self) -> Result<bool, String> {
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(false);
+        };
+        let mut got = false;
+        loop {
+            let want = self.decoder.wanted().max(64 * 1024);
+            let room = self.decoder.spare(want);
+            match sock.read(room) {
+                Ok(0) => {
+                    info!("client closed the socket");
+                    self.client_gone = true;
+                    return Ok(got);
+                }
+                Ok(n) => {
+                    self.decoder.commit(n);
+                    got = true;
+                    if n < want {
+                        return Ok(true);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(got),
+                Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(got),
+                Err(e) => return Err(format!("read from the NBD socket: {e}")),
+            }
+        }
+    }
+
+    fn write_socket(&mut self) -> Result<bool, String> {
+        if self.out.is_empty() {
+            return Ok(false);
+        }
+        let Some(sock) = self.sock.as_mut() else {
+            self.out.clear();
+            return Ok(false);
+        };
+        let mut done = 0;
+        while done < self.out.len() {
+            match sock.write(&self.out[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => break,
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                    self.client_gone = true;
+                    self.out.clear();
+                    return Ok(true);
+                }
+                Err(e) => return Err(format!("write to the NBD socket: {e}")),
+            }
+        }
+        self.out.drain(..done);
+        Ok(done > 0)
+    }
+
+    fn reply(&mut self, handle: u64, error: u32, data: &[Option<DmaBuf>]) {
+        self.requests += 1;
+        if error != 0 {
+            self.errors += 1;
+        }
+        self.out
+            .extend_from_slice(&wire::encode_reply(handle, error));
+        if error == 0 {
+            for b in data.iter().flatten() {
+                self.out.extend_from_slice(b.as_slice());
+            }
+        }
+    }
+
+    /// Turn every whole request in the decoder into parts on the backlog.
+    fn take_requests(&mut self) -> Result<bool, String> {
+        let mut any = false;
+        loop {
+            let (req, payload) = match self.decoder.next_request() {
+                Ok(Some((r, p))) => (r, p),
+                Ok(None) => return Ok(any),
+                Err(e) => return Err(format!("NBD stream: {e}")),
+            };
+            any = true;
+            let f = self.info.features;
+            let size = self.info.capacity_sectors * SECTOR_SIZE as u64;
+            let range = wire::check_range(&req, size, SECTOR_SIZE as u32);
+            let mut parts: Vec<(Op, u64, Option<DmaBuf>)> = Vec::new();
+            let mut read = false;
+            let err: Result<(), u32> = match req.command {
+                Command::Disconnect => {
+                    info!("client sent NBD_CMD_DISC");
+                    self.client_gone = true;
+                    continue;
+                }
+                Command::Read | Command::Write => range.and_then(|()| {
+                    let write = req.command == Command::Write;
+                    if write && f.read_only {
+                        return Err(errno::EPERM);
+                    }
+                    read = !write;
+                    let mut off = 0usize;
+                    while off < req.len as usize {
+                        let n = CHUNK.min(req.len as usize - off);
+                        let mut b = DmaBuf::new(n).map_err(|e| {
+                            warn!("{e}");
+                            errno::ENOMEM
+                        })?;
+                        if write {
+                            // The decoder hands out exactly `len` payload bytes.
+                            let src = payload.get(off..off + n).ok_or(errno::EINVAL)?;
+                            b.as_mut_slice().copy_from_slice(src);
+                        }
+                        let sector = (req.offset + off as u64) / SECTOR_SIZE as u64;
+                        parts.push((if write { Op::Write } else { Op::Read }, sector, Some(b)));
+                        off += n;
+                    }
+                    Ok(())
+                }),
+                Command::Flush => {
+                    if f.flush {
+                        parts.push((Op::Flush, 0, None));
+                    }
+                    Ok(())
+                }
+                Command::Trim | Command::WriteZeroes => range.and_then(|()| {
+                    let zero = req.command == Command::WriteZeroes;
+                    if f.read_only {
+                        return Err(errno::EPERM);
+                    }
+                    if (zero && !f.write_zeroes) || (!zero && !f.discard) {
+                        return Err(errno::ENOTSUP);
+                    }
+                    let max = match self.info.max_discard_sectors {
+                        0 => DEFAULT_MAX_DISCARD_SECTORS,
+                        m => m,
+                    };
+                    // Whole logical blocks per part.
+                    let per_block = (self.info.block_size / SECTOR_SIZE as u32).max(1);
+                    let max = (max / per_block * per_block).max(per_block);
+                    let mut sector = req.offset / SECTOR_SIZE as u64;
+                    let mut left = u64::from(req.len) / SECTOR_SIZE as u64;
+                    while left > 0 {
+                        let n = left.min(u64::from(max)) as u32;
+                        let op = if zero {
+                            Op::WriteZeroes {
+                                sectors: n,
+                                unmap: req.flags & wire::CMD_FLAG_NO_HOLE == 0,
+                            }
+                        } else {
+                            Op::Discard {
+                                sectors: n,
+                                secure: false,
+                            }
+                        };
+                        parts.push((op, sector, None));
+                        sector += u64::from(n);
+                        left -= u64::from(n);
+                    }
+                    Ok(())
+                }),
+                Command::Unknown(t) => {
+                    warn!("unknown NBD command {t}");
+                    Err(errno::ENOTSUP)
+                }
+            };
+            if let Err(e) = err {
+                self.reply(req.handle, e, &[]);
+                continue;
+            }
+            if parts.is_empty() {
+                self.reply(req.handle, 0, &[]);
+                continue;
+            }
+            let id = self.next_parent;
+            self.next_parent += 1;
+            let n = parts.len();
+            self.parents.insert(
+                id,
+                Parent {
+                    handle: req.handle,
+                    remaining: n,
+                    error: 0,
+                    read: read.then(|| (0..n).map(|_| None).collect()),
+                    since: Instant::now(),
+                },
+            );
+            for (index, (op, sector, buf)) in parts.into_iter().enumerate() {
+                self.backlog.push_back(Part {
+                    parent: id,
+                    index,
+                    op,
+                    sector,
+                    buf,
+                });
+            }
+        }
+    }
+
+    /// Submit queued parts until the queue is full.
+    fn submit_backlog(&mut self) -> bool {
+        let mut any = false;
+        while let Some(part) = self.backlog.pop_front() {
+            let bufs: Vec<IoBuf> = part
+                .buf
+                .iter()
+                .map(|b| IoBuf::new(b.as_ptr(), b.len()))
+                .collect();
+            let req = Request {
+                op: part.op,
+                sector: part.sector,
+                buffers: &bufs,
+            };
+            // SAFETY: the buffer is a DmaBuf owned by `part`, which moves into
+            // `in_flight` and stays there (its memory does not move with it)
+            // until the token completes or a reset aborts it; nothing reads or
+            // writes it meanwhile.
+            match unsafe { self.blk.submit(&req) } {
+                Ok(tok) => {
+                    self.in_flight.insert(tok.raw(), part);
+                    any = true;
+                }
+                Err(BlkError::QueueFull) => {
+                    self.backlog.push_front(part);
+                    break;
+                }
+                Err(e) => {
+                    warn!("submit {:?} at {}: {e}", part.op, part.sector);
+                    self.complete(part, Err(e));
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    /// Collect completions (resetting the device on a fault).
+    fn reap(&mut self) -> Result<bool, String> {
+        let mut done: Vec<(Token, Result<usize, BlkError>)> = Vec::new();
+        let r = self.blk.poll_completions(&mut |t, r| done.push((t, r)));
+        if let Err(fault) = r {
+            error!("device fault: {fault}; resetting the device");
+            self.blk
+                .reset(&mut |t, r| done.push((t, r)))
+                .map_err(|e| format!("device reset failed: {e}"))?;
+            info!("device reset done; {} requests aborted", done.len());
+        }
+        let any = !done.is_empty();
+        for (t, r) in done {
+            match self.in_flight.remove(&t.raw()) {
+                Some(part) => self.complete(part, r),
+                None => warn!("completion for unknown token {:#x}", t.raw()),
+            }
+        }
+        Ok(any)
+    }
+
+    fn complete(&mut self, part: Part, r: Result<usize, BlkError>) {
+        let Some(p) = self.parents.get_mut(&part.parent) else {
+            return;
+        };
+        if let Err(e) = r {
+            if p.error == 0 {
+                warn!("{:?} at sector {}: {e}", part.op, part.sector);
+            }
+            p.error = match e {
+                BlkError::Unsupported(_) | BlkError::DeviceUnsupported(_) => errno::ENOTSUP,
+                BlkError::ReadOnly => errno::EPERM,
+                BlkError::OutOfRange { .. } => errno::ENOSPC,
+                _ => errno::EIO,
+            };
+        }
+        if let (Some(read), Some(buf)) = (p.read.as_mut(), part.buf) {
+            if let Some(slot) = read.get_mut(part.index) {
+                *slot = Some(buf);
+            }
+        }
+        p.remaining = p.remaining.saturating_sub(1);
+        if p.remaining == 0 {
+            if let Some(p) = self.parents.remove(&part.parent) {
+                let data = p.read.unwrap_or_default();
+                if self.service_us.len() < 1 << 22 {
+                    let us = p.since.elapsed().as_micros();
+                    self.service_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                }
+                self.reply(p.handle, p.error, &data);
+            }
+        }
+    }
+}

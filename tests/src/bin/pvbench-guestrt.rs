@@ -1,0 +1,203 @@
+//! Guest runtime benchmark: in ONE guest boot, two identical QEMU
+//! virtio-blk devices on tmpfs images; the guest kernel's virtio_blk driver
+//! on one, our runtime on the other, measured three ways:
+//!
+//! - `kernel`: the kernel's virtio_blk, `pvio randread`/`seqread` (O_DIRECT)
+//!   on `/dev/vda`;
+//! - `nbd`: `pvblkd` driving the other device, the same `pvio` runs on
+//!   `/dev/nbd0`;
+//! - `direct`: `pvio direct`, the pv-blk core driving the device itself (no
+//!   kernel block layer, no NBD hop), busy-polling.
+//!
+//! 4 KiB random reads at QD1 and QD32 (`pvio randread --jobs N`: N threads
+//! with one read each; `pvio direct --qd N`), and 1 MiB sequential reads at
+//! QD1.
+//!
+//!     cargo run --release -p pvdrivers-tests --bin pvbench-guestrt -- --seconds 10
+//!
+//! Under TCG the emulated guest CPU bounds every figure; the ratios are
+//! what this measures.
+//!
+//! Experiment knobs: `PVBENCH_CPUS` (guest vCPUs, default 2),
+//! `PVBENCH_PIN=1` (pin pvio, pvblkd and the unbound workqueues to vCPU 0
+//! in all three cases),
+//! `PVBENCH_PVBLKD_ARGS` adds options to pvblkd (e.g.
+//! `--irq off --spin-us 1000`); `PVBENCH_ONLY` is a shell line run before the
+//! direct cases (e.g. `exit 0` to skip them), and prints the raw console
+//! instead of the table.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pvtest::Guest;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    iops: u64,
+    p50: u64,
+    p99: u64,
+    mib_s: f64,
+}
+
+/// The figures on the console line tagged `tag` (e.g. `kernel-qd1 `).
+fn parse(console: &str, tag: &str) -> Option<Figures> {
+    let line = console.lines().find(|l| l.starts_with(tag))?;
+    let field =
+        |k: &str| -> Option<&str> { line.split_whitespace().find_map(|w| w.strip_prefix(k)) };
+    Some(Figures {
+        iops: field("iops=")?.parse().ok()?,
+        p50: field("p50_us=").and_then(|v| v.parse().ok()).unwrap_or(0),
+        p99: field("p99_us=").and_then(|v| v.parse().ok()).unwrap_or(0),
+        mib_s: field("mib_s=").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+    })
+}
+
+fn main() -> ExitCode {
+    let mut seconds = 10u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next().and_then(|v| v.parse().ok())) {
+            ("--seconds", Some(s)) if s > 0 => seconds = s,
+            _ => {
+                eprintln!("usage: pvbench-guestrt [--seconds S]   (default 10)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match bench(seconds) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pvbench-guestrt: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const CASES: [(&str, &str); 3] = [
+    ("qd1", "4 KiB random read, QD1"),
+    ("qd32", "4 KiB random read, QD32"),
+    ("seq", "1 MiB sequential read, QD1"),
+];
+
+fn bench(seconds: u64) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("pvbench-guestrt-")
+        .tempdir_in(Path::new("/dev/shm"))
+        .map_err(|e| e.to_string())?;
+    let (a, b) = (dir.path().join("kernel.img"), dir.path().join("ours.img"));
+    for img in [&a, &b] {
+        std::fs::File::create(img)
+            .and_then(|f| f.set_len(256 << 20))
+            .map_err(|e| e.to_string())?;
+    }
+    let s = seconds;
+    // Extra pvblkd options (e.g. polling knobs) for experiments.
+    let extra = std::env::var("PVBENCH_PVBLKD_ARGS").unwrap_or_default();
+    let only = std::env::var("PVBENCH_ONLY").unwrap_or_default();
+    // Pin every party (pvio, pvblkd, the unbound workqueues nbd receives
+    // on) to vCPU 0, for all three cases alike.
+    let pin = std::env::var("PVBENCH_PIN").is_ok_and(|v| v == "1");
+    let (ts, pin_wq) = if pin {
+        (
+            "taskset 1 ",
+            "echo 1 > /sys/devices/virtual/workqueue/cpumask",
+        )
+    } else {
+        ("", "")
+    };
+    let script = format!(
+        r#"
+tag() {{ sed "s/^pvio: /$1 /"; }}
+{pin_wq}
+bdf=$(basename "$(readlink -f /sys/block/vdb/device/..)")
+{ts}pvio randread /dev/vda --seconds {s} --jobs 1 | tag kernel-qd1
+{ts}pvio randread /dev/vda --seconds {s} --jobs 32 | tag kernel-qd32
+{ts}pvio seqread /dev/vda --seconds {s} | tag kernel-seq
+{ts}pvblkd --pci $bdf --nbd 0 {extra} > /tmp/pvblkd.log 2>&1 &
+pid=$!
+i=0
+while [ "$(cat /sys/block/nbd0/size)" = 0 ]; do
+  i=$((i+1)); [ $i -le 300 ] || {{ cat /tmp/pvblkd.log; exit 1; }}
+  sleep 0.2
+done
+{ts}pvio randread /dev/nbd0 --seconds {s} --jobs 1 | tag nbd-qd1
+{ts}pvio randread /dev/nbd0 --seconds {s} --jobs 32 | tag nbd-qd32
+{ts}pvio seqread /dev/nbd0 --seconds {s} | tag nbd-seq
+kill -TERM $pid || true
+rc=0; wait $pid || rc=$?
+cat /tmp/pvblkd.log
+[ $rc = 0 ]
+while [ ! -e /sys/bus/pci/devices/$bdf/driver ]; do sleep 0.2; done
+{only}
+{ts}pvio direct --pci $bdf --mode rand --qd 1 --seconds {s} | tag direct-qd1
+{ts}pvio direct --pci $bdf --mode rand --qd 32 --seconds {s} | tag direct-qd32
+{ts}pvio direct --pci $bdf --mode seq --qd 1 --block-size 1048576 --seconds {s} | tag direct-seq
+"#
+    );
+    let cpus: u32 = std::env::var("PVBENCH_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let out = Guest::builder("bench-guestrt")
+        .cpus(cpus)
+        .memory_mib(1024)
+        .modules(["virtio_pci", "virtio_blk", "nbd", "uio_pci_generic"])
+        .binary("pvio")
+        .binary("pvblkd")
+        .virtio_blk_disk(&a)
+        .virtio_blk_disk(&b)
+        .script(&script)
+        .timeout(Duration::from_secs(300 + 12 * seconds))
+        .run()
+        .map_err(|e| e.to_string())?;
+    if !out.passed() {
+        return Err(out.failure_report());
+    }
+    if !only.is_empty() {
+        println!("{}", out.console);
+        return Ok(());
+    }
+    let get = |who: &str, case: &str| {
+        parse(&out.console, &format!("{who}-{case} "))
+            .ok_or_else(|| format!("no result for {who}-{case}"))
+    };
+    println!(
+        "guest: {cpus} vCPU TCG, two QEMU virtio-blk devices (256 MiB images on /dev/shm), {seconds} s per case, one boot"
+    );
+    println!("| case | kernel virtio_blk | ours via /dev/nbd0 | ours direct | nbd/kernel | direct/kernel | p50/p99 µs kernel | nbd | direct |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (case, what) in CASES {
+        let (k, n, d) = (
+            get("kernel", case)?,
+            get("nbd", case)?,
+            get("direct", case)?,
+        );
+        if case == "seq" {
+            println!(
+                "| {what} | {:.1} MiB/s | {:.1} MiB/s | {:.1} MiB/s | {:.2} | {:.2} | - | - | - |",
+                k.mib_s,
+                n.mib_s,
+                d.mib_s,
+                n.mib_s / k.mib_s.max(0.001),
+                d.mib_s / k.mib_s.max(0.001)
+            );
+        } else {
+            println!(
+                "| {what} | {} IOPS | {} IOPS | {} IOPS | {:.2} | {:.2} | {}/{} | {}/{} | {}/{} |",
+                k.iops,
+                n.iops,
+                d.iops,
+                n.iops as f64 / k.iops.max(1) as f64,
+                d.iops as f64 / k.iops.max(1) as f64,
+                k.p50,
+                k.p99,
+                n.p50,
+                n.p99,
+                d.p50,
+                d.p99
+            );
+        }
+    }
+    Ok(())
+}
