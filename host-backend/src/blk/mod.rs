@@ -9,7 +9,10 @@
 
 pub mod device;
 pub mod disk;
+pub mod fault;
+pub mod io;
 pub mod request;
 
 pub use device::{BlkBackend, BlkParams};
 pub use disk::{Disk, DiskError};
+pub use io::{IoMode, IoPool};
