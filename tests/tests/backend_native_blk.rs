@@ -275,13 +275,29 @@ fn plain_rings(sock: &Path, img: &Path, shadow: &mut [u8]) {
 
 #[test]
 fn native_driver_on_pvbackend() {
+    on_pvbackend("hybrid");
+}
+
+#[test]
+fn native_driver_on_pvbackend_pool_mode() {
+    on_pvbackend("pool");
+}
+
+#[test]
+fn native_driver_on_pvbackend_sync_mode() {
+    on_pvbackend("sync");
+}
+
+/// The whole exercise on our backend with one I/O mode (see
+/// `host_backend::blk::io`).
+fn on_pvbackend(io: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let img = dir.path().join("disk.img");
     let mut shadow = make_image(&img, 0x5EED_0001);
     let sock = dir.path().join("disk.sock");
     let backend = PvBackend::start(
         &[format!(
-            "path={},socket={},serial=pv-native-disk,queues=2,queue-size=256",
+            "path={},socket={},serial=pv-native-disk,queues=2,queue-size=256,io={io}",
             img.display(),
             sock.display()
         )],

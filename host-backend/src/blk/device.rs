@@ -184,6 +184,11 @@ impl BlkBackend {
         }
     }
 
+    /// The connection is being dropped (stop or reset): take nothing more.
+    fn disconnecting(&self) -> bool {
+        self.shared.reset_requested.load(Ordering::Acquire)
+    }
+
     /// Waits until no request of this connection is executing any more
     /// (the pool finishes what it was given). Logs every 10 s while waiting.
     pub fn wait_idle(&self) {
@@ -814,6 +819,11 @@ impl VhostUserBackend for BlkBackend {
                         .disable_notification()
                         .map_err(|e| io::Error::other(e.to_string()))?;
                     self.process_queue(queue, vring, &mem)?;
+                    // A disconnect (stop or reset) leaves requests in the
+                    // ring on purpose: the next connection redoes them.
+                    if self.disconnecting() {
+                        break;
+                    }
                     if self.poll_for_work(vring, &mem) {
                         continue;
                     }
@@ -828,7 +838,7 @@ impl VhostUserBackend for BlkBackend {
             } else {
                 loop {
                     self.process_queue(queue, vring, &mem)?;
-                    if !self.poll_for_work(vring, &mem) {
+                    if self.disconnecting() || !self.poll_for_work(vring, &mem) {
                         break Ok(());
                     }
                 }
