@@ -46,6 +46,10 @@ pub struct Disk {
     /// Cleared when the file refuses `RWF_NOWAIT` (EOPNOTSUPP), so the
     /// attempt is not repeated for every request.
     nowait: AtomicBool,
+    /// The file lives in memory (tmpfs, ramfs): a transfer never waits for
+    /// a device, so it is done in place even where `RWF_NOWAIT` is refused
+    /// (tmpfs refuses it).
+    memory_backed: bool,
     /// Test-only fault state (see [`super::fault`]).
     pub faults: DiskFaults,
 }
@@ -103,6 +107,7 @@ impl Disk {
                 size,
             });
         }
+        let memory_backed = !block_device && memory_backed(&file);
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -110,6 +115,7 @@ impl Disk {
             read_only,
             block_device,
             nowait: AtomicBool::new(true),
+            memory_backed,
             faults: DiskFaults::default(),
         })
     }
@@ -163,10 +169,16 @@ impl Disk {
         iovs: &[libc::iovec],
         write: bool,
     ) -> io::Result<NoWait> {
-        if !self.nowait.load(Ordering::Relaxed)
-            || iovs.len() > IOV_MAX
-            || Faults::get().delay.is_some()
-        {
+        if Faults::get().delay.is_some() {
+            return Ok(NoWait::WouldBlock);
+        }
+        if self.memory_backed {
+            let mut iovs = iovs.to_vec();
+            // SAFETY: forwarded from this function's contract.
+            unsafe { self.rw_at(offset, &mut iovs, write) }?;
+            return Ok(NoWait::Done);
+        }
+        if !self.nowait.load(Ordering::Relaxed) || iovs.len() > IOV_MAX {
             return Ok(NoWait::WouldBlock);
         }
         let total: usize = iovs.iter().map(|v| v.iov_len).sum();
@@ -334,6 +346,24 @@ impl Disk {
         }
         Ok(())
     }
+}
+
+/// Whether `file` is on a memory file system (tmpfs or ramfs).
+fn memory_backed(file: &File) -> bool {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs(2) fills the statfs buffer it is given, which lives
+    // on this stack frame for the call; the fd is ours.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so it initialised the buffer.
+    let st = unsafe { st.assume_init() };
+    // f_type's integer type differs between libc targets.
+    #[allow(clippy::unnecessary_cast)]
+    let t = st.f_type as u64;
+    t == TMPFS_MAGIC || t == RAMFS_MAGIC
 }
 
 #[cfg(test)]
