@@ -168,7 +168,7 @@ fn backend_sigkilled_during_writes_loses_nothing() {
 ///
 /// The panic comes from the test-only fault injection armed in the
 /// daemon's environment (`PVBACKEND_FAULT_PANIC_SECTOR`): the first read
-/// of sector 800 (block 100, read by the guest's first verify pass).
+/// covering sector 4096, which the guest's first verify pass reads.
 #[test]
 fn worker_panic_resets_the_device_and_the_guest_carries_on() {
     const BLOCKS: u64 = 2048; // 8 MiB
@@ -189,7 +189,7 @@ fn worker_panic_resets_the_device_and_the_guest_carries_on() {
         sock.display()
     )];
     // Inherited by the daemon (nextest runs each test in its own process).
-    std::env::set_var("PVBACKEND_FAULT_PANIC_SECTOR", "800");
+    std::env::set_var("PVBACKEND_FAULT_PANIC_SECTOR", "4096");
     let backend = PvBackend::start(&spec, &["--metrics", "127.0.0.1:0"], &log).expect("backend");
     let pid = backend.pid().expect("pid");
     let mut guest = Guest::builder("backend-panic")

@@ -460,7 +460,7 @@ impl BlkBackend {
             _ => return None,
         };
         if !write {
-            self.shared.disk.faults.on_read(offset / request::SECTOR);
+            self.shared.disk.faults.on_read(offset, len);
         }
         let access = if write {
             Permissions::Read
@@ -547,7 +547,7 @@ impl BlkBackend {
         let faults = Faults::get();
         match op {
             Op::Read { offset, len, data } => {
-                disk.faults.on_read(offset / request::SECTOR);
+                disk.faults.on_read(offset, len);
                 faults.delay();
                 let Some((mut iovs, _guards)) = guest_iovecs(mem, &data, Permissions::Write) else {
                     m.error("guest_memory");

@@ -3,7 +3,7 @@
 //! variables unset every hook is a no-op). The daemon logs a warning at
 //! start when a fault is armed.
 //!
-//! - `PVBACKEND_FAULT_PANIC_SECTOR=N`: the first read that starts at
+//! - `PVBACKEND_FAULT_PANIC_SECTOR=N`: the first read that covers
 //!   sector N on each disk panics where it executes (the queue worker or
 //!   an I/O thread), to test that a panic resets the device instead of
 //!   killing the daemon.
@@ -60,11 +60,14 @@ pub struct DiskFaults {
 }
 
 impl DiskFaults {
-    /// Panics the first time a read starts at the armed sector.
-    pub fn on_read(&self, sector: u64) {
-        if Faults::get().panic_sector == Some(sector) && !self.panicked.swap(true, Ordering::AcqRel)
-        {
-            panic!("fault injection: read of sector {sector}");
+    /// Panics the first time a read covers the armed sector.
+    pub fn on_read(&self, offset: u64, len: u64) {
+        let Some(n) = Faults::get().panic_sector else {
+            return;
+        };
+        let (first, end) = (offset / 512, offset.saturating_add(len).div_ceil(512));
+        if (first..end).contains(&n) && !self.panicked.swap(true, Ordering::AcqRel) {
+            panic!("fault injection: read of sector {n}");
         }
     }
 }
