@@ -807,7 +807,10 @@ impl VhostUserBackend for BlkBackend {
         // An owned snapshot: requests handed to the pool keep the memory
         // they point into mapped until they finish.
         let mem = mem.into_inner();
-        let queue = usize::from(device_event);
+        // `device_event` indexes this worker's own vrings (always 0 here);
+        // the queue number is the worker's: one queue per thread
+        // (queues_per_thread).
+        let queue = thread_id;
         let event_idx = self.shared.event_idx.load(Ordering::Acquire);
         let run = || -> io::Result<()> {
             if event_idx {
