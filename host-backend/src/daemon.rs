@@ -3,9 +3,15 @@
 //! the next connection (QEMU's `reconnect=` option), until asked to stop.
 //!
 //! Stopping (SIGTERM/SIGINT): no new connections are accepted, connected
-//! devices are disconnected once their workers finish the request in hand,
-//! every disk is flushed, sockets are removed. A deadline bounds the whole
-//! stop; the daemon never hangs on it.
+//! devices are disconnected (their reorder windows closed first, so no
+//! completion is published after the socket goes: QEMU's `reconnect=`
+//! resubmits whatever was unpublished to the next daemon), the I/O pools
+//! finish the requests they hold, every disk is flushed, sockets are
+//! removed. A deadline bounds the whole stop; the daemon never hangs on it.
+//!
+//! The same path serves a device reset after a panic (see
+//! [`crate::blk::io`]): the connection ends, the pool drains, and the disk
+//! waits for QEMU's next connection while the other disks carry on.
 
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
