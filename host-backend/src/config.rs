@@ -15,6 +15,8 @@
 //! num_queues = 4                # at least QEMU's num-queues (its default: one per vCPU)
 //! queue_size = 256              # power of two, at least QEMU's queue-size
 //! poll_us = 50                  # busy-poll an emptied queue this long before sleeping (0: never)
+//! io_mode = "hybrid"            # sync | pool | hybrid (see host_backend::blk::io)
+//! io_threads = 4                # I/O threads of the disk (pool and hybrid modes), 1..=256
 //! ```
 //!
 //! The `[balloon]` table (memory-balance manager) is documented in
@@ -24,6 +26,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::blk::IoMode;
 
 /// Configuration errors, each naming the place to fix.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,9 @@ fn default_queue_size() -> u16 {
 fn default_poll_us() -> u32 {
     50
 }
+fn default_io_threads() -> u16 {
+    4
+}
 
 /// One `[[disk]]` table.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -103,6 +110,10 @@ pub struct DiskConfig {
     pub queue_size: u16,
     #[serde(default = "default_poll_us")]
     pub poll_us: u32,
+    #[serde(default)]
+    pub io_mode: IoMode,
+    #[serde(default = "default_io_threads")]
+    pub io_threads: u16,
 }
 
 impl DiskConfig {
@@ -179,6 +190,12 @@ impl Config {
             if d.poll_us > 10_000 {
                 return Err(bad(format!("poll_us {} is above 10000", d.poll_us)));
             }
+            if d.io_threads == 0 || d.io_threads > 256 {
+                return Err(bad(format!(
+                    "io_threads {} is not in 1..=256",
+                    d.io_threads
+                )));
+            }
             if d.num_queues == 0 || d.num_queues > 64 {
                 return Err(bad(format!("num_queues {} is not in 1..=64", d.num_queues)));
             }
@@ -199,7 +216,7 @@ impl Config {
     }
 }
 
-/// Parses a `--disk` spec: `path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N]`.
+/// Parses a `--disk` spec: `path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N][,io=MODE][,io-threads=N]`.
 pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
     let err = |message: String| ConfigError::DiskSpec {
         spec: spec.to_owned(),
@@ -215,6 +232,8 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
         num_queues: default_num_queues(),
         queue_size: default_queue_size(),
         poll_us: default_poll_us(),
+        io_mode: IoMode::default(),
+        io_threads: default_io_threads(),
     };
     for part in spec.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part
@@ -241,6 +260,15 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
                 d.poll_us = need(v)?
                     .parse()
                     .map_err(|_| err(format!("'{k}' takes a number of microseconds")))?
+            }
+            "io" => {
+                d.io_mode = IoMode::parse(&need(v)?)
+                    .ok_or_else(|| err(format!("'{k}' takes sync, pool or hybrid")))?
+            }
+            "io-threads" => {
+                d.io_threads = need(v)?
+                    .parse()
+                    .map_err(|_| err(format!("'{k}' takes a number")))?
             }
             "queue-size" => {
                 d.queue_size = need(v)?
@@ -322,6 +350,10 @@ mod tests {
         let d = parse_disk_spec("path=/a,socket=/run/x.sock,readonly,serial=abc,queues=2")
             .expect("spec");
         assert!(d.read_only);
+        assert_eq!((d.io_mode, d.io_threads), (IoMode::Hybrid, 4));
+        let p = parse_disk_spec("path=/a,socket=/s,io=pool,io-threads=8").expect("spec");
+        assert_eq!((p.io_mode, p.io_threads), (IoMode::Pool, 8));
+        assert!(parse_disk_spec("path=/a,socket=/s,io=fast").is_err());
         assert_eq!(
             (d.num_queues, d.serial(), d.display_name()),
             (2, "abc".to_owned(), "x".to_owned())

@@ -3,9 +3,15 @@
 //! the next connection (QEMU's `reconnect=` option), until asked to stop.
 //!
 //! Stopping (SIGTERM/SIGINT): no new connections are accepted, connected
-//! devices are disconnected once their workers finish the request in hand,
-//! every disk is flushed, sockets are removed. A deadline bounds the whole
-//! stop; the daemon never hangs on it.
+//! devices are disconnected (their reorder windows closed first, so no
+//! completion is published after the socket goes: QEMU's `reconnect=`
+//! resubmits whatever was unpublished to the next daemon), the I/O pools
+//! finish the requests they hold, every disk is flushed, sockets are
+//! removed. A deadline bounds the whole stop; the daemon never hangs on it.
+//!
+//! The same path serves a device reset after a panic (see
+//! [`crate::blk::io`]): the connection ends, the pool drains, and the disk
+//! waits for QEMU's next connection while the other disks carry on.
 //!
 //! The balloon manager ([`crate::balloon`]), when configured, runs on its
 //! own thread and stops with the rest.
@@ -23,7 +29,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::blk::{BlkBackend, BlkParams, Disk, DiskError};
+use crate::blk::{BlkBackend, BlkParams, Disk, DiskError, IoMode, IoPool};
 use crate::config::{Config, ConfigError, DiskConfig};
 use crate::metrics::{BlkFamilies, DiskMetrics, MetricsServer};
 use prometheus_client::registry::Registry;
@@ -59,8 +65,10 @@ struct DiskServer {
     disk: Arc<Disk>,
     params: BlkParams,
     metrics: Arc<DiskMetrics>,
-    /// Shutdown handle of the connection being served, if any.
-    conn: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+    /// The disk's I/O threads, shared by its successive connections.
+    pool: Arc<IoPool>,
+    /// The backend of the connection being served, if any.
+    conn: Mutex<Option<BlkBackend>>,
 }
 
 fn bind(name: &str, path: &Path) -> Result<Listener, DaemonError> {
@@ -109,10 +117,11 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
             server.disk.clone(),
             server.params.clone(),
             server.metrics.clone(),
+            server.pool.clone(),
         );
         let mut daemon = match VhostUserDaemon::new(
             format!("vub-{}", server.name),
-            backend,
+            backend.clone(),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         ) {
             Ok(d) => d,
@@ -128,13 +137,16 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
         }
         server.metrics.connections.inc();
         info!("disk '{}': frontend connected", server.name);
-        if let Ok(mut slot) = server.conn.lock() {
-            *slot = daemon.shutdown_handle();
+        if let Some(h) = daemon.shutdown_handle() {
+            backend.attach(h);
         }
-        // A stop requested between the check above and the handle being
+        if let Ok(mut slot) = server.conn.lock() {
+            *slot = Some(backend.clone());
+        }
+        // A stop requested between the check above and the backend being
         // published must still end this connection.
         if stop.load(Ordering::Acquire) {
-            daemon.request_shutdown();
+            backend.disconnect();
         }
         match daemon.wait() {
             Ok(()) => info!("disk '{}': frontend disconnected", server.name),
@@ -143,9 +155,16 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
         if let Ok(mut slot) = server.conn.lock() {
             *slot = None;
         }
+        // Nothing more is published into the rings of a connection that is
+        // gone (QEMU rewinds them to the used index on reconnect).
+        backend.disconnect();
         // Dropping the daemon stops and joins its queue workers; each
         // finishes the request in hand first.
         drop(daemon);
+        // The pool finishes the requests it holds before the next
+        // connection may resubmit them: a stale write must not land after
+        // a newer one.
+        backend.wait_idle();
     }
 }
 
@@ -153,6 +172,10 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
 /// configured deadline. Returns an error only for start-up problems.
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     config.validate()?;
+    let faults = crate::blk::fault::Faults::get();
+    if faults.armed() {
+        warn!("TEST FAULT INJECTION ARMED (PVBACKEND_FAULT_*): {faults:?}");
+    }
     let mut registry = Registry::default();
     let families = BlkFamilies::register(&mut registry);
     let balloon_metrics = Arc::new(crate::balloon::metrics::BalloonMetrics::register(
@@ -202,8 +225,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         config.daemon.shutdown_timeout_secs
     );
     for (server, _) in &threads {
-        if let Some(h) = server.conn.lock().ok().and_then(|s| s.clone()) {
-            h.shutdown();
+        if let Some(b) = server.conn.lock().ok().and_then(|s| s.clone()) {
+            b.disconnect();
         }
     }
     for (server, handle) in threads {
@@ -252,6 +275,16 @@ fn open_disk(
         source,
     })?;
     let listener = bind(&name, &d.socket)?;
+    let metrics = families.disk(&d.display_name(), d.num_queues);
+    let threads = match d.io_mode {
+        IoMode::Sync => 0,
+        IoMode::Pool | IoMode::Hybrid => usize::from(d.io_threads),
+    };
+    let pool = IoPool::new(&name, threads, metrics.clone()).map_err(DaemonError::Thread)?;
+    info!(
+        "disk '{name}': io mode {}, {threads} I/O thread(s)",
+        d.io_mode.name()
+    );
     let server = DiskServer {
         name,
         socket: d.socket.clone(),
@@ -261,8 +294,10 @@ fn open_disk(
             queue_size: d.queue_size,
             serial: d.serial(),
             poll_us: d.poll_us,
+            io_mode: d.io_mode,
         },
-        metrics: families.disk(&d.display_name(), d.num_queues),
+        metrics,
+        pool: Arc::new(pool),
         conn: Mutex::new(None),
     };
     Ok((Arc::new(server), listener))

@@ -31,10 +31,14 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// A disk to serve, in addition to the config file's:
-    /// path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N].
+    /// path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N]
+    /// [,io=sync|pool|hybrid][,io-threads=N].
     /// queues defaults to 4 (must be at least QEMU's num-queues, whose
     /// default is the guest's vCPU count); queue-size to 256; poll-us
-    /// (busy-poll an emptied queue before sleeping, 0 never) to 50.
+    /// (busy-poll an emptied queue before sleeping, 0 never) to 50; io
+    /// (where requests execute: sync in the queue worker, pool on the
+    /// disk's I/O threads, hybrid in the worker when the transfer cannot
+    /// block and on the pool otherwise) to hybrid; io-threads to 4.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
 

@@ -6,12 +6,13 @@
 //! |---|---|---|---|
 //! | `pvbackend_blk_requests_total` | counter | disk, op | requests completed, by op: `read`, `write`, `flush`, `get_id`, `discard`, `write_zeroes` |
 //! | `pvbackend_blk_bytes_total` | counter | disk, op | data bytes moved by successful `read` and `write` requests |
-//! | `pvbackend_blk_errors_total` | counter | disk, kind | failed or dropped requests: `io` (the disk failed), `dropped_chain` (no status byte: returned with used length 0), `worker_panic`, and one kind per guest mistake (`short_header`, `out_of_range`, `misaligned`, `too_many_segments`, `wrong_direction`, `read_only`, `unsupported`, `guest_memory`, ...) |
+//! | `pvbackend_blk_errors_total` | counter | disk, kind | failed or dropped requests: `io` (the disk failed), `dropped_chain` (no status byte: returned with used length 0), `worker_panic` and `io_panic` (a panic, see `resets`), `signal` (notifying the driver failed), and one kind per guest mistake (`short_header`, `out_of_range`, `misaligned`, `too_many_segments`, `wrong_direction`, `read_only`, `unsupported`, `guest_memory`, ...) |
 //! | `pvbackend_blk_inflight` | gauge | disk | requests being executed now |
 //! | `pvbackend_blk_request_duration_seconds` | histogram | disk, op | time from taking a request off the queue to completing it |
 //! | `pvbackend_blk_kicks_total` | counter | disk, queue | queue notifications from the driver handled |
 //! | `pvbackend_blk_interrupts_total` | counter | disk, queue | used-buffer notifications sent to the driver |
 //! | `pvbackend_blk_connections_total` | counter | disk | frontend (QEMU) connections accepted |
+//! | `pvbackend_blk_resets_total` | counter | disk | device resets after a panic in a queue worker (`errors{kind="worker_panic"}`) or an I/O thread (`errors{kind="io_panic"}`): the connection is dropped and QEMU's `reconnect=` resubmits the unfinished requests |
 //!
 //! Every data-path error that is logged also increments an error counter.
 
@@ -100,6 +101,7 @@ pub struct BlkFamilies {
     kicks: Family<DiskQueueLabels, Counter>,
     interrupts: Family<DiskQueueLabels, Counter>,
     connections: Family<DiskLabels, Counter>,
+    resets: Family<DiskLabels, Counter>,
 }
 
 impl BlkFamilies {
@@ -114,6 +116,7 @@ impl BlkFamilies {
             kicks: Family::default(),
             interrupts: Family::default(),
             connections: Family::default(),
+            resets: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("pvbackend_blk");
         r.register(
@@ -155,6 +158,11 @@ impl BlkFamilies {
             "connections",
             "Frontend connections accepted",
             f.connections.clone(),
+        );
+        r.register(
+            "resets",
+            "Device resets (connection dropped) after a worker or I/O thread panic",
+            f.resets.clone(),
         );
         f
     }
@@ -199,6 +207,7 @@ impl BlkFamilies {
             .map(|q| counter(&self.interrupts, &queue(q)))
             .collect();
         let connections = counter(&self.connections, &d);
+        let resets = counter(&self.resets, &d);
         Arc::new(DiskMetrics {
             disk: disk.to_owned(),
             requests,
@@ -209,6 +218,7 @@ impl BlkFamilies {
             kicks,
             interrupts,
             connections,
+            resets,
             errors: self.errors.clone(),
         })
     }
@@ -226,6 +236,7 @@ pub struct DiskMetrics {
     kicks: Vec<Counter>,
     interrupts: Vec<Counter>,
     pub connections: Counter,
+    pub resets: Counter,
     errors: Family<DiskKindLabels, Counter>,
 }
 

@@ -22,6 +22,29 @@ use pvtest::Guest;
 const BLOCK: usize = 4096;
 const KILLS: u32 = 20;
 
+/// Passes of write-all then verify-all with O_DIRECT until the host
+/// writes "stop" into the control disk (QEMU's own virtio-blk).
+const SCRIPT: &str = r#"
+D=; C=
+for b in /sys/block/vd*; do
+  case "$(cat $b/serial)" in
+    restart-data) D=/dev/${b##*/} ;;
+    pvtest-*) C=/dev/${b##*/} ;;
+  esac
+done
+[ -n "$D" ] && [ -n "$C" ]
+echo "pvtest: writing to $D, control $C"
+pass=0
+while :; do
+  pass=$((pass + 1))
+  pvio write $D --direct --seed $pass
+  pvio verify $D --direct --seed $pass
+  echo "pvtest: pass $pass verified"
+  if dd if=$C bs=512 count=1 iflag=direct 2>/dev/null | grep -q stop; then break; fi
+done
+echo "pvtest: final seed $pass"
+"#;
+
 #[test]
 fn backend_sigkilled_during_writes_loses_nothing() {
     const BLOCKS: u64 = 2048; // 8 MiB
@@ -43,34 +66,12 @@ fn backend_sigkilled_during_writes_loses_nothing() {
     )];
     let mut backend = PvBackend::start(&spec, &[], &log).expect("backend");
 
-    // Passes of write-all then verify-all with O_DIRECT until the host
-    // writes "stop" into the control disk (QEMU's own virtio-blk).
-    let script = r#"
-D=; C=
-for b in /sys/block/vd*; do
-  case "$(cat $b/serial)" in
-    restart-data) D=/dev/${b##*/} ;;
-    pvtest-*) C=/dev/${b##*/} ;;
-  esac
-done
-[ -n "$D" ] && [ -n "$C" ]
-echo "pvtest: writing to $D, control $C"
-pass=0
-while :; do
-  pass=$((pass + 1))
-  pvio write $D --direct --seed $pass
-  pvio verify $D --direct --seed $pass
-  echo "pvtest: pass $pass verified"
-  if dd if=$C bs=512 count=1 iflag=direct 2>/dev/null | grep -q stop; then break; fi
-done
-echo "pvtest: final seed $pass"
-"#;
     let mut guest = Guest::builder("backend-restart")
         .modules(["virtio_pci", "virtio_blk"])
         .binary("pvio")
         .vhost_user_blk_reconnecting(&sock, 1)
         .virtio_blk_disk(&ctl)
-        .script(script)
+        .script(SCRIPT)
         .timeout(Duration::from_secs(1200))
         .start()
         .expect("harness");
@@ -157,5 +158,99 @@ echo "pvtest: final seed $pass"
     assert!(
         bad.is_empty(),
         "blocks of the last pass missing from the image: {bad:?}"
+    );
+}
+
+/// A panic in the backend's data path resets the device: the daemon drops
+/// the connection (it does not die and does not park the device), QEMU
+/// reconnects (`reconnect=1`) and resubmits the unfinished requests, and
+/// the guest kernel's I/O finishes with every block correct.
+///
+/// The panic comes from the test-only fault injection armed in the
+/// daemon's environment (`PVBACKEND_FAULT_PANIC_SECTOR`): the first read
+/// covering sector 4096, which the guest's first verify pass reads.
+#[test]
+fn worker_panic_resets_the_device_and_the_guest_carries_on() {
+    const BLOCKS: u64 = 2048; // 8 MiB
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data.img");
+    let ctl = dir.path().join("ctl.img");
+    std::fs::File::create(&data)
+        .and_then(|f| f.set_len(BLOCKS * BLOCK as u64))
+        .expect("data image");
+    std::fs::File::create(&ctl)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("control image");
+    let sock = dir.path().join("data.sock");
+    let log = dir.path().join("backend.log");
+    let spec = vec![format!(
+        "path={},socket={},serial=restart-data,queues=1",
+        data.display(),
+        sock.display()
+    )];
+    // Inherited by the daemon (nextest runs each test in its own process).
+    std::env::set_var("PVBACKEND_FAULT_PANIC_SECTOR", "4096");
+    let backend = PvBackend::start(&spec, &["--metrics", "127.0.0.1:0"], &log).expect("backend");
+    let pid = backend.pid().expect("pid");
+    let mut guest = Guest::builder("backend-panic")
+        .modules(["virtio_pci", "virtio_blk"])
+        .binary("pvio")
+        .vhost_user_blk_reconnecting(&sock, 1)
+        .virtio_blk_disk(&ctl)
+        .script(SCRIPT)
+        .timeout(Duration::from_secs(1200))
+        .start()
+        .expect("harness");
+    guest
+        .wait_for_console("pvtest: pass 2 verified", Duration::from_secs(900))
+        .expect("guest verified two passes across the reset");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ctl)
+        .and_then(|f| f.write_all_at(b"stop\n", 0).and_then(|()| f.sync_all()))
+        .expect("write stop");
+    let out = guest.wait();
+    if !out.passed() {
+        panic!(
+            "{}\n--- backend log ---\n{}",
+            out.failure_report(),
+            backend.log()
+        );
+    }
+    // The same daemon process served throughout: one reset, one panic, a
+    // second connection from QEMU.
+    assert_eq!(backend.pid(), Some(pid));
+    let m = backend.fetch_metrics().expect("metrics");
+    let v = |series: &str| PvBackend::metric(&m, series).unwrap_or(0.0);
+    assert_eq!(v("pvbackend_blk_resets_total{disk=\"data\"}"), 1.0, "{m}");
+    assert_eq!(
+        v("pvbackend_blk_errors_total{disk=\"data\",kind=\"worker_panic\"}")
+            + v("pvbackend_blk_errors_total{disk=\"data\",kind=\"io_panic\"}"),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        v("pvbackend_blk_connections_total{disk=\"data\"}") >= 2.0,
+        "QEMU did not reconnect after the reset: {m}"
+    );
+    let final_seed: u64 = out
+        .console
+        .lines()
+        .find_map(|l| l.split("pvtest: final seed ").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("final seed line");
+    let st = backend.stop(Duration::from_secs(60)).expect("stop");
+    assert!(st.is_some_and(|s| s.success()), "graceful stop: {st:?}");
+    let image = std::fs::read(&data).expect("read image");
+    let bad: Vec<usize> = image
+        .chunks_exact(BLOCK)
+        .enumerate()
+        .filter(|(i, b)| pattern::verify(b, final_seed, *i as u64).is_err())
+        .map(|(i, _)| i)
+        .take(10)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "blocks of the last pass wrong in the image: {bad:?}"
     );
 }

@@ -3,11 +3,12 @@
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
@@ -26,7 +27,9 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use super::disk::Disk;
+use super::disk::{Disk, NoWait};
+use super::fault::Faults;
+use super::io::{lock, IoMode, IoPool, Window};
 use super::request::{self, Desc, Limits, Op, RequestError, S_IOERR, S_OK};
 use crate::metrics::{BlkOp, DiskMetrics};
 
@@ -51,6 +54,8 @@ pub struct BlkParams {
     /// a request arriving within the window is picked up without a kick
     /// and without waking a sleeping thread. 0 disables polling.
     pub poll_us: u32,
+    /// Where requests execute (see [`super::io`]).
+    pub io_mode: IoMode,
 }
 
 struct Shared {
@@ -60,10 +65,18 @@ struct Shared {
     limits: Limits,
     mem: RwLock<Option<GuestMemoryAtomic<Mem>>>,
     event_idx: AtomicBool,
-    /// Set when a worker panicked: the device stops processing until the
-    /// driver resets it (reconnect or reset), instead of killing the daemon.
+    /// Set when a worker panicked: the device stops processing; the
+    /// connection is being dropped (a device reset), the daemon lives on.
     needs_reset: AtomicBool,
     metrics: Arc<DiskMetrics>,
+    /// The disk's I/O threads (shared by its successive connections).
+    pool: Arc<IoPool>,
+    /// One reorder window per queue.
+    windows: Vec<Window>,
+    /// The connection's shutdown handle, once the daemon has it.
+    conn: Mutex<Option<ShutdownHandle>>,
+    /// A disconnect was asked for (possibly before `conn` was set).
+    reset_requested: AtomicBool,
 }
 
 /// A vhost-user-blk backend for one disk and one connection.
@@ -81,7 +94,12 @@ impl std::fmt::Debug for BlkBackend {
 }
 
 impl BlkBackend {
-    pub fn new(disk: Arc<Disk>, params: BlkParams, metrics: Arc<DiskMetrics>) -> Self {
+    pub fn new(
+        disk: Arc<Disk>,
+        params: BlkParams,
+        metrics: Arc<DiskMetrics>,
+        pool: Arc<IoPool>,
+    ) -> Self {
         let mut id = [0u8; request::ID_LEN];
         let n = params.serial.len().min(id.len());
         id[..n].copy_from_slice(&params.serial.as_bytes()[..n]);
@@ -94,6 +112,7 @@ impl BlkBackend {
             max_dwz_segments: MAX_DWZ_SEGMENTS,
             read_only: disk.read_only(),
         };
+        let params_queues = params.num_queues;
         Self {
             shared: Arc::new(Shared {
                 disk,
@@ -104,6 +123,10 @@ impl BlkBackend {
                 event_idx: AtomicBool::new(false),
                 needs_reset: AtomicBool::new(false),
                 metrics,
+                pool,
+                windows: (0..params_queues).map(|_| Window::default()).collect(),
+                conn: Mutex::new(None),
+                reset_requested: AtomicBool::new(false),
             }),
         }
     }
@@ -138,84 +161,218 @@ impl BlkBackend {
             .map(GuestMemoryAtomic::memory)
     }
 
-    fn process_queue(
+    /// The shutdown handle of the connection this backend serves: a reset
+    /// (after a panic) shuts the connection down through it. A reset asked
+    /// for before the handle arrived happens now.
+    pub fn attach(&self, handle: ShutdownHandle) {
+        *lock(&self.shared.conn) = Some(handle.clone());
+        if self.shared.reset_requested.load(Ordering::Acquire) {
+            handle.shutdown();
+        }
+    }
+
+    /// Ends the connection: closes every reorder window first (nothing more
+    /// is published into rings QEMU is about to rewind), then shuts the
+    /// socket down. Used for stop and for a reset after a panic.
+    pub fn disconnect(&self) {
+        for w in &self.shared.windows {
+            w.close();
+        }
+        self.shared.reset_requested.store(true, Ordering::Release);
+        if let Some(h) = lock(&self.shared.conn).as_ref() {
+            h.shutdown();
+        }
+    }
+
+    /// The connection is being dropped (stop or reset): take nothing more.
+    fn disconnecting(&self) -> bool {
+        self.shared.reset_requested.load(Ordering::Acquire)
+    }
+
+    /// Waits until no request of this connection is executing any more
+    /// (the pool finishes what it was given). Logs every 10 s while waiting.
+    pub fn wait_idle(&self) {
+        let what = format!("{}", self.shared.disk.path().display());
+        for w in &self.shared.windows {
+            w.wait_idle(&what, Duration::from_secs(10));
+        }
+    }
+
+    /// A worker or I/O thread panicked: count it and reset the device by
+    /// dropping the connection. QEMU (`reconnect=`) connects again and
+    /// resubmits every request after the used index; the daemon lives on.
+    fn reset_after_panic(&self, kind: &str, thread: &str) {
+        self.shared.metrics.error(kind);
+        self.shared.metrics.resets.inc();
+        self.shared.needs_reset.store(true, Ordering::Release);
+        error!(
+            "{}: {thread} panicked; resetting the device (dropping the connection)",
+            self.shared.disk.path().display()
+        );
+        self.disconnect();
+    }
+
+    /// Publishes the finished prefix of `queue`'s window after `seq`
+    /// finished with used length `used`; signals the driver when asked and
+    /// needed. Returns whether anything was published.
+    fn complete(
         &self,
         queue: usize,
         vring: &VringRwLock,
-        mem: &GuestMemoryLoadGuard<Mem>,
-    ) -> io::Result<()> {
-        let mut completed = false;
-        loop {
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone());
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            let queue_size = vring.get_ref().get_queue().size();
-            if head >= queue_size {
-                // A driver bug or attack: the available ring names a head
-                // outside the descriptor table. There is no descriptor to
-                // return, so the entry is skipped (next_avail has moved on)
-                // and the queue keeps serving.
-                self.shared.metrics.error("bad_head");
-                warn!(
-                    "{}: queue {queue}: available ring names head {head} outside a table of {queue_size}",
-                    self.shared.disk.path().display()
-                );
-                continue;
-            }
-            // virtio-queue's iterator ends a chain early, without an error,
-            // at a loop (after queue-size or table-size steps), at a next
-            // index outside the table, at a bad indirect table or at the
-            // 4 GiB length limit. The last descriptor it yielded then still
-            // has NEXT set: such a chain is refused as a whole, never run as
-            // the prefix that happened to be read.
-            let mut complete = true;
-            let descs: Vec<Desc> = chain
-                .map(|d| {
-                    complete = !d.has_next();
-                    Desc {
-                        addr: d.addr().0,
-                        len: d.len(),
-                        write_only: d.is_write_only(),
-                    }
-                })
-                .collect();
-            let used = if complete && !descs.is_empty() {
-                self.execute(&descs, mem)
-            } else {
-                self.refuse_broken_chain(&descs, mem)
-            };
-            // Cannot fail for a head inside the table; if it does anyway,
-            // the error is counted and the queue goes on.
-            if let Err(e) = vring.add_used(head, used) {
-                self.shared.metrics.error("add_used");
+        seq: u64,
+        used: u32,
+        signal: bool,
+    ) -> bool {
+        let Some(w) = self.shared.windows.get(queue) else {
+            return false;
+        };
+        let m = &self.shared.metrics;
+        // add_used runs under the window lock, so used entries go out in
+        // ring order even when several threads finish at once.
+        let n = w.complete(seq, used, |head, len| {
+            // Cannot fail for a head inside the table (checked when the
+            // chain was taken); if it does anyway, it is counted.
+            if let Err(e) = vring.add_used(head, len) {
+                m.error("add_used");
                 error!(
                     "{}: queue {queue}: add_used({head}): {e}",
                     self.shared.disk.path().display()
                 );
-                continue;
             }
-            completed = true;
+        });
+        if n > 0 && signal {
+            self.signal(queue, vring);
         }
-        if completed
-            && vring
-                .needs_notification()
-                .map_err(|e| io::Error::other(format!("needs_notification: {e}")))?
-        {
-            vring.signal_used_queue()?;
-            self.shared.metrics.interrupt(queue);
+        n > 0
+    }
+
+    /// Interrupts the driver if EVENT_IDX (or its absence) says so.
+    fn signal(&self, queue: usize, vring: &VringRwLock) {
+        match vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    self.shared.metrics.error("signal");
+                    warn!(
+                        "{}: queue {queue}: signal: {e}",
+                        self.shared.disk.path().display()
+                    );
+                } else {
+                    self.shared.metrics.interrupt(queue);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.shared.metrics.error("signal");
+                warn!(
+                    "{}: queue {queue}: needs_notification: {e}",
+                    self.shared.disk.path().display()
+                );
+            }
+        }
+    }
+
+    fn process_queue(&self, queue: usize, vring: &VringRwLock, mem: &Arc<Mem>) -> io::Result<()> {
+        let Some(window) = self.shared.windows.get(queue) else {
+            return Err(io::Error::other(format!("no window for queue {queue}")));
+        };
+        let mut published = false;
+        loop {
+            // The pop and the window slot are taken under the window lock:
+            // slots are in ring order, and a GET_VRING_BASE waiting for the
+            // window to empty (stop_vring) cannot miss a request popped
+            // concurrently (the queue is marked not ready before it waits,
+            // and pop refuses a queue that is not ready).
+            let (chain, seq) = {
+                let mut w = window.lock();
+                if w.closed() {
+                    break;
+                }
+                let chain = vring
+                    .get_mut()
+                    .get_queue_mut()
+                    .pop_descriptor_chain(mem.clone());
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                let queue_size = vring.get_ref().get_queue().size();
+                if head >= queue_size {
+                    // A driver bug or attack: the available ring names a
+                    // head outside the descriptor table. There is no
+                    // descriptor to return, so the entry is skipped
+                    // (next_avail has moved on) and the queue keeps serving.
+                    drop(w);
+                    self.shared.metrics.error("bad_head");
+                    warn!(
+                        "{}: queue {queue}: available ring names head {head} outside a table of {queue_size}",
+                        self.shared.disk.path().display()
+                    );
+                    continue;
+                }
+                let seq = w.push(head);
+                (chain, seq)
+            };
+            // From here the request holds a window slot: a panic while it
+            // is handled here must still finish the slot (after closing the
+            // windows, so it is not published) or the drain would wait for
+            // it forever.
+            let mut counted = false;
+            let run = catch_unwind(AssertUnwindSafe(|| {
+                // virtio-queue's iterator ends a chain early, without an
+                // error, at a loop (after queue-size or table-size steps), at
+                // a next index outside the table, at a bad indirect table or
+                // at the 4 GiB length limit. The last descriptor it yielded
+                // then still has NEXT set: such a chain is refused as a
+                // whole, never run as the prefix that happened to be read.
+                let mut complete = true;
+                let descs: Vec<Desc> = chain
+                    .map(|d| {
+                        complete = !d.has_next();
+                        Desc {
+                            addr: d.addr().0,
+                            len: d.len(),
+                            write_only: d.is_write_only(),
+                        }
+                    })
+                    .collect();
+                if complete && !descs.is_empty() {
+                    self.start(&descs, mem, queue, vring, seq, &mut counted)
+                } else {
+                    Some(self.refuse_broken_chain(&descs, mem))
+                }
+            }));
+            let used = match run {
+                Ok(used) => used,
+                Err(_) => {
+                    if counted {
+                        self.shared.metrics.inflight.dec();
+                    }
+                    self.reset_after_panic("worker_panic", &format!("queue worker {queue}"));
+                    Some(0)
+                }
+            };
+            if let Some(used) = used {
+                // Published now, signalled once for the whole batch.
+                published |= self.complete(queue, vring, seq, used, false);
+            }
+        }
+        if published {
+            self.signal(queue, vring);
         }
         Ok(())
     }
 
-    /// Runs one request; returns the used length (bytes written to the
-    /// guest's writable buffers, status included), 0 when the chain had no
-    /// place for a status.
-    fn execute(&self, descs: &[Desc], mem: &Mem) -> u32 {
+    /// Parses a request and runs it here or hands it to the pool. Returns
+    /// the used length when it finished here, `None` when the pool has it.
+    fn start(
+        &self,
+        descs: &[Desc],
+        mem: &Arc<Mem>,
+        queue: usize,
+        vring: &VringRwLock,
+        seq: u64,
+        counted: &mut bool,
+    ) -> Option<u32> {
         let m = &self.shared.metrics;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let parsed = request::parse(descs, &self.shared.limits, |addr, buf| {
             mem.read_slice(buf, GuestAddress(addr))
                 .map_err(|_| RequestError::GuestMemory)
@@ -226,39 +383,121 @@ impl BlkBackend {
                 "{}: dropped a request without a status byte",
                 self.shared.disk.path().display()
             );
-            return 0;
+            return Some(0);
         };
-        let (status, written) = match parsed.op {
+        let op = match parsed.op {
             Err(e) => {
                 m.error(e.kind());
                 log::debug!("{}: {e}", self.shared.disk.path().display());
-                (e.status(), 0)
+                return Some(write_status(m, mem, status_addr, e.status(), 0));
             }
-            Ok(op) => {
-                let kind = op_kind(&op);
-                m.inflight.inc();
-                let r = self.run_op(op, mem);
-                m.inflight.dec();
-                m.completed(kind, started.elapsed().as_secs_f64());
-                r
-            }
+            Ok(op) => op,
         };
-        if mem.write_obj(status, GuestAddress(status_addr)).is_err() {
-            m.error("guest_memory");
-            return 0;
+        m.inflight.inc();
+        *counted = true;
+        let offload = match (self.shared.params.io_mode, &op) {
+            (_, Op::GetId { .. }) | (IoMode::Sync, _) => false,
+            (IoMode::Pool, _) => true,
+            (IoMode::Hybrid, Op::Read { .. } | Op::Write { .. }) => {
+                if let Some(done) = self.try_nowait(&op, mem) {
+                    *counted = false;
+                    return Some(self.finish(op_kind(&op), started, done, mem, status_addr));
+                }
+                true
+            }
+            (IoMode::Hybrid, _) => true,
+        };
+        if !offload {
+            let kind = op_kind(&op);
+            let r = self.run_op(op, mem);
+            *counted = false;
+            return Some(self.finish(kind, started, r, mem, status_addr));
         }
-        written.saturating_add(1)
+        *counted = false;
+        let this = self.clone();
+        let (vring, mem) = (vring.clone(), mem.clone());
+        self.shared.pool.submit(Box::new(move || {
+            let kind = op_kind(&op);
+            match catch_unwind(AssertUnwindSafe(|| this.run_op(op, &mem))) {
+                Ok(r) => {
+                    let used = this.finish(kind, started, r, &mem, status_addr);
+                    this.complete(queue, &vring, seq, used, true);
+                }
+                Err(_) => {
+                    this.shared.metrics.inflight.dec();
+                    this.reset_after_panic("io_panic", "an I/O thread");
+                    // Counted as finished (not published: the windows are
+                    // closed) so the daemon's drain does not wait for it.
+                    this.complete(queue, &vring, seq, 0, false);
+                }
+            }
+        }));
+        None
+    }
+
+    /// Ends an executed request: metrics, status byte; returns the used
+    /// length (bytes written to the guest's buffers, status included).
+    fn finish(
+        &self,
+        kind: BlkOp,
+        started: Instant,
+        (status, written): (u8, u32),
+        mem: &Mem,
+        status_addr: u64,
+    ) -> u32 {
+        let m = &self.shared.metrics;
+        m.inflight.dec();
+        m.completed(kind, started.elapsed().as_secs_f64());
+        write_status(m, mem, status_addr, status, written)
+    }
+
+    /// A read or write done in this thread if it needs no blocking (hybrid
+    /// mode); `None` when it must go to the pool.
+    fn try_nowait(&self, op: &Op, mem: &Mem) -> Option<(u8, u32)> {
+        let (offset, len, data, write) = match op {
+            Op::Read { offset, len, data } => (*offset, *len, data, false),
+            Op::Write { offset, len, data } => (*offset, *len, data, true),
+            _ => return None,
+        };
+        if !write {
+            self.shared.disk.faults.on_read(offset, len);
+        }
+        let access = if write {
+            Permissions::Read
+        } else {
+            Permissions::Write
+        };
+        let (iovs, _guards) = guest_iovecs(mem, data, access)?;
+        // SAFETY: the iovecs come from `get_slices` on guest memory that
+        // stays mapped while `mem` is held, and `_guards` keep the slices'
+        // pointers valid for the call; reads write into guest-writable
+        // buffers, writes only read theirs.
+        match unsafe { self.shared.disk.try_rw_nowait(offset, &iovs, write) } {
+            Ok(NoWait::Done) => {
+                let m = &self.shared.metrics;
+                if write {
+                    m.written_bytes(len);
+                    Some((S_OK, 0))
+                } else {
+                    m.read_bytes(len);
+                    // len <= max_transfer, far below u32::MAX.
+                    Some((S_OK, u32::try_from(len).unwrap_or(u32::MAX)))
+                }
+            }
+            // Redone (and any error reported) by the blocking path.
+            Ok(NoWait::WouldBlock) | Err(_) => None,
+        }
     }
 
     /// Spins up to `poll_us` for the driver to make a request available.
     /// Bounded: a queue that stays idle costs at most one window per burst
     /// of requests.
     fn poll_for_work(&self, vring: &VringRwLock, mem: &Mem) -> bool {
-        let budget = std::time::Duration::from_micros(u64::from(self.shared.params.poll_us));
+        let budget = Duration::from_micros(u64::from(self.shared.params.poll_us));
         if budget.is_zero() {
             return false;
         }
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         loop {
             {
                 let state = vring.get_ref();
@@ -292,6 +531,8 @@ impl BlkBackend {
         }
     }
 
+    /// Executes a validated request (blocking). Returns the status and the
+    /// bytes written into the guest's data buffers.
     fn run_op(&self, op: Op, mem: &Mem) -> (u8, u32) {
         let m = &self.shared.metrics;
         let disk = &self.shared.disk;
@@ -303,8 +544,11 @@ impl BlkBackend {
                 S_IOERR
             }
         };
+        let faults = Faults::get();
         match op {
             Op::Read { offset, len, data } => {
+                disk.faults.on_read(offset, len);
+                faults.delay();
                 let Some((mut iovs, _guards)) = guest_iovecs(mem, &data, Permissions::Write) else {
                     m.error("guest_memory");
                     return (S_IOERR, 0);
@@ -322,6 +566,7 @@ impl BlkBackend {
                 }
             }
             Op::Write { offset, len, data } => {
+                faults.delay();
                 let Some((mut iovs, _guards)) = guest_iovecs(mem, &data, Permissions::Read) else {
                     m.error("guest_memory");
                     return (S_IOERR, 0);
@@ -333,7 +578,10 @@ impl BlkBackend {
                 }
                 (s, 0)
             }
-            Op::Flush => (io_result(disk.flush(), "flush"), 0),
+            Op::Flush => {
+                faults.delay();
+                (io_result(disk.flush(), "flush"), 0)
+            }
             Op::GetId { len, data } => {
                 let mut left = &self.shared.id[..len as usize];
                 for seg in data {
@@ -350,6 +598,7 @@ impl BlkBackend {
                 (S_OK, len as u32)
             }
             Op::Discard(ranges) => {
+                faults.delay();
                 for r in ranges {
                     let s = io_result(
                         disk.discard(
@@ -365,6 +614,7 @@ impl BlkBackend {
                 (S_OK, 0)
             }
             Op::WriteZeroes(ranges) => {
+                faults.delay();
                 for r in ranges {
                     let s = io_result(
                         disk.write_zeroes(
@@ -382,6 +632,16 @@ impl BlkBackend {
             }
         }
     }
+}
+
+/// Writes the status byte; returns the used length (`written` + 1), or 0
+/// when the status cannot be written.
+fn write_status(m: &DiskMetrics, mem: &Mem, status_addr: u64, status: u8, written: u32) -> u32 {
+    if mem.write_obj(status, GuestAddress(status_addr)).is_err() {
+        m.error("guest_memory");
+        return 0;
+    }
+    written.saturating_add(1)
 }
 
 fn op_kind(op: &Op) -> BlkOp {
@@ -463,7 +723,29 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn reset_device(&self) {
-        self.shared.needs_reset.store(false, Ordering::Release);
+        // After a panic the connection is being dropped: stay stopped.
+        if !self.shared.reset_requested.load(Ordering::Acquire) {
+            self.shared.needs_reset.store(false, Ordering::Release);
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the framework has marked the queue not ready (no
+        // more pops) and reads next_avail after this returns. Waiting for
+        // the window to empty makes that base cover only requests whose
+        // completions are published, as the driver expects of a stopped
+        // queue.
+        if let Some(w) = usize::try_from(queue_index)
+            .ok()
+            .and_then(|q| self.shared.windows.get(q))
+        {
+            let what = format!(
+                "{}: stopping queue {queue_index}",
+                self.shared.disk.path().display()
+            );
+            w.wait_idle(&what, Duration::from_secs(10));
+        }
+        Ok(())
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -522,6 +804,13 @@ impl VhostUserBackend for BlkBackend {
         let Some(mem) = self.memory() else {
             return Err(io::Error::other("kick before SET_MEM_TABLE"));
         };
+        // An owned snapshot: requests handed to the pool keep the memory
+        // they point into mapped until they finish.
+        let mem = mem.into_inner();
+        // `device_event` indexes this worker's own vrings (always 0 here);
+        // the queue number is the worker's: one queue per thread
+        // (queues_per_thread).
+        let queue = thread_id;
         let event_idx = self.shared.event_idx.load(Ordering::Acquire);
         let run = || -> io::Result<()> {
             if event_idx {
@@ -532,7 +821,12 @@ impl VhostUserBackend for BlkBackend {
                     vring
                         .disable_notification()
                         .map_err(|e| io::Error::other(e.to_string()))?;
-                    self.process_queue(thread_id, vring, &mem)?;
+                    self.process_queue(queue, vring, &mem)?;
+                    // A disconnect (stop or reset) leaves requests in the
+                    // ring on purpose: the next connection redoes them.
+                    if self.disconnecting() {
+                        break;
+                    }
                     if self.poll_for_work(vring, &mem) {
                         continue;
                     }
@@ -546,8 +840,8 @@ impl VhostUserBackend for BlkBackend {
                 Ok(())
             } else {
                 loop {
-                    self.process_queue(thread_id, vring, &mem)?;
-                    if !self.poll_for_work(vring, &mem) {
+                    self.process_queue(queue, vring, &mem)?;
+                    if self.disconnecting() || !self.poll_for_work(vring, &mem) {
                         break Ok(());
                     }
                 }
@@ -556,12 +850,7 @@ impl VhostUserBackend for BlkBackend {
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(r) => r,
             Err(_) => {
-                self.shared.metrics.error("worker_panic");
-                self.shared.needs_reset.store(true, Ordering::Release);
-                error!(
-                    "{}: worker {thread_id} panicked; device stops until the driver resets it",
-                    self.shared.disk.path().display()
-                );
+                self.reset_after_panic("worker_panic", &format!("queue worker {thread_id}"));
                 Ok(())
             }
         }

@@ -7,6 +7,9 @@ use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::fault::{DiskFaults, Faults};
 
 /// `_IO(0x12, 119)`: discard a byte range of a block device.
 const BLKDISCARD: libc::c_ulong = 0x1277;
@@ -40,6 +43,25 @@ pub struct Disk {
     size: u64,
     read_only: bool,
     block_device: bool,
+    /// Cleared when the file refuses `RWF_NOWAIT` (EOPNOTSUPP), so the
+    /// attempt is not repeated for every request.
+    nowait: AtomicBool,
+    /// The file lives in memory (tmpfs, ramfs): a transfer never waits for
+    /// a device, so it is done in place even where `RWF_NOWAIT` is refused
+    /// (tmpfs refuses it).
+    memory_backed: bool,
+    /// Test-only fault state (see [`super::fault`]).
+    pub faults: DiskFaults,
+}
+
+/// Outcome of a non-blocking transfer attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoWait {
+    /// All of it was transferred.
+    Done,
+    /// It would have blocked (or was short, or the file cannot do it):
+    /// nothing can be assumed; redo it with the blocking call.
+    WouldBlock,
 }
 
 impl Disk {
@@ -85,12 +107,16 @@ impl Disk {
                 size,
             });
         }
+        let memory_backed = !block_device && memory_backed(&file);
         Ok(Self {
             file,
             path: path.to_owned(),
             size,
             read_only,
             block_device,
+            nowait: AtomicBool::new(true),
+            memory_backed,
+            faults: DiskFaults::default(),
         })
     }
 
@@ -127,6 +153,65 @@ impl Disk {
     pub unsafe fn write_at(&self, offset: u64, iovs: &mut [libc::iovec]) -> io::Result<()> {
         // SAFETY: forwarded from this function's contract.
         unsafe { self.rw_at(offset, iovs, true) }
+    }
+
+    /// One `preadv2`/`pwritev2` with `RWF_NOWAIT`: succeeds only when the
+    /// whole transfer can be done without blocking (page cache hit, no
+    /// allocation needed). A short or refused transfer reports
+    /// [`NoWait::WouldBlock`]; a write may then have been partly done, which
+    /// the blocking redo overwrites with the same bytes.
+    ///
+    /// # Safety
+    /// As for [`Disk::read_at`] (reads) and [`Disk::write_at`] (writes).
+    pub unsafe fn try_rw_nowait(
+        &self,
+        offset: u64,
+        iovs: &[libc::iovec],
+        write: bool,
+    ) -> io::Result<NoWait> {
+        if Faults::get().delay.is_some() {
+            return Ok(NoWait::WouldBlock);
+        }
+        if self.memory_backed {
+            let mut iovs = iovs.to_vec();
+            // SAFETY: forwarded from this function's contract.
+            unsafe { self.rw_at(offset, &mut iovs, write) }?;
+            return Ok(NoWait::Done);
+        }
+        if !self.nowait.load(Ordering::Relaxed) || iovs.len() > IOV_MAX {
+            return Ok(NoWait::WouldBlock);
+        }
+        let total: usize = iovs.iter().map(|v| v.iov_len).sum();
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // At most IOV_MAX (checked above), which fits in c_int.
+        let count = iovs.len() as libc::c_int;
+        let fd = self.file.as_raw_fd();
+        let n = if write {
+            // SAFETY: the iovecs point to memory valid for reads (caller's
+            // contract); pwritev2 does not retain them past the call.
+            unsafe { libc::pwritev2(fd, iovs.as_ptr(), count, off, libc::RWF_NOWAIT) }
+        } else {
+            // SAFETY: the iovecs point to memory valid for writes (caller's
+            // contract); preadv2 does not retain them.
+            unsafe { libc::preadv2(fd, iovs.as_ptr(), count, off, libc::RWF_NOWAIT) }
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(NoWait::WouldBlock),
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+                    self.nowait.store(false, Ordering::Relaxed);
+                    Ok(NoWait::WouldBlock)
+                }
+                _ => Err(e),
+            };
+        }
+        if n as usize == total {
+            Ok(NoWait::Done)
+        } else {
+            Ok(NoWait::WouldBlock)
+        }
     }
 
     /// # Safety
@@ -261,6 +346,24 @@ impl Disk {
         }
         Ok(())
     }
+}
+
+/// Whether `file` is on a memory file system (tmpfs or ramfs).
+fn memory_backed(file: &File) -> bool {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs(2) fills the statfs buffer it is given, which lives
+    // on this stack frame for the call; the fd is ours.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so it initialised the buffer.
+    let st = unsafe { st.assume_init() };
+    // f_type's integer type differs between libc targets.
+    #[allow(clippy::unnecessary_cast)]
+    let t = st.f_type as u64;
+    t == TMPFS_MAGIC || t == RAMFS_MAGIC
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
 //! The vhost-user-blk device: one disk served to one QEMU at a time over a
-//! vhost-user socket, one worker thread per virtqueue.
+//! vhost-user socket, one worker thread per virtqueue, requests executed
+//! concurrently on a bounded per-disk I/O pool and completed in ring order
+//! ([`io`] explains the design and its trade-off). A panic in a worker or
+//! an I/O thread resets the device (drops the connection; QEMU's
+//! `reconnect=` resubmits), never the daemon.
 //!
 //! Wire facts it relies on (virtio 1.2 §5.2, vhost-user spec, QEMU 7.2):
 //! QEMU's vhost-user-blk needs the CONFIG protocol feature and asks for
@@ -9,7 +13,10 @@
 
 pub mod device;
 pub mod disk;
+pub mod fault;
+pub mod io;
 pub mod request;
 
 pub use device::{BlkBackend, BlkParams};
 pub use disk::{Disk, DiskError};
+pub use io::{IoMode, IoPool};

@@ -8,7 +8,18 @@
 //!
 //! ```text
 //! cargo run --release -p pvdrivers-tests --bin pvbench-blk -- --seconds 5
+//! cargo run --release -p pvdrivers-tests --bin pvbench-blk -- --io sync,hybrid,pool
+//! cargo run --release -p pvdrivers-tests --bin pvbench-blk -- --io sync,hybrid,pool \
+//!     --delay-us 1000 --depths 1,32 --queues 1 --no-qsd
 //! ```
+//!
+//! `--io` lists pvbackend's I/O modes to measure (one disk per mode on the
+//! same image, same daemon; see `host_backend::blk::io`); each case prints
+//! one row per mode, all against the same qemu-storage-daemon figures.
+//! `--delay-us N` arms pvbackend's test-only fault injection
+//! (`PVBACKEND_FAULT_DELAY_US`): every disk operation takes N µs more, as
+//! on a slow device; the ratio column is then against the first `--io`
+//! mode instead of qsd (which has no such delay), and `--no-qsd` skips it.
 //!
 //! Each case runs with one driver thread per queue keeping `qd` requests in
 //! flight on its queue (so the total depth is `qd x queues`), indirect
@@ -37,11 +48,14 @@ struct Args {
     seed: u64,
     depths: Vec<usize>,
     queues: Vec<u16>,
+    io: Vec<String>,
+    delay_us: u64,
+    qsd: bool,
 }
 
 fn usage() -> &'static str {
     "pvbench-blk [--seconds S] [--warmup S] [--image-mib N] [--dir DIR] [--seed N] \
-     [--depths 1,32,128] [--queues 1,2]\n\
+     [--depths 1,32,128] [--queues 1,2] [--io hybrid[,sync,pool]] [--delay-us N] [--no-qsd]\n\
      Benchmarks pvbackend against qemu-storage-daemon with the native vhost-user driver\n\
      (4 KiB random read and write). Defaults: 5 s per case, 0.5 s warm-up, 256 MiB image\n\
      in /dev/shm, seed 1."
@@ -56,11 +70,18 @@ fn parse_args() -> Result<Args, String> {
         seed: 1,
         depths: vec![1, 32, 128],
         queues: vec![1, 2],
+        io: vec!["hybrid".into()],
+        delay_us: 0,
+        qsd: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         if k == "-h" || k == "--help" {
             return Err(usage().into());
+        }
+        if k == "--no-qsd" {
+            a.qsd = false;
+            continue;
         }
         let v = it
             .next()
@@ -77,6 +98,16 @@ fn parse_args() -> Result<Args, String> {
             "--image-mib" => a.image_mib = num(&v)? as u64,
             "--dir" => a.dir = PathBuf::from(v),
             "--seed" => a.seed = num(&v)? as u64,
+            "--delay-us" => a.delay_us = num(&v)? as u64,
+            "--io" => {
+                a.io = v.split(',').map(|x| x.trim().to_owned()).collect();
+                if a.io
+                    .iter()
+                    .any(|m| !["sync", "pool", "hybrid"].contains(&m.as_str()))
+                {
+                    return Err(format!("--io takes sync, pool and/or hybrid\n{}", usage()));
+                }
+            }
             "--depths" => a.depths = list(&v)?.into_iter().map(|x| x as usize).collect(),
             "--queues" => {
                 a.queues = list(&v)?
@@ -326,34 +357,66 @@ fn bench(args: &Args) -> Result<(), String> {
     fill_image(&img, args.image_mib << 20, args.seed).map_err(|e| format!("image: {e}"))?;
     let blocks = (args.image_mib << 20) / u64::from(BLOCK);
     let max_queues = args.queues.iter().copied().max().unwrap_or(1);
-    let ours_sock = dir.path().join("pvbackend.sock");
+    // One disk per I/O mode, all on the same image, in one daemon.
+    let socks: Vec<PathBuf> = args
+        .io
+        .iter()
+        .map(|m| dir.path().join(format!("pvbackend-{m}.sock")))
+        .collect();
+    let specs: Vec<String> = args
+        .io
+        .iter()
+        .zip(&socks)
+        .map(|(m, sock)| {
+            format!(
+                "path={},socket={},serial=pvbench,queues={max_queues},queue-size={QUEUE_SIZE},io={m}",
+                img.display(),
+                sock.display()
+            )
+        })
+        .collect();
+    if args.delay_us > 0 {
+        // Read by the daemon only (fault injection for the slow-device case).
+        std::env::set_var("PVBACKEND_FAULT_DELAY_US", args.delay_us.to_string());
+    }
     let ours = PvBackend::start(
-        &[format!(
-            "path={},socket={},serial=pvbench,queues={max_queues},queue-size={QUEUE_SIZE}",
-            img.display(),
-            ours_sock.display()
-        )],
+        &specs,
         &["--log-level", "info"],
         &dir.path().join("pvbackend.log"),
     )
     .map_err(|e| format!("pvbackend: {e}"))?;
-    let qsd_sock = dir.path().join("qsd.sock");
-    let qsd = QemuStorageDaemon::start(&img, &qsd_sock, u32::from(max_queues))
-        .map_err(|e| format!("qemu-storage-daemon: {e}"))?;
+    let qsd = if args.qsd {
+        let qsd_sock = dir.path().join("qsd.sock");
+        let q = QemuStorageDaemon::start(&img, &qsd_sock, u32::from(max_queues))
+            .map_err(|e| format!("qemu-storage-daemon: {e}"))?;
+        let pid = q.pid().ok_or("qemu-storage-daemon has no pid")?;
+        Some((q, qsd_sock, pid))
+    } else {
+        None
+    };
     let ours_pid = ours.pid().ok_or("pvbackend has no pid")?;
-    let qsd_pid = qsd.pid().ok_or("qemu-storage-daemon has no pid")?;
     println!(
-        "pvbench-blk: {} MiB image on {}, {} s per case (+{} s warm-up), seed {}, 4 KiB, indirect descriptors, EVENT_IDX",
+        "pvbench-blk: {} MiB image on {}, {} s per case (+{} s warm-up), seed {}, 4 KiB, indirect descriptors, EVENT_IDX{}",
         args.image_mib,
         args.dir.display(),
         args.seconds,
         args.warmup,
-        args.seed
+        args.seed,
+        if args.delay_us > 0 {
+            format!(", pvbackend disk operations delayed {} µs (fault injection)", args.delay_us)
+        } else {
+            String::new()
+        }
     );
-    println!("qd is per queue (one driver thread per queue); CPU is µs of backend (or driver) CPU time per request\n");
+    let base_name = if args.delay_us > 0 || qsd.is_none() {
+        format!("{} mode", args.io[0])
+    } else {
+        "qsd".to_owned()
+    };
+    println!("qd is per queue (one driver thread per queue); CPU is µs of backend (or driver) CPU time per request; ratio is IOPS against {base_name}\n");
     let header = format!(
-        "| {:<9} | {:>3} | {:>1} | {:>9} | {:>9} | {:>5} | {:>15} | {:>15} | {:>13} | {:>13} | {:>9} |",
-        "case", "qd", "q", "ours IOPS", "qsd IOPS", "ratio", "ours p50/p99 µs", "qsd p50/p99 µs", "ours CPU/req", "qsd CPU/req", "drv CPU"
+        "| {:<9} | {:>3} | {:>1} | {:<6} | {:>9} | {:>9} | {:>5} | {:>15} | {:>15} | {:>13} | {:>13} | {:>9} |",
+        "case", "qd", "q", "io", "ours IOPS", "qsd IOPS", "ratio", "ours p50/p99 µs", "qsd p50/p99 µs", "ours CPU/req", "qsd CPU/req", "drv CPU"
     );
     println!("{header}");
     println!(
@@ -367,30 +430,48 @@ fn bench(args: &Args) -> Result<(), String> {
     for rw in [Rw::Read, Rw::Write] {
         for &queues in &args.queues {
             for &qd in &args.depths {
-                let a =
-                    run_case(&ours_sock, ours_pid, rw, qd, queues, args, blocks).map_err(|e| {
-                        format!(
-                            "pvbackend {} qd{qd} q{queues}: {e}\nlog:\n{}",
-                            rw.name(),
-                            ours.log()
-                        )
-                    })?;
-                let b = run_case(&qsd_sock, qsd_pid, rw, qd, queues, args, blocks)
-                    .map_err(|e| format!("qsd {} qd{qd} q{queues}: {e}", rw.name()))?;
-                println!(
-                    "| {:<9} | {:>3} | {:>1} | {:>9.0} | {:>9.0} | {:>5.2} | {:>15} | {:>15} | {:>13.1} | {:>13.1} | {:>9} |",
-                    rw.name(),
-                    qd,
-                    queues,
-                    a.iops,
-                    b.iops,
-                    a.iops / b.iops.max(1.0),
-                    format!("{:.0}/{:.0}", a.p50_us, a.p99_us),
-                    format!("{:.0}/{:.0}", b.p50_us, b.p99_us),
-                    a.backend_cpu_us,
-                    b.backend_cpu_us,
-                    format!("{:.1}/{:.1}", a.driver_cpu_us, b.driver_cpu_us),
-                );
+                let mut rows = Vec::new();
+                for (mode, sock) in args.io.iter().zip(&socks) {
+                    let a =
+                        run_case(sock, ours_pid, rw, qd, queues, args, blocks).map_err(|e| {
+                            format!(
+                                "pvbackend ({mode}) {} qd{qd} q{queues}: {e}\nlog:\n{}",
+                                rw.name(),
+                                ours.log()
+                            )
+                        })?;
+                    rows.push((mode, a));
+                }
+                let b = match &qsd {
+                    Some((_, sock, pid)) => Some(
+                        run_case(sock, *pid, rw, qd, queues, args, blocks)
+                            .map_err(|e| format!("qsd {} qd{qd} q{queues}: {e}", rw.name()))?,
+                    ),
+                    None => None,
+                };
+                let base = if args.delay_us > 0 || b.is_none() {
+                    rows[0].1.iops
+                } else {
+                    b.map_or(1.0, |b| b.iops)
+                };
+                let b = b.unwrap_or_default();
+                for (mode, a) in rows {
+                    println!(
+                        "| {:<9} | {:>3} | {:>1} | {:<6} | {:>9.0} | {:>9.0} | {:>5.2} | {:>15} | {:>15} | {:>13.1} | {:>13.1} | {:>9} |",
+                        rw.name(),
+                        qd,
+                        queues,
+                        mode,
+                        a.iops,
+                        b.iops,
+                        a.iops / base.max(1.0),
+                        format!("{:.0}/{:.0}", a.p50_us, a.p99_us),
+                        format!("{:.0}/{:.0}", b.p50_us, b.p99_us),
+                        a.backend_cpu_us,
+                        b.backend_cpu_us,
+                        format!("{:.1}/{:.1}", a.driver_cpu_us, b.driver_cpu_us),
+                    );
+                }
             }
         }
     }

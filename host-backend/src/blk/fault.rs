@@ -1,0 +1,73 @@
+//! Fault injection for tests, armed only by environment variables the
+//! operator sets when starting the daemon (a guest cannot arm it; with the
+//! variables unset every hook is a no-op). The daemon logs a warning at
+//! start when a fault is armed.
+//!
+//! - `PVBACKEND_FAULT_PANIC_SECTOR=N`: the first read that covers
+//!   sector N on each disk panics where it executes (the queue worker or
+//!   an I/O thread), to test that a panic resets the device instead of
+//!   killing the daemon.
+//! - `PVBACKEND_FAULT_DELAY_US=N`: every disk operation (read, write,
+//!   flush, discard, write-zeroes) first sleeps N µs, as a slow device
+//!   would; non-blocking attempts report "would block" so hybrid mode
+//!   hands the request to the pool. For the slow-device benchmark.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The armed faults (read once from the environment).
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub panic_sector: Option<u64>,
+    pub delay: Option<Duration>,
+}
+
+impl Faults {
+    pub fn get() -> &'static Faults {
+        static F: OnceLock<Faults> = OnceLock::new();
+        F.get_or_init(|| {
+            let num = |k: &str| {
+                std::env::var(k)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            Faults {
+                panic_sector: num("PVBACKEND_FAULT_PANIC_SECTOR"),
+                delay: num("PVBACKEND_FAULT_DELAY_US")
+                    .filter(|&us| us > 0)
+                    .map(Duration::from_micros),
+            }
+        })
+    }
+
+    pub fn armed(&self) -> bool {
+        self.panic_sector.is_some() || self.delay.is_some()
+    }
+
+    /// Sleeps the configured delay, if any.
+    pub fn delay(&self) {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
+    }
+}
+
+/// Per-disk fault state (survives reconnections).
+#[derive(Debug, Default)]
+pub struct DiskFaults {
+    panicked: AtomicBool,
+}
+
+impl DiskFaults {
+    /// Panics the first time a read covers the armed sector.
+    pub fn on_read(&self, offset: u64, len: u64) {
+        let Some(n) = Faults::get().panic_sector else {
+            return;
+        };
+        let (first, end) = (offset / 512, offset.saturating_add(len).div_ceil(512));
+        if (first..end).contains(&n) && !self.panicked.swap(true, Ordering::AcqRel) {
+            panic!("fault injection: read of sector {n}");
+        }
+    }
+}
