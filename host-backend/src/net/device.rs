@@ -10,6 +10,17 @@
 //! holds a whole frame; Linux then posts MTU-sized buffers), checksum and
 //! segmentation offloads (frames cross the switch exactly as sent, so a
 //! header asking for them is refused), the control queue and MQ.
+//!
+//! Nor `VHOST_USER_F_PROTOCOL_FEATURES`: QEMU 7.2's virtio-net sends
+//! `SET_VRING_ENABLE` as soon as the guest writes its features
+//! (`peer_attach`), before `SET_FEATURES` reaches the backend, and the
+//! rust-vmm `vhost` crate refuses that message until PROTOCOL_FEATURES has
+//! been acked, ending the connection ("inactive feature: 1073741824").
+//! Without it QEMU sends no `SET_VRING_ENABLE`, and the rings start enabled
+//! at `SET_FEATURES` as the spec says. The cost: no `GET_CONFIG` (QEMU
+//! serves virtio-net's config space itself from `mac=` and `host_mtu=`;
+//! [`NetBackend::config_space`] is what the port would answer) and no
+//! `REPLY_ACK` (messages are applied in order anyway).
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -17,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use log::error;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
@@ -225,8 +236,7 @@ impl VhostUserBackend for NetBackend {
             | (1u64 << VIRTIO_RING_F_EVENT_IDX)
             | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1u64 << VIRTIO_NET_F_MTU)
-            | (1u64 << VIRTIO_NET_F_STATUS)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | (1u64 << VIRTIO_NET_F_STATUS);
         if self.shared.port.mac.is_some() {
             f |= 1u64 << VIRTIO_NET_F_MAC;
         }
@@ -238,9 +248,8 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // CONFIG lets a VMM that asks (our native driver) read the MAC and
-        // MTU; QEMU's virtio-net keeps its own. No STATUS (QEMU 7.2 resets
-        // before GET_VRING_BASE with it), no MQ (one queue pair).
+        // Never negotiated: VHOST_USER_F_PROTOCOL_FEATURES is not offered
+        // (see the module docs).
         VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
     }
 
