@@ -300,6 +300,7 @@ impl VhostUserBackend for NetBackend {
         if self.shared.needs_reset.load(Ordering::Acquire) {
             return Ok(());
         }
+        log::trace!("port '{}': event {device_event}", self.shared.port.name);
         match catch_unwind(AssertUnwindSafe(|| self.run_event(device_event, vrings))) {
             Ok(r) => r,
             Err(_) => {

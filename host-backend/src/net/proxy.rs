@@ -6,11 +6,12 @@
 //! rust-vmm `vhost` crate refuses that message until the backend has seen
 //! PROTOCOL_FEATURES acked, and ends the connection. Without PROTOCOL_FEATURES
 //! QEMU refuses to start vhost-net at all (its later "restore vring enable
-//! state" fails with EINVAL). So the relay swallows `SET_VRING_ENABLE` until
-//! `SET_FEATURES` has passed (answering it if QEMU asked for a reply); QEMU
-//! sends it again, after `SET_FEATURES`, when it starts the device, and that
-//! one goes through. Everything else is relayed unchanged, file descriptors
-//! included. Only the control plane crosses the relay: rings and eventfds
+//! state" fails with EINVAL). So the relay holds `SET_VRING_ENABLE` back
+//! until `SET_FEATURES` has passed (answering it if QEMU asked for a reply),
+//! and right after each `SET_FEATURES` (which leaves the backend's rings
+//! disabled) replays the last state QEMU asked for, per ring: QEMU 7.2
+//! sends even its start-time enables before `SET_FEATURES`. Everything else
+//! is relayed unchanged, file descriptors included. Only the control plane crosses the relay: rings and eventfds
 //! are shared directly between QEMU and the backend.
 
 use std::io;
@@ -180,6 +181,8 @@ fn word(m: &[u8], at: usize) -> u32 {
 pub fn relay(qemu: &UnixStream, backend: &UnixStream, stop: &AtomicBool) -> io::Result<()> {
     let (q, b) = (qemu.as_raw_fd(), backend.as_raw_fd());
     let mut features_seen = false;
+    // Last enable state QEMU asked for, per vring: (index, num).
+    let mut enabled: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
     let result = loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
@@ -215,8 +218,9 @@ pub fn relay(qemu: &UnixStream, backend: &UnixStream, stop: &AtomicBool) -> io::
             };
             let req = word(&msg, 0);
             let flags = word(&msg, 4);
-            if req == SET_FEATURES {
-                features_seen = true;
+            log::debug!("relay: request {req} flags {flags:#x} fds {}", fds.0.len());
+            if req == SET_VRING_ENABLE {
+                enabled.insert(word(&msg, HDR), word(&msg, HDR + 4));
             }
             if req == SET_VRING_ENABLE && !features_seen {
                 log::debug!("relay: early SET_VRING_ENABLE held back");
@@ -234,6 +238,28 @@ pub fn relay(qemu: &UnixStream, backend: &UnixStream, stop: &AtomicBool) -> io::
             }
             if let Err(e) = send_all(b, &msg, &fds.0) {
                 break Err(e);
+            }
+            if req == SET_FEATURES {
+                features_seen = true;
+                // SET_FEATURES with PROTOCOL_FEATURES leaves every ring
+                // disabled; QEMU 7.2 sent its enables before it, so they
+                // are replayed now (no reply requested).
+                let mut failed = None;
+                for (index, num) in &enabled {
+                    let mut m = Vec::with_capacity(HDR + 8);
+                    m.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+                    m.extend_from_slice(&FLAG_VERSION.to_le_bytes());
+                    m.extend_from_slice(&8u32.to_le_bytes());
+                    m.extend_from_slice(&index.to_le_bytes());
+                    m.extend_from_slice(&num.to_le_bytes());
+                    if let Err(e) = send_all(b, &m, &[]) {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
+                    break Err(e);
+                }
             }
         }
         if pfd[1].revents != 0 {
