@@ -196,7 +196,7 @@ fn main() -> ExitCode {
             format!("socket={},name=server", ps.display()),
             format!("socket={},name=client", pc.display()),
         ],
-        &["--log-level", "warn"],
+        &["--log-level", "info"],
         &dir.path().join("backend.log"),
     )
     .map_err(|e| e.to_string())
