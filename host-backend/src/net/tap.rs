@@ -110,3 +110,34 @@ impl Tap {
         (&self.file).read(buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_names_are_refused_with_a_clear_error() {
+        for name in ["", "a-name-longer-than-15", "nul\0byte"] {
+            let e = Tap::open(name).expect_err("bad name");
+            assert!(matches!(e, TapError::BadName { .. }), "{e}");
+            assert!(e.to_string().contains("longer than 15"), "{e}");
+        }
+    }
+
+    #[test]
+    fn failing_to_create_says_why() {
+        // Unprivileged (the usual test run) this fails at open or
+        // TUNSETIFF, and the message says what to do; privileged it
+        // creates a TAP, which goes away when closed.
+        match Tap::open("pvtst0") {
+            Ok(t) => assert_eq!(t.name(), "pvtst0"),
+            Err(e @ TapError::Create { .. }) => {
+                assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}")
+            }
+            Err(e @ TapError::Open { .. }) => {
+                assert!(e.to_string().contains("/dev/net/tun"), "{e}")
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+}
