@@ -219,3 +219,51 @@ fn malicious_frames_never_reach_the_other_port() {
         "{m}"
     );
 }
+
+#[test]
+fn rate_limited_port_drops_and_counts_the_excess() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    // 1 Mbit/s: a 64 KiB burst, then 125 kB/s. 2000 frames of 1500 bytes
+    // (3 MB) would need over 20 s to pass in full.
+    let backend = PvBackend::start_with(
+        &[],
+        &[
+            format!("socket={},name=a,rate-mbps=1", sa.display()),
+            format!("socket={},name=b", sb.display()),
+        ],
+        &["--log-level", "info", "--metrics", "127.0.0.1:0"],
+        &dir.path().join("backend.log"),
+    )
+    .expect("backend");
+    let mut a = NativeNetDriver::connect(&sa, 64).expect("connect a");
+    let mut b = NativeNetDriver::connect(&sb, 64).expect("connect b");
+    const N: usize = 2000;
+    for i in 0..N as u32 {
+        a.send(&frame(BCAST, MAC_A, &[i as u8; 1486]))
+            .expect("send");
+    }
+    a.wait_tx_done(WAIT).expect("tx done");
+    // What passed the limiter reached b (up to its RX ring and backlog).
+    let first = b.recv(WAIT).expect("recv").expect("b got the burst");
+    assert_eq!(first.frame.len(), 1500);
+    let m = backend.fetch_metrics().expect("metrics");
+    let v = |s: &str| PvBackend::metric(&m, s).unwrap_or(-1.0);
+    let passed = v(r#"pvbackend_net_rx_packets_total{port="a"}"#);
+    let limited = v(r#"pvbackend_net_drops_total{port="a",reason="rate_limited"}"#);
+    assert_eq!(passed + limited, N as f64, "{m}");
+    assert!(
+        limited >= 1.0 && passed >= 43.0,
+        "passed {passed}, limited {limited}:\n{m}"
+    );
+    // b's ingress is unlimited: it still gets a frame through.
+    let back = frame(MAC_A, MAC_B, b"unlimited");
+    b.send(&back).expect("send");
+    let got = loop {
+        let r = a.recv(WAIT).expect("recv").expect("a got b's frame");
+        if r.frame == back {
+            break r;
+        }
+    };
+    assert_eq!(got.frame, back);
+}
