@@ -17,6 +17,18 @@
 //! poll_us = 50                  # busy-poll an emptied queue this long before sleeping (0: never)
 //! io_mode = "hybrid"            # sync | pool | hybrid (see host_backend::blk::io)
 //! io_threads = 4                # I/O threads of the disk (pool and hybrid modes), 1..=256
+//!
+//! [switch]                      # the L2 switch joining every [[net_port]]
+//! name = "switch0"
+//! # uplink_tap = "pvtap0"       # join the host through this TAP (needs CAP_NET_ADMIN or a persistent TAP)
+//! mac_aging_secs = 300          # forget a MAC not seen for this long
+//!
+//! [[net_port]]
+//! name = "vm1-eth0"             # used in logs and metrics (default: the socket's file name)
+//! socket = "/run/pvdrivers/vm1-eth0.sock"    # vhost-user-net socket (QEMU: -netdev vhost-user)
+//! mac = "52:54:00:00:00:01"     # offered in the config space (optional)
+//! mtu = 1500                    # 68..=9000; larger frames are dropped
+//! rate_mbps = 0                 # ingress token bucket in Mbit/s (0: unlimited)
 //! ```
 //!
 //! The `[balloon]` table (memory-balance manager) is documented in
@@ -48,10 +60,12 @@ pub enum ConfigError {
     DiskSpec { spec: String, message: String },
     #[error("disk '{disk}': {message}")]
     Invalid { disk: String, message: String },
-    #[error("nothing to serve: give --config FILE with [[disk]] tables or a [balloon] table, --disk path=...,socket=..., or --balloon-guest/--balloon-watch")]
+    #[error("nothing to serve: give --config FILE with [[disk]] or [[net_port]] tables or a [balloon] table, or --disk path=...,socket=..., --net-port socket=..., --balloon-guest/--balloon-watch")]
     NothingToServe,
     #[error("{0}")]
     Balloon(String),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetConfigError),
 }
 
 /// `[daemon]` table.
@@ -144,6 +158,11 @@ pub struct Config {
     /// `[balloon]`: the memory-balance manager (see [`crate::balloon::config`]).
     #[serde(default)]
     pub balloon: crate::balloon::BalloonConfig,
+    /// Switch ports (see [`crate::net`]).
+    #[serde(default, rename = "net_port")]
+    pub net_ports: Vec<crate::net::NetPortConfig>,
+    #[serde(default)]
+    pub switch: crate::net::SwitchConfig,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -172,7 +191,7 @@ impl Config {
     /// Checks every disk and the set as a whole.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.balloon.validate().map_err(ConfigError::Balloon)?;
-        if self.disks.is_empty() && !self.balloon.serves() {
+        if self.disks.is_empty() && self.net_ports.is_empty() && !self.balloon.serves() {
             return Err(ConfigError::NothingToServe);
         }
         let mut sockets = BTreeSet::new();
@@ -212,6 +231,7 @@ impl Config {
                 )));
             }
         }
+        crate::net::config::validate(&self.net_ports, &self.switch, &sockets)?;
         Ok(())
     }
 }
@@ -300,6 +320,8 @@ mod tests {
         let c = Config::parse(&text, Path::new("example.toml")).expect("example parses");
         c.validate().expect("example is valid");
         assert_eq!(c.disks.len(), 1);
+        assert_eq!(c.net_ports.len(), 1);
+        assert_eq!(c.switch.mac_aging_secs, 300);
         assert_eq!(c.disks[0].num_queues, 4);
         assert_eq!(c.daemon.shutdown_timeout_secs, 10);
     }

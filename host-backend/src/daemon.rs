@@ -55,6 +55,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Metrics(String),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error("cannot start thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -185,6 +187,12 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     for d in &config.disks {
         servers.push(open_disk(d, &families)?);
     }
+    let net = crate::net::NetService::start(
+        &config.net_ports,
+        &config.switch,
+        &mut registry,
+        stop.clone(),
+    )?;
     let metrics = match &config.daemon.metrics_listen {
         Some(addr) => {
             let m = MetricsServer::start(addr, Arc::new(registry)).map_err(DaemonError::Metrics)?;
@@ -212,8 +220,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         None
     };
     info!(
-        "ready: {} disk(s), balloon manager {}",
+        "ready: {} disk(s), {} net port(s), balloon manager {}",
         threads.len(),
+        net.as_ref().map_or(0, crate::net::NetService::port_count),
         if balloon.is_some() { "on" } else { "off" }
     );
     while !stop.load(Ordering::Acquire) {
@@ -245,6 +254,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             error!("disk '{}': final flush failed: {e}", server.name);
         }
         let _ = std::fs::remove_file(&server.socket);
+    }
+    if let Some(n) = net {
+        n.stop(deadline);
     }
     if let Some(b) = balloon {
         // The manager checks `stop` every 100 ms; a QMP command in hand is

@@ -3,11 +3,13 @@
 //! Today: vhost-user-blk disks for QEMU ([`blk`]), configured from a TOML
 //! file or the command line ([`config`]), served by [`daemon`], with a
 //! Prometheus endpoint ([`metrics`], where every series is documented); the
-//! host memory-balance manager for guests' virtio-balloons ([`balloon`]). Xen
-//! backends and the network switch arrive with their issues.
+//! host memory-balance manager for guests' virtio-balloons ([`balloon`]);
+//! the vhost-user-net L2 switch ([`net`]). Xen backends arrive with their
+//! issue.
 
 pub mod balloon;
 pub mod blk;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod net;
