@@ -16,6 +16,9 @@
 //! queue_size = 256              # power of two, at least QEMU's queue-size
 //! poll_us = 50                  # busy-poll an emptied queue this long before sleeping (0: never)
 //! ```
+//!
+//! The `[balloon]` table (memory-balance manager) is documented in
+//! [`crate::balloon::config`].
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -41,8 +44,10 @@ pub enum ConfigError {
     DiskSpec { spec: String, message: String },
     #[error("disk '{disk}': {message}")]
     Invalid { disk: String, message: String },
-    #[error("no disks configured: give --config FILE with [[disk]] tables or --disk path=...,socket=...")]
-    NoDisks,
+    #[error("nothing to serve: give --config FILE with [[disk]] tables or a [balloon] table, --disk path=...,socket=..., or --balloon-guest/--balloon-watch")]
+    NothingToServe,
+    #[error("{0}")]
+    Balloon(String),
 }
 
 /// `[daemon]` table.
@@ -125,6 +130,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default, rename = "disk")]
     pub disks: Vec<DiskConfig>,
+    /// `[balloon]`: the memory-balance manager (see [`crate::balloon::config`]).
+    #[serde(default)]
+    pub balloon: crate::balloon::BalloonConfig,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -152,8 +160,9 @@ impl Config {
 
     /// Checks every disk and the set as a whole.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.disks.is_empty() {
-            return Err(ConfigError::NoDisks);
+        self.balloon.validate().map_err(ConfigError::Balloon)?;
+        if self.disks.is_empty() && !self.balloon.serves() {
+            return Err(ConfigError::NothingToServe);
         }
         let mut sockets = BTreeSet::new();
         for d in &self.disks {
@@ -296,7 +305,18 @@ mod tests {
             .expect_err("dup")
             .to_string()
             .contains("used by another disk"));
-        assert!(Config::default().validate().is_err());
+        assert!(Config::default()
+            .validate()
+            .expect_err("empty")
+            .to_string()
+            .contains("nothing to serve"));
+        // The balloon manager alone is something to serve.
+        let balloon_only =
+            "[balloon]\nenabled = true\n[[balloon.guest]]\nname = \"vm\"\nqmp = \"/run/vm.qmp\"\n";
+        Config::parse(balloon_only, Path::new("b.toml"))
+            .expect("parses")
+            .validate()
+            .expect("balloon only is valid");
         assert!(parse_disk_spec("path=/a").is_err());
         assert!(parse_disk_spec("path=/a,socket=/s,colour=red").is_err());
         let d = parse_disk_spec("path=/a,socket=/run/x.sock,readonly,serial=abc,queues=2")

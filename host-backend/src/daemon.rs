@@ -6,6 +6,9 @@
 //! devices are disconnected once their workers finish the request in hand,
 //! every disk is flushed, sockets are removed. A deadline bounds the whole
 //! stop; the daemon never hangs on it.
+//!
+//! The balloon manager ([`crate::balloon`]), when configured, runs on its
+//! own thread and stops with the rest.
 
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -152,6 +155,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     config.validate()?;
     let mut registry = Registry::default();
     let families = BlkFamilies::register(&mut registry);
+    let balloon_metrics = Arc::new(crate::balloon::metrics::BalloonMetrics::register(
+        &mut registry,
+    ));
     let mut servers = Vec::new();
     for d in &config.disks {
         servers.push(open_disk(d, &families)?);
@@ -174,7 +180,19 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             .map_err(DaemonError::Thread)?;
         threads.push((server, handle));
     }
-    info!("ready: {} disk(s)", threads.len());
+    let balloon = if config.balloon.serves() {
+        Some(
+            crate::balloon::spawn(config.balloon.clone(), balloon_metrics, stop.clone())
+                .map_err(DaemonError::Thread)?,
+        )
+    } else {
+        None
+    };
+    info!(
+        "ready: {} disk(s), balloon manager {}",
+        threads.len(),
+        if balloon.is_some() { "on" } else { "off" }
+    );
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -204,6 +222,18 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             error!("disk '{}': final flush failed: {e}", server.name);
         }
         let _ = std::fs::remove_file(&server.socket);
+    }
+    if let Some(b) = balloon {
+        // The manager checks `stop` every 100 ms; a QMP command in hand is
+        // bounded by its timeout.
+        while !b.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if b.is_finished() {
+            let _ = b.join();
+        } else {
+            warn!("balloon manager still busy at the deadline; leaving it");
+        }
     }
     if let Some(m) = metrics {
         m.stop();

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use host_backend::config::{parse_disk_spec, Config};
 
 /// pvdrivers host backend: serves guest disks to QEMU over vhost-user-blk.
@@ -18,6 +18,10 @@ use host_backend::config::{parse_disk_spec, Config};
 ///   -device vhost-user-blk-pci,chardev=d0,num-queues=N
 /// SIGTERM or SIGINT stops it: connections are closed after the requests in
 /// hand, disks are flushed, sockets removed, exit status 0.
+///
+/// With --balloon-guest/--balloon-watch (or a [balloon] table) it also runs
+/// the memory-balance manager over the guests' QMP sockets;
+/// `pvbackend guests` shows every guest's memory.
 #[derive(Parser, Debug)]
 #[command(name = "pvbackend", version, verbatim_doc_comment)]
 struct Cli {
@@ -50,10 +54,72 @@ struct Cli {
     /// or the config file's shutdown_timeout_secs).
     #[arg(long, value_name = "SECS")]
     shutdown_timeout: Option<u64>,
+
+    /// A guest for the balloon manager: name=N,qmp=SOCK[,min=MIB][,max=MIB]
+    /// (QEMU: -qmp unix:SOCK,server=on,wait=off). Enables the manager.
+    #[arg(long = "balloon-guest", value_name = "SPEC")]
+    balloon_guests: Vec<String>,
+
+    /// Manage every *.qmp socket in DIR (guest name = file stem), picking
+    /// up new ones and dropping vanished ones. Enables the manager.
+    #[arg(long, value_name = "DIR")]
+    balloon_watch: Option<PathBuf>,
+
+    /// Balloon manager: log decisions, do not apply them.
+    #[arg(long)]
+    balloon_dry_run: bool,
+
+    /// Balloon manager: seconds between policy rounds (default 5).
+    #[arg(long, value_name = "SECS")]
+    balloon_interval: Option<u64>,
+
+    /// Balloon manager: read the host's available memory (a number of MiB)
+    /// from FILE instead of /proc/meminfo (to simulate a shortage).
+    #[arg(long, value_name = "FILE")]
+    host_available_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a table of every balloon-managed guest's memory (target,
+    /// actual, free, available, major faults, stats age), refreshed every
+    /// --every seconds, read from a running daemon's metrics endpoint.
+    Guests {
+        /// The daemon's metrics address (its --metrics / metrics_listen).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9977")]
+        metrics: String,
+        /// Seconds between refreshes.
+        #[arg(long, value_name = "SECS", default_value_t = 2)]
+        every: u64,
+        /// Print one snapshot and exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Guests {
+        metrics,
+        every,
+        once,
+    }) = &cli.command
+    {
+        return match host_backend::balloon::cli::run(
+            metrics,
+            std::time::Duration::from_secs((*every).max(1)),
+            *once,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pvbackend guests: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -72,6 +138,31 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    for spec in &cli.balloon_guests {
+        match host_backend::balloon::config::parse_guest_spec(spec) {
+            Ok(g) => {
+                config.balloon.guests.push(g);
+                config.balloon.enabled = true;
+            }
+            Err(e) => {
+                eprintln!("pvbackend: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(d) = cli.balloon_watch {
+        config.balloon.watch_dir = Some(d);
+        config.balloon.enabled = true;
+    }
+    if cli.balloon_dry_run {
+        config.balloon.dry_run = true;
+    }
+    if let Some(s) = cli.balloon_interval {
+        config.balloon.interval_secs = s;
+    }
+    if let Some(f) = cli.host_available_file {
+        config.balloon.host_available_file = Some(f);
     }
     if let Some(a) = cli.metrics {
         config.daemon.metrics_listen = Some(a);

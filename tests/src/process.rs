@@ -112,3 +112,11 @@ impl Drop for ChildGuard {
         self.kill();
     }
 }
+
+/// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/<pid>/status`),
+/// or None when the process or the field is gone.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

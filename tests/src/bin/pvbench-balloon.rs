@@ -1,0 +1,238 @@
+//! `pvbench-balloon`: how fast a guest's balloon driver inflates and
+//! deflates, and how much host memory inflating really releases, on QEMU's
+//! virtio-balloon (TCG, same machine, same run for every driver).
+//!
+//! ```text
+//! cargo run --release -p pvdrivers-tests --bin pvbench-balloon -- --rounds 3
+//! ```
+//!
+//! Per round: the guest touches and frees `--fill-mib` of its memory (so the
+//! host has resident pages to get back), the bench sets the balloon target
+//! `--mib` below the guest's RAM with QMP `balloon` and times until
+//! `query-balloon` reports it (polled every 10 ms: QEMU rate-limits
+//! `BALLOON_CHANGE` events to one a second), reads QEMU's `VmRSS` before
+//! and after, then sets the target back to the full RAM and times the
+//! deflate the same way (after the guest has seen the inflate, untimed).
+//! The guest refills before the next round when its MemTotal is back.
+//!
+//! Drivers: the Linux kernel's own virtio_balloon today. Our guest runtime
+//! (pv-balloon) gets its row when it exists; the ratio column is against
+//! the kernel driver.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use pvtest::process::vm_rss_kib;
+use pvtest::{Guest, Qmp};
+use serde_json::json;
+
+const MIB: u64 = 1 << 20;
+
+struct Args {
+    rounds: u32,
+    mib: u64,
+    ram_mib: u64,
+    fill_mib: u64,
+}
+
+fn usage() -> &'static str {
+    "pvbench-balloon [--rounds N] [--mib N] [--ram-mib N] [--fill-mib N]\n\
+     Times inflating and deflating N MiB (default 256) with the kernel virtio_balloon\n\
+     driver in a guest of --ram-mib (default 768) that touched --fill-mib (default 400)\n\
+     first, and measures QEMU's resident memory released. Default 3 rounds."
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        rounds: 3,
+        mib: 256,
+        ram_mib: 768,
+        fill_mib: 400,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut num = |what: &str| -> Result<u64, String> {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{what} takes a number\n{}", usage()))
+        };
+        match k.as_str() {
+            "--rounds" => a.rounds = u32::try_from(num("--rounds")?).map_err(|e| e.to_string())?,
+            "--mib" => a.mib = num("--mib")?,
+            "--ram-mib" => a.ram_mib = num("--ram-mib")?,
+            "--fill-mib" => a.fill_mib = num("--fill-mib")?,
+            "-h" | "--help" => return Err(usage().into()),
+            other => return Err(format!("unknown argument {other}\n{}", usage())),
+        }
+    }
+    if a.mib + 128 > a.ram_mib || a.fill_mib + 128 > a.ram_mib || a.rounds == 0 {
+        return Err(format!(
+            "need --mib and --fill-mib at least 128 MiB below --ram-mib, and --rounds >= 1\n{}",
+            usage()
+        ));
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match bench(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pvbench-balloon: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One round's figures.
+struct Round {
+    inflate: Duration,
+    deflate: Duration,
+    released_mib: f64,
+}
+
+fn actual(qmp: &mut Qmp) -> Result<u64, String> {
+    let b = qmp
+        .execute("query-balloon", json!({}))
+        .map_err(|e| e.to_string())?;
+    b["actual"]
+        .as_u64()
+        .ok_or_else(|| format!("query-balloon: no actual in {b}"))
+}
+
+/// Sets the target and times until `query-balloon` reports it.
+fn move_to(qmp: &mut Qmp, bytes: u64) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    qmp.execute("balloon", json!({ "value": bytes }))
+        .map_err(|e| e.to_string())?;
+    loop {
+        if actual(qmp)? == bytes {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            return Err(format!("balloon never reached {} MiB", bytes / MIB));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn rss_mib(pid: u32) -> Result<f64, String> {
+    vm_rss_kib(pid)
+        .map(|k| k as f64 / 1024.0)
+        .ok_or_else(|| "QEMU's VmRSS is unreadable".to_owned())
+}
+
+fn kernel_driver(args: &Args) -> Result<Vec<Round>, String> {
+    // MemTotal is below the RAM size (kernel reserved); "back" means within
+    // 3/4 of the ballooned amount of where it was.
+    let script = format!(
+        "mkdir -p /fill\n\
+         mount -t tmpfs -o size={fill}m tmpfs /fill\n\
+         total() {{ sed -n 's/^MemTotal: *\\([0-9]*\\).*/\\1/p' /proc/meminfo; }}\n\
+         full=$(total)\n\
+         low=$((full - {mib} * 1024 / 4))\n\
+         i=0\n\
+         while [ $i -lt {rounds} ]; do\n\
+         \x20 dd if=/dev/zero of=/fill/blob bs=1M count={fill} 2>/dev/null; rm /fill/blob\n\
+         \x20 i=$((i + 1)); echo \"pvbench: filled $i\"\n\
+         \x20 while [ $(total) -ge $low ]; do sleep 1; done\n\
+         \x20 echo \"pvbench: inflated $i\"\n\
+         \x20 while [ $(total) -lt $low ]; do sleep 1; done\n\
+         done\n\
+         echo pvbench: done; sleep 5\n",
+        fill = args.fill_mib,
+        mib = args.mib,
+        rounds = args.rounds,
+    );
+    let mut guest = Guest::builder("pvbench-balloon-kernel")
+        .memory_mib(u32::try_from(args.ram_mib).map_err(|e| e.to_string())?)
+        .modules(["virtio_pci", "virtio_balloon"])
+        .virtio_balloon()
+        .qmp()
+        .script(&script)
+        .timeout(Duration::from_secs(600 + 300 * u64::from(args.rounds)))
+        .start()
+        .map_err(|e| e.to_string())?;
+    let pid = guest.qemu_pid().ok_or("no QEMU pid")?;
+    let sock = guest.qmp_socket().ok_or("no QMP socket")?.to_owned();
+    let mut qmp = Qmp::connect(&sock, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    let full = args.ram_mib * MIB;
+    let mut rounds = Vec::new();
+    for i in 1..=args.rounds {
+        guest
+            .wait_for_console(&format!("pvbench: filled {i}"), Duration::from_secs(600))
+            .map_err(|e| e.to_string())?;
+        // Let the guest's writeback and QEMU settle before measuring.
+        std::thread::sleep(Duration::from_secs(2));
+        let before = rss_mib(pid)?;
+        let inflate = move_to(&mut qmp, full - args.mib * MIB)?;
+        let after = rss_mib(pid)?;
+        // The guest must see the inflate before the deflate (it refills
+        // once its memory is back), outside the timed part.
+        guest
+            .wait_for_console(&format!("pvbench: inflated {i}"), Duration::from_secs(600))
+            .map_err(|e| e.to_string())?;
+        let deflate = move_to(&mut qmp, full)?;
+        eprintln!(
+            "round {i}: inflate {} MiB in {:.3} s, deflate in {:.3} s, RSS {before:.0} -> {after:.0} MiB",
+            args.mib,
+            inflate.as_secs_f64(),
+            deflate.as_secs_f64()
+        );
+        rounds.push(Round {
+            inflate,
+            deflate,
+            released_mib: before - after,
+        });
+    }
+    let _ = qmp.execute("quit", json!({}));
+    let _ = guest.wait();
+    Ok(rounds)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn bench(args: &Args) -> Result<(), String> {
+    let kernel = kernel_driver(args)?;
+    let mib = args.mib as f64;
+    let inflate = median(
+        kernel
+            .iter()
+            .map(|r| mib / r.inflate.as_secs_f64())
+            .collect(),
+    );
+    let deflate = median(
+        kernel
+            .iter()
+            .map(|r| mib / r.deflate.as_secs_f64())
+            .collect(),
+    );
+    let released = median(kernel.iter().map(|r| r.released_mib).collect());
+    println!(
+        "pvbench-balloon: {} MiB, guest {} MiB (touched {} MiB first), {} round(s), medians; TCG",
+        args.mib, args.ram_mib, args.fill_mib, args.rounds
+    );
+    println!(
+        "{:<28} {:>14} {:>14} {:>14} {:>10}",
+        "driver", "inflate MiB/s", "deflate MiB/s", "released MiB", "vs kernel"
+    );
+    println!(
+        "{:<28} {:>14.1} {:>14.1} {:>14.0} {:>10}",
+        "kernel virtio_balloon", inflate, deflate, released, "1.00x"
+    );
+    println!(
+        "{:<28} {:>14} {:>14} {:>14} {:>10}",
+        "our runtime (pv-balloon)", "n/a", "n/a", "n/a", "not yet"
+    );
+    Ok(())
+}
