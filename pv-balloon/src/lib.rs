@@ -82,6 +82,8 @@ extern crate std;
 
 pub mod error;
 pub mod ledger;
+#[cfg(feature = "linux")]
+pub mod linux;
 pub mod stats;
 #[cfg(feature = "test-utils")]
 pub mod testing;
