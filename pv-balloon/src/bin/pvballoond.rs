@@ -31,7 +31,7 @@ struct Cli {
     #[arg(long)]
     floor_mib: Option<u64>,
     /// Longest sleep between looks at the device when idle, in ms.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     interval_ms: u64,
     /// PSI memory `full avg10` percentage that counts as pressure, where
     /// the kernel has /proc/pressure/memory (0: ignore PSI).

@@ -27,9 +27,13 @@ const PSI_MEMORY: &str = "/proc/pressure/memory";
 const CMD_INTX_DISABLE: u16 = 1 << 10;
 /// How long the exit path waits for the device to take its pages back.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
-/// Longest a `MemAvailable` reading is reused while inflating (pages pinned
-/// since are subtracted from it).
-const MEMINFO_MAX_AGE: Duration = Duration::from_millis(10);
+/// Longest a `MemAvailable` reading is reused (pages pinned since are
+/// subtracted from it; pages released since only make it conservative).
+/// Reading `/proc/meminfo` is not free (the kernel sums every counter),
+/// and the floor's margin covers what others allocate meanwhile.
+const MEMINFO_MAX_AGE: Duration = Duration::from_millis(50);
+/// How often PSI is read (the kernel updates `avg10` every 2 s).
+const PSI_EVERY: Duration = Duration::from_millis(500);
 /// Least time between two PSI-driven deflates (PSI averages lag by 10 s).
 const PSI_DEFLATE_EVERY: Duration = Duration::from_secs(1);
 
@@ -158,6 +162,18 @@ impl Events {
     }
 }
 
+/// Where the time of a balloon move went (logged when the balloon settles).
+#[derive(Debug, Default)]
+struct Spent {
+    /// Mapping, locking and looking up pages.
+    pin: Duration,
+    /// Posting buffers to the device (QEMU handles them synchronously in
+    /// the notify under TCG, so this includes its work).
+    device: Duration,
+    /// Unmapping released pages.
+    release: Duration,
+}
+
 /// `MemAvailable`, re-read at most every [`MEMINFO_MAX_AGE`], less what was
 /// pinned since.
 struct Available {
@@ -236,6 +252,10 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
     let mut warned_no_oom = false;
     let mut last_psi_deflate: Option<Instant> = None;
     let mut reported: Option<u64> = None;
+    let mut spent = Spent::default();
+    let mut psi_ok = opts.psi_full_pct > 0.0;
+    let mut psi_at: Option<Instant> = None;
+    let mut psi_high = false;
     let frame_bytes = |frames: u64| frames * 4096;
     loop {
         if shutdown.is_none() && signal::stop_requested() {
@@ -287,12 +307,20 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             }
         }
         let a = avail.get()?;
-        let psi = shutdown.is_none()
-            && opts.psi_full_pct > 0.0
-            && std::fs::read_to_string(PSI_MEMORY)
-                .ok()
-                .and_then(|t| procfs::psi_full_avg10(&t))
-                .is_some_and(|v| v >= opts.psi_full_pct);
+        if psi_ok && psi_at.is_none_or(|t| t.elapsed() >= PSI_EVERY) {
+            psi_at = Some(Instant::now());
+            match std::fs::read_to_string(PSI_MEMORY) {
+                Ok(t) => {
+                    psi_high = procfs::psi_full_avg10(&t).is_some_and(|v| v >= opts.psi_full_pct)
+                }
+                Err(e) => {
+                    info!("{PSI_MEMORY}: {e}; using MemAvailable alone");
+                    psi_ok = false;
+                    psi_high = false;
+                }
+            }
+        }
+        let psi = shutdown.is_none() && psi_high;
         let low = shutdown.is_none() && a < floor;
         let psi_due = psi && last_psi_deflate.is_none_or(|t| t.elapsed() >= PSI_DEFLATE_EVERY);
         if (low || psi) && b.held_pages() > 0 {
@@ -361,9 +389,14 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
                         }
                     } else {
                         floor_hold = false;
-                        match pages::pin(n, page_size) {
+                        let t = Instant::now();
+                        let pinned = pages::pin(n, page_size);
+                        let t1 = Instant::now();
+                        spent.pin += t1 - t;
+                        match pinned {
                             Ok(mut v) => match b.inflate(&mut v) {
                                 Ok(k) => {
+                                    spent.device += t1.elapsed();
                                     avail.took((k * page_size) as u64);
                                     work = true;
                                 }
@@ -387,8 +420,11 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             }
         }
         if !ev.released.is_empty() {
+            // Only more memory is available now: the reading stays a safe
+            // lower bound until it ages out.
+            let t = Instant::now();
             pages::release(std::mem::take(&mut ev.released), page_size);
-            avail.stale();
+            spent.release += t.elapsed();
             work = true;
         }
         let st = b.status();
@@ -399,12 +435,17 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             && reported != Some(st.held)
         {
             info!(
-                "balloon {} MiB (target {} MiB, host asked {} MiB)",
+                "balloon {} MiB (target {} MiB, host asked {} MiB); since the last report: \
+                 pinning {} ms, device {} ms, releasing {} ms",
                 frame_bytes(st.held) / MIB,
                 frame_bytes(st.target) / MIB,
-                frame_bytes(st.requested) / MIB
+                frame_bytes(st.requested) / MIB,
+                spent.pin.as_millis(),
+                spent.device.as_millis(),
+                spent.release.as_millis()
             );
             reported = Some(st.held);
+            spent = Spent::default();
         }
         if work {
             poller.busy();
