@@ -82,7 +82,7 @@ extern crate std;
 
 pub mod error;
 pub mod ledger;
-#[cfg(feature = "linux")]
+#[cfg(feature = "std")]
 pub mod linux;
 pub mod stats;
 #[cfg(feature = "test-utils")]

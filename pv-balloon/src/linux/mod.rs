@@ -47,11 +47,18 @@
 //!   balloon page back at once).
 //! - Devices behind an IOMMU are refused (see `pv-linux`).
 
+//!
+//! The `/proc` parsers ([`procfs`]) need only the `std` feature (host tests
+//! and the fuzz target use them); the rest needs `linux`.
+
+#[cfg(feature = "linux")]
 pub mod daemon;
+#[cfg(feature = "linux")]
 pub mod pages;
 pub mod procfs;
 
 /// Errors of the Linux runtime, named after what failed.
+#[cfg(feature = "linux")]
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The PCI or DMA plumbing failed (claim, BARs, hugepages).
@@ -80,12 +87,14 @@ pub enum RuntimeError {
     Parse(&'static str),
 }
 
+#[cfg(feature = "linux")]
 impl RuntimeError {
     pub(crate) fn last_os(what: &'static str) -> Self {
         Self::Sys(what, std::io::Error::last_os_error())
     }
 }
 
+#[cfg(feature = "linux")]
 impl From<crate::BalloonError> for RuntimeError {
     fn from(e: crate::BalloonError) -> Self {
         Self::Balloon(e)
