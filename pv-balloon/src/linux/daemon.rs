@@ -28,7 +28,7 @@ const CMD_INTX_DISABLE: u16 = 1 << 10;
 /// How long the exit path waits for the device to take its pages back.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// Longest a `MemAvailable` reading is reused (pages pinned since are
-/// subtracted from it; pages released since only make it conservative).
+/// subtracted from it, pages released since added).
 /// Reading `/proc/meminfo` is not free (the kernel sums every counter),
 /// and the floor's margin covers what others allocate meanwhile.
 const MEMINFO_MAX_AGE: Duration = Duration::from_millis(50);
@@ -190,6 +190,10 @@ impl Available {
             self.at = Some(Instant::now());
         }
         Ok(self.bytes)
+    }
+
+    fn gave(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_add(bytes);
     }
 
     fn took(&mut self, bytes: u64) {
@@ -420,9 +424,11 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             }
         }
         if !ev.released.is_empty() {
-            // Only more memory is available now: the reading stays a safe
-            // lower bound until it ages out.
+            // The pages are free memory again: count them until the next
+            // reading (else a deflate under pressure would see the old
+            // figure and overshoot).
             let t = Instant::now();
+            avail.gave((ev.released.len() * page_size) as u64);
             pages::release(std::mem::take(&mut ev.released), page_size);
             spent.release += t.elapsed();
             work = true;
