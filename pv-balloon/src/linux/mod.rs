@@ -7,7 +7,7 @@
 //!
 //! - **Inflate**: allocates anonymous memory, `MADV_NOHUGEPAGE`, `mlock`,
 //!   reads the page frames from `/proc/self/pagemap` and hands them to the
-//!   core ([`pages`]); the memory is never touched again while the balloon
+//!   core (`pages`); the memory is never touched again while the balloon
 //!   holds it. `vm.compact_unevictable_allowed` is 0 while the daemon runs
 //!   (restored on exit), so compaction does not migrate the pinned pages.
 //! - **Deflate**: the core tells the device first; the pages come back as
