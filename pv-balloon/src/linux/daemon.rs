@@ -32,6 +32,9 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// Reading `/proc/meminfo` is not free (the kernel sums every counter),
 /// and the floor's margin covers what others allocate meanwhile.
 const MEMINFO_MAX_AGE: Duration = Duration::from_millis(50);
+/// Most pages pinned ahead of the device during an inflate (16 MiB of
+/// 4 KiB pages): fewer, larger `mlock` calls.
+const STASH_PAGES: usize = 4096;
 /// How often PSI is read (the kernel updates `avg10` every 2 s).
 const PSI_EVERY: Duration = Duration::from_millis(500);
 /// Least time between two PSI-driven deflates (PSI averages lag by 10 s).
@@ -257,6 +260,7 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
     let mut last_psi_deflate: Option<Instant> = None;
     let mut reported: Option<u64> = None;
     let mut spent = Spent::default();
+    let mut stash: Vec<PinnedPage> = Vec::new();
     let mut psi_ok = opts.psi_full_pct > 0.0;
     let mut psi_at: Option<Instant> = None;
     let mut psi_high = false;
@@ -378,8 +382,35 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             }
             match b.plan() {
                 Plan::Inflate { pages } if shutdown.is_none() && !oom_hold => {
-                    let room = a.saturating_sub(floor + margin) / page_size as u64;
-                    let n = pages.min(room as usize);
+                    // Pin ahead in chunks of up to STASH_PAGES (fewer, larger
+                    // mlock calls), never beyond the target or the floor;
+                    // the stash is already counted out of `avail`.
+                    if stash.len() < pages {
+                        let st = b.status();
+                        let per = b.limits().frames_per_page();
+                        let to_target =
+                            (st.target.saturating_sub(st.held + st.inflating) / per) as usize;
+                        let room = (a.saturating_sub(floor + margin) / page_size as u64) as usize;
+                        let more = to_target
+                            .min(STASH_PAGES)
+                            .saturating_sub(stash.len())
+                            .min(room);
+                        if more > 0 {
+                            let t = Instant::now();
+                            match pages::pin(more, page_size) {
+                                Ok(v) => {
+                                    avail.took((v.len() * page_size) as u64);
+                                    stash.extend(v);
+                                }
+                                Err(e) => {
+                                    warn!("pinning {more} pages: {e}");
+                                    avail.stale();
+                                }
+                            }
+                            spent.pin += t.elapsed();
+                        }
+                    }
+                    let n = pages.min(stash.len());
                     if n == 0 {
                         if !floor_hold {
                             info!(
@@ -393,27 +424,16 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
                         }
                     } else {
                         floor_hold = false;
+                        let mut v: Vec<PinnedPage> = stash.drain(..n).collect();
                         let t = Instant::now();
-                        let pinned = pages::pin(n, page_size);
-                        let t1 = Instant::now();
-                        spent.pin += t1 - t;
-                        match pinned {
-                            Ok(mut v) => match b.inflate(&mut v) {
-                                Ok(k) => {
-                                    spent.device += t1.elapsed();
-                                    avail.took((k * page_size) as u64);
-                                    work = true;
-                                }
-                                Err(e) => {
-                                    warn!("inflate: {e}");
-                                    pages::release(v, page_size);
-                                }
-                            },
+                        match b.inflate(&mut v) {
+                            Ok(_) => work = true,
                             Err(e) => {
-                                warn!("pinning {n} pages: {e}");
-                                avail.stale();
+                                warn!("inflate: {e}");
+                                stash.append(&mut v);
                             }
                         }
+                        spent.device += t.elapsed();
                     }
                 }
                 Plan::Deflate { pages } => match b.deflate(pages, &mut |x| ev.on(x)) {
@@ -422,6 +442,19 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
                 },
                 _ => {}
             }
+        }
+        let st = b.status();
+        let inflating = shutdown.is_none()
+            && !oom_hold
+            && !low
+            && !psi
+            && b.fault().is_none()
+            && st.target > st.held + st.inflating;
+        if !stash.is_empty() && !inflating {
+            // The target moved, pressure or shutdown: unpin what was not
+            // handed in.
+            avail.gave((stash.len() * page_size) as u64);
+            pages::release(std::mem::take(&mut stash), page_size);
         }
         if !ev.released.is_empty() {
             // The pages are free memory again: count them until the next
@@ -459,6 +492,7 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             poller.idle(&[]);
         }
     }
+    pages::release(stash, page_size);
     let c = b.counters();
     info!(
         "inflated {} MiB, deflated {} MiB, {} deflates under pressure, {} stats reports, {} resets",
