@@ -19,6 +19,8 @@ pub const GUEST_BINARIES: &[(&str, &str, &str)] = &[
     ("pvio", "pv-blk", "linux"),
     ("pvblkd", "pv-blk", "linux"),
     ("pvrr", "pv-net", "linux"),
+    ("pvballoond", "pv-balloon", "linux"),
+    ("pvmemhog", "pv-balloon", "linux"),
 ];
 
 /// Every host binary: (binary, package).

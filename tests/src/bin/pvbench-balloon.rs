@@ -15,9 +15,13 @@
 //! deflate the same way (after the guest has seen the inflate, untimed).
 //! The guest refills before the next round when its MemTotal is back.
 //!
-//! Drivers: the Linux kernel's own virtio_balloon today. Our guest runtime
-//! (pv-balloon) gets its row when it exists; the ratio column is against
-//! the kernel driver.
+//! Drivers: the Linux kernel's own virtio_balloon, and our guest runtime
+//! (`pvballoond`, pv-balloon's Linux daemon, polling the device every
+//! `--interval-ms`, its default 50 ms, when idle) in a second guest of the
+//! same size on the same QEMU. The guest sees an inflate in `MemTotal` for
+//! the kernel driver and in `Mlocked` for our runtime (its balloon is
+//! pinned process memory). The ratio column is ours against the kernel
+//! driver (inflate and deflate rates; released memory is shown as is).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -33,13 +37,24 @@ struct Args {
     mib: u64,
     ram_mib: u64,
     fill_mib: u64,
+    interval_ms: u64,
+}
+
+/// The guest driver under test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    /// The Linux kernel's virtio_balloon.
+    Kernel,
+    /// pv-balloon's `pvballoond`.
+    Runtime,
 }
 
 fn usage() -> &'static str {
-    "pvbench-balloon [--rounds N] [--mib N] [--ram-mib N] [--fill-mib N]\n\
+    "pvbench-balloon [--rounds N] [--mib N] [--ram-mib N] [--fill-mib N] [--interval-ms N]\n\
      Times inflating and deflating N MiB (default 256) with the kernel virtio_balloon\n\
-     driver in a guest of --ram-mib (default 768) that touched --fill-mib (default 400)\n\
-     first, and measures QEMU's resident memory released. Default 3 rounds."
+     driver and with pvballoond (idle poll --interval-ms, default 50) in guests of\n\
+     --ram-mib (default 768) that touched --fill-mib (default 400) first, and measures\n\
+     QEMU's resident memory released. Default 3 rounds."
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -48,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
         mib: 256,
         ram_mib: 768,
         fill_mib: 400,
+        interval_ms: 50,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -61,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
             "--mib" => a.mib = num("--mib")?,
             "--ram-mib" => a.ram_mib = num("--ram-mib")?,
             "--fill-mib" => a.fill_mib = num("--fill-mib")?,
+            "--interval-ms" => a.interval_ms = num("--interval-ms")?,
             "-h" | "--help" => return Err(usage().into()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -129,37 +146,66 @@ fn rss_mib(pid: u32) -> Result<f64, String> {
         .ok_or_else(|| "QEMU's VmRSS is unreadable".to_owned())
 }
 
-fn kernel_driver(args: &Args) -> Result<Vec<Round>, String> {
-    // MemTotal is below the RAM size (kernel reserved); "back" means within
-    // 3/4 of the ballooned amount of where it was.
+fn run_driver(args: &Args, driver: Driver) -> Result<Vec<Round>, String> {
+    // `bal` is what the guest sees of the balloon in kB: the drop of
+    // MemTotal for the kernel driver (MemTotal is below the RAM size, kernel
+    // reserved), Mlocked for pvballoond. "Inflated" means a quarter of the
+    // ballooned amount is visible, "back" that it no longer is.
+    let (name, bal, start, stop) = match driver {
+        Driver::Kernel => (
+            "pvbench-balloon-kernel",
+            "bal() { echo $((full - $(mi MemTotal))); }",
+            String::new(),
+            "",
+        ),
+        Driver::Runtime => (
+            "pvbench-balloon-pvballoond",
+            "bal() { mi Mlocked; }",
+            format!(
+                "pvballoond --interval-ms {} --log-level warn &\npid=$!\n",
+                args.interval_ms
+            ),
+            "kill -TERM $pid; wait $pid\n",
+        ),
+    };
     let script = format!(
         "mkdir -p /fill\n\
          mount -t tmpfs -o size={fill}m tmpfs /fill\n\
-         total() {{ sed -n 's/^MemTotal: *\\([0-9]*\\).*/\\1/p' /proc/meminfo; }}\n\
-         full=$(total)\n\
-         low=$((full - {mib} * 1024 / 4))\n\
+         mi() {{ sed -n \"s/^$1: *\\([0-9]*\\).*/\\1/p\" /proc/meminfo; }}\n\
+         full=$(mi MemTotal)\n\
+         {bal}\n\
+         quarter=$(({mib} * 1024 / 4))\n\
+         {start}\
          i=0\n\
          while [ $i -lt {rounds} ]; do\n\
          \x20 dd if=/dev/zero of=/fill/blob bs=1M count={fill} 2>/dev/null; rm /fill/blob\n\
          \x20 i=$((i + 1)); echo \"pvbench: filled $i\"\n\
-         \x20 while [ $(total) -ge $low ]; do sleep 1; done\n\
+         \x20 while [ $(bal) -lt $quarter ]; do sleep 1; done\n\
          \x20 echo \"pvbench: inflated $i\"\n\
-         \x20 while [ $(total) -lt $low ]; do sleep 1; done\n\
+         \x20 while [ $(bal) -ge $quarter ]; do sleep 1; done\n\
          done\n\
+         {stop}\
          echo pvbench: done; sleep 5\n",
         fill = args.fill_mib,
         mib = args.mib,
         rounds = args.rounds,
     );
-    let mut guest = Guest::builder("pvbench-balloon-kernel")
+    let mut builder = Guest::builder(name)
         .memory_mib(u32::try_from(args.ram_mib).map_err(|e| e.to_string())?)
         .modules(["virtio_pci", "virtio_balloon"])
         .virtio_balloon()
         .qmp()
         .script(&script)
-        .timeout(Duration::from_secs(600 + 300 * u64::from(args.rounds)))
-        .start()
-        .map_err(|e| e.to_string())?;
+        .timeout(Duration::from_secs(600 + 300 * u64::from(args.rounds)));
+    if driver == Driver::Runtime {
+        builder = builder.binary("pvballoond");
+    }
+    let mut guest = builder.start().map_err(|e| e.to_string())?;
+    if driver == Driver::Runtime {
+        guest
+            .wait_for_console("pvballoond: driving", Duration::from_secs(600))
+            .map_err(|e| e.to_string())?;
+    }
     let pid = guest.qemu_pid().ok_or("no QEMU pid")?;
     let sock = guest.qmp_socket().ok_or("no QMP socket")?.to_owned();
     let mut qmp = Qmp::connect(&sock, Duration::from_secs(60)).map_err(|e| e.to_string())?;
@@ -192,6 +238,10 @@ fn kernel_driver(args: &Args) -> Result<Vec<Round>, String> {
             released_mib: before - after,
         });
     }
+    // The scenario's end (for pvballoond: SIGTERM, a clean exit).
+    guest
+        .wait_for_console("pvbench: done", Duration::from_secs(300))
+        .map_err(|e| e.to_string())?;
     let _ = qmp.execute("quit", json!({}));
     let _ = guest.wait();
     Ok(rounds)
@@ -202,37 +252,51 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn bench(args: &Args) -> Result<(), String> {
-    let kernel = kernel_driver(args)?;
+/// Median inflate rate, deflate rate (MiB/s) and released MiB.
+fn medians(args: &Args, rounds: &[Round]) -> (f64, f64, f64) {
     let mib = args.mib as f64;
     let inflate = median(
-        kernel
+        rounds
             .iter()
             .map(|r| mib / r.inflate.as_secs_f64())
             .collect(),
     );
     let deflate = median(
-        kernel
+        rounds
             .iter()
             .map(|r| mib / r.deflate.as_secs_f64())
             .collect(),
     );
-    let released = median(kernel.iter().map(|r| r.released_mib).collect());
+    let released = median(rounds.iter().map(|r| r.released_mib).collect());
+    (inflate, deflate, released)
+}
+
+fn bench(args: &Args) -> Result<(), String> {
+    eprintln!("kernel virtio_balloon:");
+    let kernel = run_driver(args, Driver::Kernel)?;
+    eprintln!("pvballoond:");
+    let ours = run_driver(args, Driver::Runtime)?;
+    let (ki, kd, kr) = medians(args, &kernel);
+    let (oi, od, or) = medians(args, &ours);
     println!(
         "pvbench-balloon: {} MiB, guest {} MiB (touched {} MiB first), {} round(s), medians; TCG",
         args.mib, args.ram_mib, args.fill_mib, args.rounds
     );
     println!(
-        "{:<28} {:>14} {:>14} {:>14} {:>10}",
-        "driver", "inflate MiB/s", "deflate MiB/s", "released MiB", "vs kernel"
+        "{:<32} {:>14} {:>14} {:>14} {:>20}",
+        "driver", "inflate MiB/s", "deflate MiB/s", "released MiB", "vs kernel (in/de)"
     );
     println!(
-        "{:<28} {:>14.1} {:>14.1} {:>14.0} {:>10}",
-        "kernel virtio_balloon", inflate, deflate, released, "1.00x"
+        "{:<32} {:>14.1} {:>14.1} {:>14.0} {:>20}",
+        "kernel virtio_balloon", ki, kd, kr, "1.00x / 1.00x"
     );
     println!(
-        "{:<28} {:>14} {:>14} {:>14} {:>10}",
-        "our runtime (pv-balloon)", "n/a", "n/a", "n/a", "not yet"
+        "{:<32} {:>14.1} {:>14.1} {:>14.0} {:>20}",
+        format!("pvballoond (poll {} ms)", args.interval_ms),
+        oi,
+        od,
+        or,
+        format!("{:.2}x / {:.2}x", oi / ki, od / kd)
     );
     Ok(())
 }

@@ -1,0 +1,179 @@
+//! Balloon pages from a Linux process: anonymous memory pinned so its
+//! page frames hold still while the device has them.
+//!
+//! [`pin`] maps private anonymous memory, marks it `MADV_NOHUGEPAGE` (no
+//! transparent huge page is built over it or split under it), `mlock`s it
+//! (which faults every page in and keeps it out of swap and reclaim) and
+//! reads each page's frame from `/proc/self/pagemap` in one read. The
+//! process never reads or writes the memory afterwards. Compaction still
+//! migrates mlocked pages unless `vm.compact_unevictable_allowed` is 0,
+//! which the daemon sets while it runs. [`release`] gives pages back to the
+//! kernel with `munmap` (which also unlocks them), coalescing adjacent
+//! pages into one call.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::vec::Vec;
+
+use crate::ledger::GuestPage;
+
+use super::RuntimeError;
+
+/// One pinned page: where this process maps it and its guest-physical
+/// address.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PinnedPage {
+    vaddr: usize,
+    paddr: u64,
+}
+
+impl PinnedPage {
+    /// Where this process maps the page.
+    pub fn vaddr(&self) -> usize {
+        self.vaddr
+    }
+}
+
+impl GuestPage for PinnedPage {
+    fn phys_addr(&self) -> u64 {
+        self.paddr
+    }
+}
+
+/// Map, pin and look up `n` pages of `page_size` bytes. All or nothing:
+/// on error every page mapped here is unmapped again.
+pub fn pin(n: usize, page_size: usize) -> Result<Vec<PinnedPage>, RuntimeError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let len = n.checked_mul(page_size).ok_or(RuntimeError::Sys(
+        "mmap size overflows",
+        std::io::Error::from_raw_os_error(libc::EINVAL),
+    ))?;
+    // SAFETY: a fresh private anonymous mapping at an address of the
+    // kernel's choosing: it aliases no Rust object, and only `release` (or
+    // the error path below) unmaps it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(RuntimeError::last_os("mmap balloon pages"));
+    }
+    let base = p as usize;
+    let fail = |e: RuntimeError| {
+        // SAFETY: `base..base+len` is the mapping made above; nothing
+        // refers to it yet.
+        unsafe { libc::munmap(base as *mut libc::c_void, len) };
+        Err(e)
+    };
+    // SAFETY: advice and locking on our own fresh mapping; neither changes
+    // memory any Rust object refers to.
+    if unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) } != 0 {
+        return fail(RuntimeError::last_os("madvise(MADV_NOHUGEPAGE)"));
+    }
+    // SAFETY: as above; `mlock` faults the pages in (zeroed) and pins them.
+    if unsafe { libc::mlock(p, len) } != 0 {
+        return fail(RuntimeError::last_os("mlock balloon pages"));
+    }
+    match lookup(base, n, page_size) {
+        Ok(paddrs) => Ok(paddrs
+            .into_iter()
+            .enumerate()
+            .map(|(i, paddr)| PinnedPage {
+                vaddr: base + i * page_size,
+                paddr,
+            })
+            .collect()),
+        Err(e) => fail(e),
+    }
+}
+
+/// Guest-physical addresses of `n` pages from `base`, from one read of
+/// `/proc/self/pagemap` (8 bytes per 4 KiB page: bit 63 present, bits 0-54
+/// the frame; frames read as 0 without `CAP_SYS_ADMIN`).
+fn lookup(base: usize, n: usize, page_size: usize) -> Result<Vec<u64>, RuntimeError> {
+    const PATH: &str = "/proc/self/pagemap";
+    const FRAME: usize = 4096;
+    let f = File::open(PATH).map_err(|e| RuntimeError::Io(PATH, e))?;
+    let frames = n * (page_size / FRAME);
+    let mut raw = std::vec![0u8; frames * 8];
+    f.read_exact_at(&mut raw, (base / FRAME * 8) as u64)
+        .map_err(|e| RuntimeError::Io(PATH, e))?;
+    let per = page_size / FRAME;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let first = pagemap_frame(&raw, i * per).ok_or(RuntimeError::NoFrame {
+            vaddr: base + i * page_size,
+        })?;
+        // A page bigger than a frame must be physically contiguous: each of
+        // its frames must follow the first.
+        for j in 1..per {
+            if pagemap_frame(&raw, i * per + j) != Some(first + j as u64) {
+                return Err(RuntimeError::NoFrame {
+                    vaddr: base + i * page_size,
+                });
+            }
+        }
+        out.push(first * FRAME as u64);
+    }
+    Ok(out)
+}
+
+/// The frame of pagemap entry `i`, if present and known.
+fn pagemap_frame(raw: &[u8], i: usize) -> Option<u64> {
+    let b: [u8; 8] = raw.get(i * 8..i * 8 + 8)?.try_into().ok()?;
+    let e = u64::from_le_bytes(b);
+    let pfn = e & ((1 << 55) - 1);
+    (e & (1 << 63) != 0 && pfn != 0).then_some(pfn)
+}
+
+/// Give pages back to the kernel: `munmap` each run of adjacent pages
+/// (unlocking them). The caller got them from [`pin`] and the balloon no
+/// longer holds them.
+pub fn release(mut pages: Vec<PinnedPage>, page_size: usize) {
+    pages.sort_unstable_by_key(|p| p.vaddr);
+    let mut run: Option<(usize, usize)> = None;
+    let unmap = |(start, len): (usize, usize)| {
+        // SAFETY: `start..start+len` are pages `pin` mapped that the device
+        // is done with (the balloon handed them back) and that this process
+        // never referenced through Rust objects.
+        unsafe { libc::munmap(start as *mut libc::c_void, len) };
+    };
+    for p in pages {
+        run = match run {
+            Some((s, l)) if s + l == p.vaddr => Some((s, l + page_size)),
+            Some(r) => {
+                unmap(r);
+                Some((p.vaddr, page_size))
+            }
+            None => Some((p.vaddr, page_size)),
+        };
+    }
+    if let Some(r) = run {
+        unmap(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagemap_entries() {
+        let mut raw = std::vec![0u8; 24];
+        raw[..8].copy_from_slice(&((1u64 << 63) | 0x1234).to_le_bytes());
+        raw[8..16].copy_from_slice(&0x1234u64.to_le_bytes()); // not present
+        raw[16..24].copy_from_slice(&(1u64 << 63).to_le_bytes()); // no PFN (not root)
+        assert_eq!(pagemap_frame(&raw, 0), Some(0x1234));
+        assert_eq!(pagemap_frame(&raw, 1), None);
+        assert_eq!(pagemap_frame(&raw, 2), None);
+        assert_eq!(pagemap_frame(&raw, 3), None);
+    }
+}
