@@ -135,11 +135,11 @@ cmd_test() {
   ensure_fuzz
   log "cargo fmt --check"
   cargo fmt --all -- --check
-  log "cargo clippy (workspace, all targets, -D warnings)"
-  cargo clippy --locked --workspace --all-targets -- -D warnings
+  log "cargo clippy (workspace, all targets, all features, -D warnings)"
+  cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
   fuzz_smoke
   log "cargo nextest run (unit, portability, C and xenstored peers, QEMU guests)"
-  cargo nextest run --locked --workspace "$@"
+  cargo nextest run --locked --workspace --all-features "$@"
 }
 
 case "${1:-}" in
