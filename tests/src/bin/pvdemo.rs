@@ -1,12 +1,12 @@
 //! The pvdrivers demo: our host backend (`pvbackend`) serves a disk to a
-//! QEMU guest over vhost-user-blk; the guest (with QEMU's virtio-net and
-//! virtio-balloon beside it) does real block I/O through it, a filesystem
-//! included; the host then checks the written data in the image, reads the
-//! backend's metrics and stops it gracefully.
+//! QEMU guest over vhost-user-blk; in the guest our block runtime
+//! (`pvblkd`, the pv-blk core on the claimed virtio-blk PCI device) takes
+//! the disk from the kernel's driver and exports it as `/dev/nbd0`; the
+//! guest does real block I/O through it, a filesystem included, then
+//! `pvblkd` hands the device back on SIGTERM. The host checks the written
+//! data in the image, reads the backend's metrics and stops it gracefully.
 //!
-//! The guest still uses the Linux kernel's own virtio drivers; the demo
-//! switches to our guest runtimes as they land. Run through
-//! `./dev.sh demo`, which installs what it needs first.
+//! Run through `./dev.sh demo`, which installs what it needs first.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -50,22 +50,34 @@ fn run() -> anyhow::Result<()> {
         &["--metrics", "127.0.0.1:0"],
         &log,
     )?;
-    eprintln!("pvdemo: booting a guest (QEMU TCG): vhost-user-blk from pvbackend, QEMU's virtio-net and virtio-balloon");
+    eprintln!(
+        "pvdemo: booting a guest (QEMU TCG): vhost-user-blk from pvbackend, driven by our pvblkd"
+    );
     let script = format!(
         r#"
 echo "== virtio devices the guest sees"
 for d in /sys/bus/virtio/devices/*; do
   echo "  $(basename $d): device id $(cat $d/device), driver $(basename "$(readlink $d/driver)")"
 done
-echo "== block: /dev/vda, serial '$(cat /sys/block/vda/serial)', $(cat /sys/block/vda/size) sectors"
-echo "== network:"
-ip link show eth0
-echo "== I/O through pvbackend: stamp {IO_BLOCKS} blocks of {BLOCK} bytes with O_DIRECT, verify"
-time pvio write /dev/vda --direct --seed {SEED} --count {IO_BLOCKS}
-time pvio verify /dev/vda --direct --seed {SEED} --count {IO_BLOCKS}
+bdf=$(basename "$(readlink -f /sys/block/vda/device/..)")
+echo "== block: /dev/vda (PCI $bdf), serial '$(cat /sys/block/vda/serial)', $(cat /sys/block/vda/size) sectors, kernel driver"
+echo "== pvblkd takes $bdf from the kernel's virtio_blk and exports it as /dev/nbd0"
+pvblkd --pci $bdf --nbd 0 > /tmp/pvblkd.log 2>&1 &
+pid=$!
+i=0
+while [ "$(cat /sys/block/nbd0/size)" = 0 ]; do
+  i=$((i+1))
+  if [ $i -gt 300 ] || ! kill -0 $pid 2>/dev/null; then cat /tmp/pvblkd.log; exit 1; fi
+  sleep 0.2
+done
+[ ! -e /dev/vda ]
+echo "  /dev/nbd0: $(cat /sys/block/nbd0/size) sectors; /dev/vda is gone (the kernel driver let go)"
+echo "== I/O through pvblkd and pvbackend: stamp {IO_BLOCKS} blocks of {BLOCK} bytes with O_DIRECT, verify"
+time pvio write /dev/nbd0 --direct --seed {SEED} --count {IO_BLOCKS}
+time pvio verify /dev/nbd0 --direct --seed {SEED} --count {IO_BLOCKS}
 echo "== a filesystem in the rest of the disk"
-blkdiscard -o $((32 << 20)) -l $((32 << 20)) /dev/vda
-losetup -o $((32 << 20)) /dev/loop0 /dev/vda
+blkdiscard -o $((32 << 20)) -l $((32 << 20)) /dev/nbd0
+losetup -o $((32 << 20)) /dev/loop0 /dev/nbd0
 mke2fs -q /dev/loop0 >/dev/null
 mount /dev/loop0 /mnt
 dd if=/dev/urandom of=/mnt/file bs=64k count=32 2>/dev/null
@@ -76,6 +88,19 @@ sha256sum -c /tmp/sum
 ls -l /mnt
 umount /mnt
 losetup -d /dev/loop0
+echo "== SIGTERM: pvblkd flushes and hands the device back to virtio_blk"
+kill -TERM $pid
+rc=0; wait $pid || rc=$?
+cat /tmp/pvblkd.log
+[ $rc = 0 ]
+i=0
+while ! ls /sys/bus/pci/devices/$bdf/virtio*/block/ >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -le 150 ] || {{ echo "no disk came back on $bdf"; exit 1; }}
+  sleep 0.2
+done
+back=$(ls /sys/bus/pci/devices/$bdf/virtio*/block/)
+echo "  the kernel's virtio_blk has it again as /dev/$back"
+pvio verify /dev/$back --direct --seed {SEED} --count {IO_BLOCKS}
 "#
     );
     let out = Guest::builder("demo")
@@ -85,13 +110,17 @@ losetup -d /dev/loop0
             "virtio_net",
             "virtio_balloon",
             "loop",
+            "nbd",
+            "uio_pci_generic",
         ])
         .binary("pvio")
+        .binary("pvblkd")
         .vhost_user_blk(&socket, 1)
         .virtio_net_isolated("52:54:00:de:00:01")
         .virtio_balloon()
+        .memory_mib(768)
         .script(&script)
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(600))
         .echo_console(true)
         .run()?;
     if !out.passed() {
