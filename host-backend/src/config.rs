@@ -15,6 +15,18 @@
 //! num_queues = 4                # at least QEMU's num-queues (its default: one per vCPU)
 //! queue_size = 256              # power of two, at least QEMU's queue-size
 //! poll_us = 50                  # busy-poll an emptied queue this long before sleeping (0: never)
+//!
+//! [switch]                      # the L2 switch joining every [[net_port]]
+//! name = "switch0"
+//! # uplink_tap = "pvtap0"       # join the host through this TAP (needs CAP_NET_ADMIN or a persistent TAP)
+//! mac_aging_secs = 300          # forget a MAC not seen for this long
+//!
+//! [[net_port]]
+//! name = "vm1-eth0"             # used in logs and metrics (default: the socket's file name)
+//! socket = "/run/pvdrivers/vm1-eth0.sock"    # vhost-user-net socket (QEMU: -netdev vhost-user)
+//! mac = "52:54:00:00:00:01"     # offered in the config space (optional)
+//! mtu = 1500                    # 68..=9000; larger frames are dropped
+//! rate_mbps = 0                 # ingress token bucket in Mbit/s (0: unlimited)
 //! ```
 
 use std::collections::BTreeSet;
@@ -41,8 +53,10 @@ pub enum ConfigError {
     DiskSpec { spec: String, message: String },
     #[error("disk '{disk}': {message}")]
     Invalid { disk: String, message: String },
-    #[error("no disks configured: give --config FILE with [[disk]] tables or --disk path=...,socket=...")]
-    NoDisks,
+    #[error("nothing to serve: give --config FILE with [[disk]] or [[net_port]] tables, --disk path=...,socket=... or --net-port socket=...")]
+    NothingToServe,
+    #[error(transparent)]
+    Net(#[from] crate::net::NetConfigError),
 }
 
 /// `[daemon]` table.
@@ -125,6 +139,11 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default, rename = "disk")]
     pub disks: Vec<DiskConfig>,
+    /// Switch ports (see [`crate::net`]).
+    #[serde(default, rename = "net_port")]
+    pub net_ports: Vec<crate::net::NetPortConfig>,
+    #[serde(default)]
+    pub switch: crate::net::SwitchConfig,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -152,8 +171,8 @@ impl Config {
 
     /// Checks every disk and the set as a whole.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.disks.is_empty() {
-            return Err(ConfigError::NoDisks);
+        if self.disks.is_empty() && self.net_ports.is_empty() {
+            return Err(ConfigError::NothingToServe);
         }
         let mut sockets = BTreeSet::new();
         for d in &self.disks {
@@ -186,6 +205,7 @@ impl Config {
                 )));
             }
         }
+        crate::net::config::validate(&self.net_ports, &self.switch, &sockets)?;
         Ok(())
     }
 }
@@ -263,6 +283,8 @@ mod tests {
         let c = Config::parse(&text, Path::new("example.toml")).expect("example parses");
         c.validate().expect("example is valid");
         assert_eq!(c.disks.len(), 1);
+        assert_eq!(c.net_ports.len(), 1);
+        assert_eq!(c.switch.mac_aging_secs, 300);
         assert_eq!(c.disks[0].num_queues, 4);
         assert_eq!(c.daemon.shutdown_timeout_secs, 10);
     }

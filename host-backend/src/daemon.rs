@@ -46,6 +46,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Metrics(String),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error("cannot start thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -156,6 +158,12 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     for d in &config.disks {
         servers.push(open_disk(d, &families)?);
     }
+    let net = crate::net::NetService::start(
+        &config.net_ports,
+        &config.switch,
+        &mut registry,
+        stop.clone(),
+    )?;
     let metrics = match &config.daemon.metrics_listen {
         Some(addr) => {
             let m = MetricsServer::start(addr, Arc::new(registry)).map_err(DaemonError::Metrics)?;
@@ -174,7 +182,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             .map_err(DaemonError::Thread)?;
         threads.push((server, handle));
     }
-    info!("ready: {} disk(s)", threads.len());
+    info!(
+        "ready: {} disk(s), {} net port(s)",
+        threads.len(),
+        net.as_ref().map_or(0, crate::net::NetService::port_count)
+    );
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -204,6 +216,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             error!("disk '{}': final flush failed: {e}", server.name);
         }
         let _ = std::fs::remove_file(&server.socket);
+    }
+    if let Some(n) = net {
+        n.stop(deadline);
     }
     if let Some(m) = metrics {
         m.stop();

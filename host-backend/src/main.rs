@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use clap::Parser;
 use host_backend::config::{parse_disk_spec, Config};
+use host_backend::net::parse_net_port_spec;
 
-/// pvdrivers host backend: serves guest disks to QEMU over vhost-user-blk.
+/// pvdrivers host backend: serves guest disks to QEMU over vhost-user-blk
+/// and joins guest NICs (vhost-user-net) through an L2 learning switch.
 ///
 /// Each disk is a raw image file or block device, exported on its own
 /// vhost-user socket. Point QEMU at it with
@@ -33,6 +35,13 @@ struct Cli {
     /// (busy-poll an emptied queue before sleeping, 0 never) to 50.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+
+    /// A switch port (a guest NIC on a vhost-user-net socket), in addition
+    /// to the config file's: socket=SOCK[,name=N][,mac=M][,mtu=N][,rate-mbps=N].
+    /// All ports join one L2 learning switch; mtu defaults to 1500, the
+    /// rate limit (ingress, Mbit/s) to none.
+    #[arg(long = "net-port", value_name = "SPEC")]
+    net_ports: Vec<String>,
 
     /// Log level: error, warn, info, debug or trace (overrides the config
     /// file; RUST_LOG overrides both).
@@ -67,6 +76,15 @@ fn main() -> ExitCode {
     for spec in &cli.disks {
         match parse_disk_spec(spec) {
             Ok(d) => config.disks.push(d),
+            Err(e) => {
+                eprintln!("pvbackend: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    for spec in &cli.net_ports {
+        match parse_net_port_spec(spec) {
+            Ok(p) => config.net_ports.push(p),
             Err(e) => {
                 eprintln!("pvbackend: {e}");
                 return ExitCode::from(2);

@@ -517,6 +517,43 @@ impl GuestBuilder {
         self
     }
 
+    /// A virtio-net NIC on a vhost-user-net backend (our switch) listening
+    /// on `socket`, with MAC `mac`. Implies shared guest memory. INTx only
+    /// (`vectors=0`): QEMU 7.2 under TCG crashes in `vhost_net_start` when
+    /// a vhost-user NIC uses MSI-X.
+    pub fn vhost_user_net(mut self, socket: &Path, mac: &str) -> Self {
+        let id = self.dev_id("vun");
+        self.shared_memory = true;
+        self.qemu_args.extend([
+            "-chardev".to_owned(),
+            format!("socket,id={id}c,path={}", socket.display()),
+            "-netdev".to_owned(),
+            format!("vhost-user,id={id},chardev={id}c"),
+            "-device".to_owned(),
+            format!("virtio-net-pci,netdev={id},mac={mac},vectors=0"),
+        ]);
+        self
+    }
+
+    /// QEMU's own virtio-net on a `-netdev stream` unix socket: `listen`
+    /// true makes this guest the server (start it first), false connects
+    /// to a server already listening at `socket`. Two guests joined this
+    /// way form QEMU's built-in point-to-point network.
+    pub fn virtio_net_stream(mut self, socket: &Path, listen: bool, mac: &str) -> Self {
+        let id = self.dev_id("nst");
+        self.qemu_args.extend([
+            "-netdev".to_owned(),
+            format!(
+                "stream,id={id},server={},addr.type=unix,addr.path={}",
+                if listen { "on" } else { "off" },
+                socket.display()
+            ),
+            "-device".to_owned(),
+            format!("virtio-net-pci,netdev={id},mac={mac}"),
+        ]);
+        self
+    }
+
     fn init_script(&self, order: &[String], begin: &str, end: &str) -> String {
         let mut s = String::from(
             "#!/bin/busybox sh\n\

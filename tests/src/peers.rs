@@ -100,10 +100,24 @@ impl PvBackend {
         extra_args: &[&str],
         log: &Path,
     ) -> Result<Self, HarnessError> {
+        Self::start_with(disk_specs, &[], extra_args, log)
+    }
+
+    /// Like [`PvBackend::start`], with switch ports (`--net-port` specs)
+    /// as well as disks.
+    pub fn start_with(
+        disk_specs: &[String],
+        net_specs: &[String],
+        extra_args: &[&str],
+        log: &Path,
+    ) -> Result<Self, HarnessError> {
         let bin = crate::guest_bins::host_path_of("pvbackend")?;
         let mut cmd = Command::new(&bin);
         for spec in disk_specs {
             cmd.arg("--disk").arg(spec);
+        }
+        for spec in net_specs {
+            cmd.arg("--net-port").arg(spec);
         }
         // Appended, so a restarted daemon's log follows its predecessor's.
         let out = std::fs::OpenOptions::new()
@@ -122,6 +136,7 @@ impl PvBackend {
         let mut guard = ChildGuard::spawn("pvbackend", &mut cmd)?;
         let sockets: Vec<PathBuf> = disk_specs
             .iter()
+            .chain(net_specs)
             .filter_map(|s| {
                 s.split(',')
                     .find_map(|kv| kv.strip_prefix("socket="))

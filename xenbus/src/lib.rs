@@ -13,5 +13,6 @@ extern crate std;
 
 pub mod platform;
 pub mod ring;
+pub mod virtq;
 pub mod wire;
 pub mod xenstore;

@@ -183,28 +183,35 @@ impl VhostUserDevice {
             )));
         }
         let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if offered & proto_bit == 0 {
-            return Err(FrontendError::Missing(
-                "VHOST_USER_F_PROTOCOL_FEATURES".into(),
-            ));
-        }
+        // A backend without protocol features (our switch ports) gets none
+        // of their messages, and its rings start enabled at SET_FEATURES.
+        let has_protocol = offered & proto_bit != 0;
         let features = offered & (opts.wanted_features | opts.required_features | proto_bit);
         let pwanted = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK;
-        let poffered = fe
-            .get_protocol_features()
-            .map_err(msg("GET_PROTOCOL_FEATURES"))?;
-        let protocol = poffered & pwanted;
-        fe.set_protocol_features(protocol)
-            .map_err(msg("SET_PROTOCOL_FEATURES"))?;
+        let protocol = if has_protocol {
+            let poffered = fe
+                .get_protocol_features()
+                .map_err(msg("GET_PROTOCOL_FEATURES"))?;
+            let protocol = poffered & pwanted;
+            fe.set_protocol_features(protocol)
+                .map_err(msg("SET_PROTOCOL_FEATURES"))?;
+            protocol
+        } else {
+            VhostUserProtocolFeatures::empty()
+        };
         if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
         let max_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
             fe.get_queue_num().map_err(msg("GET_QUEUE_NUM"))?
-        } else {
+        } else if has_protocol {
             1
+        } else {
+            // Without protocol features the device type fixes the queue
+            // count (virtio-net: one RX/TX pair); nothing to ask.
+            u64::from(opts.num_queues)
         };
         if u64::from(opts.num_queues) > max_queues {
             return Err(FrontendError::Missing(format!(
@@ -277,9 +284,11 @@ impl VhostUserDevice {
                 epoll,
             });
         }
-        for q in 0..usize::from(opts.num_queues) {
-            fe.set_vring_enable(q, true)
-                .map_err(msg("SET_VRING_ENABLE"))?;
+        if has_protocol {
+            for q in 0..usize::from(opts.num_queues) {
+                fe.set_vring_enable(q, true)
+                    .map_err(msg("SET_VRING_ENABLE"))?;
+            }
         }
         Ok(Self {
             frontend: fe,

@@ -10,7 +10,9 @@
 //! - [`frontend`]: the vhost-user connection (features, protocol features,
 //!   config space, vrings, kick and call eventfds), device-independent;
 //! - [`blk`]: a virtio-blk driver ([`NativeBlkDriver`]) with a raw API for
-//!   hand-built descriptor chains.
+//!   hand-built descriptor chains;
+//! - [`net`]: a virtio-net driver ([`NativeNetDriver`]) with the same kind
+//!   of raw API for TX chains.
 //!
 //! What it is not: a guest. No IOMMU, no live migration, no packed rings,
 //! no inflight tracking (`INFLIGHT_SHMFD`), and it never sends
@@ -18,6 +20,7 @@
 
 pub mod blk;
 pub mod frontend;
+pub mod net;
 pub mod ram;
 pub mod split;
 
@@ -26,5 +29,6 @@ pub use blk::{
     NativeBlkDriver, Token,
 };
 pub use frontend::{FrontendError, VhostUserDevice};
+pub use net::{NativeNetDriver, NetConfig, NetDriverError, Received};
 pub use ram::GuestRam;
 pub use split::{ChainDesc, Descriptor, Next};

@@ -1,0 +1,205 @@
+//! `[[net_port]]` and `[switch]` tables and the `--net-port` spec.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::frame::{is_group, parse_mac, Mac};
+
+/// Configuration errors of the switch.
+#[derive(Debug, thiserror::Error)]
+pub enum NetConfigError {
+    #[error("--net-port '{spec}': {message}")]
+    Spec { spec: String, message: String },
+    #[error("net port '{port}': {message}")]
+    Invalid { port: String, message: String },
+    #[error("[switch]: {0}")]
+    Switch(String),
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_aging() -> u64 {
+    300
+}
+
+/// One `[[net_port]]` table: a guest NIC.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetPortConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub socket: PathBuf,
+    /// MAC offered to the guest in the config space (`aa:bb:cc:dd:ee:ff`).
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Ingress rate limit in Mbit/s (0 or absent: none).
+    #[serde(default)]
+    pub rate_mbps: Option<u32>,
+}
+
+impl NetPortConfig {
+    /// Name for logs and metrics: `name`, else the socket's file stem.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.socket.file_stem().map_or_else(
+                || self.socket.display().to_string(),
+                |s| s.to_string_lossy().into_owned(),
+            )
+        })
+    }
+
+    /// The configured MAC, parsed (validate() has checked it).
+    pub fn mac(&self) -> Option<Mac> {
+        self.mac.as_deref().and_then(parse_mac)
+    }
+}
+
+/// The `[switch]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A TAP device joining the switch to the host's network stack.
+    #[serde(default)]
+    pub uplink_tap: Option<String>,
+    #[serde(default = "default_aging")]
+    pub mac_aging_secs: u64,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            uplink_tap: None,
+            mac_aging_secs: default_aging(),
+        }
+    }
+}
+
+/// Checks the ports and the switch table. `other_sockets` are sockets
+/// already taken (by disks).
+pub fn validate(
+    ports: &[NetPortConfig],
+    switch: &SwitchConfig,
+    other_sockets: &BTreeSet<PathBuf>,
+) -> Result<(), NetConfigError> {
+    if switch.mac_aging_secs == 0 || switch.mac_aging_secs > 86_400 {
+        return Err(NetConfigError::Switch(format!(
+            "mac_aging_secs {} is not in 1..=86400",
+            switch.mac_aging_secs
+        )));
+    }
+    let mut sockets = other_sockets.clone();
+    let mut names = BTreeSet::new();
+    for p in ports {
+        let bad = |message: String| NetConfigError::Invalid {
+            port: p.display_name(),
+            message,
+        };
+        if !(68..=9000).contains(&p.mtu) {
+            return Err(bad(format!("mtu {} is not in 68..=9000", p.mtu)));
+        }
+        if let Some(m) = &p.mac {
+            match parse_mac(m) {
+                None => return Err(bad(format!("mac '{m}' is not aa:bb:cc:dd:ee:ff"))),
+                Some(mac) if is_group(&mac) => {
+                    return Err(bad(format!("mac '{m}' is a multicast address")))
+                }
+                Some(_) => {}
+            }
+        }
+        if !sockets.insert(p.socket.clone()) {
+            return Err(bad(format!(
+                "socket {} is used by another disk or port",
+                p.socket.display()
+            )));
+        }
+        if !names.insert(p.display_name()) {
+            return Err(bad("the name is used by another port".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a `--net-port` spec: `socket=SOCK[,name=N][,mac=M][,mtu=N][,rate-mbps=N]`.
+pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> {
+    let err = |message: String| NetConfigError::Spec {
+        spec: spec.to_owned(),
+        message,
+    };
+    let mut socket = None;
+    let mut p = NetPortConfig {
+        name: None,
+        socket: PathBuf::new(),
+        mac: None,
+        mtu: default_mtu(),
+        rate_mbps: None,
+    };
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .map_or((part, None), |(k, v)| (k, Some(v)));
+        let need = |v: Option<&str>| {
+            v.map(str::to_owned)
+                .ok_or_else(|| err(format!("'{k}' needs a value")))
+        };
+        match k {
+            "socket" => socket = Some(PathBuf::from(need(v)?)),
+            "name" => p.name = Some(need(v)?),
+            "mac" => p.mac = Some(need(v)?),
+            "mtu" => {
+                p.mtu = need(v)?
+                    .parse()
+                    .map_err(|_| err(format!("'{k}' takes a number")))?
+            }
+            "rate-mbps" | "rate_mbps" => {
+                p.rate_mbps = Some(
+                    need(v)?
+                        .parse()
+                        .map_err(|_| err(format!("'{k}' takes a number of Mbit/s")))?,
+                )
+            }
+            other => return Err(err(format!("unknown key '{other}'"))),
+        }
+    }
+    p.socket = socket.ok_or_else(|| err("missing socket=".into()))?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_validate() {
+        let p = parse_net_port_spec(
+            "socket=/run/vm1.sock,mtu=9000,rate-mbps=100,mac=52:54:00:00:00:01",
+        )
+        .expect("spec");
+        assert_eq!(p.display_name(), "vm1");
+        assert_eq!((p.mtu, p.rate_mbps), (9000, Some(100)));
+        assert_eq!(p.mac(), Some([0x52, 0x54, 0, 0, 0, 1]));
+        assert!(parse_net_port_spec("name=x").is_err());
+        assert!(parse_net_port_spec("socket=/s,colour=red").is_err());
+        assert!(parse_net_port_spec("socket=/s,mtu=big").is_err());
+        let none = BTreeSet::new();
+        let sw = SwitchConfig::default();
+        assert!(validate(std::slice::from_ref(&p), &sw, &none).is_ok());
+        let dup = [p.clone(), p.clone()];
+        assert!(validate(&dup, &sw, &none).is_err());
+        let mut bad = p.clone();
+        bad.mtu = 20;
+        assert!(validate(&[bad], &sw, &none).is_err());
+        let mut bad = p.clone();
+        bad.mac = Some("01:00:5e:00:00:01".into());
+        assert!(validate(&[bad], &sw, &none).is_err());
+        let taken: BTreeSet<PathBuf> = [p.socket.clone()].into();
+        assert!(validate(&[p], &sw, &taken).is_err());
+    }
+}

@@ -1,0 +1,324 @@
+//! The `VhostUserBackend` of one switch port, for one connection.
+//!
+//! Queue 0 is the guest's RX queue (the switch writes into it), queue 1
+//! its TX queue (the switch reads from it). One worker thread serves both:
+//! a TX kick forwards every frame the guest queued, an RX kick (the guest
+//! added buffers) drains the port's backlog.
+//!
+//! Features: VERSION_1, EVENT_IDX, INDIRECT_DESC, MAC (when configured),
+//! MTU and STATUS (link always up). Not offered: MRG_RXBUF (each RX chain
+//! holds a whole frame; Linux then posts MTU-sized buffers), checksum and
+//! segmentation offloads (frames cross the switch exactly as sent, so a
+//! header asking for them is refused), the control queue and MQ.
+//!
+//! Nor `VHOST_USER_F_PROTOCOL_FEATURES`: QEMU 7.2's virtio-net sends
+//! `SET_VRING_ENABLE` as soon as the guest writes its features
+//! (`peer_attach`), before `SET_FEATURES` reaches the backend, and the
+//! rust-vmm `vhost` crate refuses that message until PROTOCOL_FEATURES has
+//! been acked, ending the connection ("inactive feature: 1073741824").
+//! Without it QEMU sends no `SET_VRING_ENABLE`, and the rings start enabled
+//! at `SET_FEATURES` as the spec says. The cost: no `GET_CONFIG` (QEMU
+//! serves virtio-net's config space itself from `mac=` and `host_mtu=`;
+//! [`NetBackend::config_space`] is what the port would answer) and no
+//! `REPLY_ACK` (messages are applied in order anyway).
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use log::error;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::frame::{self, DropReason};
+use super::port::{Mem, Port, Switch};
+
+/// RX queue index.
+pub const RX_QUEUE: u16 = 0;
+/// TX queue index.
+pub const TX_QUEUE: u16 = 1;
+/// Largest queue the backend accepts (QEMU's rx/tx_queue_size maximum).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Length of the config space (`struct virtio_net_config` up to `mtu`).
+pub const CONFIG_LEN: usize = 12;
+
+struct Shared {
+    switch: Arc<Switch>,
+    port: Arc<Port>,
+    mem: RwLock<Option<GuestMemoryAtomic<Mem>>>,
+    event_idx: AtomicBool,
+    /// A worker panicked: the port ignores its queues until the driver
+    /// resets the device or reconnects.
+    needs_reset: AtomicBool,
+}
+
+/// A vhost-user-net backend for one port and one connection.
+#[derive(Clone)]
+pub struct NetBackend {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NetBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetBackend")
+            .field("port", &self.shared.port.name)
+            .finish()
+    }
+}
+
+impl NetBackend {
+    pub fn new(switch: Arc<Switch>, port: Arc<Port>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                switch,
+                port,
+                mem: RwLock::new(None),
+                event_idx: AtomicBool::new(false),
+                needs_reset: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// `struct virtio_net_config`: mac, status, max_virtqueue_pairs, mtu.
+    pub fn config_space(&self) -> [u8; CONFIG_LEN] {
+        let p = &self.shared.port;
+        let mut c = [0u8; CONFIG_LEN];
+        if let Some(mac) = p.mac {
+            c[0..6].copy_from_slice(&mac);
+        }
+        c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c[10..12].copy_from_slice(&p.mtu.to_le_bytes());
+        c
+    }
+
+    fn memory(&self) -> Option<GuestMemoryLoadGuard<Mem>> {
+        self.shared
+            .mem
+            .read()
+            .ok()?
+            .as_ref()
+            .map(GuestMemoryAtomic::memory)
+    }
+
+    /// Forwards every frame on the TX queue; returns true if any chain was
+    /// completed.
+    fn process_tx(&self, vring: &VringRwLock, mem: &GuestMemoryLoadGuard<Mem>) -> io::Result<()> {
+        let port = &self.shared.port;
+        let hdr_len = port.hdr_len();
+        let max = hdr_len + usize::from(port.mtu) + frame::FRAME_OVERHEAD;
+        let mut completed = false;
+        loop {
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.clone());
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            if head >= vring.get_ref().get_queue().size() {
+                // No descriptor to return: skipped, counted.
+                port.metrics.dropped(DropReason::MalformedChain);
+                continue;
+            }
+            // virtio-queue ends a looping or escaping chain early without an
+            // error; the last descriptor then still has NEXT set.
+            let mut complete = true;
+            let descs: Vec<frame::Desc> = chain
+                .take(frame::MAX_TX_DESCS + 1)
+                .map(|d| {
+                    complete = !d.has_next();
+                    frame::Desc {
+                        addr: d.addr().0,
+                        len: d.len(),
+                        write_only: d.is_write_only(),
+                    }
+                })
+                .collect();
+            let copied = frame::copy_tx_chain(&descs, complete, max, |addr, buf| {
+                mem.read_slice(buf, GuestAddress(addr)).map_err(|_| ())
+            });
+            if let Err(e) = vring.add_used(head, 0) {
+                error!("port '{}': tx add_used({head}): {e}", port.name);
+            }
+            completed = true;
+            match copied
+                .and_then(|buf| frame::check_tx(&buf, hdr_len, port.mtu).map(<[u8]>::to_vec))
+            {
+                Ok(f) => self.shared.switch.ingress(port.id, &f),
+                Err(r) => {
+                    port.metrics.dropped(r);
+                    log::debug!("port '{}': dropped a frame: {r}", port.name);
+                }
+            }
+        }
+        if completed
+            && vring
+                .needs_notification()
+                .map_err(|e| io::Error::other(format!("needs_notification: {e}")))?
+        {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    fn run_event(&self, device_event: u16, vrings: &[VringRwLock]) -> io::Result<()> {
+        let Some(rx) = vrings.get(usize::from(RX_QUEUE)) else {
+            return Err(io::Error::other("worker has no RX queue"));
+        };
+        self.shared.port.attach_rx(rx);
+        if device_event == RX_QUEUE {
+            self.shared.port.flush_backlog();
+            return Ok(());
+        }
+        let Some(tx) = vrings.get(usize::from(TX_QUEUE)) else {
+            return Err(io::Error::other(format!(
+                "event {device_event} names no queue"
+            )));
+        };
+        if device_event != TX_QUEUE {
+            return Err(io::Error::other(format!(
+                "event {device_event} names no queue"
+            )));
+        }
+        let Some(mem) = self.memory() else {
+            return Err(io::Error::other("kick before SET_MEM_TABLE"));
+        };
+        if self.shared.event_idx.load(Ordering::Acquire) {
+            // Notifications off while draining; re-enabled before sleeping,
+            // and drained again if the guest queued frames in between
+            // (enable_notification returns true then): no lost wake-up.
+            loop {
+                tx.disable_notification()
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                self.process_tx(tx, &mem)?;
+                if !tx
+                    .enable_notification()
+                    .map_err(|e| io::Error::other(e.to_string()))?
+                {
+                    break;
+                }
+            }
+            Ok(())
+        } else {
+            self.process_tx(tx, &mem)
+        }
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        2
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = (1u64 << VIRTIO_F_VERSION_1)
+            | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+            | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1u64 << VIRTIO_NET_F_MTU)
+            | (1u64 << VIRTIO_NET_F_STATUS);
+        if self.shared.port.mac.is_some() {
+            f |= 1u64 << VIRTIO_NET_F_MAC;
+        }
+        f
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.shared.port.set_acked_features(features);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // Never negotiated: VHOST_USER_F_PROTOCOL_FEATURES is not offered
+        // (see the module docs).
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn reset_device(&self) {
+        self.shared.needs_reset.store(false, Ordering::Release);
+        self.shared.port.detach();
+        self.shared.switch.forget(self.shared.port.id);
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.shared.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.config_space();
+        let start = (offset as usize).min(cfg.len());
+        let end = start.saturating_add(size as usize).min(cfg.len());
+        let mut out = cfg[start..end].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
+        self.shared.port.set_memory(mem.clone());
+        let mut slot = self
+            .shared
+            .mem
+            .write()
+            .map_err(|_| io::Error::other("memory lock poisoned"))?;
+        *slot = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // One worker for both queues of the port.
+        vec![0b11]
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+        }
+        if self.shared.needs_reset.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.run_event(device_event, vrings))) {
+            Ok(r) => r,
+            Err(_) => {
+                let port = &self.shared.port;
+                port.metrics.panics.inc();
+                self.shared.needs_reset.store(true, Ordering::Release);
+                port.detach();
+                self.shared.switch.forget(port.id);
+                error!(
+                    "port '{}': worker panicked; the port stops until its driver resets it",
+                    port.name
+                );
+                Ok(())
+            }
+        }
+    }
+}

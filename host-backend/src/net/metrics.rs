@@ -1,0 +1,198 @@
+//! Metric handles of the switch (the series are documented in
+//! [`crate::net`]).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::frame::{format_mac, DropReason, Mac};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    port: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MacLabels {
+    port: String,
+    mac: String,
+}
+
+/// The metric families of every switch port.
+#[derive(Debug, Clone)]
+pub struct NetFamilies {
+    rx_packets: Family<PortLabels, Counter>,
+    rx_bytes: Family<PortLabels, Counter>,
+    tx_packets: Family<PortLabels, Counter>,
+    tx_bytes: Family<PortLabels, Counter>,
+    drops: Family<ReasonLabels, Counter>,
+    flooded: Family<PortLabels, Counter>,
+    learned: Family<PortLabels, Gauge>,
+    panics: Family<PortLabels, Counter>,
+    connections: Family<PortLabels, Counter>,
+    macs: Family<MacLabels, Gauge>,
+}
+
+impl NetFamilies {
+    /// Creates the families and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let f = Self {
+            rx_packets: Family::default(),
+            rx_bytes: Family::default(),
+            tx_packets: Family::default(),
+            tx_bytes: Family::default(),
+            drops: Family::default(),
+            flooded: Family::default(),
+            learned: Family::default(),
+            panics: Family::default(),
+            connections: Family::default(),
+            macs: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("pvbackend_net");
+        r.register(
+            "rx_packets",
+            "Frames the switch received from the port",
+            f.rx_packets.clone(),
+        );
+        r.register(
+            "rx_bytes",
+            "Frame bytes the switch received from the port",
+            f.rx_bytes.clone(),
+        );
+        r.register(
+            "tx_packets",
+            "Frames the switch delivered to the port",
+            f.tx_packets.clone(),
+        );
+        r.register(
+            "tx_bytes",
+            "Frame bytes the switch delivered to the port",
+            f.tx_bytes.clone(),
+        );
+        r.register(
+            "drops",
+            "Frames dropped, by port and reason",
+            f.drops.clone(),
+        );
+        r.register(
+            "flooded",
+            "Frames from the port flooded to every other port",
+            f.flooded.clone(),
+        );
+        r.register(
+            "learned_macs",
+            "MAC addresses learned on the port",
+            f.learned.clone(),
+        );
+        r.register(
+            "worker_panics",
+            "Port workers that panicked (the port was reset)",
+            f.panics.clone(),
+        );
+        r.register(
+            "connections",
+            "Frontend connections accepted on the port",
+            f.connections.clone(),
+        );
+        registry.register(
+            "pvbackend_switch_mac",
+            "1 for each MAC address in the switch's table, by the port it was learned on",
+            f.macs.clone(),
+        );
+        f
+    }
+
+    /// Handles for one port, resolved once.
+    pub fn port(&self, port: &str) -> Arc<PortMetrics> {
+        fn c(f: &Family<PortLabels, Counter>, l: &PortLabels) -> Counter {
+            let c = f.get_or_create(l).clone();
+            c
+        }
+        let l = PortLabels {
+            port: port.to_owned(),
+        };
+        let drops = DropReason::ALL.map(|r| {
+            let c = self
+                .drops
+                .get_or_create(&ReasonLabels {
+                    port: port.to_owned(),
+                    reason: r.label().to_owned(),
+                })
+                .clone();
+            c
+        });
+        let learned = {
+            let g = self.learned.get_or_create(&l).clone();
+            g
+        };
+        Arc::new(PortMetrics {
+            port: port.to_owned(),
+            rx_packets: c(&self.rx_packets, &l),
+            rx_bytes: c(&self.rx_bytes, &l),
+            tx_packets: c(&self.tx_packets, &l),
+            tx_bytes: c(&self.tx_bytes, &l),
+            flooded: c(&self.flooded, &l),
+            panics: c(&self.panics, &l),
+            connections: c(&self.connections, &l),
+            drops,
+            learned,
+            macs: self.macs.clone(),
+        })
+    }
+}
+
+/// One port's metric handles.
+#[derive(Debug)]
+pub struct PortMetrics {
+    port: String,
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    pub flooded: Counter,
+    pub panics: Counter,
+    pub connections: Counter,
+    drops: [Counter; 9],
+    pub learned: Gauge,
+    macs: Family<MacLabels, Gauge>,
+}
+
+impl PortMetrics {
+    pub fn dropped(&self, reason: DropReason) {
+        if let Some(c) = self.drops.get(reason.index()) {
+            c.inc();
+        }
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops.get(reason.index()).map_or(0, Counter::get)
+    }
+
+    /// `mac` is now in the table on this port.
+    pub fn mac_learned(&self, mac: &Mac) {
+        self.macs
+            .get_or_create(&MacLabels {
+                port: self.port.clone(),
+                mac: format_mac(mac),
+            })
+            .set(1);
+    }
+
+    /// `mac` left the table (aged, moved away or forgotten).
+    pub fn mac_gone(&self, mac: &Mac) {
+        self.macs.remove(&MacLabels {
+            port: self.port.clone(),
+            mac: format_mac(mac),
+        });
+    }
+}

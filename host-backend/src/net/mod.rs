@@ -1,0 +1,57 @@
+//! The network switch: vhost-user-net ports joined by an L2 learning
+//! switch, with an optional host uplink through a TAP device.
+//!
+//! Each `[[net_port]]` is one guest NIC on its own vhost-user socket
+//! (QEMU: `-chardev socket,id=n0,path=SOCK -netdev vhost-user,id=net0,chardev=n0
+//! -device virtio-net-pci,netdev=net0,mac=...`; under TCG add `vectors=0`,
+//! QEMU 7.2 crashes in `vhost_net_start` with MSI-X). The switch learns
+//! source MACs per port (aging after `mac_aging_secs`, at most
+//! [`switch::MAX_MACS_PER_PORT`] per port), forwards unicast to the learned
+//! port, floods broadcast, multicast and unknown unicast to every other
+//! port (never back to the ingress port), checks frame sizes against each
+//! port's MTU, and applies a per-port ingress token bucket (`rate_mbps`,
+//! off by default).
+//!
+//! It is event-driven: a guest's TX kick makes the port's worker copy each
+//! frame out of the guest, and the same thread copies it into each
+//! destination's RX queue and signals that guest. Nothing busy-polls (on a
+//! small host a polling switch starves TCG guests of CPU).
+//!
+//! What a guest cannot do: reach another port with a malformed frame or
+//! chain (runt, oversized, offload flags in the header, looping or
+//! escaping chains, writable TX descriptors: each is dropped, counted and
+//! its buffer returned), make the switch read or write outside its own
+//! memory (every access goes through vm-memory's checked API), fill the MAC
+//! table, or take down another port: a worker panic is caught, counted, and
+//! stops that port only until its driver resets it.
+//!
+//! ## Metrics
+//!
+//! `rx` and `tx` are seen from the switch: `rx` = frames the guest sent.
+//!
+//! | series | type | labels | meaning |
+//! |---|---|---|---|
+//! | `pvbackend_net_rx_packets_total` | counter | port | frames the switch took from the port (after validation and rate limit) |
+//! | `pvbackend_net_rx_bytes_total` | counter | port | their bytes (Ethernet frame, no virtio header) |
+//! | `pvbackend_net_tx_packets_total` | counter | port | frames delivered to the port |
+//! | `pvbackend_net_tx_bytes_total` | counter | port | their bytes |
+//! | `pvbackend_net_drops_total` | counter | port, reason | dropped frames: `runt`, `oversized`, `bad_header`, `malformed_chain`, `rate_limited`, `same_port` (counted on the ingress port); `no_rx_buffer`, `rx_chain` (bad or small RX buffers), `oversized` for the destination's MTU (counted on the destination); `uplink` (TAP errors) |
+//! | `pvbackend_net_flooded_total` | counter | port | frames from the port flooded to every other port |
+//! | `pvbackend_net_learned_macs` | gauge | port | MAC addresses learned on the port |
+//! | `pvbackend_net_worker_panics_total` | counter | port | worker panics (the port was reset) |
+//! | `pvbackend_net_connections_total` | counter | port | frontend connections accepted |
+//! | `pvbackend_switch_mac` | gauge | port, mac | 1 for each address in the MAC table |
+//!
+//! The uplink's port is labelled `uplink:<tap name>`.
+
+pub mod config;
+pub mod device;
+pub mod frame;
+pub mod metrics;
+pub mod port;
+pub mod server;
+pub mod switch;
+pub mod tap;
+
+pub use config::{parse_net_port_spec, NetConfigError, NetPortConfig, SwitchConfig};
+pub use server::{NetError, NetService};

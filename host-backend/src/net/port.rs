@@ -1,0 +1,473 @@
+//! Switch ports and the switch that joins them.
+//!
+//! A [`Port`] outlives its guest's connections: it owns the port's metrics,
+//! rate limiter and receive side (the guest's RX queue, its memory, and a
+//! short backlog for frames that arrive while the guest has no buffer).
+//! [`Switch::ingress`] is called by the thread that took a frame off a
+//! port's TX queue (or the uplink's reader): it learns, decides and copies
+//! the frame straight into each destination's RX queue, signalling that
+//! guest. No thread polls: every step is driven by a kick or a TAP read.
+//!
+//! Locks: the MAC table lock is never held while delivering, and a delivery
+//! holds one destination's RX lock (and inside it that queue's vring lock)
+//! at a time, so two ports forwarding to each other cannot deadlock.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::warn;
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::frame::{self, DropReason, HDR_LEN};
+use super::metrics::PortMetrics;
+use super::switch::{decide, Decision, Learned, MacTable, TokenBucket};
+use super::tap::Tap;
+
+pub(crate) type Mem = GuestMemoryMmap<()>;
+
+/// Frames kept per port while its guest has no RX buffer.
+pub const BACKLOG: usize = 256;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it:
+/// every critical section here leaves its data consistent at each step.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Default)]
+struct RxSide {
+    vring: Option<VringRwLock>,
+    mem: Option<GuestMemoryAtomic<Mem>>,
+    backlog: VecDeque<Vec<u8>>,
+}
+
+/// What is behind a port.
+#[derive(Debug)]
+pub enum Attachment {
+    /// A guest NIC on a vhost-user socket.
+    Guest,
+    /// The host, through a TAP device.
+    Uplink(Tap),
+}
+
+/// One switch port.
+pub struct Port {
+    pub id: usize,
+    pub name: String,
+    pub mtu: u16,
+    pub mac: Option<frame::Mac>,
+    pub metrics: Arc<PortMetrics>,
+    pub attachment: Attachment,
+    limiter: Option<Mutex<TokenBucket>>,
+    rx: Mutex<RxSide>,
+    hdr_len: AtomicUsize,
+}
+
+impl std::fmt::Debug for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Port")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Port {
+    pub fn new(
+        id: usize,
+        name: String,
+        mtu: u16,
+        mac: Option<frame::Mac>,
+        rate_mbps: Option<u32>,
+        metrics: Arc<PortMetrics>,
+        attachment: Attachment,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            mtu,
+            mac,
+            metrics,
+            attachment,
+            limiter: rate_mbps
+                .filter(|r| *r > 0)
+                .map(|r| Mutex::new(TokenBucket::new_mbps(r, Instant::now()))),
+            rx: Mutex::new(RxSide::default()),
+            hdr_len: AtomicUsize::new(HDR_LEN),
+        }
+    }
+
+    /// The connection's acked features decide the header length.
+    pub fn set_acked_features(&self, acked: u64) {
+        self.hdr_len.store(frame::hdr_len(acked), Ordering::Release);
+    }
+
+    pub fn hdr_len(&self) -> usize {
+        self.hdr_len.load(Ordering::Acquire)
+    }
+
+    /// The guest's memory table changed.
+    pub fn set_memory(&self, mem: GuestMemoryAtomic<Mem>) {
+        lock(&self.rx).mem = Some(mem);
+    }
+
+    /// Remembers the connection's RX vring (the first event of a
+    /// connection hands it over).
+    pub fn attach_rx(&self, vring: &VringRwLock) {
+        let mut rx = lock(&self.rx);
+        if rx.vring.is_none() {
+            rx.vring = Some(vring.clone());
+        }
+    }
+
+    /// The guest went away or reset: forget its queue, memory and backlog.
+    pub fn detach(&self) {
+        let mut rx = lock(&self.rx);
+        rx.vring = None;
+        rx.mem = None;
+        rx.backlog.clear();
+    }
+
+    fn admit(&self, bytes: usize) -> bool {
+        match &self.limiter {
+            Some(b) => lock(b).admit(bytes, Instant::now()),
+            None => true,
+        }
+    }
+
+    /// Delivers `frame` (Ethernet, no virtio header) to this port.
+    pub fn deliver(&self, frame: &[u8]) {
+        if frame.len() > usize::from(self.mtu) + frame::FRAME_OVERHEAD {
+            self.metrics.dropped(DropReason::Oversized);
+            return;
+        }
+        if let Attachment::Uplink(tap) = &self.attachment {
+            match tap.write(frame) {
+                Ok(()) => {
+                    self.metrics.tx_packets.inc();
+                    self.metrics.tx_bytes.inc_by(frame.len() as u64);
+                }
+                Err(e) => {
+                    self.metrics.dropped(DropReason::Uplink);
+                    log::debug!("port '{}': uplink write: {e}", self.name);
+                }
+            }
+            return;
+        }
+        let mut rx = lock(&self.rx);
+        if !rx.backlog.is_empty() {
+            self.flush_locked(&mut rx);
+        }
+        if rx.backlog.is_empty() {
+            match self.put_locked(&rx, frame) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(r) => {
+                    self.metrics.dropped(r);
+                    return;
+                }
+            }
+        }
+        if rx.backlog.len() < BACKLOG {
+            rx.backlog.push_back(frame.to_vec());
+        } else {
+            self.metrics.dropped(DropReason::NoRxBuffer);
+        }
+    }
+
+    /// The guest added RX buffers: move the backlog into them.
+    pub fn flush_backlog(&self) {
+        let mut rx = lock(&self.rx);
+        self.flush_locked(&mut rx);
+    }
+
+    fn flush_locked(&self, rx: &mut RxSide) {
+        while let Some(f) = rx.backlog.pop_front() {
+            match self.put_locked(rx, &f) {
+                Ok(true) => {}
+                Ok(false) => {
+                    rx.backlog.push_front(f);
+                    return;
+                }
+                Err(r) => self.metrics.dropped(r),
+            }
+        }
+    }
+
+    /// Copies one frame into the guest's next RX buffer. `Ok(false)` when
+    /// there is none (notifications are then re-enabled, so the guest's
+    /// next refill kicks us).
+    fn put_locked(&self, rx: &RxSide, frame: &[u8]) -> Result<bool, DropReason> {
+        let (Some(vring), Some(mem)) = (&rx.vring, &rx.mem) else {
+            return Ok(false);
+        };
+        let mem = mem.memory();
+        let mut state = vring.get_mut();
+        if !state.is_enabled() || !state.get_queue().ready() {
+            return Ok(false);
+        }
+        let hdr_len = self.hdr_len();
+        let mut retried = false;
+        let chain = loop {
+            if let Some(c) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
+                break c;
+            }
+            if retried {
+                return Ok(false);
+            }
+            // With EVENT_IDX this sets avail_event to where we stand; true
+            // when buffers were added meanwhile (look again, or the guest's
+            // kick for them has already been spent).
+            match state.enable_notification() {
+                Ok(true) => retried = true,
+                _ => return Ok(false),
+            }
+        };
+        let head = chain.head_index();
+        if head >= state.get_queue().size() {
+            return Err(DropReason::RxChain);
+        }
+        let mut complete = true;
+        let descs: Vec<frame::Desc> = chain
+            .take(frame::MAX_TX_DESCS)
+            .map(|d| {
+                complete = !d.has_next();
+                frame::Desc {
+                    addr: d.addr().0,
+                    len: d.len(),
+                    write_only: d.is_write_only(),
+                }
+            })
+            .collect();
+        let hdr = frame::rx_header(hdr_len);
+        let header = hdr.get(..hdr_len).unwrap_or(&hdr);
+        let written = write_rx(&descs, complete, header, frame, |addr, data| {
+            mem.write_slice(data, GuestAddress(addr)).map_err(|_| ())
+        });
+        let (used, result) = match written {
+            Ok(n) => (n, Ok(true)),
+            // The buffer is returned empty: the guest sees a short frame
+            // and drops it; the frame is counted as dropped here.
+            Err(r) => (0, Err(r)),
+        };
+        if let Err(e) = state.add_used(head, used) {
+            warn!("port '{}': rx add_used({head}): {e}", self.name);
+        }
+        if matches!(state.needs_notification(), Ok(true)) {
+            let _ = state.signal_used_queue();
+        }
+        if result.is_ok() {
+            self.metrics.tx_packets.inc();
+            self.metrics.tx_bytes.inc_by(frame.len() as u64);
+        }
+        result
+    }
+}
+
+/// Writes `header` then `frame` into the writable descriptors of an RX
+/// chain; returns the bytes written. Refuses chains that loop, hold a
+/// device-readable descriptor, or are too small for the frame.
+pub fn write_rx<F>(
+    descs: &[frame::Desc],
+    complete: bool,
+    header: &[u8],
+    frame: &[u8],
+    mut write: F,
+) -> Result<u32, DropReason>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), ()>,
+{
+    if !complete || descs.is_empty() || descs.iter().any(|d| !d.write_only) {
+        return Err(DropReason::RxChain);
+    }
+    let need = header.len() + frame.len();
+    let room: u64 = descs.iter().map(|d| u64::from(d.len)).sum();
+    if room < need as u64 {
+        return Err(DropReason::RxChain);
+    }
+    let mut parts = [header, frame];
+    let mut done = 0usize;
+    for d in descs {
+        let mut addr = d.addr;
+        let mut left = d.len as usize;
+        for p in parts.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            let n = p.len().min(left);
+            if n == 0 {
+                continue;
+            }
+            write(addr, &p[..n]).map_err(|()| DropReason::RxChain)?;
+            *p = &p[n..];
+            addr = addr.wrapping_add(n as u64);
+            left -= n;
+            done += n;
+        }
+        if done == need {
+            break;
+        }
+    }
+    u32::try_from(done).map_err(|_| DropReason::RxChain)
+}
+
+/// The switch: its ports and the MAC table.
+pub struct Switch {
+    pub name: String,
+    ports: Vec<Arc<Port>>,
+    table: Mutex<MacTable>,
+}
+
+impl std::fmt::Debug for Switch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Switch")
+            .field("name", &self.name)
+            .field("ports", &self.ports)
+            .finish()
+    }
+}
+
+impl Switch {
+    pub fn new(name: String, ports: Vec<Arc<Port>>, aging: Duration) -> Self {
+        Self {
+            name,
+            ports,
+            table: Mutex::new(MacTable::new(aging)),
+        }
+    }
+
+    pub fn ports(&self) -> &[Arc<Port>] {
+        &self.ports
+    }
+
+    pub fn port(&self, id: usize) -> Option<&Arc<Port>> {
+        self.ports.get(id)
+    }
+
+    /// A frame (Ethernet, validated for length by the caller) entered the
+    /// switch on port `from`.
+    pub fn ingress(&self, from: usize, frame: &[u8]) {
+        let Some(src) = self.ports.get(from) else {
+            return;
+        };
+        if !src.admit(frame.len()) {
+            src.metrics.dropped(DropReason::RateLimited);
+            return;
+        }
+        src.metrics.rx_packets.inc();
+        src.metrics.rx_bytes.inc_by(frame.len() as u64);
+        let now = Instant::now();
+        let (decision, learned, aged) = {
+            let mut t = lock(&self.table);
+            let aged = t.sweep(now);
+            let (d, l) = decide(&mut t, from, frame, now);
+            (d, l, aged)
+        };
+        if learned != Learned::Nothing || !aged.is_empty() {
+            self.account(from, learned, frame, &aged);
+        }
+        match decision {
+            Decision::Unicast(to) => {
+                if let Some(p) = self.ports.get(to) {
+                    p.deliver(frame);
+                }
+            }
+            Decision::Flood => {
+                src.metrics.flooded.inc();
+                for p in self.ports.iter().filter(|p| p.id != from) {
+                    p.deliver(frame);
+                }
+            }
+            Decision::SamePort => src.metrics.dropped(DropReason::SamePort),
+        }
+    }
+
+    fn account(&self, from: usize, learned: Learned, frame: &[u8], aged: &[(frame::Mac, usize)]) {
+        let mac = frame::src_mac(frame);
+        if let (Some(mac), Some(p)) = (mac, self.ports.get(from)) {
+            if learned != Learned::Nothing {
+                p.metrics.mac_learned(&mac);
+            }
+            if let Learned::Moved { from: old } = learned {
+                if let Some(o) = self.ports.get(old) {
+                    o.metrics.mac_gone(&mac);
+                }
+            }
+        }
+        for (m, p) in aged {
+            if let Some(p) = self.ports.get(*p) {
+                p.metrics.mac_gone(m);
+            }
+        }
+        let t = lock(&self.table);
+        for p in &self.ports {
+            p.metrics.learned.set(t.count(p.id) as i64);
+        }
+    }
+
+    /// Forgets what was learned on `port` (its guest disconnected or was
+    /// reset).
+    pub fn forget(&self, port: usize) {
+        let gone = lock(&self.table).forget_port(port);
+        if let Some(p) = self.ports.get(port) {
+            for m in &gone {
+                p.metrics.mac_gone(m);
+            }
+            p.metrics.learned.set(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(addr: u64, len: u32) -> frame::Desc {
+        frame::Desc {
+            addr,
+            len,
+            write_only: true,
+        }
+    }
+
+    #[test]
+    fn rx_chains_are_filled_in_order() {
+        let mut mem = vec![0u8; 256];
+        let mut writer = |a: u64, d: &[u8]| {
+            let a = a as usize;
+            mem.get_mut(a..a + d.len()).ok_or(())?.copy_from_slice(d);
+            Ok(())
+        };
+        let n = write_rx(
+            &[w(0, 5), w(100, 50)],
+            true,
+            &[1; 12],
+            &[2; 20],
+            &mut writer,
+        )
+        .expect("fits");
+        assert_eq!(n, 32);
+        assert_eq!(&mem[0..5], &[1; 5]);
+        assert_eq!(&mem[100..107], &[1; 7]);
+        assert_eq!(&mem[107..127], &[2; 20]);
+        assert_eq!(mem[127], 0);
+        let too_small = write_rx(&[w(0, 20)], true, &[1; 12], &[2; 20], |_, _| Ok(()));
+        assert_eq!(too_small, Err(DropReason::RxChain));
+        let readable = frame::Desc {
+            write_only: false,
+            ..w(0, 100)
+        };
+        assert_eq!(
+            write_rx(&[readable], true, &[1; 12], &[2; 20], |_, _| Ok(())),
+            Err(DropReason::RxChain)
+        );
+        assert_eq!(
+            write_rx(&[w(0, 100)], false, &[1; 12], &[2; 20], |_, _| Ok(())),
+            Err(DropReason::RxChain)
+        );
+    }
+}

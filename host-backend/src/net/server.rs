@@ -1,0 +1,294 @@
+//! Serving the switch: one thread per guest port accepts QEMU's connection
+//! on the port's socket and serves it until QEMU goes away (then waits for
+//! the next), and one thread reads the uplink TAP when there is one.
+
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use prometheus_client::registry::Registry;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::config::{NetPortConfig, SwitchConfig};
+use super::device::NetBackend;
+use super::frame::{self, DropReason};
+use super::metrics::NetFamilies;
+use super::port::{lock, Attachment, Port, Switch};
+use super::tap::{Tap, TapError};
+
+/// Why the switch could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("net port '{name}': socket {path} is in use by another process")]
+    SocketInUse { name: String, path: PathBuf },
+    #[error("net port '{name}': cannot listen on {path}: {message}")]
+    Listen {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("cannot start thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+struct PortServer {
+    port: Arc<Port>,
+    socket: PathBuf,
+    conn: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+}
+
+/// The running switch.
+pub struct NetService {
+    switch: Arc<Switch>,
+    ports: Vec<(Arc<PortServer>, JoinHandle<()>)>,
+    uplink: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NetService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetService")
+            .field("switch", &self.switch)
+            .finish()
+    }
+}
+
+fn bind(name: &str, path: &Path) -> Result<Listener, NetError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(NetError::SocketInUse {
+                name: name.to_owned(),
+                path: path.to_owned(),
+            });
+        }
+        // A stale socket from a previous run.
+        let _ = std::fs::remove_file(path);
+    }
+    Listener::new(path, false).map_err(|e| NetError::Listen {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn readable(listener: &Listener, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll(2) on one pollfd that lives on this stack frame for the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+fn serve_port(
+    switch: Arc<Switch>,
+    server: Arc<PortServer>,
+    mut listener: Listener,
+    stop: Arc<AtomicBool>,
+) {
+    let port = server.port.clone();
+    info!(
+        "net port '{}': listening on {}",
+        port.name,
+        server.socket.display()
+    );
+    while !stop.load(Ordering::Acquire) {
+        if !readable(&listener, Duration::from_millis(200)) {
+            continue;
+        }
+        let backend = NetBackend::new(switch.clone(), port.clone());
+        let mut daemon = match VhostUserDaemon::new(
+            format!("vun-{}", port.name),
+            backend,
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                error!("net port '{}': cannot create device: {e}", port.name);
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        if let Err(e) = daemon.start(&mut listener) {
+            warn!("net port '{}': connection failed to start: {e}", port.name);
+            continue;
+        }
+        port.metrics.connections.inc();
+        info!("net port '{}': frontend connected", port.name);
+        *lock(&server.conn) = daemon.shutdown_handle();
+        if stop.load(Ordering::Acquire) {
+            daemon.request_shutdown();
+        }
+        match daemon.wait() {
+            Ok(()) => info!("net port '{}': frontend disconnected", port.name),
+            Err(e) => warn!("net port '{}': connection ended: {e}", port.name),
+        }
+        *lock(&server.conn) = None;
+        drop(daemon);
+        port.detach();
+        switch.forget(port.id);
+    }
+}
+
+fn serve_uplink(switch: Arc<Switch>, id: usize, stop: Arc<AtomicBool>) {
+    let Some(port) = switch.port(id).cloned() else {
+        return;
+    };
+    let Attachment::Uplink(tap) = &port.attachment else {
+        return;
+    };
+    info!("uplink '{}' attached as port {id}", tap.name());
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Acquire) {
+        match tap.read_timeout(&mut buf, Duration::from_millis(200)) {
+            Ok(0) => {}
+            Ok(n) => {
+                let f = &buf[..n];
+                if f.len() < frame::ETH_HLEN {
+                    port.metrics.dropped(DropReason::Runt);
+                } else if f.len() > usize::from(port.mtu) + frame::FRAME_OVERHEAD {
+                    port.metrics.dropped(DropReason::Oversized);
+                } else {
+                    switch.ingress(id, f);
+                }
+            }
+            Err(e) => {
+                port.metrics.dropped(DropReason::Uplink);
+                warn!("uplink '{}': read: {e}", tap.name());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+impl NetService {
+    /// Binds every port's socket, opens the uplink, registers the metrics
+    /// and starts the threads. `None` when no port is configured.
+    pub fn start(
+        ports: &[NetPortConfig],
+        switch_cfg: &SwitchConfig,
+        registry: &mut Registry,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Option<Self>, NetError> {
+        if ports.is_empty() {
+            return Ok(None);
+        }
+        let families = NetFamilies::register(registry);
+        let mut listeners = Vec::new();
+        let mut all = Vec::new();
+        for (id, p) in ports.iter().enumerate() {
+            let name = p.display_name();
+            listeners.push(bind(&name, &p.socket)?);
+            all.push(Arc::new(Port::new(
+                id,
+                name.clone(),
+                p.mtu,
+                p.mac(),
+                p.rate_mbps,
+                families.port(&name),
+                Attachment::Guest,
+            )));
+        }
+        let uplink_id = match &switch_cfg.uplink_tap {
+            Some(name) => {
+                let tap = Tap::open(name)?;
+                let id = all.len();
+                all.push(Arc::new(Port::new(
+                    id,
+                    format!("uplink:{name}"),
+                    all.iter().map(|p| p.mtu).max().unwrap_or(1500),
+                    None,
+                    None,
+                    families.port(&format!("uplink:{name}")),
+                    Attachment::Uplink(tap),
+                )));
+                Some(id)
+            }
+            None => None,
+        };
+        let switch = Arc::new(Switch::new(
+            switch_cfg.name.clone().unwrap_or_else(|| "switch0".into()),
+            all.clone(),
+            Duration::from_secs(switch_cfg.mac_aging_secs),
+        ));
+        let mut threads = Vec::new();
+        for ((listener, cfg), port) in listeners.into_iter().zip(ports).zip(&all) {
+            let server = Arc::new(PortServer {
+                port: port.clone(),
+                socket: cfg.socket.clone(),
+                conn: Mutex::new(None),
+            });
+            let (sw, s, st) = (switch.clone(), server.clone(), stop.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("net-{}", port.name))
+                .spawn(move || serve_port(sw, s, listener, st))
+                .map_err(NetError::Thread)?;
+            threads.push((server, h));
+        }
+        let uplink = match uplink_id {
+            Some(id) => {
+                let (sw, st) = (switch.clone(), stop.clone());
+                Some(
+                    std::thread::Builder::new()
+                        .name("net-uplink".into())
+                        .spawn(move || serve_uplink(sw, id, st))
+                        .map_err(NetError::Thread)?,
+                )
+            }
+            None => None,
+        };
+        Ok(Some(Self {
+            switch,
+            ports: threads,
+            uplink,
+        }))
+    }
+
+    /// Guest ports served.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Disconnects every guest (the `stop` flag must already be set),
+    /// waits for the threads until `deadline`, removes the sockets.
+    pub fn stop(self, deadline: Instant) {
+        for (server, _) in &self.ports {
+            if let Some(h) = lock(&server.conn).clone() {
+                h.shutdown();
+            }
+        }
+        for (server, handle) in self.ports {
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                warn!(
+                    "net port '{}': still busy at the deadline; leaving it",
+                    server.port.name
+                );
+            }
+            let _ = std::fs::remove_file(&server.socket);
+        }
+        if let Some(h) = self.uplink {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Fuzz drivers for the RX completion paths of both transports (and the
+//! shared virtqueue underneath), used by the cargo-fuzz targets in
+//! `pv-net/fuzz/` and by a short deterministic run in the test suite.
+//!
+//! Each input is a script: every byte picks an action (a frame delivered
+//! honestly, a used element or response slot written by a hostile device,
+//! an index run ahead, a send, a poll, interrupts re-armed, a reset), the
+//! following bytes are its arguments. The frontend must never panic or
+//! loop, and what it reports must stay true: a delivered frame is between
+//! 14 bytes and the maximum for the MTU (GSO excepted), a partial checksum
+//! lies inside its frame, a popped virtqueue token was in flight, and a
+//! stopped frontend comes back with `reset`.
+
+use std::collections::BTreeSet;
+use std::vec;
+use std::vec::Vec;
+
+use xenbus::platform::inproc::LocalPlatform;
+use xenbus::virtq::testing::{DeviceQueue, TestHal};
+use xenbus::virtq::{Part, VirtQueue};
+use xenbus::wire::netif::{NetifRxResponse, NetifTxResponse};
+
+use crate::frontend::max_frame;
+use crate::testing::virtio::FakeVirtioNet;
+use crate::testing::xen::FakeNetback;
+use crate::virtio::{NetHdr, VirtioNet, VirtioNetConfig, VirtioNetFeatures as F, RXQ, TXQ};
+use crate::xen::{XenNetConfig, XenNetFront};
+use crate::{NetFrontend, RxCsum, RxFrame, RxRefill};
+
+struct Script<'a> {
+    d: &'a [u8],
+    i: usize,
+}
+
+impl Script<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = self.d.get(self.i).copied();
+        self.i += 1;
+        b
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8().unwrap_or(0), self.u8().unwrap_or(0)])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from(self.u16()) | (u32::from(self.u16()) << 16)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.u8().unwrap_or(0)).collect()
+    }
+}
+
+fn check_frame(f: &RxFrame<'_>, mtu: u16) {
+    let max = if f.gso.is_some() {
+        0xFFFF
+    } else {
+        max_frame(mtu)
+    };
+    assert!(
+        (14..=max).contains(&f.data.len()),
+        "delivered a frame of {} bytes",
+        f.data.len()
+    );
+    if let RxCsum::Partial { start, offset } = f.csum {
+        assert!(usize::from(start) + usize::from(offset) + 2 <= f.data.len());
+    }
+}
+
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len.max(14)).map(|i| (i as u8) ^ seed).collect();
+    f[12] = 0x08;
+    f[13] = 0;
+    f
+}
+
+/// Drive a virtio-net frontend against a scripted device.
+pub fn virtio(data: &[u8]) {
+    let mut s = Script { d: data, i: 0 };
+    let sel = s.u8().unwrap_or(0);
+    let mut feats = F::all();
+    if sel & 1 != 0 {
+        feats -= F::MRG_RXBUF;
+    }
+    if sel & 2 != 0 {
+        feats -= F::GUEST_CSUM;
+    }
+    if sel & 4 != 0 {
+        feats -= F::EVENT_IDX;
+    }
+    let dev = FakeVirtioNet::new(feats, [2, 0, 0, 0, 0, 1], 1500, 8);
+    let cfg = VirtioNetConfig {
+        queue_size: 8,
+        mrg_buf_len: 256,
+        refill: RxRefill {
+            low_water: u16::from(sel >> 4) % 9,
+        },
+        ..VirtioNetConfig::default()
+    };
+    let Ok(mut nic) = VirtioNet::<TestHal, FakeVirtioNet>::new(dev.clone(), cfg) else {
+        return;
+    };
+    let mtu = nic.info().mtu;
+    let mut steps = 0;
+    while let Some(op) = s.u8() {
+        steps += 1;
+        if steps > 256 {
+            break;
+        }
+        match op % 12 {
+            0 => {
+                let len = usize::from(s.u16()) % 1700;
+                let h = NetHdr {
+                    flags: s.u8().unwrap_or(0) % 4,
+                    csum_start: u16::from(s.u8().unwrap_or(0)),
+                    csum_offset: u16::from(s.u8().unwrap_or(0) % 32),
+                    ..NetHdr::default()
+                };
+                dev.deliver(&frame(len, op), h);
+            }
+            1 => {
+                // Hostile RX: arbitrary header and length, id chosen among
+                // the chain's own head, another, or anything.
+                if let Some(c) = dev.take_chain(RXQ) {
+                    let n = usize::from(s.u8().unwrap_or(0));
+                    let bytes = s.bytes(n.min(64));
+                    c.write_in(&bytes);
+                    let id = match s.u8().unwrap_or(0) % 3 {
+                        0 => u32::from(c.head),
+                        1 => u32::from(s.u8().unwrap_or(0) % 8),
+                        _ => s.u32(),
+                    };
+                    let len = match s.u8().unwrap_or(0) % 3 {
+                        0 => bytes.len() as u32,
+                        1 => u32::from(s.u16()),
+                        _ => s.u32(),
+                    };
+                    dev.push_used(RXQ, id, len);
+                }
+            }
+            2 => {
+                let q = if s.u8().unwrap_or(0) & 1 == 0 {
+                    RXQ
+                } else {
+                    TXQ
+                };
+                dev.set_used_idx(q, s.u16());
+            }
+            3 => {
+                let budget = usize::from(s.u8().unwrap_or(0) % 16);
+                let _ = nic.poll_rx(budget, &mut |f| check_frame(&f, mtu));
+            }
+            4 => {
+                let len = usize::from(s.u16()) % 1600;
+                let csum = (s.u8().unwrap_or(0) & 1 == 1).then_some(crate::TxCsum {
+                    start: 14,
+                    offset: 6,
+                });
+                let _ = nic.queue_tx(&frame(len, op), csum);
+                if s.u8().unwrap_or(0) & 1 == 0 {
+                    let _ = nic.flush_tx();
+                }
+            }
+            5 => {
+                let _ = dev.take_tx();
+            }
+            6 => {
+                if let Some(c) = dev.take_chain(TXQ) {
+                    let id = if s.u8().unwrap_or(0) & 1 == 0 {
+                        u32::from(c.head)
+                    } else {
+                        s.u32()
+                    };
+                    dev.push_used(TXQ, id, u32::from(s.u8().unwrap_or(0)));
+                }
+            }
+            7 => {
+                let _ = nic.poll_tx();
+            }
+            8 => {
+                let _ = nic.enable_interrupts();
+            }
+            9 => nic.disable_interrupts(),
+            10 => {
+                if nic.fault().is_some() || s.u8().unwrap_or(0) == 0 {
+                    let _ = nic.reset();
+                }
+            }
+            _ => {
+                let _ = nic.set_promisc(s.u8().unwrap_or(0) & 1 == 1);
+            }
+        }
+    }
+    if nic.fault().is_some() {
+        assert!(nic.reset().is_ok(), "an honest reset must recover");
+        assert!(nic.fault().is_none());
+    }
+}
+
+/// Drive a Xen netif frontend against a scripted backend.
+pub fn xen(data: &[u8]) {
+    let mut s = Script { d: data, i: 0 };
+    let sel = s.u8().unwrap_or(0);
+    let plat = LocalPlatform::new();
+    let cfg = XenNetConfig {
+        mtu: Some(if sel & 1 != 0 { 9000 } else { 1500 }),
+        feature_sg: sel & 2 == 0,
+        feature_split_event_channels: sel & 4 != 0,
+        rx_csum_offload: sel & 8 != 0,
+        refill: RxRefill {
+            low_water: u16::from(sel >> 4) * 16,
+        },
+        ..XenNetConfig::default()
+    };
+    let Ok(mut front) = XenNetFront::new(&plat, cfg) else {
+        return;
+    };
+    let connect = |f: &XenNetFront<&LocalPlatform>| {
+        let (t, r) = f.ring_refs();
+        let (pt, pr) = f.event_channels();
+        FakeNetback::connect(&plat, t, r, pt, pr).ok()
+    };
+    let Some(mut back) = connect(&front) else {
+        return;
+    };
+    let mtu = front.info().mtu;
+    let mut steps = 0;
+    while let Some(op) = s.u8() {
+        steps += 1;
+        if steps > 256 {
+            break;
+        }
+        match op % 11 {
+            0 => {
+                let len = usize::from(s.u16()) % 10000;
+                let flags = u16::from(s.u8().unwrap_or(0) % 4);
+                let gso =
+                    (s.u8().unwrap_or(0) & 1 == 1).then(|| (1 + s.u8().unwrap_or(0) % 3, s.u16()));
+                let chunk = usize::from(s.u16()) % 4097;
+                back.deliver(&frame(len, op), flags, gso, chunk);
+            }
+            1 => {
+                let n = 1 + usize::from(s.u8().unwrap_or(0) % 4);
+                for _ in 0..n {
+                    let rsp = NetifRxResponse {
+                        id: s.u16(),
+                        offset: s.u16() % 4200,
+                        flags: u16::from(s.u8().unwrap_or(0)),
+                        status: s.u16() as i16,
+                    };
+                    back.respond_rx_raw(rsp);
+                }
+                back.push_rx();
+            }
+            2 => {
+                let rsp = NetifRxResponse {
+                    id: 0,
+                    offset: 0,
+                    flags: u16::from(s.u8().unwrap_or(0)),
+                    status: s.u16() as i16,
+                };
+                back.inject_rx(&rsp);
+            }
+            3 => {
+                let budget = usize::from(s.u8().unwrap_or(0) % 16);
+                let _ = front.poll_rx(budget, &mut |f| check_frame(&f, mtu));
+            }
+            4 => {
+                let len = usize::from(s.u16()) % 9100;
+                let csum = (s.u8().unwrap_or(0) & 1 == 1).then_some(crate::TxCsum {
+                    start: 14,
+                    offset: 6,
+                });
+                let _ = front.send(&frame(len, op), csum);
+            }
+            5 => {
+                let _ = back.take_tx();
+            }
+            6 => {
+                let id = if s.u8().unwrap_or(0) & 1 == 0 {
+                    back.take_tx_request().map_or(0, |r| r.id)
+                } else {
+                    s.u16()
+                };
+                back.respond_tx(NetifTxResponse {
+                    id,
+                    status: s.u16() as i16,
+                });
+            }
+            7 => back.set_tx_rsp_prod(s.u32()),
+            8 => {
+                let _ = front.poll_tx();
+            }
+            9 => {
+                let _ = front.enable_interrupts();
+            }
+            _ => {
+                if front.fault().is_some() || s.u8().unwrap_or(0) == 0 {
+                    drop(back);
+                    let _ = front.reset();
+                    let Some(b) = connect(&front) else { return };
+                    back = b;
+                }
+            }
+        }
+    }
+    if front.fault().is_some() {
+        drop(back);
+        assert!(front.reset().is_ok(), "reset must recover");
+    }
+}
+
+/// Drive the shared virtqueue directly against a scripted device: tokens
+/// come back at most once and only while in flight, lengths are checked
+/// against the chain, and buffers not in flight keep their canary.
+pub fn virtq(data: &[u8]) {
+    const CANARY: u8 = 0x5A;
+    let mut s = Script { d: data, i: 0 };
+    let sel = s.u8().unwrap_or(0);
+    let size = 1u16 << (1 + sel % 4);
+    let Ok(mut q) = VirtQueue::<TestHal>::new(0, size, sel & 16 != 0, sel & 32 != 0) else {
+        return;
+    };
+    let (d, a, u) = q.addresses();
+    let mut dev = DeviceQueue::new(u32::from(size), d, a, u);
+    let mut bufs = vec![[CANARY; 32]; 16];
+    let mut in_flight: BTreeSet<u32> = BTreeSet::new();
+    let mut steps = 0;
+    while let Some(op) = s.u8() {
+        steps += 1;
+        if steps > 512 {
+            break;
+        }
+        match op % 6 {
+            0 => {
+                // A chain over free buffers `t`, `t+1`, ... (wrapping).
+                let t = u32::from(s.u8().unwrap_or(0) % 16);
+                let n = 1 + usize::from(s.u8().unwrap_or(0) % 3);
+                let ids: Vec<u32> = (0..n as u32).map(|k| (t + k) % 16).collect();
+                if ids.iter().any(|i| in_flight.contains(i)) {
+                    continue;
+                }
+                let mut parts = Vec::new();
+                for (k, &i) in ids.iter().enumerate() {
+                    let p = core::ptr::NonNull::from(&mut bufs[i as usize][..]);
+                    parts.push(if (op >> 4 >> k) & 1 == 0 {
+                        Part::In(p)
+                    } else {
+                        Part::Out(p)
+                    });
+                }
+                // SAFETY: the buffers live in `bufs` for the whole run and
+                // are not touched while in flight (the canary check below
+                // only reads idle ones); the queue is drained before
+                // `bufs` is dropped.
+                if unsafe { q.add(&parts, t | ((n as u32) << 8)) }.is_ok() {
+                    in_flight.extend(ids);
+                }
+            }
+            1 => {
+                if let Some(c) = dev.take_chain() {
+                    let n = usize::from(s.u8().unwrap_or(0) % 64);
+                    let fill = s.bytes(n);
+                    c.write_in(&fill);
+                    let id = if s.u8().unwrap_or(0) & 1 == 0 {
+                        u32::from(c.head)
+                    } else {
+                        s.u32() % (u32::from(size) + 2)
+                    };
+                    dev.push_used(id, u32::from(s.u8().unwrap_or(0)));
+                }
+            }
+            2 => dev.set_used_idx(s.u16()),
+            3 | 4 => match q.pop() {
+                Ok(Some(used)) => {
+                    let t = used.token & 0xFF;
+                    let n = used.token >> 8;
+                    for k in 0..n {
+                        assert!(in_flight.remove(&((t + k) % 16)), "token not in flight");
+                    }
+                    if let Ok(l) = used.len {
+                        assert!(l <= used.writable);
+                    }
+                    for k in 0..n {
+                        bufs[((t + k) % 16) as usize] = [CANARY; 32];
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    assert!(e.needs_reset());
+                    q.drain(&mut |tok| {
+                        for k in 0..(tok >> 8) {
+                            in_flight.remove(&(((tok & 0xFF) + k) % 16));
+                        }
+                    });
+                    assert!(in_flight.is_empty());
+                    bufs = vec![[CANARY; 32]; 16];
+                    dev = DeviceQueue::new(u32::from(size), d, a, u);
+                }
+            },
+            _ => {
+                let _ = q.kick_needed();
+                let _ = q.enable_interrupts();
+            }
+        }
+        for (i, b) in bufs.iter().enumerate() {
+            if !in_flight.contains(&(i as u32)) {
+                assert!(b.iter().all(|&x| x == CANARY), "idle buffer {i} written");
+            }
+        }
+    }
+    q.drain(&mut |_| {});
+}

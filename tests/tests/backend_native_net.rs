@@ -1,0 +1,219 @@
+//! Our switch driven by the native vhost-user frontend on two ports: frames
+//! cross as sent, MAC learning turns flooding into unicast, and a malicious
+//! guest's runt, oversized, bad-header and malformed-chain frames are
+//! dropped and counted without reaching the other port, which keeps
+//! working.
+
+use std::time::Duration;
+
+use pvtest::peers::PvBackend;
+use pvtest::vhost_user::split::{ChainDesc, Next};
+use pvtest::vhost_user::NativeNetDriver;
+
+const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0xaa, 1];
+const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0, 0xbb, 2];
+const BCAST: [u8; 6] = [0xff; 6];
+const WAIT: Duration = Duration::from_secs(30);
+
+fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+    f.extend_from_slice(payload);
+    f
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    backend: PvBackend,
+    a: NativeNetDriver,
+    b: NativeNetDriver,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let backend = PvBackend::start_with(
+        &[],
+        &[
+            format!("socket={},name=a,mac=52:54:00:00:aa:01", sa.display()),
+            format!("socket={},name=b,mtu=1500", sb.display()),
+        ],
+        &["--log-level", "info", "--metrics", "127.0.0.1:0"],
+        &dir.path().join("backend.log"),
+    )
+    .expect("backend");
+    let a = NativeNetDriver::connect(&sa, 64).expect("connect a");
+    let b = NativeNetDriver::connect(&sb, 64).expect("connect b");
+    Setup {
+        _dir: dir,
+        backend,
+        a,
+        b,
+    }
+}
+
+#[test]
+fn frames_cross_and_macs_are_learned() {
+    let Setup {
+        backend,
+        mut a,
+        mut b,
+        _dir,
+    } = setup();
+    // MAC (port a is configured with one), MTU and STATUS agreed.
+    let f = a.config().features;
+    assert_eq!(
+        f & (1 << 5 | 1 << 3 | 1 << 16 | 1 << 32),
+        1 << 5 | 1 << 3 | 1 << 16 | 1 << 32,
+        "{f:#x}"
+    );
+    assert_eq!(b.config().features & (1 << 5), 0, "b has no MAC configured");
+
+    // A broadcast from A floods to B, byte for byte, behind a header with
+    // no offloads and num_buffers 1.
+    let f1 = frame(BCAST, MAC_A, b"hello from a");
+    a.send(&f1).expect("send");
+    let got = b.recv(WAIT).expect("recv").expect("b got the broadcast");
+    assert_eq!(got.frame, f1);
+    assert_eq!(got.header, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    // B answers A (A was learned: unicast), then A sends to B (learned now).
+    let f2 = frame(MAC_A, MAC_B, &[7u8; 1486]);
+    b.send(&f2).expect("send");
+    assert_eq!(a.recv(WAIT).expect("recv").expect("a got it").frame, f2);
+    let f3 = frame(MAC_B, MAC_A, &[9u8; 100]);
+    a.send(&f3).expect("send");
+    assert_eq!(b.recv(WAIT).expect("recv").expect("b got it").frame, f3);
+    // Many frames in a row (more than a queue's worth) all arrive in order.
+    for i in 0..200u32 {
+        a.send(&frame(MAC_B, MAC_A, &i.to_le_bytes()))
+            .expect("send");
+        let r = b.recv(WAIT).expect("recv").expect("frame");
+        assert_eq!(&r.frame[14..18], &i.to_le_bytes());
+    }
+    a.wait_tx_done(WAIT).expect("tx done");
+
+    let m = backend.fetch_metrics().expect("metrics");
+    let v = |s: &str| PvBackend::metric(&m, s).unwrap_or(-1.0);
+    assert_eq!(
+        v(r#"pvbackend_switch_mac{port="a",mac="52:54:00:00:aa:01"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        v(r#"pvbackend_switch_mac{port="b",mac="52:54:00:00:bb:02"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(v(r#"pvbackend_net_learned_macs{port="a"}"#), 1.0, "{m}");
+    assert_eq!(
+        v(r#"pvbackend_net_rx_packets_total{port="a"}"#),
+        202.0,
+        "{m}"
+    );
+    assert_eq!(
+        v(r#"pvbackend_net_tx_packets_total{port="b"}"#),
+        202.0,
+        "{m}"
+    );
+    assert_eq!(
+        v(r#"pvbackend_net_rx_bytes_total{port="b"}"#),
+        f2.len() as f64,
+        "{m}"
+    );
+    // Only the first (broadcast) frame was flooded.
+    assert_eq!(v(r#"pvbackend_net_flooded_total{port="a"}"#), 1.0, "{m}");
+    assert_eq!(v(r#"pvbackend_net_flooded_total{port="b"}"#), 0.0, "{m}");
+}
+
+#[test]
+fn malicious_frames_never_reach_the_other_port() {
+    let Setup {
+        backend,
+        mut a,
+        mut b,
+        _dir,
+    } = setup();
+    let (scratch, _) = a.scratch();
+    let ram = a.ram().clone();
+    let hdr = [0u8; 12];
+
+    // Runt: 13 bytes of frame.
+    a.send_with_header(&hdr, &[0xff; 13]).expect("runt");
+    // Oversized: MTU 1500 + 18 + 1.
+    a.send_with_header(&hdr, &frame(BCAST, MAC_A, &[0; 1505]))
+        .expect("oversized");
+    // Offloads never negotiated: NEEDS_CSUM, then GSO TCPv4.
+    let mut csum = hdr;
+    csum[0] = 1;
+    a.send_with_header(&csum, &frame(BCAST, MAC_A, &[1; 60]))
+        .expect("csum");
+    let mut gso = hdr;
+    gso[1] = 1;
+    a.send_with_header(&gso, &frame(BCAST, MAC_A, &[2; 60]))
+        .expect("gso");
+    // Malformed chains, all over a well-formed broadcast in scratch memory.
+    let evil = frame(BCAST, MAC_A, b"evil");
+    ram.write(scratch, &hdr).expect("ram");
+    ram.write(scratch + 12, &evil).expect("ram");
+    let len = (12 + evil.len()) as u32;
+    // A loop: 0 -> 1 -> 0.
+    a.send_raw(&[
+        ChainDesc::readable(scratch, 12).then(Next::Chain(1)),
+        ChainDesc::readable(scratch + 12, len - 12).then(Next::Chain(0)),
+    ])
+    .expect("loop");
+    // A next index outside the table.
+    a.send_raw(&[ChainDesc::readable(scratch, len).then(Next::Raw(999))])
+        .expect("escape");
+    // A device-writable descriptor in a TX chain.
+    a.send_raw(&[
+        ChainDesc::readable(scratch, 12).then(Next::Chain(1)),
+        ChainDesc::writable(scratch + 12, len - 12),
+    ])
+    .expect("writable");
+    // Memory outside guest RAM.
+    a.send_raw(&[ChainDesc::readable(0xdead_0000_0000, len)])
+        .expect("outside");
+    // A 4 GiB length.
+    a.send_raw(&[ChainDesc::readable(scratch, u32::MAX)])
+        .expect("huge");
+    // A head outside the descriptor table.
+    a.send_bogus_head(500).expect("bogus head");
+    // Then a valid frame: the first and only thing B sees.
+    let good = frame(BCAST, MAC_A, b"the good one");
+    a.send(&good).expect("good");
+    let r = b.recv(WAIT).expect("recv").expect("b got the good frame");
+    assert_eq!(r.frame, good, "something else reached b first");
+    assert_eq!(b.recv(Duration::from_millis(500)).expect("recv"), None);
+    a.wait_tx_done(WAIT).expect("every chain returned");
+
+    // B's side still works both ways, and A still works.
+    let back = frame(MAC_A, MAC_B, b"b is fine");
+    b.send(&back).expect("send");
+    assert_eq!(a.recv(WAIT).expect("recv").expect("a got it").frame, back);
+
+    let m = backend.fetch_metrics().expect("metrics");
+    let v = |reason: &str| {
+        PvBackend::metric(
+            &m,
+            &format!("pvbackend_net_drops_total{{port=\"a\",reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(v("runt"), 1.0, "{m}");
+    assert_eq!(v("oversized"), 2.0, "{m}"); // the frame and the 4 GiB chain
+    assert_eq!(v("bad_header"), 2.0, "{m}");
+    assert_eq!(v("malformed_chain"), 5.0, "{m}"); // loop, escape, writable, outside, bogus head
+    assert_eq!(
+        PvBackend::metric(&m, r#"pvbackend_net_rx_packets_total{port="a"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        PvBackend::metric(&m, r#"pvbackend_net_worker_panics_total{port="a"}"#),
+        Some(0.0),
+        "{m}"
+    );
+}
