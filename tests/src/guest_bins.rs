@@ -15,8 +15,11 @@ use crate::HarnessError;
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Every guest binary: (binary, package, features of that package).
-pub const GUEST_BINARIES: &[(&str, &str, &str)] =
-    &[("pvio", "pv-blk", "linux"), ("pvblkd", "pv-blk", "linux")];
+pub const GUEST_BINARIES: &[(&str, &str, &str)] = &[
+    ("pvio", "pv-blk", "linux"),
+    ("pvblkd", "pv-blk", "linux"),
+    ("pvnetd", "pv-net", "linux"),
+];
 
 /// Every host binary: (binary, package).
 pub const HOST_BINARIES: &[(&str, &str)] = &[("pvbackend", "host-backend")];
