@@ -63,13 +63,18 @@ stop_pvnetd() {
 "#;
 
 /// Listen on `port` into /tmp/recv in the background (PID in $NC), and
-/// return once the socket is listening.
+/// return once the socket is listening (busybox `nc -l` listens on IPv6
+/// `::`, so the socket shows in `/proc/net/tcp6` when IPv6 is built in).
 fn listen(port: u16) -> String {
     format!(
         r#"
 (sleep 900 | nc -l -p {port} > /tmp/recv) &
 NC=$!
-until grep -q ':{port:04X} 00000000:0000 0A' /proc/net/tcp; do sleep 0.2; done
+i=0
+until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q ':{port:04X} [0]*:0000 0A'; do
+  i=$((i+1)); [ $i -le 300 ] && kill -0 $NC || {{ echo "pvtest: nc -l {port} not listening"; exit 1; }}
+  sleep 0.2
+done
 "#
     )
 }
