@@ -19,6 +19,7 @@ pub const GUEST_BINARIES: &[(&str, &str, &str)] = &[
     ("pvio", "pv-blk", "linux"),
     ("pvblkd", "pv-blk", "linux"),
     ("pvnetd", "pv-net", "linux"),
+    ("pvrr", "pv-net", "linux"),
 ];
 
 /// Every host binary: (binary, package).

@@ -70,6 +70,8 @@ fn frames_cross_and_macs_are_learned() {
         "{f:#x}"
     );
     assert_eq!(b.config().features & (1 << 5), 0, "b has no MAC configured");
+    let ca = a.config();
+    assert_eq!((ca.mac, ca.status & 1, ca.mtu), (MAC_A, 1, 1500));
 
     // A broadcast from A floods to B, byte for byte, behind a header with
     // no offloads and num_buffers 1.

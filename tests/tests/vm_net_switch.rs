@@ -14,6 +14,15 @@ const MAC_B: &str = "52:54:00:00:0b:02";
 const IP_A: &str = "169.254.10.1";
 const IP_B: &str = "169.254.10.2";
 
+/// Waits (up to 240 s) until `peer` answers a ping: the other guest boots
+/// on its own schedule. Then three more pings, all answered.
+fn ping(peer: &str) -> String {
+    format!(
+        "n=0; until ping -c 1 -W 1 {peer} >/dev/null; do n=$((n+1)); [ $n -lt 240 ] || exit 1; done\n\
+         ping -c 3 -W 5 {peer}\n"
+    )
+}
+
 /// Configures eth0 with `ip`/16 and prints the MAC the kernel uses.
 fn net_up(ip: &str) -> String {
     format!(
@@ -50,17 +59,22 @@ fn kernel_virtio_net_through_our_switch() {
     // ping gets an answer the port is open.
     let script_a = format!(
         r#"
-(sleep 900 | nc -l -p 5000 > /tmp/recv) &
+# nc's stdin is a FIFO this shell holds open: no EOF (which would make
+# nc close its sending half), and nc exits when the sender finishes.
+mkfifo /tmp/in
+nc -l -p 5000 < /tmp/in > /tmp/recv &
 NC=$!
-until grep -q ':1388 00000000:0000 0A' /proc/net/tcp; do sleep 0.2; done
+exec 3> /tmp/in
+until grep -q ':1388 [0-9A-F]*:0000 0A' /proc/net/tcp /proc/net/tcp6; do sleep 0.2; done
 {up}
-ping -c 3 -w 240 {IP_B}
-echo "pvtest: ping from a ok"
+{ping}echo "pvtest: ping from a ok"
 wait $NC || true
+exec 3>&-
 echo "pvtest: a received $(wc -c < /tmp/recv) bytes"
 echo "pvtest: recv sha256 $(sha256sum /tmp/recv | cut -d' ' -f1)"
 "#,
-        up = net_up(IP_A)
+        up = net_up(IP_A),
+        ping = ping(IP_B),
     );
     // B: sender.
     let script_b = format!(
@@ -68,12 +82,12 @@ echo "pvtest: recv sha256 $(sha256sum /tmp/recv | cut -d' ' -f1)"
 dd if=/dev/urandom of=/tmp/data bs=64k count=64 2>/dev/null
 echo "pvtest: sent sha256 $(sha256sum /tmp/data | cut -d' ' -f1)"
 {up}
-ping -c 3 -w 240 {IP_A}
-echo "pvtest: ping from b ok"
+{ping}echo "pvtest: ping from b ok"
 nc {IP_A} 5000 < /tmp/data
 echo "pvtest: b sent"
 "#,
-        up = net_up(IP_B)
+        up = net_up(IP_B),
+        ping = ping(IP_A),
     );
     let guest = |name: &str, sock: &std::path::Path, mac: &str, script: &str| {
         Guest::builder(name)

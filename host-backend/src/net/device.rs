@@ -11,16 +11,10 @@
 //! segmentation offloads (frames cross the switch exactly as sent, so a
 //! header asking for them is refused), the control queue and MQ.
 //!
-//! Nor `VHOST_USER_F_PROTOCOL_FEATURES`: QEMU 7.2's virtio-net sends
-//! `SET_VRING_ENABLE` as soon as the guest writes its features
-//! (`peer_attach`), before `SET_FEATURES` reaches the backend, and the
-//! rust-vmm `vhost` crate refuses that message until PROTOCOL_FEATURES has
-//! been acked, ending the connection ("inactive feature: 1073741824").
-//! Without it QEMU sends no `SET_VRING_ENABLE`, and the rings start enabled
-//! at `SET_FEATURES` as the spec says. The cost: no `GET_CONFIG` (QEMU
-//! serves virtio-net's config space itself from `mac=` and `host_mtu=`;
-//! [`NetBackend::config_space`] is what the port would answer) and no
-//! `REPLY_ACK` (messages are applied in order anyway).
+//! PROTOCOL_FEATURES with CONFIG (the config space: MAC when configured,
+//! link up, MTU; QEMU's virtio-net serves its own from `mac=`/`host_mtu=`)
+//! and REPLY_ACK. QEMU reaches the backend through [`super::proxy`], which
+//! holds back the `SET_VRING_ENABLE` QEMU 7.2 sends before `SET_FEATURES`.
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use log::error;
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
@@ -236,7 +230,8 @@ impl VhostUserBackend for NetBackend {
             | (1u64 << VIRTIO_RING_F_EVENT_IDX)
             | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1u64 << VIRTIO_NET_F_MTU)
-            | (1u64 << VIRTIO_NET_F_STATUS);
+            | (1u64 << VIRTIO_NET_F_STATUS)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if self.shared.port.mac.is_some() {
             f |= 1u64 << VIRTIO_NET_F_MAC;
         }
@@ -248,8 +243,8 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // Never negotiated: VHOST_USER_F_PROTOCOL_FEATURES is not offered
-        // (see the module docs).
+        // No STATUS (QEMU 7.2 resets before GET_VRING_BASE with it), no MQ
+        // (one queue pair).
         VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
     }
 
@@ -305,6 +300,7 @@ impl VhostUserBackend for NetBackend {
         if self.shared.needs_reset.load(Ordering::Acquire) {
             return Ok(());
         }
+        log::trace!("port '{}': event {device_event}", self.shared.port.name);
         match catch_unwind(AssertUnwindSafe(|| self.run_event(device_event, vrings))) {
             Ok(r) => r,
             Err(_) => {

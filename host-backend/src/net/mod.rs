@@ -49,6 +49,7 @@ pub mod device;
 pub mod frame;
 pub mod metrics;
 pub mod port;
+pub mod proxy;
 pub mod server;
 pub mod switch;
 pub mod tap;

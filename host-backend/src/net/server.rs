@@ -3,8 +3,9 @@
 //! the next), and one thread reads the uplink TAP when there is one.
 
 use std::os::unix::io::AsRawFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use prometheus_client::registry::Registry;
-use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -21,6 +21,7 @@ use super::device::NetBackend;
 use super::frame::{self, DropReason};
 use super::metrics::NetFamilies;
 use super::port::{lock, Attachment, Port, Switch};
+use super::proxy;
 use super::tap::{Tap, TapError};
 
 /// Why the switch could not start.
@@ -61,7 +62,7 @@ impl std::fmt::Debug for NetService {
     }
 }
 
-fn bind(name: &str, path: &Path) -> Result<Listener, NetError> {
+fn bind(name: &str, path: &Path) -> Result<UnixListener, NetError> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(NetError::SocketInUse {
@@ -72,14 +73,14 @@ fn bind(name: &str, path: &Path) -> Result<Listener, NetError> {
         // A stale socket from a previous run.
         let _ = std::fs::remove_file(path);
     }
-    Listener::new(path, false).map_err(|e| NetError::Listen {
+    UnixListener::bind(path).map_err(|e| NetError::Listen {
         name: name.to_owned(),
         path: path.to_owned(),
         message: e.to_string(),
     })
 }
 
-fn readable(listener: &Listener, timeout: Duration) -> bool {
+fn readable(listener: &UnixListener, timeout: Duration) -> bool {
     let mut pfd = libc::pollfd {
         fd: listener.as_raw_fd(),
         events: libc::POLLIN,
@@ -91,10 +92,38 @@ fn readable(listener: &Listener, timeout: Duration) -> bool {
     n > 0 && pfd.revents & libc::POLLIN != 0
 }
 
+/// Accepts QEMU's connection and hands the backend its own end of a relay
+/// (see [`proxy`]): returns (QEMU's stream, the backend's stream).
+fn connect_backend(
+    port: &Port,
+    listener: &UnixListener,
+    daemon: &mut VhostUserDaemon<NetBackend>,
+) -> Result<(UnixStream, UnixStream), String> {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let (qemu, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    let private = std::env::temp_dir().join(format!(
+        "pvbackend-{}-{}.sock",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&private);
+    let inner =
+        UnixListener::bind(&private).map_err(|e| format!("bind {}: {e}", private.display()))?;
+    let path = private.to_string_lossy().into_owned();
+    let started = daemon.start_client(&path);
+    let accepted = started
+        .map_err(|e| format!("backend connect: {e}"))
+        .and_then(|()| inner.accept().map_err(|e| format!("backend accept: {e}")));
+    let _ = std::fs::remove_file(&private);
+    let (backend, _) = accepted?;
+    log::debug!("net port '{}': relay up", port.name);
+    Ok((qemu, backend))
+}
+
 fn serve_port(
     switch: Arc<Switch>,
     server: Arc<PortServer>,
-    mut listener: Listener,
+    listener: UnixListener,
     stop: Arc<AtomicBool>,
 ) {
     let port = server.port.clone();
@@ -120,15 +149,18 @@ fn serve_port(
                 continue;
             }
         };
-        if let Err(e) = daemon.start(&mut listener) {
-            warn!("net port '{}': connection failed to start: {e}", port.name);
-            continue;
-        }
+        let (qemu, inner) = match connect_backend(&port, &listener, &mut daemon) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("net port '{}': connection failed to start: {e}", port.name);
+                continue;
+            }
+        };
         port.metrics.connections.inc();
         info!("net port '{}': frontend connected", port.name);
         *lock(&server.conn) = daemon.shutdown_handle();
-        if stop.load(Ordering::Acquire) {
-            daemon.request_shutdown();
+        if let Err(e) = proxy::relay(&qemu, &inner, &stop) {
+            warn!("net port '{}': relay: {e}", port.name);
         }
         match daemon.wait() {
             Ok(()) => info!("net port '{}': frontend disconnected", port.name),

@@ -206,11 +206,10 @@ impl VhostUserDevice {
         }
         let max_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
             fe.get_queue_num().map_err(msg("GET_QUEUE_NUM"))?
-        } else if has_protocol {
-            1
         } else {
-            // Without protocol features the device type fixes the queue
-            // count (virtio-net: one RX/TX pair); nothing to ask.
+            // Without MQ the device type fixes the queue count (virtio-blk:
+            // one; virtio-net: one RX/TX pair): the device layer asks for
+            // what its type defines.
             u64::from(opts.num_queues)
         };
         if u64::from(opts.num_queues) > max_queues {

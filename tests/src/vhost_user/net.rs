@@ -48,11 +48,15 @@ pub enum NetDriverError {
     Timeout(Duration),
 }
 
-/// What was negotiated at connect time.
+/// What was negotiated and read (`struct virtio_net_config`) at connect
+/// time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetConfig {
     /// Virtio features agreed.
     pub features: u64,
+    pub mac: [u8; 6],
+    pub status: u16,
+    pub mtu: u16,
 }
 
 /// One received frame.
@@ -101,13 +105,17 @@ impl NativeNetDriver {
                     | bit(VIRTIO_NET_F_MAC)
                     | bit(VIRTIO_NET_F_STATUS),
                 required_features: bit(VIRTIO_F_VERSION_1),
-                // The switch offers no protocol features, so no GET_CONFIG.
-                config_len: 0,
+                config_len: 12,
                 buffer_bytes: 2 * slots * SLOT + SCRATCH,
             },
         )?;
+        let c = dev.config().to_vec();
+        let at = |i: usize| c.get(i).copied().unwrap_or(0);
         let config = NetConfig {
             features: dev.features(),
+            mac: [at(0), at(1), at(2), at(3), at(4), at(5)],
+            status: u16::from_le_bytes([at(6), at(7)]),
+            mtu: u16::from_le_bytes([at(10), at(11)]),
         };
         let base = dev.buffers_base();
         let ram = dev.ram().clone();

@@ -1,0 +1,258 @@
+//! `pvbench-net`: request/response latency and stream throughput between
+//! two guests running the Linux kernel's virtio-net driver, over
+//! (a) QEMU's built-in `-netdev stream` (a unix socket between the two
+//! QEMUs: the path users have without a switch) and (b) our switch
+//! (`pvbackend --net-port`, vhost-user-net), in one run, same guests, same
+//! tool (`pvrr`, UDP round trips of 1 and 64 bytes, then a TCP stream).
+//! Reports p50/p99/p99.9 and MB/s, and the ratio (b)/(a). Slot (c), our
+//! guest runtime over our switch, is reported as not measured until that
+//! runtime exists.
+//!
+//! ```text
+//! cargo run --release -p pvdrivers-tests --bin pvbench-net -- --count 5000
+//! ```
+//!
+//! Both guests have one vCPU under TCG on a shared host: the figures
+//! compare network paths on one machine, they are not absolute speeds.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use pvtest::peers::PvBackend;
+use pvtest::{Guest, GuestBuilder};
+
+const IP_S: &str = "169.254.20.1";
+const IP_C: &str = "169.254.20.2";
+const MAC_S: &str = "52:54:00:00:20:01";
+const MAC_C: &str = "52:54:00:00:20:02";
+
+struct Args {
+    count: usize,
+    sizes: Vec<usize>,
+    stream_mib: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        count: 5000,
+        sizes: vec![1, 64],
+        stream_mib: 16,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().ok_or_else(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--count" => a.count = v()?.parse().map_err(|e| format!("--count: {e}"))?,
+            "--sizes" => {
+                a.sizes = v()?
+                    .split(',')
+                    .map(|s| s.parse().map_err(|e| format!("--sizes: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--stream-mib" => {
+                a.stream_mib = v()?.parse().map_err(|e| format!("--stream-mib: {e}"))?
+            }
+            "-h" | "--help" => {
+                return Err("pvbench-net [--count N] [--sizes 1,64] [--stream-mib N]\n\
+                     Kernel virtio-net RR latency and throughput between two guests over\n\
+                     QEMU's -netdev stream and over our switch. Defaults: 5000 round trips,\n\
+                     sizes 1 and 64 bytes, 16 MiB stream."
+                    .into())
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Figures of one path: per size (p50, p99, p99.9, lost) and the stream's MB/s.
+#[derive(Debug, Default)]
+struct Figures {
+    rr: BTreeMap<usize, (f64, f64, f64, u64)>,
+    mbps: f64,
+}
+
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+fn parse(console: &str) -> Figures {
+    let mut f = Figures::default();
+    for l in console.lines().filter(|l| l.contains("pvrr: mode=")) {
+        if l.contains("mode=rr") {
+            if let (Some(size), Some(p50), Some(p99), Some(p999)) = (
+                field(l, "size"),
+                field(l, "p50_us"),
+                field(l, "p99_us"),
+                field(l, "p999_us"),
+            ) {
+                let lost = field(l, "lost").unwrap_or(0.0) as u64;
+                f.rr.insert(size as usize, (p50, p99, p999, lost));
+            }
+        } else if let Some(m) = field(l, "mb_per_s") {
+            f.mbps = m;
+        }
+    }
+    f
+}
+
+fn server_script(ip: &str) -> String {
+    format!(
+        "ip link set eth0 up\nip addr add {ip}/16 dev eth0\necho pvbench: server up\nexec pvrr server\n"
+    )
+}
+
+fn client_script(a: &Args, ip: &str, server: &str) -> String {
+    let mut s = format!(
+        "ip link set eth0 up\nip addr add {ip}/16 dev eth0\nn=0; until ping -c 1 -W 1 {server} >/dev/null; do n=$((n+1)); [ $n -lt 240 ] || exit 1; done\n\
+         until pvrr rr {server} --count 10 --warmup 0 >/dev/null 2>&1; do sleep 1; done\n"
+    );
+    for size in &a.sizes {
+        s.push_str(&format!(
+            "pvrr rr {server} --size {size} --count {}\n",
+            a.count
+        ));
+    }
+    s.push_str(&format!(
+        "pvrr stream {server} --bytes {}\n",
+        a.stream_mib << 20
+    ));
+    s
+}
+
+fn guest(name: &str, script: &str) -> GuestBuilder {
+    Guest::builder(name)
+        .memory_mib(256)
+        .modules(["virtio_pci", "virtio_net"])
+        .binary("pvrr")
+        .script(script)
+        .timeout(Duration::from_secs(1200))
+}
+
+fn wait_for_file(p: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.exists() {
+        if Instant::now() >= deadline {
+            return Err(format!("{} never appeared", p.display()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn run_pair(
+    server: GuestBuilder,
+    client: GuestBuilder,
+    wait_sock: Option<&Path>,
+) -> Result<Figures, String> {
+    let mut s = server.start().map_err(|e| e.to_string())?;
+    if let Some(p) = wait_sock {
+        wait_for_file(p)?;
+    }
+    s.wait_for_console("pvbench: server up", Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    let c = client.start().map_err(|e| e.to_string())?;
+    let out = c.wait();
+    drop(s);
+    if !out.passed() {
+        return Err(out.failure_report());
+    }
+    Ok(parse(&out.console))
+}
+
+fn main() -> ExitCode {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("tempdir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // (a) QEMU's stream netdev: the server guest listens, the client connects.
+    eprintln!("pvbench-net: (a) kernel virtio-net over QEMU -netdev stream");
+    let sock = dir.path().join("stream.sock");
+    let a_res = run_pair(
+        guest("bench-net-a-server", &server_script(IP_S)).virtio_net_stream(&sock, true, MAC_S),
+        guest("bench-net-a-client", &client_script(&a, IP_C, IP_S))
+            .virtio_net_stream(&sock, false, MAC_C),
+        Some(&sock),
+    );
+    // (b) our switch.
+    eprintln!("pvbench-net: (b) kernel virtio-net over our switch");
+    let (ps, pc) = (dir.path().join("s.sock"), dir.path().join("c.sock"));
+    let b_res = PvBackend::start_with(
+        &[],
+        &[
+            format!("socket={},name=server", ps.display()),
+            format!("socket={},name=client", pc.display()),
+        ],
+        &["--log-level", "warn"],
+        &dir.path().join("backend.log"),
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|backend| {
+        let r = run_pair(
+            guest("bench-net-b-server", &server_script(IP_S)).vhost_user_net(&ps, MAC_S),
+            guest("bench-net-b-client", &client_script(&a, IP_C, IP_S)).vhost_user_net(&pc, MAC_C),
+            None,
+        );
+        drop(backend);
+        r
+    });
+    let (fa, fb) = match (a_res, b_res) {
+        (Ok(fa), Ok(fb)) => (fa, fb),
+        (ra, rb) => {
+            if let Err(e) = ra {
+                eprintln!("(a) failed: {e}");
+            }
+            if let Err(e) = rb {
+                eprintln!("(b) failed: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("pvbench-net: kernel virtio-net, UDP request/response ({} round trips), TCP stream ({} MiB)", a.count, a.stream_mib);
+    println!(
+        "{:<34} {:>6} {:>9} {:>9} {:>9} {:>5}",
+        "path", "bytes", "p50 us", "p99 us", "p99.9 us", "lost"
+    );
+    for (name, f) in [
+        ("(a) QEMU -netdev stream", &fa),
+        ("(b) our switch (vhost-user)", &fb),
+    ] {
+        for (size, (p50, p99, p999, lost)) in &f.rr {
+            println!("{name:<34} {size:>6} {p50:>9.1} {p99:>9.1} {p999:>9.1} {lost:>5}");
+        }
+    }
+    println!(
+        "{:<34} {:>6} (guest runtime not built yet: not measured)",
+        "(c) our runtime over our switch", "-"
+    );
+    for size in &a.sizes {
+        if let (Some(x), Some(y)) = (fa.rr.get(size), fb.rr.get(size)) {
+            println!(
+                "ratio (b)/(a), {size} bytes: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  (target p99 <= 0.70x)",
+                y.0 / x.0,
+                y.1 / x.1,
+                y.2 / x.2
+            );
+        }
+    }
+    println!(
+        "stream MB/s: (a) {:.2}  (b) {:.2}  ratio (b)/(a) {:.2}x",
+        fa.mbps,
+        fb.mbps,
+        fb.mbps / fa.mbps
+    );
+    ExitCode::SUCCESS
+}
