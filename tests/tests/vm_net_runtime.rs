@@ -63,15 +63,19 @@ stop_pvnetd() {
 "#;
 
 /// Listen on `port` into /tmp/recv in the background (PID in $NC), and
-/// return once the socket is listening (busybox `nc -l` listens on IPv6
-/// `::`, so the socket shows in `/proc/net/tcp6` when IPv6 is built in).
+/// return once the socket is listening. nc's stdin is a FIFO this shell
+/// holds open (fd 3): no EOF, which would make nc close its sending half,
+/// and nc exits when the sender finishes. busybox `nc -l` listens on `::`
+/// when IPv6 is built in, so the socket may show in `/proc/net/tcp6`.
 fn listen(port: u16) -> String {
     format!(
         r#"
-(sleep 900 | nc -l -p {port} > /tmp/recv) &
+mkfifo /tmp/in
+nc -l -p {port} < /tmp/in > /tmp/recv &
 NC=$!
+exec 3> /tmp/in
 i=0
-until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q ':{port:04X} [0]*:0000 0A'; do
+until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q ':{port:04X} [0-9A-F]*:0000 0A'; do
   i=$((i+1)); [ $i -le 300 ] && kill -0 $NC || {{ echo "pvtest: nc -l {port} not listening"; exit 1; }}
   sleep 0.2
 done
@@ -90,6 +94,7 @@ echo "pvtest: {me} sent sha256 $(sha256sum /tmp/data | cut -d' ' -f1)"
 nc {peer_ip} {peer_port} < /tmp/data
 echo "pvtest: {me} sent"
 wait $NC || true
+exec 3>&-
 echo "pvtest: {me} received $(wc -c < /tmp/recv) bytes"
 echo "pvtest: {me} recv sha256 $(sha256sum /tmp/recv | cut -d' ' -f1)"
 "#,
