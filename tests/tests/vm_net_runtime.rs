@@ -87,7 +87,12 @@ done
 fn exchange(me: &str, peer_ip: &str, peer_port: u16) -> String {
     format!(
         r#"
-ping -c 3 -w 240 {peer_ip}
+# The peer may still be booting: wait (bounded) for its first answer.
+n=0
+until ping -c 1 -W 2 {peer_ip} >/dev/null; do
+  n=$((n+1)); [ $n -le 150 ] || {{ echo "pvtest: no answer from {peer_ip}"; exit 1; }}
+done
+ping -c 3 -W 10 {peer_ip}
 echo "pvtest: ping from {me} ok"
 dd if=/dev/urandom of=/tmp/data bs=64k count={blocks} 2>/dev/null
 echo "pvtest: {me} sent sha256 $(sha256sum /tmp/data | cut -d' ' -f1)"
