@@ -219,7 +219,7 @@ fn main() -> ExitCode {
             .virtio_net_stream(&sock, false, MAC_C),
         Some(&sock),
     );
-    // (b) our switch.
+    // (b) our switch. At info level: the harness waits for its "ready:" line.
     eprintln!("pvbench-net: (b) kernel virtio-net over our switch");
     let (ps, pc) = (dir.path().join("s.sock"), dir.path().join("c.sock"));
     let b_res = PvBackend::start_with(
@@ -228,7 +228,7 @@ fn main() -> ExitCode {
             format!("socket={},name=server", ps.display()),
             format!("socket={},name=client", pc.display()),
         ],
-        &["--log-level", "warn"],
+        &["--log-level", "info"],
         &dir.path().join("backend.log"),
     )
     .map_err(|e| e.to_string())
@@ -251,7 +251,7 @@ fn main() -> ExitCode {
             format!("socket={},name=server", rs.display()),
             format!("socket={},name=client", rc.display()),
         ],
-        &["--log-level", "warn"],
+        &["--log-level", "info"],
         &dir.path().join("backend-c.log"),
     )
     .map_err(|e| e.to_string())
