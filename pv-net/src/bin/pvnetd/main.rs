@@ -25,12 +25,20 @@
 //! # Polling
 //!
 //! The device's interrupts are not used (the function has no kernel driver
-//! while we hold it). `pv_linux::poll::AdaptivePoller`: spin for
-//! `--spin-us` after the last frame either way, then `ppoll` the TAP with
-//! sleeps doubling from `--min-sleep-us` to `--max-sleep-us`: a frame from
-//! the kernel ends the sleep at once, a frame from the device waits at most
-//! the current sleep. Idle cost: one short wake-up per `--max-sleep-us`.
-//! Timer slack is set to 1 µs so the short sleeps are what they say.
+//! while we hold it). Two phases, both `ppoll`ing the TAP, so a frame from
+//! the kernel ends any sleep at once; a frame from the device waits at most
+//! the current sleep:
+//!
+//! - warm, for `--warm-ms` after the last frame either way
+//!   (`pv_linux::poll::AdaptivePoller`): spin for `--spin-us` (yielding the
+//!   CPU each turn, so the guest's own tasks woken by our last frame run
+//!   first on a one-vCPU guest), then sleeps doubling from
+//!   `--min-sleep-us` to `--warm-sleep-us`;
+//! - cold, after that: sleeps of `--max-sleep-us`.
+//!
+//! CPU budget: while traffic flows, one wake-up per `--warm-sleep-us` at
+//! most; idle, one per `--max-sleep-us`. Timer slack is set to 1 µs so the
+//! short sleeps are what they say.
 //!
 //! # Failure handling
 //!
@@ -95,15 +103,22 @@ struct Cli {
     /// Most frames moved each way per loop turn.
     #[arg(long, default_value_t = 64)]
     budget: usize,
-    /// Busy-poll this long after the last frame before sleeping.
-    #[arg(long, default_value_t = 100)]
+    /// Busy-poll (yielding) this long after the last frame before sleeping.
+    #[arg(long, default_value_t = 1000)]
     spin_us: u64,
     /// First sleep once idle.
     #[arg(long, default_value_t = 10)]
     min_sleep_us: u64,
-    /// Longest sleep once idle (bounds the added latency of the first frame
-    /// from the device after a quiet spell).
-    #[arg(long, default_value_t = 500)]
+    /// Longest sleep in the warm phase (bounds the added latency of a frame
+    /// from the device while traffic flows).
+    #[arg(long, default_value_t = 50)]
+    warm_sleep_us: u64,
+    /// Length of the warm phase after the last frame.
+    #[arg(long, default_value_t = 50)]
+    warm_ms: u64,
+    /// Sleep once cold (bounds the added latency of the first frame from the
+    /// device after a quiet spell, and the idle CPU cost).
+    #[arg(long, default_value_t = 1000)]
     max_sleep_us: u64,
     /// Most 2 MiB hugepages for DMA memory (rings and bounce buffers).
     #[arg(long, default_value_t = 8)]
@@ -215,9 +230,11 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     let poller = AdaptivePoller::new(
         Duration::from_micros(cli.spin_us),
         Duration::from_micros(cli.min_sleep_us),
-        Duration::from_micros(cli.max_sleep_us),
+        Duration::from_micros(cli.warm_sleep_us),
     );
     let mut pump = Pump::new(&mut nic, &tap, poller, cli.budget, link);
+    pump.warm = Duration::from_millis(cli.warm_ms);
+    pump.cold_sleep = Duration::from_micros(cli.max_sleep_us);
     let served = pump.run();
     let c = pump.counters;
     info!(
@@ -267,6 +284,9 @@ struct Pump<'a> {
     nic: &'a mut VirtioNet<LinuxHal, PciTransport>,
     tap: &'a Tap,
     poller: AdaptivePoller,
+    /// Warm phase length and cold-phase sleep (see the module docs).
+    warm: Duration,
+    cold_sleep: Duration,
     budget: usize,
     link: bool,
     last_link_check: Instant,
@@ -287,6 +307,8 @@ impl<'a> Pump<'a> {
             nic,
             tap,
             poller,
+            warm: Duration::from_millis(50),
+            cold_sleep: Duration::from_millis(1),
             budget: budget.max(1),
             link,
             last_link_check: Instant::now(),
@@ -300,6 +322,7 @@ impl<'a> Pump<'a> {
 
     fn run(&mut self) -> Result<(), String> {
         let fd = self.tap.raw_fd();
+        let mut last_work = Instant::now();
         while !signal::stop_requested() {
             let work = match self.turn() {
                 Ok(w) => w,
@@ -310,8 +333,14 @@ impl<'a> Pump<'a> {
             };
             if work {
                 self.poller.busy();
-            } else {
+                last_work = Instant::now();
+            } else if last_work.elapsed() < self.warm {
+                // SAFETY: sched_yield takes no arguments and only lets
+                // other runnable tasks of this guest go first.
+                unsafe { libc::sched_yield() };
                 self.poller.idle(&[fd]);
+            } else {
+                self.poller.wait(&[fd], self.cold_sleep);
             }
         }
         info!("stop requested");
