@@ -18,6 +18,7 @@ pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 pub const GUEST_BINARIES: &[(&str, &str, &str)] = &[
     ("pvio", "pv-blk", "linux"),
     ("pvblkd", "pv-blk", "linux"),
+    ("pvnetd", "pv-net", "linux"),
     ("pvrr", "pv-net", "linux"),
     ("pvballoond", "pv-balloon", "linux"),
     ("pvmemhog", "pv-balloon", "linux"),

@@ -1,0 +1,439 @@
+//! `pvnetd`: the pv-net Linux guest runtime. Claims a virtio-net PCI device
+//! from the kernel (through `pv-linux`, as `pvblkd` does for block), drives
+//! it from userspace with the pv-net core (`pv_net::virtio`), and gives the
+//! guest kernel a TAP interface with the device's MAC, MTU and link state,
+//! so the guest's own IP stack, `ping` and TCP run over it.
+//!
+//! # How it runs
+//!
+//! One thread: frames the device received are written to the TAP (one
+//! `writev` each, header and frame); frames the kernel wrote to the TAP are
+//! copied into the core's transmit slots, with one kick decision per batch
+//! (`flush_tx`, notification suppression by the device's event index).
+//!
+//! # Checksum offload
+//!
+//! Mapped, not computed, where both ends can: the TAP carries a
+//! `virtio_net_hdr` (`IFF_VNET_HDR`, 12 bytes) and offers `TUN_F_CSUM`, so
+//! the kernel sends `CHECKSUM_PARTIAL` frames as `NEEDS_CSUM` + start/offset
+//! and the core passes that to a device with `VIRTIO_NET_F_CSUM`, or
+//! completes the checksum in software when the device lacks it (QEMU's
+//! stream/socket netdevs offer no checksum offload). Received `DATA_VALID`
+//! and `NEEDS_CSUM` (with `GUEST_CSUM`) are handed to the kernel as they
+//! came. `--no-csum-offload` makes the kernel checksum everything itself.
+//!
+//! # Polling
+//!
+//! The device's interrupts are not used (the function has no kernel driver
+//! while we hold it). Two phases, both `ppoll`ing the TAP, so a frame from
+//! the kernel ends any sleep at once; a frame from the device waits at most
+//! the current sleep:
+//!
+//! - warm, for `--warm-ms` after the last frame either way
+//!   (`pv_linux::poll::AdaptivePoller`): spin for `--spin-us` (yielding the
+//!   CPU each turn, so the guest's own tasks woken by our last frame run
+//!   first on a one-vCPU guest), then sleeps doubling from
+//!   `--min-sleep-us` to `--warm-sleep-us`;
+//! - cold, after that: sleeps of `--max-sleep-us`.
+//!
+//! CPU budget: while traffic flows, one wake-up per `--warm-sleep-us` at
+//! most; idle, one per `--max-sleep-us`. Timer slack is set to 1 µs so the
+//! short sleeps are what they say.
+//!
+//! # Failure handling
+//!
+//! A frame the device wrote out of spec is dropped and counted by the core.
+//! A device the core stops trusting is reset (frames in flight are lost,
+//! as on any NIC reset) and service goes on; a reset that fails ends the
+//! daemon (exit 1) after giving the device back.
+//!
+//! # Stopping
+//!
+//! SIGTERM/SIGINT: carrier off and the TAP down, the device reset (the
+//! core's drop), the function handed back to the kernel (`drivers_probe`:
+//! `virtio-pci` then `virtio_net`, and an `ethN` reappears), exit 0.
+
+mod tap;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use log::{debug, error, info, warn};
+use pv_linux::dma::{self, LinuxHal};
+use pv_linux::pci::{self, PciAddress, PciDevice};
+use pv_linux::poll::AdaptivePoller;
+use pv_linux::signal;
+use pv_net::frontend::max_frame;
+use pv_net::virtio::{VirtioNet, VirtioNetConfig, HDR_LEN};
+use pv_net::{NetError, NetFrontend, RxRefill};
+use virtio_drivers::transport::pci::PciTransport;
+
+use tap::Tap;
+
+/// How often the device's link state is read (a config-space read).
+const LINK_CHECK: Duration = Duration::from_millis(200);
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "pv-net guest runtime: drive a virtio-net PCI device from userspace and expose it as a TAP interface"
+)]
+struct Cli {
+    /// PCI address of the virtio-net device (DDDD:BB:DD.F); default: the
+    /// first virtio-net function nobody has claimed.
+    #[arg(long)]
+    pci: Option<String>,
+    /// Name of the TAP interface to create.
+    #[arg(long, default_value = "pvnet0")]
+    ifname: String,
+    /// Leave the interface down (default: bring it up).
+    #[arg(long)]
+    no_up: bool,
+    /// Do not offer checksum offload to the kernel (it then checksums every
+    /// frame itself).
+    #[arg(long)]
+    no_csum_offload: bool,
+    /// Entries per virtqueue (the device may offer fewer).
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+    /// Refill RX buffers once this many or fewer are posted.
+    #[arg(long, default_value_t = 128)]
+    rx_low_water: u16,
+    /// Most frames moved each way per loop turn.
+    #[arg(long, default_value_t = 64)]
+    budget: usize,
+    /// Busy-poll (yielding) this long after the last frame before sleeping.
+    #[arg(long, default_value_t = 1000)]
+    spin_us: u64,
+    /// First sleep once idle.
+    #[arg(long, default_value_t = 10)]
+    min_sleep_us: u64,
+    /// Longest sleep in the warm phase (bounds the added latency of a frame
+    /// from the device while traffic flows).
+    #[arg(long, default_value_t = 50)]
+    warm_sleep_us: u64,
+    /// Length of the warm phase after the last frame.
+    #[arg(long, default_value_t = 50)]
+    warm_ms: u64,
+    /// Sleep once cold (bounds the added latency of the first frame from the
+    /// device after a quiet spell, and the idle CPU cost).
+    #[arg(long, default_value_t = 1000)]
+    max_sleep_us: u64,
+    /// Most 2 MiB hugepages for DMA memory (rings and bounce buffers).
+    #[arg(long, default_value_t = 8)]
+    hugepages: usize,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    pv_linux::logger::init("pvnetd", cli.log_level);
+    match run(&cli) {
+        Ok(()) => {
+            info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// First virtio-net function with no `driver_override` (nobody claimed it).
+fn pick_device(cli: &Cli) -> Result<PciAddress, String> {
+    if let Some(a) = &cli.pci {
+        return a.parse().map_err(|e: pv_linux::Error| e.to_string());
+    }
+    let all = pci::find(pci::VIRTIO_VENDOR, &pci::VIRTIO_NET_IDS).map_err(|e| e.to_string())?;
+    all.into_iter()
+        .find(|i| i.driver_override.is_none())
+        .map(|i| i.address)
+        .ok_or_else(|| "no unclaimed virtio-net PCI device".to_owned())
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    signal::install().map_err(|e| e.to_string())?;
+    // SAFETY: prctl(PR_SET_TIMERSLACK) takes plain integers and only
+    // changes this thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    dma::init(cli.hugepages, 1).map_err(|e| e.to_string())?;
+    let addr = pick_device(cli)?;
+    let dev = PciDevice::claim(addr).map_err(|e| format!("claim {addr}: {e}"))?;
+    info!(
+        "claimed {addr} (was bound to {})",
+        dev.previous_driver().unwrap_or("no driver")
+    );
+    let result = serve_device(cli, &dev);
+    // The core (and with it the transport, which points into the BARs) is
+    // gone by now; give the device back.
+    let released = dev.release().map_err(|e| e.to_string());
+    result.and(released)
+}
+
+fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
+    let transport = dev.virtio_transport().map_err(|e| e.to_string())?;
+    let cfg = VirtioNetConfig {
+        queue_size: cli.queue_size,
+        refill: RxRefill {
+            low_water: cli.rx_low_water,
+        },
+        ..VirtioNetConfig::default()
+    };
+    let mut nic: VirtioNet<LinuxHal, PciTransport> =
+        VirtioNet::new(transport, cfg).map_err(|e| format!("virtio-net init: {e}"))?;
+    // Nobody takes the interrupts: ask the device not to raise them.
+    nic.disable_interrupts();
+    let ni = nic.info();
+    info!(
+        "device: mac {}, mtu {}, tx csum {}, rx csum {}, link status {}, event idx {}, {} rx / {} tx slots, features {:?}",
+        fmt_mac(ni.mac),
+        ni.mtu,
+        ni.tx_csum,
+        ni.rx_csum,
+        ni.link_status,
+        ni.event_idx,
+        ni.rx_slots,
+        ni.tx_slots,
+        nic.negotiated()
+    );
+    let tap = Tap::open(&cli.ifname, !cli.no_csum_offload).map_err(|e| e.to_string())?;
+    tap.set_mac(ni.mac).map_err(|e| e.to_string())?;
+    tap.set_mtu(ni.mtu).map_err(|e| e.to_string())?;
+    let link = nic.link_up();
+    tap.set_carrier(link).map_err(|e| e.to_string())?;
+    if !cli.no_up {
+        tap.set_up(true).map_err(|e| e.to_string())?;
+    }
+    info!(
+        "TAP {} (checksum offload {}), link {}",
+        tap.name(),
+        if cli.no_csum_offload { "off" } else { "on" },
+        if link { "up" } else { "down" }
+    );
+    println!(
+        "pvnetd: {} serving {} mac {} mtu {}",
+        tap.name(),
+        dev.address(),
+        fmt_mac(ni.mac),
+        ni.mtu
+    );
+
+    let poller = AdaptivePoller::new(
+        Duration::from_micros(cli.spin_us),
+        Duration::from_micros(cli.min_sleep_us),
+        Duration::from_micros(cli.warm_sleep_us),
+    );
+    let mut pump = Pump::new(&mut nic, &tap, poller, cli.budget, link);
+    pump.warm = Duration::from_millis(cli.warm_ms);
+    pump.cold_sleep = Duration::from_micros(cli.max_sleep_us);
+    let served = pump.run();
+    let c = pump.counters;
+    info!(
+        "to TAP {} frames ({} write errors), from TAP {} frames ({} refused); core {:?}",
+        c.to_tap,
+        c.tap_write_errors,
+        c.from_tap,
+        c.tap_refused,
+        nic.stats()
+    );
+    // Carrier off and down before the device goes: the stack stops using
+    // the interface; the TAP itself goes when `tap` drops.
+    if let Err(e) = tap.set_carrier(false) {
+        warn!("{e}");
+    }
+    if let Err(e) = tap.set_up(false) {
+        warn!("{e}");
+    }
+    info!("TAP {} down; resetting the device", tap.name());
+    // Dropping the core resets the device and takes its buffers back.
+    drop(nic);
+    served
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// Data-path counters of the TAP side (the core counts the device side).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    /// Frames written to the TAP.
+    to_tap: u64,
+    /// Frames the TAP refused (logged once per 1000).
+    tap_write_errors: u64,
+    /// Frames read from the TAP and queued to the device.
+    from_tap: u64,
+    /// Frames read from the TAP and not sent (bad header, too long).
+    tap_refused: u64,
+}
+
+/// The loop moving frames between the device and the TAP.
+struct Pump<'a> {
+    nic: &'a mut VirtioNet<LinuxHal, PciTransport>,
+    tap: &'a Tap,
+    poller: AdaptivePoller,
+    /// Warm phase length and cold-phase sleep (see the module docs).
+    warm: Duration,
+    cold_sleep: Duration,
+    budget: usize,
+    link: bool,
+    last_link_check: Instant,
+    /// One frame read from the TAP (header included).
+    buf: Vec<u8>,
+    counters: Counters,
+}
+
+impl<'a> Pump<'a> {
+    fn new(
+        nic: &'a mut VirtioNet<LinuxHal, PciTransport>,
+        tap: &'a Tap,
+        poller: AdaptivePoller,
+        budget: usize,
+        link: bool,
+    ) -> Self {
+        Self {
+            nic,
+            tap,
+            poller,
+            warm: Duration::from_millis(50),
+            cold_sleep: Duration::from_millis(1),
+            budget: budget.max(1),
+            link,
+            last_link_check: Instant::now(),
+            // The largest frame the TAP can hand over with no GSO is
+            // bounded by its MTU; 64 KiB more than covers any MTU we set,
+            // so a read is never truncated.
+            buf: vec![0u8; HDR_LEN + 65536],
+            counters: Counters::default(),
+        }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let fd = self.tap.raw_fd();
+        let mut last_work = Instant::now();
+        while !signal::stop_requested() {
+            let work = match self.turn() {
+                Ok(w) => w,
+                Err(e) => {
+                    self.recover(e)?;
+                    true
+                }
+            };
+            if work {
+                self.poller.busy();
+                last_work = Instant::now();
+            } else if last_work.elapsed() < self.warm {
+                // SAFETY: sched_yield takes no arguments and only lets
+                // other runnable tasks of this guest go first.
+                unsafe { libc::sched_yield() };
+                self.poller.idle(&[fd]);
+            } else {
+                self.poller.wait(&[fd], self.cold_sleep);
+            }
+        }
+        info!("stop requested");
+        Ok(())
+    }
+
+    /// A device fault stopped the core: reset and carry on, or give up.
+    fn recover(&mut self, e: NetError) -> Result<(), String> {
+        if self.nic.fault().is_none() {
+            // Not a device fault: a bug in how we drive the core.
+            return Err(format!("virtio-net: {e}"));
+        }
+        error!("device fault: {e}; resetting the device");
+        self.nic
+            .reset()
+            .map_err(|e| format!("device reset failed: {e}"))?;
+        self.nic.disable_interrupts();
+        info!("device reset done");
+        Ok(())
+    }
+
+    /// One pass both ways; true if any frame moved.
+    fn turn(&mut self) -> Result<bool, NetError> {
+        let tap = self.tap;
+        let c = &mut self.counters;
+        let rx = self.nic.poll_rx(self.budget, &mut |f| match tap
+            .write(&tap::rx_hdr_of(f.csum), f.data)
+        {
+            Ok(()) => c.to_tap += 1,
+            Err(e) => {
+                if c.tap_write_errors.is_multiple_of(1000) {
+                    warn!("{e} (frame of {} bytes dropped)", f.data.len());
+                }
+                c.tap_write_errors += 1;
+            }
+        })?;
+        let reclaimed = self.nic.poll_tx()?;
+        let mut tx = 0;
+        let maxf = max_frame(self.nic.info().mtu);
+        while tx < self.budget && self.nic.tx_space() > 0 {
+            let n = match self.tap.read(&mut self.buf) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    // The TAP is ours and non-blocking: a read error other
+                    // than "nothing now" means the interface is gone.
+                    error!("{e}");
+                    signal::request_stop();
+                    break;
+                }
+            };
+            tx += 1;
+            let pkt = &self.buf[..n];
+            let (csum, frame) = match tap::tx_csum_of(pkt) {
+                Ok(r) => r,
+                Err(why) => {
+                    self.counters.tap_refused += 1;
+                    debug!("frame from the TAP refused: {why:?}");
+                    continue;
+                }
+            };
+            if frame.len() > maxf {
+                self.counters.tap_refused += 1;
+                debug!("frame of {} bytes from the TAP over the MTU", frame.len());
+                continue;
+            }
+            match self.nic.queue_tx(frame, csum) {
+                Ok(()) => self.counters.from_tap += 1,
+                Err(
+                    e @ (NetError::FrameTooShort { .. }
+                    | NetError::FrameTooLong { .. }
+                    | NetError::BadChecksumRequest),
+                ) => {
+                    self.counters.tap_refused += 1;
+                    debug!("frame from the TAP refused: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if tx > 0 {
+            self.nic.flush_tx()?;
+        }
+        if self.last_link_check.elapsed() >= LINK_CHECK {
+            self.last_link_check = Instant::now();
+            let link = self.nic.link_up();
+            if link != self.link {
+                self.link = link;
+                info!("link {}", if link { "up" } else { "down" });
+                if let Err(e) = self.tap.set_carrier(link) {
+                    warn!("{e}");
+                }
+            }
+        }
+        Ok(rx > 0 || reclaimed > 0 || tx > 0)
+    }
+}
