@@ -76,6 +76,36 @@ pub fn socketpair() -> Result<(UnixStream, OwnedFd)> {
     Ok((ours, theirs))
 }
 
+/// Raise (or lower) the largest request the kernel sends to
+/// `/dev/nbd{index}` to `kb` KiB, capped at the device's hardware limit
+/// (`queue/max_sectors_kb`, bounded by `max_hw_sectors_kb`). Returns the
+/// value in force. The kernel's default (128 KiB on 6.1) splits a 1 MiB
+/// read into eight NBD round trips.
+pub fn set_max_request_kb(index: u32, kb: u32) -> Result<u32> {
+    let q = PathBuf::from(format!("/sys/block/nbd{index}/queue"));
+    let read = |name: &str| -> Result<u32> {
+        let p = q.join(name);
+        let s = std::fs::read_to_string(&p).map_err(|e| Error::io("read", &p, e))?;
+        s.trim()
+            .parse()
+            .map_err(|_| Error::Nbd(format!("{}: not a number: {s:?}", p.display())))
+    };
+    let hw = read("max_hw_sectors_kb")?;
+    let want = kb.clamp(4, hw.max(4));
+    let p = q.join("max_sectors_kb");
+    std::fs::write(&p, want.to_string()).map_err(|e| Error::io("write", &p, e))?;
+    read("max_sectors_kb")
+}
+
+/// Write `value` to `/sys/block/nbd{index}/queue/{name}` (e.g.
+/// `rq_affinity`, `nomerges`) and return what reads back.
+pub fn set_queue_attr(index: u32, name: &str, value: &str) -> Result<String> {
+    let p = PathBuf::from(format!("/sys/block/nbd{index}/queue/{name}"));
+    std::fs::write(&p, value).map_err(|e| Error::io("write", &p, e))?;
+    let s = std::fs::read_to_string(&p).map_err(|e| Error::io("read", &p, e))?;
+    Ok(s.trim().to_owned())
+}
+
 /// Geometry and features of an export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExportConfig {

@@ -199,5 +199,15 @@ while [ ! -e /sys/bus/pci/devices/$bdf/driver ]; do sleep 0.2; done
             );
         }
     }
+    // pvblkd's own account (device service time, poller, request size).
+    for l in out.console.lines().filter(|l| {
+        l.contains("service time")
+            || l.contains("idle gap")
+            || l.contains("device time")
+            || l.contains("largest NBD request")
+            || l.contains("served ")
+    }) {
+        println!("{}", l.trim());
+    }
     Ok(())
 }
