@@ -24,6 +24,7 @@ const MIB: u64 = 1 << 20;
 const COMPACT_UNEVICTABLE: &str = "/proc/sys/vm/compact_unevictable_allowed";
 const PSI_MEMORY: &str = "/proc/pressure/memory";
 const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+const THP_DEFRAG: &str = "/sys/kernel/mm/transparent_hugepage/defrag";
 const THP_SIZE: &str = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size";
 /// Command register: INTx disable.
 const CMD_INTX_DISABLE: u16 = 1 << 10;
@@ -115,10 +116,16 @@ struct SysctlGuard {
 
 impl SysctlGuard {
     fn set(path: &'static str, value: &str) -> Self {
-        let old = std::fs::read_to_string(path).ok();
+        // A sysfs choice reads as "a [b] c": the old value is "b".
+        let old = std::fs::read_to_string(path).ok().map(|t| {
+            match t.split_once('[').and_then(|(_, r)| r.split_once(']')) {
+                Some((v, _)) => v.into(),
+                None => t,
+            }
+        });
         match std::fs::write(path, value) {
             Ok(()) => info!("{path} = {value} while running"),
-            Err(e) => warn!("{path}: {e} (pinned pages may be migrated by compaction)"),
+            Err(e) => warn!("{path}: {e}"),
         }
         Self { path, old }
     }
@@ -264,6 +271,11 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
         _ => 4096,
     };
     let backing = pick_backing(opts.huge_pages, page_size, &mi);
+    // A huge page only where a free one is at hand: no direct compaction
+    // in the fault (it costs time, and the pages it moves land on frames
+    // the host had not backed yet, so less host memory is released).
+    let _defrag =
+        matches!(backing, Backing::Huge(_)).then(|| SysctlGuard::set(THP_DEFRAG, "never"));
     let mut limits = Limits::new(guest, floor);
     limits.page_size = page_size as u64;
     let mut cfg = VirtioBalloonConfig::new(limits);
