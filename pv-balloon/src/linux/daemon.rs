@@ -324,6 +324,7 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             b.set_floor(b.limits().guest_frames)?;
             shutdown = Some(Instant::now());
         }
+        let looked = Instant::now();
         let mut ev = Events::default();
         let mut work = false;
         if let Err(e) = b.poll(&mut |x| ev.on(x)) {
@@ -536,7 +537,7 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             spent = Spent::default();
         }
         if work {
-            spent.since.get_or_insert_with(Instant::now);
+            spent.since.get_or_insert(looked);
             poller.busy();
         } else {
             poller.idle(&[]);
