@@ -70,7 +70,11 @@ pub fn run(opts: &Options) -> Result<(), RuntimeError> {
         "claimed {addr} (was bound to {})",
         dev.previous_driver().unwrap_or("no driver")
     );
-    let compaction = SysctlGuard::set(COMPACT_UNEVICTABLE, "0");
+    let compaction = SysctlGuard::set(
+        COMPACT_UNEVICTABLE,
+        "0",
+        "pinned pages may be migrated by compaction",
+    );
     let result = set_intx_disabled(&dev, true).and_then(|()| drive(opts, &dev));
     if let Err(e) = set_intx_disabled(&dev, false) {
         warn!("re-enabling INTx: {e}");
@@ -115,7 +119,8 @@ struct SysctlGuard {
 }
 
 impl SysctlGuard {
-    fn set(path: &'static str, value: &str) -> Self {
+    /// `unset`: what it means if the write fails (for the log).
+    fn set(path: &'static str, value: &str, unset: &str) -> Self {
         // A sysfs choice reads as "a [b] c": the old value is "b".
         let old = std::fs::read_to_string(path).ok().map(|t| {
             match t.split_once('[').and_then(|(_, r)| r.split_once(']')) {
@@ -125,7 +130,7 @@ impl SysctlGuard {
         });
         match std::fs::write(path, value) {
             Ok(()) => info!("{path} = {value} while running"),
-            Err(e) => warn!("{path}: {e}"),
+            Err(e) => warn!("{path}: {e} ({unset})"),
         }
         Self { path, old }
     }
@@ -271,11 +276,12 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
         _ => 4096,
     };
     let backing = pick_backing(opts.huge_pages, page_size, &mi);
-    // A huge page only where a free one is at hand: no direct compaction
-    // in the fault (it costs time, and the pages it moves land on frames
-    // the host had not backed yet, so less host memory is released).
-    let _defrag =
-        matches!(backing, Backing::Huge(_)).then(|| SysctlGuard::set(THP_DEFRAG, "never"));
+    // A huge page only where a free one is at hand, else 4 KiB pages: no
+    // direct reclaim or compaction stalls inside an inflate's faults (the
+    // bench did not show a difference in rate either way, see
+    // docs/BENCHMARKS.md).
+    let _defrag = matches!(backing, Backing::Huge(_))
+        .then(|| SysctlGuard::set(THP_DEFRAG, "never", "huge page faults may compact"));
     let mut limits = Limits::new(guest, floor);
     limits.page_size = page_size as u64;
     let mut cfg = VirtioBalloonConfig::new(limits);
