@@ -37,6 +37,12 @@ struct Cli {
     /// the kernel has /proc/pressure/memory (0: ignore PSI).
     #[arg(long, default_value_t = 20.0)]
     psi_full_pct: f64,
+    /// Back the balloon with transparent huge pages where the kernel has
+    /// them and there is no swap: far fewer page faults per inflate, but a
+    /// huge page may take frames the host never backed, so an inflate can
+    /// release a little less host memory (default: 4 KiB pages).
+    #[arg(long)]
+    huge_pages: bool,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: log::LevelFilter,
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
         floor_mib: cli.floor_mib,
         interval: Duration::from_millis(cli.interval_ms),
         psi_full_pct: cli.psi_full_pct,
+        huge_pages: cli.huge_pages,
     };
     match daemon::run(&opts) {
         Ok(()) => {

@@ -13,7 +13,7 @@ use pv_linux::poll::AdaptivePoller;
 use pv_linux::signal;
 use virtio_drivers::transport::pci::PciTransport;
 
-use super::pages::{self, PinnedPage};
+use super::pages::{self, Backing, PinnedPage};
 use super::procfs::{self, MemInfo, VmStat};
 use super::RuntimeError;
 use crate::{Event, Limits, MemStats, Plan, VirtioBalloon, VirtioBalloonConfig, VirtioFeatures};
@@ -23,6 +23,9 @@ pub const VIRTIO_BALLOON_IDS: [u16; 2] = [0x1002, 0x1045];
 const MIB: u64 = 1 << 20;
 const COMPACT_UNEVICTABLE: &str = "/proc/sys/vm/compact_unevictable_allowed";
 const PSI_MEMORY: &str = "/proc/pressure/memory";
+const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+const THP_DEFRAG: &str = "/sys/kernel/mm/transparent_hugepage/defrag";
+const THP_SIZE: &str = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size";
 /// Command register: INTx disable.
 const CMD_INTX_DISABLE: u16 = 1 << 10;
 /// How long the exit path waits for the device to take its pages back.
@@ -51,6 +54,9 @@ pub struct Options {
     pub interval: Duration,
     /// PSI `full avg10` percentage counted as memory pressure (0: off).
     pub psi_full_pct: f64,
+    /// Back the balloon with transparent huge pages where that is safe
+    /// (see [`pages`]).
+    pub huge_pages: bool,
 }
 
 /// Claim the device, drive it until SIGTERM/SIGINT, give it back.
@@ -64,7 +70,11 @@ pub fn run(opts: &Options) -> Result<(), RuntimeError> {
         "claimed {addr} (was bound to {})",
         dev.previous_driver().unwrap_or("no driver")
     );
-    let compaction = SysctlGuard::set(COMPACT_UNEVICTABLE, "0");
+    let compaction = SysctlGuard::set(
+        COMPACT_UNEVICTABLE,
+        "0",
+        "pinned pages may be migrated by compaction",
+    );
     let result = set_intx_disabled(&dev, true).and_then(|()| drive(opts, &dev));
     if let Err(e) = set_intx_disabled(&dev, false) {
         warn!("re-enabling INTx: {e}");
@@ -109,11 +119,18 @@ struct SysctlGuard {
 }
 
 impl SysctlGuard {
-    fn set(path: &'static str, value: &str) -> Self {
-        let old = std::fs::read_to_string(path).ok();
+    /// `unset`: what it means if the write fails (for the log).
+    fn set(path: &'static str, value: &str, unset: &str) -> Self {
+        // A sysfs choice reads as "a [b] c": the old value is "b".
+        let old = std::fs::read_to_string(path).ok().map(|t| {
+            match t.split_once('[').and_then(|(_, r)| r.split_once(']')) {
+                Some((v, _)) => v.into(),
+                None => t,
+            }
+        });
         match std::fs::write(path, value) {
             Ok(()) => info!("{path} = {value} while running"),
-            Err(e) => warn!("{path}: {e} (pinned pages may be migrated by compaction)"),
+            Err(e) => warn!("{path}: {e} ({unset})"),
         }
         Self { path, old }
     }
@@ -125,6 +142,33 @@ impl Drop for SysctlGuard {
             if let Err(e) = std::fs::write(self.path, v.trim()) {
                 warn!("restoring {}: {e}", self.path);
             }
+        }
+    }
+}
+
+/// How to back balloon pages: transparent huge pages if asked for, the
+/// kernel has them on (`always` or `madvise`), pages are 4 KiB and there is
+/// no swap (see [`pages`] for why swap matters).
+fn pick_backing(want: bool, page_size: usize, mi: &MemInfo) -> Backing {
+    if !want {
+        return Backing::Small;
+    }
+    let enabled = std::fs::read_to_string(THP_ENABLED)
+        .is_ok_and(|t| t.contains("[always]") || t.contains("[madvise]"));
+    let size = std::fs::read_to_string(THP_SIZE)
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .filter(|s| s.is_power_of_two() && *s > page_size);
+    let swap = mi.get("SwapTotal").unwrap_or(0);
+    match size {
+        Some(s) if enabled && swap == 0 && page_size == 4096 => Backing::Huge(s),
+        _ => {
+            info!(
+                "not using huge pages (THP {}, SwapTotal {} MiB, page size {page_size})",
+                if enabled { "on" } else { "off" },
+                swap / MIB
+            );
+            Backing::Small
         }
     }
 }
@@ -175,6 +219,8 @@ struct Spent {
     device: Duration,
     /// Unmapping released pages.
     release: Duration,
+    /// When the move started (the first work since the last report).
+    since: Option<Instant>,
 }
 
 /// `MemAvailable`, re-read at most every [`MEMINFO_MAX_AGE`], less what was
@@ -229,6 +275,13 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
         p if p >= 4096 => p as usize,
         _ => 4096,
     };
+    let backing = pick_backing(opts.huge_pages, page_size, &mi);
+    // A huge page only where a free one is at hand, else 4 KiB pages: no
+    // direct reclaim or compaction stalls inside an inflate's faults (the
+    // bench did not show a difference in rate either way, see
+    // docs/BENCHMARKS.md).
+    let _defrag = matches!(backing, Backing::Huge(_))
+        .then(|| SysctlGuard::set(THP_DEFRAG, "never", "huge page faults may compact"));
     let mut limits = Limits::new(guest, floor);
     limits.page_size = page_size as u64;
     let mut cfg = VirtioBalloonConfig::new(limits);
@@ -238,11 +291,12 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
         VirtioBalloon::new(transport, cfg)?;
     let can_oom = b.negotiated().contains(VirtioFeatures::DEFLATE_ON_OOM);
     info!(
-        "guest RAM {} MiB, MemTotal {} MiB, floor {} MiB (+{} MiB margin), features {:?}",
+        "guest RAM {} MiB, MemTotal {} MiB, floor {} MiB (+{} MiB margin), {:?}, features {:?}",
         guest / MIB,
         total / MIB,
         floor / MIB,
         margin / MIB,
+        backing,
         b.negotiated()
     );
     println!("pvballoond: driving {}", dev.address());
@@ -276,6 +330,7 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             b.set_floor(b.limits().guest_frames)?;
             shutdown = Some(Instant::now());
         }
+        let looked = Instant::now();
         let mut ev = Events::default();
         let mut work = false;
         if let Err(e) = b.poll(&mut |x| ev.on(x)) {
@@ -397,7 +452,7 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
                             .min(room);
                         if more > 0 {
                             let t = Instant::now();
-                            match pages::pin(more, page_size) {
+                            match pages::pin(more, page_size, backing) {
                                 Ok(v) => {
                                     avail.took((v.len() * page_size) as u64);
                                     stash.extend(v);
@@ -475,10 +530,11 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
         {
             info!(
                 "balloon {} MiB (target {} MiB, host asked {} MiB); since the last report: \
-                 pinning {} ms, device {} ms, releasing {} ms",
+                 {} ms in all: pinning {} ms, device {} ms, releasing {} ms",
                 frame_bytes(st.held) / MIB,
                 frame_bytes(st.target) / MIB,
                 frame_bytes(st.requested) / MIB,
+                spent.since.map_or(0, |t| t.elapsed().as_millis()),
                 spent.pin.as_millis(),
                 spent.device.as_millis(),
                 spent.release.as_millis()
@@ -487,6 +543,7 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
             spent = Spent::default();
         }
         if work {
+            spent.since.get_or_insert(looked);
             poller.busy();
         } else {
             poller.idle(&[]);

@@ -5,7 +5,9 @@
 //!
 //! # What it does
 //!
-//! - **Inflate**: allocates anonymous memory, `MADV_NOHUGEPAGE`, `mlock`,
+//! - **Inflate**: allocates anonymous memory (`MADV_NOHUGEPAGE`, or with
+//!   `--huge-pages` transparent huge pages where that is safe, see
+//!   [`pages`]), `mlock`,
 //!   reads the page frames from `/proc/self/pagemap` and hands them to the
 //!   core (`pages`); the memory is never touched again while the balloon
 //!   holds it. `vm.compact_unevictable_allowed` is 0 while the daemon runs

@@ -1,15 +1,36 @@
 //! Balloon pages from a Linux process: anonymous memory pinned so its
 //! page frames hold still while the device has them.
 //!
-//! [`pin`] maps private anonymous memory, marks it `MADV_NOHUGEPAGE` (no
-//! transparent huge page is built over it or split under it), `mlock`s it
-//! (which faults every page in and keeps it out of swap and reclaim) and
-//! reads each page's frame from `/proc/self/pagemap` in one read. The
-//! process never reads or writes the memory afterwards. Compaction still
-//! migrates mlocked pages unless `vm.compact_unevictable_allowed` is 0,
-//! which the daemon sets while it runs. [`release`] gives pages back to the
-//! kernel with `munmap` (which also unlocks them), coalescing adjacent
-//! pages into one call.
+//! [`pin`] maps private anonymous memory, `mlock`s it (which faults every
+//! page in and keeps it out of swap and reclaim) and reads each page's
+//! frame from `/proc/self/pagemap` in one read. The process never reads or
+//! writes the memory afterwards. Compaction still migrates mlocked pages
+//! unless `vm.compact_unevictable_allowed` is 0, which the daemon sets
+//! while it runs. [`release`] gives pages back to the kernel with `munmap`
+//! (which also unlocks them), coalescing adjacent pages into one call.
+//!
+//! # Huge pages ([`Backing::Huge`])
+//!
+//! Faulting 4 KiB pages in one at a time is most of an inflate's cost. With
+//! [`Backing::Huge`] the mapping is aligned to the PMD size and marked
+//! `MADV_HUGEPAGE` before the `mlock`, so one fault fills a transparent huge
+//! page (512 frames on x86-64), then `MADV_NOHUGEPAGE` so that khugepaged
+//! never collapses (copies) any part of it that fell back to small pages.
+//! Why the frames still hold still (Linux 6.1):
+//!
+//! - compaction skips compound pages outright (`isolate_migratepages_block`
+//!   outside `alloc_contig_range`), and mlocked small pages while
+//!   `compact_unevictable_allowed` is 0;
+//! - khugepaged does not scan a `VM_NOHUGEPAGE` area;
+//! - splitting a huge page (a partial `munmap` when part of it is deflated,
+//!   the deferred-split shrinker) keeps every physical address;
+//! - NUMA balancing and `migrate_pages` can move it, as they can a small
+//!   mlocked page (the test guests have one node);
+//! - one difference: once part of a huge page is unmapped, the rest is
+//!   PTE-mapped, and Linux 6.1 does not count a PTE-mapped large folio as
+//!   mlocked, so it is evictable until the shrinker splits it. Without
+//!   swap, anonymous memory is never reclaimed, so the daemon only uses
+//!   huge pages when `SwapTotal` is 0 (see `daemon`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -40,23 +61,43 @@ impl GuestPage for PinnedPage {
     }
 }
 
+/// How [`pin`] backs the balloon's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// `MADV_NOHUGEPAGE`: one fault per page.
+    Small,
+    /// Transparent huge pages of this many bytes (the PMD size), then
+    /// `MADV_NOHUGEPAGE` (see the module docs).
+    Huge(usize),
+}
+
 /// Map, pin and look up `n` pages of `page_size` bytes. All or nothing:
 /// on error every page mapped here is unmapped again.
-pub fn pin(n: usize, page_size: usize) -> Result<Vec<PinnedPage>, RuntimeError> {
+pub fn pin(n: usize, page_size: usize, backing: Backing) -> Result<Vec<PinnedPage>, RuntimeError> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let len = n.checked_mul(page_size).ok_or(RuntimeError::Sys(
-        "mmap size overflows",
-        std::io::Error::from_raw_os_error(libc::EINVAL),
-    ))?;
+    let overflow = || {
+        RuntimeError::Sys(
+            "mmap size overflows",
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    };
+    let len = n.checked_mul(page_size).ok_or_else(overflow)?;
+    let align = match backing {
+        Backing::Huge(h) if h.is_power_of_two() && h > page_size && len >= h => h,
+        _ => page_size,
+    };
+    // Map `align - page_size` more than needed, to cut an aligned `len` out.
+    let slack = align - page_size;
+    let map_len = len.checked_add(slack).ok_or_else(overflow)?;
     // SAFETY: a fresh private anonymous mapping at an address of the
     // kernel's choosing: it aliases no Rust object, and only `release` (or
     // the error path below) unmaps it.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            len,
+            map_len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
@@ -66,21 +107,50 @@ pub fn pin(n: usize, page_size: usize) -> Result<Vec<PinnedPage>, RuntimeError> 
     if p == libc::MAP_FAILED {
         return Err(RuntimeError::last_os("mmap balloon pages"));
     }
-    let base = p as usize;
+    let start = p as usize;
+    let base = start.next_multiple_of(align);
+    let head = base - start;
+    let tail = slack - head;
+    for (at, n) in [(start, head), (base + len, tail)] {
+        if n > 0 {
+            // SAFETY: the unaligned head or tail of the mapping made above,
+            // never touched; nothing refers to it.
+            unsafe { libc::munmap(at as *mut libc::c_void, n) };
+        }
+    }
+    let p = base as *mut libc::c_void;
     let fail = |e: RuntimeError| {
         // SAFETY: `base..base+len` is the mapping made above; nothing
         // refers to it yet.
         unsafe { libc::munmap(base as *mut libc::c_void, len) };
         Err(e)
     };
-    // SAFETY: advice and locking on our own fresh mapping; neither changes
-    // memory any Rust object refers to.
-    if unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) } != 0 {
-        return fail(RuntimeError::last_os("madvise(MADV_NOHUGEPAGE)"));
+    let advise = |advice: libc::c_int, what: &'static str| {
+        // SAFETY: advice on our own fresh mapping; it changes no memory any
+        // Rust object refers to.
+        if unsafe { libc::madvise(p, len, advice) } != 0 {
+            return Err(RuntimeError::last_os(what));
+        }
+        Ok(())
+    };
+    let huge = align > page_size;
+    let first = if huge {
+        advise(libc::MADV_HUGEPAGE, "madvise(MADV_HUGEPAGE)")
+    } else {
+        advise(libc::MADV_NOHUGEPAGE, "madvise(MADV_NOHUGEPAGE)")
+    };
+    if let Err(e) = first {
+        return fail(e);
     }
     // SAFETY: as above; `mlock` faults the pages in (zeroed) and pins them.
     if unsafe { libc::mlock(p, len) } != 0 {
         return fail(RuntimeError::last_os("mlock balloon pages"));
+    }
+    if huge {
+        // From now on no huge page is built over it (khugepaged copies).
+        if let Err(e) = advise(libc::MADV_NOHUGEPAGE, "madvise(MADV_NOHUGEPAGE)") {
+            return fail(e);
+        }
     }
     match lookup(base, n, page_size) {
         Ok(paddrs) => Ok(paddrs
@@ -175,5 +245,31 @@ mod tests {
         assert_eq!(pagemap_frame(&raw, 1), None);
         assert_eq!(pagemap_frame(&raw, 2), None);
         assert_eq!(pagemap_frame(&raw, 3), None);
+    }
+
+    /// Pins 8 MiB both ways and checks every page got a distinct, aligned
+    /// frame (needs root for pagemap frames: skipped otherwise).
+    #[test]
+    fn pin_small_and_huge() {
+        for backing in [Backing::Small, Backing::Huge(2 << 20)] {
+            let v = match pin(2048, 4096, backing) {
+                Ok(v) => v,
+                Err(RuntimeError::NoFrame { .. }) => {
+                    std::eprintln!("skipped: no pagemap frames (not root)");
+                    return;
+                }
+                Err(e) => panic!("{backing:?}: {e}"),
+            };
+            assert_eq!(v.len(), 2048);
+            if let Backing::Huge(h) = backing {
+                assert_eq!(v[0].vaddr() % h, 0, "huge mapping is PMD-aligned");
+            }
+            let mut frames: Vec<u64> = v.iter().map(|p| p.phys_addr()).collect();
+            assert!(frames.iter().all(|f| f % 4096 == 0 && *f != 0));
+            frames.sort_unstable();
+            frames.dedup();
+            assert_eq!(frames.len(), 2048);
+            release(v, 4096);
+        }
     }
 }

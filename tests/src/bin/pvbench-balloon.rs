@@ -22,6 +22,8 @@
 //! the kernel driver and in `Mlocked` for our runtime (its balloon is
 //! pinned process memory). The ratio column is ours against the kernel
 //! driver (inflate and deflate rates; released memory is shown as is).
+//! `pvballoond` runs twice: with its default 4 KiB pages and with
+//! `--huge-pages` (transparent huge pages).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -45,8 +47,8 @@ struct Args {
 enum Driver {
     /// The Linux kernel's virtio_balloon.
     Kernel,
-    /// pv-balloon's `pvballoond`.
-    Runtime,
+    /// pv-balloon's `pvballoond`; `true`: with `--huge-pages`.
+    Runtime(bool),
 }
 
 fn usage() -> &'static str {
@@ -158,12 +160,17 @@ fn run_driver(args: &Args, driver: Driver) -> Result<Vec<Round>, String> {
             String::new(),
             "",
         ),
-        Driver::Runtime => (
-            "pvbench-balloon-pvballoond",
+        Driver::Runtime(huge) => (
+            if huge {
+                "pvbench-balloon-pvballoond-huge"
+            } else {
+                "pvbench-balloon-pvballoond"
+            },
             "bal() { mi Mlocked; }",
             format!(
-                "pvballoond --interval-ms {} --log-level warn &\npid=$!\n",
-                args.interval_ms
+                "pvballoond --interval-ms {}{} --log-level warn &\npid=$!\n",
+                args.interval_ms,
+                if huge { " --huge-pages" } else { "" }
             ),
             "kill -TERM $pid; wait $pid\n",
         ),
@@ -197,11 +204,11 @@ fn run_driver(args: &Args, driver: Driver) -> Result<Vec<Round>, String> {
         .qmp()
         .script(&script)
         .timeout(Duration::from_secs(600 + 300 * u64::from(args.rounds)));
-    if driver == Driver::Runtime {
+    if driver != Driver::Kernel {
         builder = builder.binary("pvballoond");
     }
     let mut guest = builder.start().map_err(|e| e.to_string())?;
-    if driver == Driver::Runtime {
+    if driver != Driver::Kernel {
         guest
             .wait_for_console("pvballoond: driving", Duration::from_secs(600))
             .map_err(|e| e.to_string())?;
@@ -275,9 +282,12 @@ fn bench(args: &Args) -> Result<(), String> {
     eprintln!("kernel virtio_balloon:");
     let kernel = run_driver(args, Driver::Kernel)?;
     eprintln!("pvballoond:");
-    let ours = run_driver(args, Driver::Runtime)?;
+    let ours = run_driver(args, Driver::Runtime(false))?;
+    eprintln!("pvballoond --huge-pages:");
+    let huge = run_driver(args, Driver::Runtime(true))?;
     let (ki, kd, kr) = medians(args, &kernel);
     let (oi, od, or) = medians(args, &ours);
+    let (hi, hd, hr) = medians(args, &huge);
     println!(
         "pvbench-balloon: {} MiB, guest {} MiB (touched {} MiB first), {} round(s), medians; TCG",
         args.mib, args.ram_mib, args.fill_mib, args.rounds
@@ -297,6 +307,14 @@ fn bench(args: &Args) -> Result<(), String> {
         od,
         or,
         format!("{:.2}x / {:.2}x", oi / ki, od / kd)
+    );
+    println!(
+        "{:<32} {:>14.1} {:>14.1} {:>14.0} {:>20}",
+        "pvballoond --huge-pages",
+        hi,
+        hd,
+        hr,
+        format!("{:.2}x / {:.2}x", hi / ki, hd / kd)
     );
     Ok(())
 }
