@@ -105,14 +105,17 @@ ensure_fuzz() {
 # A short run of every cargo-fuzz target in the tree (each crate's fuzz/
 # directory); campaigns are run by hand, see each fuzz/README.md.
 fuzz_smoke() {
-  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t logf out
+  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t logf out root
+  root=$(pwd)
   mkdir -p target/fuzz-logs
   for dir in */fuzz; do
     [ -f "$dir/Cargo.toml" ] || continue
     for t in $(cd "$dir" && cargo +nightly fuzz list); do
       logf="target/fuzz-logs/${dir%%/*}-$t.log"
       log "fuzz ${dir%%/*}/$t for ${secs}s (log: $logf)"
-      if ! (cd "$dir" && cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -max_len=4096) >"$logf" 2>&1; then
+      # One target directory for every fuzz crate: libFuzzer and the shared
+      # dependencies are built once, not once per crate.
+      if ! (cd "$dir" && cargo +nightly fuzz run "$t" --target-dir "$root/target/fuzz" -- -max_total_time="$secs" -max_len=4096) >"$logf" 2>&1; then
         tail -n 60 "$logf" >&2
         die "fuzz target ${dir%%/*}/$t failed (full log: $logf)"
       fi
