@@ -267,3 +267,59 @@ fn rate_limited_port_drops_and_counts_the_excess() {
     };
     assert_eq!(got.frame, back);
 }
+
+#[test]
+fn burst_api_moves_many_frames_in_order() {
+    let Setup {
+        backend,
+        mut a,
+        mut b,
+        _dir,
+    } = setup();
+    // Learn B's MAC first, so A's frames are unicast.
+    b.send(&frame(BCAST, MAC_B, b"hi")).expect("send");
+    a.recv(WAIT).expect("recv").expect("a got b's hello");
+    const N: u32 = 1000;
+    let (mut next, mut got) = (0u32, 0u32);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while got < N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sent {next} got {got}"
+        );
+        // Bursts of up to 16, one kick each; the closure stops at N.
+        let before = next;
+        let queued = a
+            .send_burst(16, |ram, slot| {
+                if next >= N {
+                    return Ok(None);
+                }
+                let f = frame(MAC_B, MAC_A, &next.to_le_bytes());
+                ram.write(slot, &[0u8; 12])?;
+                ram.write(slot + 12, &f)?;
+                next += 1;
+                Ok(Some(12 + f.len() as u32))
+            })
+            .expect("send burst");
+        assert_eq!(queued as u32, next - before);
+        let n = b
+            .recv_burst(usize::MAX, |ram, slot, len| {
+                assert_eq!(len, 12 + 18);
+                let f = ram.read(slot + 12, 18)?;
+                assert_eq!(f, frame(MAC_B, MAC_A, &got.to_le_bytes()));
+                got += 1;
+                Ok(())
+            })
+            .expect("recv burst");
+        if n == 0 && queued == 0 {
+            b.wait_rx_call(Duration::from_millis(10)).expect("wait");
+        }
+    }
+    a.wait_tx_done(WAIT).expect("tx done");
+    let m = backend.fetch_metrics().expect("metrics");
+    assert_eq!(
+        PvBackend::metric(&m, r#"pvbackend_net_tx_packets_total{port="b"}"#),
+        Some(f64::from(N)),
+        "{m}"
+    );
+}

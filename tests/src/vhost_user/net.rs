@@ -42,6 +42,9 @@ pub enum NetDriverError {
     /// The device reported a used length larger than the buffer.
     #[error("device wrote {len} bytes into a {max}-byte RX slot")]
     UsedTooLong { len: u32, max: u64 },
+    /// Waiting on a call eventfd failed.
+    #[error("wait for call: {0}")]
+    Wait(#[source] std::io::Error),
     #[error("frame of {0} bytes does not fit a TX slot")]
     TooBig(usize),
     #[error("timed out after {0:?}")]
@@ -94,6 +97,17 @@ impl NativeNetDriver {
     /// Connects with two queues of `queue_size` entries and fills the RX
     /// queue with buffers.
     pub fn connect(socket: &Path, queue_size: u16) -> Result<Self, NetDriverError> {
+        Self::connect_with(socket, queue_size, true)
+    }
+
+    /// Like [`NativeNetDriver::connect`]; `read_config` false skips
+    /// `GET_CONFIG` (for backends without the CONFIG protocol feature, such
+    /// as DPDK's vhost library: [`NetConfig`] then has zero MAC and MTU).
+    pub fn connect_with(
+        socket: &Path,
+        queue_size: u16,
+        read_config: bool,
+    ) -> Result<Self, NetDriverError> {
         let bit = |b: u32| 1u64 << b;
         let slots = u64::from(queue_size);
         let mut dev = VhostUserDevice::connect(
@@ -105,7 +119,7 @@ impl NativeNetDriver {
                     | bit(VIRTIO_NET_F_MAC)
                     | bit(VIRTIO_NET_F_STATUS),
                 required_features: bit(VIRTIO_F_VERSION_1),
-                config_len: 12,
+                config_len: if read_config { 12 } else { 0 },
                 buffer_bytes: 2 * slots * SLOT + SCRATCH,
             },
         )?;
@@ -292,6 +306,90 @@ impl NativeNetDriver {
                 .rx
                 .wait_call((deadline - now).min(Duration::from_millis(10)));
         }
+    }
+
+    /// Sends up to `max` frames in one burst: every free TX slot (after
+    /// reaping used ones) is handed to `fill`, which writes header and
+    /// frame at the slot's guest address and returns their length (at most
+    /// [`SLOT`]) or `None` to stop. One publish and at most one kick for the
+    /// whole burst. Returns how many frames were queued (0 when the ring is
+    /// full).
+    pub fn send_burst<F>(&mut self, max: usize, mut fill: F) -> Result<usize, NetDriverError>
+    where
+        F: FnMut(&GuestRam, u64) -> Result<Option<u32>, NetDriverError>,
+    {
+        self.reap_tx()?;
+        let mut n = 0;
+        while n < max {
+            let Some(slot) = self.free_tx.pop() else {
+                break;
+            };
+            let len = match fill(&self.ram, slot) {
+                Ok(Some(len)) if u64::from(len) <= SLOT => len,
+                Ok(Some(len)) => {
+                    self.free_tx.push(slot);
+                    return Err(NetDriverError::TooBig(len as usize));
+                }
+                Ok(None) => {
+                    self.free_tx.push(slot);
+                    break;
+                }
+                Err(e) => {
+                    self.free_tx.push(slot);
+                    return Err(e);
+                }
+            };
+            self.tx
+                .vq
+                .add(&self.ram, &[ChainDesc::readable(slot, len)], 0, slot)?;
+            n += 1;
+        }
+        self.kick_tx()?;
+        Ok(n)
+    }
+
+    /// Takes up to `max` received frames in one burst without waiting:
+    /// `each` sees guest RAM, the slot address (header first) and the used
+    /// length, validated against the slot; then every slot is posted again
+    /// with one publish and at most one kick. Returns how many were taken.
+    pub fn recv_burst<F>(&mut self, max: usize, mut each: F) -> Result<usize, NetDriverError>
+    where
+        F: FnMut(&GuestRam, u64, u32) -> Result<(), NetDriverError>,
+    {
+        let mut n = 0;
+        while n < max {
+            let Some(u) = self.rx.vq.pop_used(&self.ram)? else {
+                break;
+            };
+            let slot = u.cookie;
+            // Re-post first so a bad length does not leak the slot.
+            self.post_rx(slot)?;
+            n += 1;
+            if u64::from(u.len) > SLOT {
+                self.kick_rx()?;
+                return Err(NetDriverError::UsedTooLong {
+                    len: u.len,
+                    max: SLOT,
+                });
+            }
+            each(&self.ram, slot, u.len)?;
+        }
+        if n > 0 {
+            self.kick_rx()?;
+        }
+        Ok(n)
+    }
+
+    /// Waits up to `timeout` for the device to signal the RX queue's call
+    /// eventfd; false on timeout.
+    pub fn wait_rx_call(&self, timeout: Duration) -> Result<bool, NetDriverError> {
+        self.rx.wait_call(timeout).map_err(NetDriverError::Wait)
+    }
+
+    /// Waits up to `timeout` for the device to signal the TX queue's call
+    /// eventfd; false on timeout.
+    pub fn wait_tx_call(&self, timeout: Duration) -> Result<bool, NetDriverError> {
+        self.tx.wait_call(timeout).map_err(NetDriverError::Wait)
     }
 
     /// Queue size of both queues.
