@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use pvtest::peers::PvBackend;
 use pvtest::vhost_user::net::NET_HDR_LEN;
-use pvtest::vhost_user::{GuestRam, NativeNetDriver, NetDriverError};
+use pvtest::vhost_user::{GuestRam, NativeNetDriver, NetDriverError, NetOptions};
 
 const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0x30, 1];
 const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0, 0x30, 2];
@@ -48,6 +48,7 @@ struct Args {
     sizes: Vec<usize>,
     queue_size: u16,
     peers: Vec<PeerKind>,
+    event_idx: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,7 @@ fn parse_args() -> Result<Args> {
         sizes: vec![64, 1500],
         queue_size: 256,
         peers: vec![PeerKind::Switch, PeerKind::Testpmd],
+        event_idx: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -83,6 +85,7 @@ fn parse_args() -> Result<Args> {
                     .map(|s| s.parse().context("--sizes"))
                     .collect::<Result<_>>()?
             }
+            "--no-event-idx" => a.event_idx = false,
             "--queue-size" => a.queue_size = v()?.parse().context("--queue-size")?,
             "--only" => {
                 a.peers = match v()?.as_str() {
@@ -94,7 +97,7 @@ fn parse_args() -> Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "pvbench-switch [--secs 5] [--sizes 64,1500] [--queue-size 256] \
-                     [--only switch|testpmd]"
+                     [--only switch|testpmd] [--no-event-idx]"
                 );
                 std::process::exit(0);
             }
@@ -394,10 +397,20 @@ fn drive(
     let pid = peer.pid().ok_or_else(|| anyhow!("peer has no pid"))?;
     // testpmd's vhost library offers no CONFIG protocol feature.
     let read_config = kind == PeerKind::Switch;
-    let mut a = NativeNetDriver::connect_with(sa, args.queue_size, read_config)
-        .context("connect port 0")?;
-    let mut b = NativeNetDriver::connect_with(sb, args.queue_size, read_config)
-        .context("connect port 1")?;
+    let opts = NetOptions {
+        queue_size: args.queue_size,
+        read_config,
+        event_idx: args.event_idx,
+    };
+    let mut a = NativeNetDriver::connect_with(sa, &opts).context("connect port 0")?;
+    let mut b = NativeNetDriver::connect_with(sb, &opts).context("connect port 1")?;
+    let ei = |d: &NativeNetDriver| d.config().features & (1 << 29) != 0;
+    if ei(&a) != args.event_idx || ei(&b) != args.event_idx {
+        bail!(
+            "EVENT_IDX asked {} but not agreed on both ports",
+            args.event_idx
+        );
+    }
 
     // Warm up: B announces itself (the switch learns MAC_B), A sends one
     // frame to B; both must arrive before the clock starts.
@@ -485,9 +498,11 @@ fn main() -> ExitCode {
 fn real_main() -> Result<()> {
     let args = parse_args()?;
     println!(
-        "pvbench-switch: {} s per run, queue size {}, bursts of {BURST}, load average at start {}",
+        "pvbench-switch: {} s per run, queue size {}, bursts of {BURST}, EVENT_IDX {}, \
+         load average at start {}",
         args.secs,
         args.queue_size,
+        args.event_idx,
         loadavg()
     );
     let mut results = Vec::new();

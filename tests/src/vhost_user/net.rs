@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::frontend::{
     FrontendError, FrontendOptions, QueueHandle, VhostUserDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 use super::ram::{GuestRam, RamError};
 use super::split::{ChainDesc, QueueError};
@@ -71,6 +72,21 @@ pub struct Received {
     pub frame: Vec<u8>,
 }
 
+/// How [`NativeNetDriver::connect_with`] connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetOptions {
+    /// Entries per queue (a power of two).
+    pub queue_size: u16,
+    /// Read the config space (`GET_CONFIG`); false for backends without the
+    /// CONFIG protocol feature, such as DPDK's vhost library ([`NetConfig`]
+    /// then has zero MAC and MTU).
+    pub read_config: bool,
+    /// Negotiate `VIRTIO_RING_F_EVENT_IDX` when offered (as Linux does):
+    /// the device then signals only when the driver is about to wait, and
+    /// kicks follow its `avail_event`.
+    pub event_idx: bool,
+}
+
 /// A virtio-net driver on one vhost-user-net port.
 pub struct NativeNetDriver {
     dev: VhostUserDevice,
@@ -97,17 +113,23 @@ impl NativeNetDriver {
     /// Connects with two queues of `queue_size` entries and fills the RX
     /// queue with buffers.
     pub fn connect(socket: &Path, queue_size: u16) -> Result<Self, NetDriverError> {
-        Self::connect_with(socket, queue_size, true)
+        Self::connect_with(
+            socket,
+            &NetOptions {
+                queue_size,
+                read_config: true,
+                event_idx: false,
+            },
+        )
     }
 
-    /// Like [`NativeNetDriver::connect`]; `read_config` false skips
-    /// `GET_CONFIG` (for backends without the CONFIG protocol feature, such
-    /// as DPDK's vhost library: [`NetConfig`] then has zero MAC and MTU).
-    pub fn connect_with(
-        socket: &Path,
-        queue_size: u16,
-        read_config: bool,
-    ) -> Result<Self, NetDriverError> {
+    /// Like [`NativeNetDriver::connect`], with [`NetOptions`].
+    pub fn connect_with(socket: &Path, opts: &NetOptions) -> Result<Self, NetDriverError> {
+        let NetOptions {
+            queue_size,
+            read_config,
+            event_idx,
+        } = *opts;
         let bit = |b: u32| 1u64 << b;
         let slots = u64::from(queue_size);
         let mut dev = VhostUserDevice::connect(
@@ -117,7 +139,12 @@ impl NativeNetDriver {
                 queue_size,
                 wanted_features: bit(VIRTIO_NET_F_MTU)
                     | bit(VIRTIO_NET_F_MAC)
-                    | bit(VIRTIO_NET_F_STATUS),
+                    | bit(VIRTIO_NET_F_STATUS)
+                    | if event_idx {
+                        bit(VIRTIO_RING_F_EVENT_IDX)
+                    } else {
+                        0
+                    },
                 required_features: bit(VIRTIO_F_VERSION_1),
                 config_len: if read_config { 12 } else { 0 },
                 buffer_bytes: 2 * slots * SLOT + SCRATCH,
@@ -223,7 +250,7 @@ impl NativeNetDriver {
             if Instant::now() >= deadline {
                 return Err(NetDriverError::Timeout(Duration::from_secs(30)));
             }
-            let _ = self.tx.wait_call(Duration::from_millis(10));
+            let _ = self.wait_tx_call(Duration::from_millis(10));
             self.reap_tx()?;
         };
         self.ram.write(slot, header)?;
@@ -266,7 +293,7 @@ impl NativeNetDriver {
             if Instant::now() >= deadline {
                 return Err(NetDriverError::Timeout(timeout));
             }
-            let _ = self.tx.wait_call(Duration::from_millis(10));
+            let _ = self.wait_tx_call(Duration::from_millis(10));
         }
     }
 
@@ -302,9 +329,7 @@ impl NativeNetDriver {
             if now >= deadline {
                 return Ok(None);
             }
-            let _ = self
-                .rx
-                .wait_call((deadline - now).min(Duration::from_millis(10)));
+            let _ = self.wait_rx_call((deadline - now).min(Duration::from_millis(10)));
         }
     }
 
@@ -382,13 +407,22 @@ impl NativeNetDriver {
 
     /// Waits up to `timeout` for the device to signal the RX queue's call
     /// eventfd; false on timeout.
-    pub fn wait_rx_call(&self, timeout: Duration) -> Result<bool, NetDriverError> {
+    /// With EVENT_IDX, asks for the signal first (and returns true at once
+    /// when entries are already there).
+    pub fn wait_rx_call(&mut self, timeout: Duration) -> Result<bool, NetDriverError> {
+        if self.rx.vq.enable_interrupts(&self.ram)? {
+            return Ok(true);
+        }
         self.rx.wait_call(timeout).map_err(NetDriverError::Wait)
     }
 
     /// Waits up to `timeout` for the device to signal the TX queue's call
     /// eventfd; false on timeout.
-    pub fn wait_tx_call(&self, timeout: Duration) -> Result<bool, NetDriverError> {
+    /// Arms the signal first, like [`NativeNetDriver::wait_rx_call`].
+    pub fn wait_tx_call(&mut self, timeout: Duration) -> Result<bool, NetDriverError> {
+        if self.tx.vq.enable_interrupts(&self.ram)? {
+            return Ok(true);
+        }
         self.tx.wait_call(timeout).map_err(NetDriverError::Wait)
     }
 
