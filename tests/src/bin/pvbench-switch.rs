@@ -20,7 +20,7 @@
 //! cargo run --release -p pvdrivers-tests --bin pvbench-switch -- --secs 5
 //! ```
 //!
-//! testpmd runs without hugepages: `dpdk-testpmd -l 0,1 --no-huge -m 1024
+//! testpmd runs without hugepages: `dpdk-testpmd --lcores 0@(0,1),1@(0,1) --no-huge -m 1024
 //! --no-pci --no-shconf --file-prefix P --vdev net_vhost0,iface=A --vdev
 //! net_vhost1,iface=B -- --forward-mode=io --auto-start --nb-cores=1
 //! --total-num-mbufs=16384` (Debian's `dpdk-dev` package).
@@ -252,8 +252,11 @@ fn start_peer(kind: PeerKind, dir: &Path, sa: &Path, sb: &Path) -> Result<Peer> 
 
 fn testpmd_args(sa: &Path, sb: &Path) -> Vec<String> {
     [
-        "-l",
-        "0,1",
+        // Two lcores (main, forwarding), each free to run on either CPU:
+        // on a shared machine a pinned poller starves when its CPU is busy,
+        // while the switch's threads migrate.
+        "--lcores",
+        "0@(0,1),1@(0,1)",
         "--no-huge",
         "-m",
         "1024",
