@@ -21,6 +21,7 @@ PKGS_REST=(
   xen-utils-4.17 xenstore-utils libxen-dev  # real xenstored, C client, Xen public headers
   rustc-web cargo-web rust-web-src          # build-std for the no_std portability check
   gcc libc6-dev             # C conformance peers and static guest binaries
+  dpdk-dev                  # dpdk-testpmd, the peer of pvbench-switch
 )
 KERNEL_META=linux-image-cloud-amd64
 

@@ -29,6 +29,6 @@ pub use blk::{
     NativeBlkDriver, Token,
 };
 pub use frontend::{FrontendError, VhostUserDevice};
-pub use net::{NativeNetDriver, NetConfig, NetDriverError, Received};
+pub use net::{NativeNetDriver, NetConfig, NetDriverError, NetOptions, Received};
 pub use ram::GuestRam;
 pub use split::{ChainDesc, Descriptor, Next};

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::frontend::{
     FrontendError, FrontendOptions, QueueHandle, VhostUserDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 use super::ram::{GuestRam, RamError};
 use super::split::{ChainDesc, QueueError};
@@ -42,6 +43,9 @@ pub enum NetDriverError {
     /// The device reported a used length larger than the buffer.
     #[error("device wrote {len} bytes into a {max}-byte RX slot")]
     UsedTooLong { len: u32, max: u64 },
+    /// Waiting on a call eventfd failed.
+    #[error("wait for call: {0}")]
+    Wait(#[source] std::io::Error),
     #[error("frame of {0} bytes does not fit a TX slot")]
     TooBig(usize),
     #[error("timed out after {0:?}")]
@@ -66,6 +70,21 @@ pub struct Received {
     pub header: [u8; NET_HDR_LEN],
     /// The Ethernet frame.
     pub frame: Vec<u8>,
+}
+
+/// How [`NativeNetDriver::connect_with`] connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetOptions {
+    /// Entries per queue (a power of two).
+    pub queue_size: u16,
+    /// Read the config space (`GET_CONFIG`); false for backends without the
+    /// CONFIG protocol feature, such as DPDK's vhost library ([`NetConfig`]
+    /// then has zero MAC and MTU).
+    pub read_config: bool,
+    /// Negotiate `VIRTIO_RING_F_EVENT_IDX` when offered (as Linux does):
+    /// the device then signals only when the driver is about to wait, and
+    /// kicks follow its `avail_event`.
+    pub event_idx: bool,
 }
 
 /// A virtio-net driver on one vhost-user-net port.
@@ -94,6 +113,23 @@ impl NativeNetDriver {
     /// Connects with two queues of `queue_size` entries and fills the RX
     /// queue with buffers.
     pub fn connect(socket: &Path, queue_size: u16) -> Result<Self, NetDriverError> {
+        Self::connect_with(
+            socket,
+            &NetOptions {
+                queue_size,
+                read_config: true,
+                event_idx: false,
+            },
+        )
+    }
+
+    /// Like [`NativeNetDriver::connect`], with [`NetOptions`].
+    pub fn connect_with(socket: &Path, opts: &NetOptions) -> Result<Self, NetDriverError> {
+        let NetOptions {
+            queue_size,
+            read_config,
+            event_idx,
+        } = *opts;
         let bit = |b: u32| 1u64 << b;
         let slots = u64::from(queue_size);
         let mut dev = VhostUserDevice::connect(
@@ -103,9 +139,14 @@ impl NativeNetDriver {
                 queue_size,
                 wanted_features: bit(VIRTIO_NET_F_MTU)
                     | bit(VIRTIO_NET_F_MAC)
-                    | bit(VIRTIO_NET_F_STATUS),
+                    | bit(VIRTIO_NET_F_STATUS)
+                    | if event_idx {
+                        bit(VIRTIO_RING_F_EVENT_IDX)
+                    } else {
+                        0
+                    },
                 required_features: bit(VIRTIO_F_VERSION_1),
-                config_len: 12,
+                config_len: if read_config { 12 } else { 0 },
                 buffer_bytes: 2 * slots * SLOT + SCRATCH,
             },
         )?;
@@ -209,7 +250,7 @@ impl NativeNetDriver {
             if Instant::now() >= deadline {
                 return Err(NetDriverError::Timeout(Duration::from_secs(30)));
             }
-            let _ = self.tx.wait_call(Duration::from_millis(10));
+            let _ = self.wait_tx_call(Duration::from_millis(10));
             self.reap_tx()?;
         };
         self.ram.write(slot, header)?;
@@ -252,7 +293,7 @@ impl NativeNetDriver {
             if Instant::now() >= deadline {
                 return Err(NetDriverError::Timeout(timeout));
             }
-            let _ = self.tx.wait_call(Duration::from_millis(10));
+            let _ = self.wait_tx_call(Duration::from_millis(10));
         }
     }
 
@@ -288,10 +329,101 @@ impl NativeNetDriver {
             if now >= deadline {
                 return Ok(None);
             }
-            let _ = self
-                .rx
-                .wait_call((deadline - now).min(Duration::from_millis(10)));
+            let _ = self.wait_rx_call((deadline - now).min(Duration::from_millis(10)));
         }
+    }
+
+    /// Sends up to `max` frames in one burst: every free TX slot (after
+    /// reaping used ones) is handed to `fill`, which writes header and
+    /// frame at the slot's guest address and returns their length (at most
+    /// [`SLOT`]) or `None` to stop. One publish and at most one kick for the
+    /// whole burst. Returns how many frames were queued (0 when the ring is
+    /// full).
+    pub fn send_burst<F>(&mut self, max: usize, mut fill: F) -> Result<usize, NetDriverError>
+    where
+        F: FnMut(&GuestRam, u64) -> Result<Option<u32>, NetDriverError>,
+    {
+        self.reap_tx()?;
+        let mut n = 0;
+        while n < max {
+            let Some(slot) = self.free_tx.pop() else {
+                break;
+            };
+            let len = match fill(&self.ram, slot) {
+                Ok(Some(len)) if u64::from(len) <= SLOT => len,
+                Ok(Some(len)) => {
+                    self.free_tx.push(slot);
+                    return Err(NetDriverError::TooBig(len as usize));
+                }
+                Ok(None) => {
+                    self.free_tx.push(slot);
+                    break;
+                }
+                Err(e) => {
+                    self.free_tx.push(slot);
+                    return Err(e);
+                }
+            };
+            self.tx
+                .vq
+                .add(&self.ram, &[ChainDesc::readable(slot, len)], 0, slot)?;
+            n += 1;
+        }
+        self.kick_tx()?;
+        Ok(n)
+    }
+
+    /// Takes up to `max` received frames in one burst without waiting:
+    /// `each` sees guest RAM, the slot address (header first) and the used
+    /// length, validated against the slot; then every slot is posted again
+    /// with one publish and at most one kick. Returns how many were taken.
+    pub fn recv_burst<F>(&mut self, max: usize, mut each: F) -> Result<usize, NetDriverError>
+    where
+        F: FnMut(&GuestRam, u64, u32) -> Result<(), NetDriverError>,
+    {
+        let mut n = 0;
+        while n < max {
+            let Some(u) = self.rx.vq.pop_used(&self.ram)? else {
+                break;
+            };
+            let slot = u.cookie;
+            // Re-post first so a bad length does not leak the slot.
+            self.post_rx(slot)?;
+            n += 1;
+            if u64::from(u.len) > SLOT {
+                self.kick_rx()?;
+                return Err(NetDriverError::UsedTooLong {
+                    len: u.len,
+                    max: SLOT,
+                });
+            }
+            each(&self.ram, slot, u.len)?;
+        }
+        if n > 0 {
+            self.kick_rx()?;
+        }
+        Ok(n)
+    }
+
+    /// Waits up to `timeout` for the device to signal the RX queue's call
+    /// eventfd; false on timeout.
+    /// With EVENT_IDX, asks for the signal first (and returns true at once
+    /// when entries are already there).
+    pub fn wait_rx_call(&mut self, timeout: Duration) -> Result<bool, NetDriverError> {
+        if self.rx.vq.enable_interrupts(&self.ram)? {
+            return Ok(true);
+        }
+        self.rx.wait_call(timeout).map_err(NetDriverError::Wait)
+    }
+
+    /// Waits up to `timeout` for the device to signal the TX queue's call
+    /// eventfd; false on timeout.
+    /// Arms the signal first, like [`NativeNetDriver::wait_rx_call`].
+    pub fn wait_tx_call(&mut self, timeout: Duration) -> Result<bool, NetDriverError> {
+        if self.tx.vq.enable_interrupts(&self.ram)? {
+            return Ok(true);
+        }
+        self.tx.wait_call(timeout).map_err(NetDriverError::Wait)
     }
 
     /// Queue size of both queues.
