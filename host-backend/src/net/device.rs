@@ -159,6 +159,8 @@ impl NetBackend {
                 }
             }
         }
+        // One wake-up per destination for the whole burst.
+        self.shared.switch.signal_due();
         if completed
             && vring
                 .needs_notification()

@@ -5,15 +5,19 @@
 //! short backlog for frames that arrive while the guest has no buffer).
 //! [`Switch::ingress`] is called by the thread that took a frame off a
 //! port's TX queue (or the uplink's reader): it learns, decides and copies
-//! the frame straight into each destination's RX queue, signalling that
-//! guest. No thread polls: every step is driven by a kick or a TAP read.
+//! the frame straight into each destination's RX queue and marks that
+//! destination's signal as due. The caller signals every due destination
+//! once, after its whole TX burst ([`Switch::signal_due`]), not once per
+//! frame: a wake-up is a system call and a context switch on the other
+//! side, the dominant cost of small frames. No thread polls: every step is
+//! driven by a kick or a TAP read.
 //!
 //! Locks: the MAC table lock is never held while delivering, and a delivery
 //! holds one destination's RX lock (and inside it that queue's vring lock)
 //! at a time, so two ports forwarding to each other cannot deadlock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -65,6 +69,10 @@ pub struct Port {
     limiter: Option<Mutex<TokenBucket>>,
     rx: Mutex<RxSide>,
     hdr_len: AtomicUsize,
+    /// Used RX buffers were added and the guest has not been signalled.
+    /// Set (Release) after `add_used`, taken (AcqRel) before signalling, so
+    /// whoever takes it signals for every entry added before it was set.
+    signal_due: AtomicBool,
 }
 
 impl std::fmt::Debug for Port {
@@ -98,6 +106,7 @@ impl Port {
                 .map(|r| Mutex::new(TokenBucket::new_mbps(r, Instant::now()))),
             rx: Mutex::new(RxSide::default()),
             hdr_len: AtomicUsize::new(HDR_LEN),
+            signal_due: AtomicBool::new(false),
         }
     }
 
@@ -183,6 +192,28 @@ impl Port {
     pub fn flush_backlog(&self) {
         let mut rx = lock(&self.rx);
         self.flush_locked(&mut rx);
+        self.signal_locked(&rx);
+    }
+
+    /// Signals the guest if RX buffers were used since the last signal
+    /// (and its notification suppression asks for one).
+    pub fn signal_if_due(&self) {
+        if !self.signal_due.load(Ordering::Acquire) {
+            return;
+        }
+        let rx = lock(&self.rx);
+        self.signal_locked(&rx);
+    }
+
+    fn signal_locked(&self, rx: &RxSide) {
+        if !self.signal_due.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Some(vring) = &rx.vring else { return };
+        let mut state = vring.get_mut();
+        if matches!(state.needs_notification(), Ok(true)) {
+            let _ = state.signal_used_queue();
+        }
     }
 
     fn flush_locked(&self, rx: &mut RxSide) {
@@ -257,9 +288,8 @@ impl Port {
         if let Err(e) = state.add_used(head, used) {
             warn!("port '{}': rx add_used({head}): {e}", self.name);
         }
-        if matches!(state.needs_notification(), Ok(true)) {
-            let _ = state.signal_used_queue();
-        }
+        // Signalled once per burst by `signal_if_due`.
+        self.signal_due.store(true, Ordering::Release);
         if result.is_ok() {
             self.metrics.tx_packets.inc();
             self.metrics.tx_bytes.inc_by(frame.len() as u64);
@@ -348,8 +378,17 @@ impl Switch {
         self.ports.get(id)
     }
 
+    /// Signals every port that got frames since its last signal. Whoever
+    /// calls [`Switch::ingress`] calls this after its burst.
+    pub fn signal_due(&self) {
+        for p in &self.ports {
+            p.signal_if_due();
+        }
+    }
+
     /// A frame (Ethernet, validated for length by the caller) entered the
-    /// switch on port `from`.
+    /// switch on port `from`. The destinations are signalled by the next
+    /// [`Switch::signal_due`].
     pub fn ingress(&self, from: usize, frame: &[u8]) {
         let Some(src) = self.ports.get(from) else {
             return;

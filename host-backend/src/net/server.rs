@@ -193,6 +193,7 @@ fn serve_uplink(switch: Arc<Switch>, id: usize, stop: Arc<AtomicBool>) {
                     port.metrics.dropped(DropReason::Oversized);
                 } else {
                     switch.ingress(id, f);
+                    switch.signal_due();
                 }
             }
             Err(e) => {
