@@ -31,7 +31,7 @@ use alloc::vec::Vec;
 
 use bitflags::bitflags;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
-use virtio_drivers::Hal;
+use virtio_drivers::{BufferDirection, Hal};
 use xenbus::virtq::{Part, VirtQueue};
 
 use crate::buf::BufArena;
@@ -206,6 +206,28 @@ const CONFIG_RETRIES: usize = 16;
 /// Used-ring polls waiting for a control command's answer.
 const CTRL_POLLS: usize = 1 << 16;
 
+/// Packet buffers in the HAL's DMA memory, so a HAL that bounces other
+/// memory (e.g. pv-linux's) shares them in place; heap memory if the HAL
+/// cannot provide that many pages at once.
+fn dma_arena<H: Hal>(count: usize, len: usize) -> Result<BufArena, NetError> {
+    /// # Safety
+    ///
+    /// As for [`crate::buf::FreePages`]: `(paddr, vaddr, pages)` came from
+    /// one `H::dma_alloc(pages)`.
+    unsafe fn free<H: Hal>(paddr: u64, vaddr: core::ptr::NonNull<u8>, pages: usize) {
+        // SAFETY: the caller passes back one `dma_alloc` result, once.
+        unsafe { H::dma_dealloc(paddr, vaddr, pages) };
+    }
+    let alloc = |pages: usize| {
+        let (paddr, vaddr) = H::dma_alloc(pages, BufferDirection::Both);
+        // The HALs in this workspace report failure as physical address 0.
+        (paddr != 0).then_some((paddr, vaddr))
+    };
+    // SAFETY: `Hal::dma_alloc` returns zeroed, page-aligned pages owned by
+    // the caller until `dma_dealloc`.
+    unsafe { BufArena::from_pages(count, len, alloc, free::<H>) }
+}
+
 /// The queues and buffers of one bring-up.
 #[derive(Debug)]
 struct Rings<H: Hal> {
@@ -336,9 +358,9 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
         } else {
             None
         };
-        let rx_bufs = BufArena::new(usize::from(rx.size()), self.rx_buf_len)?;
-        let tx_bufs = BufArena::new(usize::from(tx.size()), HDR_LEN + max_frame(mtu))?;
-        let ctrl_bufs = BufArena::new(2, 16)?;
+        let rx_bufs = dma_arena::<H>(usize::from(rx.size()), self.rx_buf_len)?;
+        let tx_bufs = dma_arena::<H>(usize::from(tx.size()), HDR_LEN + max_frame(mtu))?;
+        let ctrl_bufs = dma_arena::<H>(2, 16)?;
         self.info = NetInfo {
             mac,
             mtu,
