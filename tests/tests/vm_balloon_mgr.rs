@@ -408,11 +408,16 @@ fn shortage_moves_memory_from_idle_to_busy_guest() {
         std::os::unix::fs::symlink(sock, watch.join(format!("{name}.qmp"))).expect("symlink");
     }
 
-    let target = |name: &str| {
-        metric(
-            &backend,
-            &format!("pvbackend_balloon_target_bytes{{guest=\"{name}\"}}"),
-        )
+    // Both targets from one scrape: two scrapes could straddle a round.
+    let targets = || {
+        let m = backend.fetch_metrics().expect("metrics");
+        let t = |name: &str| {
+            PvBackend::metric(
+                &m,
+                &format!("pvbackend_balloon_target_bytes{{guest=\"{name}\"}}"),
+            )
+        };
+        (t("idle"), t("busy"))
     };
     let mut samples = Vec::new();
     wait_until(
@@ -422,7 +427,7 @@ fn shortage_moves_memory_from_idle_to_busy_guest() {
         &backend,
         || {
             let (ai, ab) = (actual(&mut qi), actual(&mut qb));
-            let (ti, tb) = (target("idle"), target("busy"));
+            let (ti, tb) = targets();
             samples.push((ai, ab, ti, tb));
             (ab >= (BUSY_START + 128) * MIB).then_some(())
         },
@@ -470,7 +475,7 @@ fn shortage_moves_memory_from_idle_to_busy_guest() {
         "vanished guest dropped",
         &mut [&mut busy],
         &backend,
-        || target("idle").is_none().then_some(()),
+        || targets().0.is_none().then_some(()),
     );
     assert!(backend.log().contains("guest 'idle': socket gone, dropped"));
 

@@ -296,13 +296,17 @@ impl Manager {
         };
         self.metrics.host_available(host.saturating_mul(MIB));
         let inputs = self.inputs();
-        let decisions = policy::decide(
+        let mut decisions = policy::decide(
             &self.policy,
             HostInput {
                 available_mib: host,
             },
             &inputs,
         );
+        // Shrink before growing: memory is taken back before it is handed
+        // out, so at no point of a round do the targets add up to more
+        // than they did before it.
+        decisions.sort_by_key(|d| d.to_mib > d.from_mib);
         for d in decisions {
             self.metrics.decision(&d.name, d.reason.name());
             let dry = if self.cfg.dry_run { " (dry run)" } else { "" };
