@@ -42,6 +42,13 @@ impl Log for StderrLogger {
 
 static LOGGER: OnceLock<StderrLogger> = OnceLock::new();
 
+/// A `--log-level` value (clap `value_parser`): off, error, warn, info,
+/// debug or trace.
+pub fn parse_level(s: &str) -> std::result::Result<LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
+}
+
 /// Install the logger for program `name` at `level` (once; later calls only
 /// change the level).
 pub fn init(name: &'static str, level: LevelFilter) {

@@ -200,6 +200,26 @@ pub fn find(vendor: u16, devices: &[u16]) -> Result<Vec<PciInfo>> {
         .collect())
 }
 
+/// The function a runtime should claim: `requested` (a `--pci` address)
+/// when given, else the first function with `vendor` and one of `devices`
+/// that has no `driver_override` (nobody claimed it). `what` names the
+/// device kind in the error ("virtio-blk").
+pub fn pick_unclaimed(
+    requested: Option<&str>,
+    vendor: u16,
+    devices: &[u16],
+    what: &str,
+) -> std::result::Result<PciAddress, String> {
+    if let Some(a) = requested {
+        return a.parse().map_err(|e: Error| e.to_string());
+    }
+    let all = find(vendor, devices).map_err(|e| e.to_string())?;
+    all.into_iter()
+        .find(|i| i.driver_override.is_none())
+        .map(|i| i.address)
+        .ok_or_else(|| format!("no unclaimed {what} PCI device"))
+}
+
 /// One BAR as the kernel assigned it (sysfs `resource`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BarResource {

@@ -44,13 +44,8 @@ struct Cli {
     #[arg(long)]
     huge_pages: bool,
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info", value_parser = parse_level)]
+    #[arg(long, default_value = "info", value_parser = pv_linux::logger::parse_level)]
     log_level: log::LevelFilter,
-}
-
-fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
-    s.parse()
-        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
 }
 
 fn main() -> ExitCode {

@@ -133,7 +133,7 @@ struct Cli {
     #[arg(long, default_value_t = 64)]
     hugepages: usize,
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info", value_parser = parse_level)]
+    #[arg(long, default_value = "info", value_parser = pv_linux::logger::parse_level)]
     log_level: log::LevelFilter,
 }
 
@@ -144,11 +144,6 @@ enum Irq {
     Intx,
     /// Timed sleeps.
     Off,
-}
-
-fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
-    s.parse()
-        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
 }
 
 fn main() -> ExitCode {
@@ -166,16 +161,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// First virtio-blk function with no `driver_override` (nobody claimed it).
+/// `--pci`, or the first virtio-blk function nobody claimed.
 fn pick_device(cli: &Cli) -> Result<PciAddress, String> {
-    if let Some(a) = &cli.pci {
-        return a.parse().map_err(|e: pv_linux::Error| e.to_string());
-    }
-    let all = pci::find(pci::VIRTIO_VENDOR, &pci::VIRTIO_BLK_IDS).map_err(|e| e.to_string())?;
-    all.into_iter()
-        .find(|i| i.driver_override.is_none())
-        .map(|i| i.address)
-        .ok_or_else(|| "no unclaimed virtio-blk PCI device".to_owned())
+    pci::pick_unclaimed(
+        cli.pci.as_deref(),
+        pci::VIRTIO_VENDOR,
+        &pci::VIRTIO_BLK_IDS,
+        "virtio-blk",
+    )
 }
 
 fn run(cli: &Cli) -> Result<(), String> {

@@ -124,13 +124,8 @@ struct Cli {
     #[arg(long, default_value_t = 8)]
     hugepages: usize,
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info", value_parser = parse_level)]
+    #[arg(long, default_value = "info", value_parser = pv_linux::logger::parse_level)]
     log_level: log::LevelFilter,
-}
-
-fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
-    s.parse()
-        .map_err(|_| format!("{s:?} is not one of off, error, warn, info, debug, trace"))
 }
 
 fn main() -> ExitCode {
@@ -150,14 +145,12 @@ fn main() -> ExitCode {
 
 /// First virtio-net function with no `driver_override` (nobody claimed it).
 fn pick_device(cli: &Cli) -> Result<PciAddress, String> {
-    if let Some(a) = &cli.pci {
-        return a.parse().map_err(|e: pv_linux::Error| e.to_string());
-    }
-    let all = pci::find(pci::VIRTIO_VENDOR, &pci::VIRTIO_NET_IDS).map_err(|e| e.to_string())?;
-    all.into_iter()
-        .find(|i| i.driver_override.is_none())
-        .map(|i| i.address)
-        .ok_or_else(|| "no unclaimed virtio-net PCI device".to_owned())
+    pci::pick_unclaimed(
+        cli.pci.as_deref(),
+        pci::VIRTIO_VENDOR,
+        &pci::VIRTIO_NET_IDS,
+        "virtio-net",
+    )
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
