@@ -6,6 +6,7 @@ use core::fmt;
 
 use xenbus::platform::PlatformError;
 use xenbus::ring::RingError;
+use xenbus::virtq::VirtqError;
 
 use crate::frontend::OpKind;
 
@@ -153,6 +154,24 @@ impl From<RingError> for BlkError {
             RingError::UnknownResponseId { id } => Self::UnknownCompletion { id },
             RingError::DuplicateResponseId { id } => Self::DuplicateCompletion { id },
             e => Self::Ring(e),
+        }
+    }
+}
+
+impl From<VirtqError> for BlkError {
+    fn from(e: VirtqError) -> Self {
+        match e {
+            VirtqError::BadSize | VirtqError::DmaExhausted => Self::Transport,
+            VirtqError::TooManyParts { needed, max } => Self::TooManySegments { needed, max },
+            VirtqError::BadBuffer => Self::BadBuffer,
+            VirtqError::Full => Self::QueueFull,
+            VirtqError::UnknownId { id } => Self::UnknownCompletion { id: u64::from(id) },
+            VirtqError::DuplicateId { id } => Self::DuplicateCompletion { id: u64::from(id) },
+            VirtqError::IndexOverrun { claimed, in_flight } => Self::IndexOverrun {
+                claimed: u32::from(claimed),
+                outstanding: u32::from(in_flight),
+            },
+            VirtqError::BadLength { len, writable } => Self::BadLength { len, writable },
         }
     }
 }

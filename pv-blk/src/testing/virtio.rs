@@ -17,9 +17,9 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use crate::virtio::queue::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use crate::virtio::{config, VirtioFeatures, S_IOERR, S_OK, S_UNSUPP};
 use crate::virtio::{T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES};
+use xenbus::virtq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
 /// A [`Hal`] for tests: physical address = virtual address, and shared
 /// buffers are bounced through a fresh allocation so a driver that forgets

@@ -1,5 +1,7 @@
-//! virtio-blk (virtio 1.2 §5.2) on a `virtio-drivers` [`Transport`] and our
-//! own validated [`queue::SplitQueue`].
+//! virtio-blk (virtio 1.2 §5.2) on a `virtio-drivers` [`Transport`] and the
+//! validated split virtqueue every pvdrivers frontend shares
+//! ([`xenbus::virtq::VirtQueue`]: id, length and used-index checks, EVENT_IDX,
+//! indirect tables).
 //!
 //! A request is a descriptor chain: the 16-byte header (`type`, reserved,
 //! `sector`, device-readable), the data buffers (device-readable for writes,
@@ -9,14 +11,21 @@
 //! head's indirect table and takes one ring slot, so queue depth is the ring
 //! size whatever the segment count.
 //!
+//! The header, segment and status byte of each request live in a per-head
+//! block of this driver's own DMA region, named to the queue by device
+//! address ([`Part::DmaOut`], [`Part::DmaIn`]): no allocation or bounce per
+//! request, and the status byte is read in place, once, after the used
+//! element was validated. It starts as 0xff, a value the device never
+//! legitimately leaves, so a device that completes without writing it is
+//! caught.
+//!
 //! Negotiated when offered: `RO`, `BLK_SIZE`, `SEG_MAX`, `SIZE_MAX`,
 //! `FLUSH`, `MQ`, `DISCARD`, `WRITE_ZEROES`, `EVENT_IDX`, `INDIRECT_DESC`,
 //! `VERSION_1`, `ACCESS_PLATFORM` (all buffers go through [`Hal::share`]).
 //! Refused: packed rings, `IN_ORDER`, config-change handling (capacity is read
 //! at start and at reset).
 
-pub mod queue;
-
+use alloc::vec;
 use alloc::vec::Vec;
 
 use bitflags::bitflags;
@@ -27,7 +36,7 @@ use crate::frontend::{
     check_request, BlockFrontend, DeviceInfo, Features, Op, Request, Stats, Token,
 };
 use crate::{BlkError, OpKind, SECTOR_SIZE};
-use queue::{InFlight, Part, SplitQueue};
+use xenbus::virtq::{DmaRegion, Part, VirtQueue};
 
 /// `VIRTIO_BLK_T_IN`.
 pub const T_IN: u32 = 0;
@@ -124,6 +133,46 @@ impl Default for VirtioBlkConfig {
     }
 }
 
+/// Offsets inside a per-head block: the request header.
+pub const BLOCK_HDR: usize = 0;
+/// The discard / write-zeroes segment.
+pub const BLOCK_SEG: usize = 16;
+/// The status byte.
+pub const BLOCK_STATUS: usize = 32;
+/// Bytes of a per-head block.
+pub const BLOCK_SIZE: usize = 64;
+
+/// What a request in flight needs at completion, kept by head.
+#[derive(Clone, Copy, Debug)]
+struct ReqMeta {
+    /// Operation kind, for errors.
+    op: OpKind,
+    /// Data bytes moved on success.
+    data: u32,
+    /// True when the device writes the data (read, get-id).
+    data_in: bool,
+}
+
+/// One virtqueue plus the per-head blocks of its requests.
+#[derive(Debug)]
+struct BlkQueue<H: Hal> {
+    vq: VirtQueue<H>,
+    blocks: DmaRegion<H>,
+    reqs: Vec<Option<ReqMeta>>,
+}
+
+impl<H: Hal> BlkQueue<H> {
+    fn new(index: u16, size: u16, event_idx: bool, indirect: bool) -> Result<Self, BlkError> {
+        let vq = VirtQueue::new(index, size, event_idx, indirect)?;
+        let blocks = DmaRegion::new(BLOCK_SIZE * usize::from(size))?;
+        Ok(Self {
+            vq,
+            blocks,
+            reqs: vec![None; usize::from(size)],
+        })
+    }
+}
+
 /// Most config-generation retries before giving up on a device whose
 /// config space never holds still.
 const CONFIG_RETRIES: usize = 16;
@@ -135,7 +184,7 @@ const RESET_POLLS: usize = 1024;
 pub struct VirtioBlk<H: Hal, T: Transport> {
     transport: T,
     cfg: VirtioBlkConfig,
-    queues: Vec<SplitQueue<H>>,
+    queues: Vec<BlkQueue<H>>,
     negotiated: VirtioFeatures,
     info: DeviceInfo,
     size_max: u32,
@@ -264,14 +313,19 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
                 return Err(BlkError::Transport);
             }
             let size = 1u16 << (31 - max.leading_zeros());
-            let sq = SplitQueue::<H>::new(q, size, event_idx, indirect)?;
-            let (d, a, u) = sq.addresses();
+            let bq = BlkQueue::<H>::new(q, size, event_idx, indirect)?;
+            let (d, a, u) = bq.vq.addresses();
             self.transport.queue_set(q, u32::from(size), d, a, u);
-            self.queues.push(sq);
+            self.queues.push(bq);
         }
         self.transport.finish_init();
 
-        let parts = self.queues.iter().map(|q| q.max_parts()).min().unwrap_or(0);
+        let parts = self
+            .queues
+            .iter()
+            .map(|q| q.vq.max_parts())
+            .min()
+            .unwrap_or(0);
         // Header, status and (for discard) a segment take three parts.
         let mut max_segments = parts.saturating_sub(3) as u32;
         if f.contains(VirtioFeatures::SEG_MAX) && seg_max > 0 {
@@ -297,9 +351,9 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
                 .iter()
                 .map(|q| {
                     if indirect {
-                        u32::from(q.size())
+                        u32::from(q.vq.size())
                     } else {
-                        u32::from(q.size()) / 3
+                        u32::from(q.vq.size()) / 3
                     }
                 })
                 .sum(),
@@ -326,8 +380,8 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
 
     /// Test and fuzz access to queue `q`.
     #[cfg(feature = "test-utils")]
-    pub fn queue(&self, q: usize) -> Option<&SplitQueue<H>> {
-        self.queues.get(q)
+    pub fn queue(&self, q: usize) -> Option<&VirtQueue<H>> {
+        self.queues.get(q).map(|b| &b.vq)
     }
 
     /// Like [`BlockFrontend::submit`], on queue `q` (e.g. one per CPU).
@@ -349,7 +403,7 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
         if req.buffers.iter().any(|b| b.len > self.size_max as usize) {
             return Err(BlkError::BadBuffer);
         }
-        let Some(queue) = self.queues.get_mut(q) else {
+        let Some(bq) = self.queues.get_mut(q) else {
             return Err(BlkError::BadBuffer);
         };
         let data = u32::try_from(req.data_len()).map_err(|_| BlkError::BadBuffer)?;
@@ -361,16 +415,6 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
             Op::Discard { .. } => (T_DISCARD, 0, false),
             Op::WriteZeroes { .. } => (T_WRITE_ZEROES, 0, false),
         };
-        let mut parts: Vec<Part> = Vec::with_capacity(req.buffers.len() + 3);
-        parts.push(Part::Header);
-        for b in req.buffers {
-            let raw = b.as_raw_slice();
-            parts.push(if data_in {
-                Part::In(raw)
-            } else {
-                Part::Out(raw)
-            });
-        }
         let seg = match req.op {
             Op::Discard { sectors, .. } => Some((sectors, 0)),
             Op::WriteZeroes { sectors, unmap } => {
@@ -378,29 +422,64 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
             }
             _ => None,
         };
-        if seg.is_some() {
-            parts.push(Part::Segment);
-        }
-        parts.push(Part::Status);
-        if !queue.fits(parts.len()) {
+        let nparts = req.buffers.len() + 2 + usize::from(seg.is_some());
+        if !bq.vq.fits(nparts) {
             return Err(BlkError::QueueFull);
         }
-        let Some(head) = queue.next_head() else {
+        let Some(head) = bq.vq.next_head() else {
             return Err(BlkError::QueueFull);
         };
-        queue.write_header(head, ty, sector);
-        if let Some((sectors, flags)) = seg {
-            queue.write_segment(head, req.sector, sectors, flags);
+        // The head's block: header, segment, status, written before the
+        // chain that names them is published (`add` releases `avail.idx`).
+        let b = usize::from(head) * BLOCK_SIZE;
+        let blocks = &bq.blocks;
+        blocks.put_u32(b + BLOCK_HDR, ty);
+        blocks.put_u32(b + BLOCK_HDR + 4, 0);
+        blocks.put_u64(b + BLOCK_HDR + 8, sector);
+        blocks.put_u8(b + BLOCK_STATUS, 0xff);
+        let mut parts: Vec<Part> = Vec::with_capacity(nparts);
+        parts.push(Part::DmaOut {
+            paddr: blocks.paddr(b + BLOCK_HDR),
+            len: 16,
+        });
+        for buf in req.buffers {
+            let raw = buf.as_raw_slice();
+            parts.push(if data_in {
+                Part::In(raw)
+            } else {
+                Part::Out(raw)
+            });
         }
-        let token = (u32::from(queue.index()) << 16) | u32::from(head);
-        let writable = if data_in { data + 1 } else { 1 };
-        let rec = InFlight::new(token, req.op.kind(), data, data_in, writable);
-        // SAFETY: forwarded from this function's contract: the buffers stay
-        // valid and untouched until the token is delivered, which happens only
-        // after `pop` or `drain` gives them back.
-        let (_, kick) = unsafe { queue.add(&parts, rec) }?;
-        if kick {
-            let idx = queue.index();
+        if let Some((sectors, flags)) = seg {
+            blocks.put_u64(b + BLOCK_SEG, req.sector);
+            blocks.put_u32(b + BLOCK_SEG + 8, sectors);
+            blocks.put_u32(b + BLOCK_SEG + 12, flags);
+            parts.push(Part::DmaOut {
+                paddr: blocks.paddr(b + BLOCK_SEG),
+                len: 16,
+            });
+        }
+        parts.push(Part::DmaIn {
+            paddr: blocks.paddr(b + BLOCK_STATUS),
+            len: 1,
+        });
+        let token = (u32::from(bq.vq.index()) << 16) | u32::from(head);
+        // SAFETY: the caller buffers: forwarded from this function's
+        // contract (valid and untouched until the token is delivered, which
+        // happens only after `pop` or `drain` gives them back). The block
+        // parts are this queue's own DMA region, which outlives the queue's
+        // use by the device (dropped after the reset in `Drop`).
+        let used_head = unsafe { bq.vq.add(&parts, token) }?;
+        debug_assert_eq!(used_head, head, "virtq::next_head names the head add uses");
+        if let Some(slot) = bq.reqs.get_mut(usize::from(used_head)) {
+            *slot = Some(ReqMeta {
+                op: req.op.kind(),
+                data,
+                data_in,
+            });
+        }
+        if bq.vq.kick_needed() {
+            let idx = bq.vq.index();
             self.transport.notify(idx);
         }
         self.stats.submitted += 1;
@@ -416,24 +495,22 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
     }
 }
 
-/// Judge one completion: status byte and used length.
-fn judge(req: &InFlight, len: u32, status: u8) -> Result<usize, BlkError> {
-    if len > req.writable {
-        return Err(BlkError::BadLength {
-            len,
-            writable: req.writable,
-        });
-    }
+/// Judge one completion: status byte and used length (the queue already
+/// checked it against the chain's device-writable bytes).
+fn judge(
+    req: &ReqMeta,
+    len: Result<u32, xenbus::virtq::VirtqError>,
+    writable: u32,
+    status: u8,
+) -> Result<usize, BlkError> {
+    let len = len?;
     match status {
         S_OK => {
             // A successful read must have filled every byte plus the status.
             // (For get-id the device may write fewer bytes: the id is
             // NUL-padded.)
-            if req.data_in && req.op == OpKind::Read && len != req.writable {
-                return Err(BlkError::BadLength {
-                    len,
-                    writable: req.writable,
-                });
+            if req.data_in && req.op == OpKind::Read && len != writable {
+                return Err(BlkError::BadLength { len, writable });
             }
             Ok(req.data as usize)
         }
@@ -478,26 +555,39 @@ impl<H: Hal, T: Transport> BlockFrontend for VirtioBlk<H, T> {
         for qi in 0..self.queues.len() {
             // Bounded: each pop retires one request in flight, or fails.
             while let Some(q) = self.queues.get_mut(qi) {
-                match q.pop() {
+                match q.vq.pop() {
                     Ok(Some(u)) => {
-                        let res = judge(&u.req, u.len, u.status);
+                        let slot = usize::from(u.head);
+                        // `pop` matched the id to a chain in flight, which
+                        // `submit_on` recorded; a missing record is our bug,
+                        // treated like a bad id rather than trusted.
+                        let Some(meta) = q.reqs.get_mut(slot).and_then(Option::take) else {
+                            let e = BlkError::UnknownCompletion {
+                                id: u64::from(u.head),
+                            };
+                            return Err(self.stop(e));
+                        };
+                        // Read once, after the acquire of the used index in
+                        // `pop`.
+                        let status = q.blocks.get_u8(slot * BLOCK_SIZE + BLOCK_STATUS);
+                        let res = judge(&meta, u.len, u.writable, status);
                         if let Err(e) = &res {
                             if e.is_device_fault() {
-                                log::warn!("virtio-blk: request {:#x} failed: {e}", u.req.token);
+                                log::warn!("virtio-blk: request {:#x} failed: {e}", u.token);
                             }
                         }
                         self.stats.count(&res);
-                        f(Token(u.req.token), res);
+                        f(Token(u.token), res);
                         done += 1;
                     }
                     Ok(None) => break,
-                    Err(e) => return Err(self.stop(e)),
+                    Err(e) => return Err(self.stop(e.into())),
                 }
             }
             // Interrupt at the next completion (EVENT_IDX), for callers
             // that sleep without `prepare_wait`.
             if let Some(q) = self.queues.get_mut(qi) {
-                q.update_used_event();
+                q.vq.set_used_event();
             }
         }
         Ok(done)
@@ -516,13 +606,16 @@ impl<H: Hal, T: Transport> BlockFrontend for VirtioBlk<H, T> {
         }
         let mut pending = false;
         for q in &mut self.queues {
-            pending |= q.prepare_wait();
+            pending |= q.vq.enable_interrupts();
         }
         Ok(pending)
     }
 
     fn in_flight(&self) -> usize {
-        self.queues.iter().map(|q| usize::from(q.in_flight())).sum()
+        self.queues
+            .iter()
+            .map(|q| usize::from(q.vq.in_flight()))
+            .sum()
     }
 
     fn fault(&self) -> Option<BlkError> {
@@ -555,10 +648,11 @@ impl<H: Hal, T: Transport> BlockFrontend for VirtioBlk<H, T> {
         }
         let stats = &mut self.stats;
         for q in &mut self.queues {
-            q.drain(&mut |r| {
+            q.vq.drain(&mut |token| {
                 stats.aborted += 1;
-                f(Token(r.token), Err(BlkError::Aborted));
+                f(Token(token), Err(BlkError::Aborted));
             });
+            q.reqs.fill(None);
         }
         // No `queue_unset`: the reset already disabled the queues, and the
         // MMIO transport's unset spins on a register the device controls.
@@ -579,7 +673,7 @@ impl<H: Hal, T: Transport> Drop for VirtioBlk<H, T> {
         // memory is freed (by the queues' own drops, after this).
         self.transport.set_status(DeviceStatus::empty());
         for q in &mut self.queues {
-            q.drain(&mut |_| {});
+            q.vq.drain(&mut |_| {});
         }
     }
 }

@@ -4,8 +4,7 @@
 //! This crate holds the transports pvdrivers frontends share; this module
 //! is the virtio one's queue. It is device-neutral: a request is a chain of
 //! caller buffers, each either read or written by the device ([`Part`]),
-//! named by a caller token until it comes back. pv-net uses it; pv-blk's own
-//! `virtio::queue` (its model) will move onto it.
+//! named by a caller token until it comes back. pv-net and pv-blk use it.
 //!
 //! # Why not `virtio_drivers::queue::VirtQueue`
 //!
@@ -42,7 +41,10 @@
 //! One DMA region in the legacy layout (descriptors, available ring, used
 //! ring on the next page), which also serves modern transports, and with
 //! indirect descriptors one region of per-head tables of [`INDIRECT_MAX`]
-//! entries. Caller buffers go through [`Hal::share`] / [`Hal::unshare`].
+//! entries. Caller buffers go through [`Hal::share`] / [`Hal::unshare`];
+//! small per-request structures a driver keeps in its own [`DmaRegion`]
+//! (virtio-blk's header and status byte) are named by device address
+//! ([`Part::DmaOut`], [`Part::DmaIn`]) and not shared again.
 
 #[cfg(feature = "test-utils")]
 pub mod testing;
@@ -51,7 +53,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
+use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU8, Ordering};
 
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
@@ -177,17 +179,24 @@ pub fn need_event(event: u16, new: u16, old: u16) -> bool {
 }
 
 /// DMA memory from [`Hal::dma_alloc`], freed on drop. Only touched through
-/// atomics: the device may write any of it at any time.
+/// atomics: the device may write any of it at any time, so every read is a
+/// single load the caller copies and validates.
+///
+/// Offsets are the owner's (computed from masked indices and constants,
+/// never from device data): one out of range or misaligned is a bug in the
+/// owner and panics.
 #[derive(Debug)]
-struct Dma<H: Hal> {
+pub struct DmaRegion<H: Hal> {
     paddr: PhysAddr,
     vaddr: NonNull<u8>,
     pages: usize,
     _hal: PhantomData<H>,
 }
 
-impl<H: Hal> Dma<H> {
-    fn new(len: usize) -> Result<Self, VirtqError> {
+impl<H: Hal> DmaRegion<H> {
+    /// At least `len` bytes (whole pages, zeroed by the HAL or by
+    /// [`DmaRegion::zero`]).
+    pub fn new(len: usize) -> Result<Self, VirtqError> {
         let pages = len.div_ceil(PAGE_SIZE).max(1);
         let (paddr, vaddr) = H::dma_alloc(pages, BufferDirection::Both);
         if paddr == 0 {
@@ -201,11 +210,18 @@ impl<H: Hal> Dma<H> {
         })
     }
 
-    fn len(&self) -> usize {
+    /// Bytes.
+    pub fn len(&self) -> usize {
         self.pages * PAGE_SIZE
     }
 
-    fn paddr(&self, off: usize) -> PhysAddr {
+    /// Never empty (at least one page); for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Device address of byte `off`.
+    pub fn paddr(&self, off: usize) -> PhysAddr {
         self.paddr + off as PhysAddr
     }
 
@@ -219,54 +235,85 @@ impl<H: Hal> Dma<H> {
         self.vaddr.as_ptr().wrapping_add(off)
     }
 
+    fn u8(&self, off: usize) -> &AtomicU8 {
+        let p = self.ptr(off, 1);
+        // SAFETY: `p` is inside the allocation (checked by `ptr`), which
+        // `dma_alloc` keeps valid and unaliased until `dma_dealloc` in
+        // `Drop`, i.e. for as long as `&self`; it is only accessed
+        // atomically in this process, so concurrent device writes are
+        // defined.
+        unsafe { AtomicU8::from_ptr(p) }
+    }
+
     fn u16(&self, off: usize) -> &AtomicU16 {
         let p = self.ptr(off, 2).cast::<u16>();
-        // SAFETY: `p` is inside the allocation and 2-aligned (checked by
-        // `ptr`; the base is page-aligned), which `dma_alloc` keeps valid
-        // and unaliased until `dma_dealloc` in `Drop`, i.e. for as long as
-        // `&self`; it is only accessed atomically in this process, so
-        // concurrent device writes are defined.
+        // SAFETY: as for `u8`, with 2-alignment checked by `ptr` (the base
+        // is page-aligned).
         unsafe { AtomicU16::from_ptr(p) }
     }
 
     fn u32(&self, off: usize) -> &AtomicU32 {
         let p = self.ptr(off, 4).cast::<u32>();
-        // SAFETY: as for `u16`, with 4-alignment checked by `ptr`.
+        // SAFETY: as for `u8`, with 4-alignment checked by `ptr`.
         unsafe { AtomicU32::from_ptr(p) }
     }
 
-    fn put_u16(&self, off: usize, v: u16) {
+    /// Store a byte (relaxed: publication is ordered by the ring index).
+    pub fn put_u8(&self, off: usize, v: u8) {
+        self.u8(off).store(v, Ordering::Relaxed);
+    }
+
+    /// Load a byte once (relaxed: read after an acquire of the used index).
+    pub fn get_u8(&self, off: usize) -> u8 {
+        self.u8(off).load(Ordering::Relaxed)
+    }
+
+    /// Store a little-endian u16.
+    pub fn put_u16(&self, off: usize, v: u16) {
         self.u16(off).store(v.to_le(), Ordering::Relaxed);
     }
 
-    fn get_u16(&self, off: usize) -> u16 {
+    /// Load a little-endian u16 once.
+    pub fn get_u16(&self, off: usize) -> u16 {
         u16::from_le(self.u16(off).load(Ordering::Relaxed))
     }
 
-    fn put_u32(&self, off: usize, v: u32) {
+    /// Store a little-endian u32.
+    pub fn put_u32(&self, off: usize, v: u32) {
         self.u32(off).store(v.to_le(), Ordering::Relaxed);
     }
 
+    /// Load a little-endian u32 once.
+    pub fn get_u32(&self, off: usize) -> u32 {
+        u32::from_le(self.u32(off).load(Ordering::Relaxed))
+    }
+
+    /// Store a little-endian u64 as two u32 (4-aligned is enough).
+    pub fn put_u64(&self, off: usize, v: u64) {
+        self.put_u32(off, v as u32);
+        self.put_u32(off + 4, (v >> 32) as u32);
+    }
+
     fn put_desc(&self, off: usize, d: &Desc) {
-        self.put_u32(off, d.addr as u32);
-        self.put_u32(off + 4, (d.addr >> 32) as u32);
+        self.put_u64(off, d.addr);
         self.put_u32(off + 8, d.len);
         self.put_u16(off + 12, d.flags);
         self.put_u16(off + 14, d.next);
     }
 
-    fn zero(&self) {
+    /// Zero the whole region.
+    pub fn zero(&self) {
         for off in (0..self.len()).step_by(4) {
             self.u32(off).store(0, Ordering::Relaxed);
         }
     }
 }
 
-impl<H: Hal> Drop for Dma<H> {
+impl<H: Hal> Drop for DmaRegion<H> {
     fn drop(&mut self) {
         // SAFETY: allocated by `dma_alloc` in `new` with these values and not
-        // freed since; the owner (a queue whose device was reset before it is
-        // dropped) no longer lets the device use it.
+        // freed since; the owner (a queue or driver whose device was reset
+        // before it is dropped) no longer lets the device use it.
         let _ = unsafe { H::dma_dealloc(self.paddr, self.vaddr, self.pages) };
     }
 }
@@ -291,6 +338,35 @@ pub enum Part {
     Out(NonNull<[u8]>),
     /// The device writes it.
     In(NonNull<[u8]>),
+    /// The device reads `len` bytes at device address `paddr`, in memory
+    /// the caller already shares with the device (its own [`DmaRegion`]);
+    /// not passed through [`Hal::share`].
+    DmaOut {
+        /// Device address.
+        paddr: PhysAddr,
+        /// Bytes.
+        len: u32,
+    },
+    /// The device writes `len` bytes at `paddr`, as for [`Part::DmaOut`].
+    /// Counts towards the chain's device-writable bytes.
+    DmaIn {
+        /// Device address.
+        paddr: PhysAddr,
+        /// Bytes.
+        len: u32,
+    },
+}
+
+impl Part {
+    /// The caller buffer to share and its direction, or `None` for
+    /// memory already shared.
+    fn to_share(self) -> Option<(NonNull<[u8]>, BufferDirection)> {
+        match self {
+            Part::Out(b) => Some((b, BufferDirection::DriverToDevice)),
+            Part::In(b) => Some((b, BufferDirection::DeviceToDriver)),
+            Part::DmaOut { .. } | Part::DmaIn { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -337,8 +413,8 @@ pub struct Used {
 pub struct VirtQueue<H: Hal> {
     index: u16,
     size: u16,
-    ring: Dma<H>,
-    tables: Option<Dma<H>>,
+    ring: DmaRegion<H>,
+    tables: Option<DmaRegion<H>>,
     avail_off: usize,
     used_off: usize,
     shadow: Vec<Desc>,
@@ -364,9 +440,11 @@ impl<H: Hal> VirtQueue<H> {
             return Err(VirtqError::BadSize);
         }
         let (avail_off, used_off, len) = layout(size);
-        let ring = Dma::new(len)?;
+        let ring = DmaRegion::new(len)?;
         let tables = if indirect {
-            Some(Dma::new(usize::from(size) * INDIRECT_MAX * DESC_SIZE)?)
+            Some(DmaRegion::new(
+                usize::from(size) * INDIRECT_MAX * DESC_SIZE,
+            )?)
         } else {
             None
         };
@@ -471,6 +549,13 @@ impl<H: Hal> VirtQueue<H> {
         self.free.len()
     }
 
+    /// The head the next [`VirtQueue::add`] will use, if a descriptor is
+    /// free: lets a driver fill per-head structures (a request header in
+    /// its own [`DmaRegion`]) before adding the chain that names them.
+    pub fn next_head(&self) -> Option<u16> {
+        self.free.last().copied()
+    }
+
     /// Build the chain for `parts`, share the buffers with the device and
     /// make the chain available (published at once; the kick decision is
     /// [`VirtQueue::kick_needed`], once per batch). Returns the head.
@@ -480,7 +565,9 @@ impl<H: Hal> VirtQueue<H> {
     /// Every buffer is valid for reads and writes of its length and is not
     /// accessed by anything but the device until this chain comes back from
     /// [`VirtQueue::pop`] or [`VirtQueue::drain`] (or the queue is dropped
-    /// after the device was reset).
+    /// after the device was reset). A [`Part::DmaOut`] / [`Part::DmaIn`]
+    /// names `len` bytes of DMA memory the caller owns and shares with the
+    /// device for that long.
     pub unsafe fn add(&mut self, parts: &[Part], token: u32) -> Result<u16, VirtqError> {
         if parts.is_empty() || parts.len() > self.max_parts() {
             return Err(VirtqError::TooManyParts {
@@ -495,14 +582,15 @@ impl<H: Hal> VirtQueue<H> {
         let mut descs = core::mem::take(&mut self.scratch);
         descs.clear();
         for p in parts {
-            let (b, dir) = match *p {
-                Part::Out(b) => (b, BufferDirection::DriverToDevice),
-                Part::In(b) => (b, BufferDirection::DeviceToDriver),
+            let (len, write) = match *p {
+                Part::Out(b) => (u32::try_from(b.len()).ok(), false),
+                Part::In(b) => (u32::try_from(b.len()).ok(), true),
+                Part::DmaOut { len, .. } => (Some(len), false),
+                Part::DmaIn { len, .. } => (Some(len), true),
             };
-            let len = u32::try_from(b.len()).ok();
-            let total = match (len, dir) {
-                (Some(l), BufferDirection::DeviceToDriver) => writable.checked_add(l),
-                (Some(_), _) => Some(writable),
+            let total = match (len, write) {
+                (Some(l), true) => writable.checked_add(l),
+                (Some(_), false) => Some(writable),
                 (None, _) => None,
             };
             let (Some(len), Some(total)) = (len, total) else {
@@ -510,23 +598,22 @@ impl<H: Hal> VirtQueue<H> {
                 return Err(VirtqError::BadBuffer);
             };
             writable = total;
+            let addr = match *p {
+                Part::DmaOut { paddr, .. } | Part::DmaIn { paddr, .. } => paddr,
+                Part::Out(_) | Part::In(_) => 0,
+            };
             descs.push(Desc {
-                addr: 0,
+                addr,
                 len,
-                flags: if dir == BufferDirection::DeviceToDriver {
-                    DESC_F_WRITE
-                } else {
-                    0
-                },
+                flags: if write { DESC_F_WRITE } else { 0 },
                 next: 0,
             });
         }
-        // Only now, with every check passed, share the buffers.
+        // Only now, with every check passed, share the caller buffers.
         let (mut chain, mut shared) = self.spare.pop().unwrap_or_default();
         for (p, d) in parts.iter().zip(descs.iter_mut()) {
-            let (b, dir) = match *p {
-                Part::Out(b) => (b, BufferDirection::DriverToDevice),
-                Part::In(b) => (b, BufferDirection::DeviceToDriver),
+            let Some((b, dir)) = p.to_share() else {
+                continue;
             };
             // SAFETY: the caller guarantees the buffer is valid and untouched
             // by anyone but the device until the chain comes back, when
@@ -754,6 +841,16 @@ impl<H: Hal> VirtQueue<H> {
         // request and interrupts.
         fence(Ordering::SeqCst);
         self.has_used()
+    }
+
+    /// With EVENT_IDX, ask for an interrupt at the next completion without
+    /// the fence and re-check of [`VirtQueue::enable_interrupts`]: cheap
+    /// enough for every poll, for callers that go on polling or call
+    /// `enable_interrupts` before they sleep. No-op without EVENT_IDX.
+    pub fn set_used_event(&mut self) {
+        if self.event_idx {
+            self.ring.put_u16(self.used_event_off(), self.last_used);
+        }
     }
 
     /// Ask the device not to interrupt (while polling). With EVENT_IDX the

@@ -246,3 +246,95 @@ fn interrupts_enable_recheck_and_disable() {
         q.pop().expect("pop").expect("used");
     }
 }
+
+#[test]
+fn dma_parts_are_named_by_address_not_shared() {
+    // A driver's own DMA region (virtio-blk's header and status byte): the
+    // device must see the region's addresses, and writes into the `DmaIn`
+    // byte must land there, not in a bounce buffer.
+    for indirect in [false, true] {
+        let mut q = Q::new(0, 8, false, indirect).expect("queue");
+        let mut d = dev(&q);
+        let region = DmaRegion::<TestHal>::new(64).expect("region");
+        region.put_u32(0, 0xdead_beef);
+        region.put_u8(32, 0xff);
+        let mut data = [0u8; 8];
+        let head = q.next_head().expect("free head");
+        let parts = [
+            Part::DmaOut {
+                paddr: region.paddr(0),
+                len: 16,
+            },
+            Part::In(raw(&mut data)),
+            Part::DmaIn {
+                paddr: region.paddr(32),
+                len: 1,
+            },
+        ];
+        // SAFETY: `data` and `region` outlive the chain (popped below).
+        let got = unsafe { q.add(&parts, 5) }.expect("add");
+        assert_eq!(got, head, "next_head names the head add uses");
+        let c = d.take_chain().expect("chain");
+        assert_eq!(c.indirect, indirect);
+        assert_eq!(c.descs.len(), 3);
+        assert_eq!(c.descs[0].addr, region.paddr(0));
+        assert_eq!(c.descs[0].len, 16);
+        assert!(!c.descs[0].writable());
+        assert_eq!(&c.descs[0].contents()[..4], &0xdead_beefu32.to_le_bytes());
+        assert_eq!(c.descs[2].addr, region.paddr(32));
+        assert!(c.descs[2].writable());
+        assert_eq!(c.writable(), 9);
+        assert_eq!(c.write_in(b"abcdefgh\x00"), 9);
+        d.push_used(u32::from(c.head), 9);
+        let u = q.pop().expect("pop").expect("used");
+        assert_eq!((u.token, u.len, u.writable), (5, Ok(9), 9));
+        assert_eq!(&data, b"abcdefgh");
+        assert_eq!(region.get_u8(32), 0, "status written in place");
+        assert_eq!(q.free_descs(), 8);
+    }
+}
+
+#[test]
+fn dma_in_counts_towards_length_check() {
+    let mut q = Q::new(0, 4, false, false).expect("queue");
+    let mut d = dev(&q);
+    let region = DmaRegion::<TestHal>::new(16).expect("region");
+    let parts = [Part::DmaIn {
+        paddr: region.paddr(0),
+        len: 1,
+    }];
+    // SAFETY: `region` outlives the chain.
+    unsafe { q.add(&parts, 1) }.expect("add");
+    let c = d.take_chain().expect("chain");
+    d.push_used(u32::from(c.head), 2);
+    let u = q.pop().expect("pop").expect("used");
+    assert_eq!(
+        u.len,
+        Err(VirtqError::BadLength {
+            len: 2,
+            writable: 1
+        })
+    );
+}
+
+#[test]
+fn set_used_event_asks_for_the_next_completion() {
+    let mut q = Q::new(0, 4, true, false).expect("queue");
+    let mut d = dev(&q);
+    let mut b = [0u8; 4];
+    // SAFETY: `b` outlives the chain.
+    unsafe { q.add(&[Part::In(raw(&mut b))], 1) }.expect("add");
+    let c = d.take_chain().expect("chain");
+    d.push_used(u32::from(c.head), 0);
+    assert!(q.pop().expect("pop").is_some());
+    q.disable_interrupts();
+    assert_eq!(d.used_event(), 0);
+    q.set_used_event();
+    assert_eq!(d.used_event(), 1);
+    // Without EVENT_IDX it leaves the flags alone.
+    let mut q = Q::new(0, 4, false, false).expect("queue");
+    let d = dev(&q);
+    q.disable_interrupts();
+    q.set_used_event();
+    assert_eq!(d.avail_flags(), AVAIL_F_NO_INTERRUPT);
+}
