@@ -1,7 +1,7 @@
 //! virtio-balloon against the fake device: exact wire bytes (PFN arrays,
 //! stats entries, config fields) and a hostile device.
 
-use pv_balloon::testing::virtio::{FakeBalloon, IdentityHal};
+use pv_balloon::testing::virtio::{BalloonChain, FakeBalloon, IdentityHal};
 use pv_balloon::virtio::{DEFLATEQ, INFLATEQ, STATSQ};
 use pv_balloon::{
     BalloonError, Event, FreeRange, Limits, MemStats, Plan, StatTag, VirtioBalloon,

@@ -2,7 +2,7 @@
 //! type, queue depth, EVENT_IDX, multiqueue, and a hostile device per
 //! validation case (error + clean reset, no panic).
 
-use pv_blk::testing::virtio::{Chain, FakeVirtioBlk, TestHal};
+use pv_blk::testing::virtio::{BlkChain, Chain, FakeVirtioBlk, TestHal};
 use pv_blk::virtio::{VirtioBlk, VirtioBlkConfig, VirtioFeatures};
 use pv_blk::{BlkError, BlockFrontend, IoBuf, OpKind, Request, Token};
 use xenbus::virtq::{need_event, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
