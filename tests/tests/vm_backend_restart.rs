@@ -13,6 +13,7 @@
 //! that had.
 
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pv_blk::pattern;
@@ -45,36 +46,103 @@ done
 echo "pvtest: final seed $pass"
 "#;
 
+/// What both tests share: an 8 MiB data image served by our backend on
+/// `sock`, QEMU's own virtio-blk control disk, and the backend log.
+struct Rig {
+    /// Holds the images, socket and log; removed on drop.
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    ctl: PathBuf,
+    sock: PathBuf,
+    log: PathBuf,
+    /// The backend's disk spec.
+    spec: Vec<String>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        const BLOCKS: u64 = 2048; // 8 MiB
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data.img");
+        let ctl = dir.path().join("ctl.img");
+        std::fs::File::create(&data)
+            .and_then(|f| f.set_len(BLOCKS * BLOCK as u64))
+            .expect("data image");
+        std::fs::File::create(&ctl)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("control image");
+        let sock = dir.path().join("data.sock");
+        let log = dir.path().join("backend.log");
+        let spec = vec![format!(
+            "path={},socket={},serial=restart-data,queues=1",
+            data.display(),
+            sock.display()
+        )];
+        Self {
+            _dir: dir,
+            data,
+            ctl,
+            sock,
+            log,
+            spec,
+        }
+    }
+
+    /// The backend with extra `args`, logging to the rig's log.
+    fn backend(&self, args: &[&str]) -> PvBackend {
+        PvBackend::start(&self.spec, args, &self.log).expect("backend")
+    }
+
+    /// A guest running [`SCRIPT`] on the backend's disk (QEMU reconnects
+    /// after 1 s) and the control disk.
+    fn guest(&self, name: &str) -> Guest {
+        Guest::builder(name)
+            .modules(["virtio_pci", "virtio_blk"])
+            .binary("pvio")
+            .vhost_user_blk_reconnecting(&self.sock, 1)
+            .virtio_blk_disk(&self.ctl)
+            .script(SCRIPT)
+            .timeout(Duration::from_secs(1200))
+            .start()
+            .expect("harness")
+    }
+
+    /// Tell the guest to stop after its current pass.
+    fn stop_guest(&self) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.ctl)
+            .and_then(|f| f.write_all_at(b"stop\n", 0).and_then(|()| f.sync_all()))
+            .expect("write stop");
+    }
+
+    /// Blocks of the image (at most 10) that do not hold pass `seed`.
+    fn bad_blocks(&self, seed: u64) -> Vec<usize> {
+        let image = std::fs::read(&self.data).expect("read image");
+        image
+            .chunks_exact(BLOCK)
+            .enumerate()
+            .filter(|(i, b)| pattern::verify(b, seed, *i as u64).is_err())
+            .map(|(i, _)| i)
+            .take(10)
+            .collect()
+    }
+}
+
+/// The seed of the guest's last pass, from its console.
+fn final_seed(console: &str) -> u64 {
+    console
+        .lines()
+        .find_map(|l| l.split("pvtest: final seed ").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("final seed line")
+}
+
 #[test]
 fn backend_sigkilled_during_writes_loses_nothing() {
-    const BLOCKS: u64 = 2048; // 8 MiB
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data.img");
-    let ctl = dir.path().join("ctl.img");
-    std::fs::File::create(&data)
-        .and_then(|f| f.set_len(BLOCKS * BLOCK as u64))
-        .expect("data image");
-    std::fs::File::create(&ctl)
-        .and_then(|f| f.set_len(1 << 20))
-        .expect("control image");
-    let sock = dir.path().join("data.sock");
-    let log = dir.path().join("backend.log");
-    let spec = vec![format!(
-        "path={},socket={},serial=restart-data,queues=1",
-        data.display(),
-        sock.display()
-    )];
-    let mut backend = PvBackend::start(&spec, &[], &log).expect("backend");
-
-    let mut guest = Guest::builder("backend-restart")
-        .modules(["virtio_pci", "virtio_blk"])
-        .binary("pvio")
-        .vhost_user_blk_reconnecting(&sock, 1)
-        .virtio_blk_disk(&ctl)
-        .script(SCRIPT)
-        .timeout(Duration::from_secs(1200))
-        .start()
-        .expect("harness");
+    let rig = Rig::new();
+    let mut backend = rig.backend(&[]);
+    let mut guest = rig.guest("backend-restart");
     guest
         .wait_for_console("pvtest: writing to", Duration::from_secs(300))
         .expect("guest started writing");
@@ -98,7 +166,7 @@ fn backend_sigkilled_during_writes_loses_nothing() {
         wait_connected(&backend, i as usize + 1);
         std::thread::sleep(Duration::from_millis(300 + u64::from(i * 373 % 1500)));
         backend.kill();
-        backend = PvBackend::start(&spec, &[], &log).expect("backend restart");
+        backend = rig.backend(&[]);
     }
     wait_connected(&backend, KILLS as usize + 1);
     let passes_before = guest.drain_console().matches("verified\n").count();
@@ -113,11 +181,7 @@ fn backend_sigkilled_during_writes_loses_nothing() {
             Duration::from_secs(600),
         )
         .expect("guest I/O finishes after the last restart");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&ctl)
-        .and_then(|f| f.write_all_at(b"stop\n", 0).and_then(|()| f.sync_all()))
-        .expect("write stop");
+    rig.stop_guest();
     let out = guest.wait();
     // QEMU came back after every restart (reconnect=1), so the kills did
     // interrupt a live device each time.
@@ -133,12 +197,7 @@ fn backend_sigkilled_during_writes_loses_nothing() {
             backend.log()
         );
     }
-    let final_seed: u64 = out
-        .console
-        .lines()
-        .find_map(|l| l.split("pvtest: final seed ").nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("final seed line");
+    let final_seed = final_seed(&out.console);
     assert!(
         final_seed >= 2,
         "the guest completed only {final_seed} pass(es)"
@@ -147,14 +206,7 @@ fn backend_sigkilled_during_writes_loses_nothing() {
     // Every pass was verified in the guest after its writes were
     // acknowledged; the host image holds the last pass entirely.
     drop(backend);
-    let image = std::fs::read(&data).expect("read image");
-    let bad: Vec<usize> = image
-        .chunks_exact(BLOCK)
-        .enumerate()
-        .filter(|(i, b)| pattern::verify(b, final_seed, *i as u64).is_err())
-        .map(|(i, _)| i)
-        .take(10)
-        .collect();
+    let bad = rig.bad_blocks(final_seed);
     assert!(
         bad.is_empty(),
         "blocks of the last pass missing from the image: {bad:?}"
@@ -171,44 +223,16 @@ fn backend_sigkilled_during_writes_loses_nothing() {
 /// covering sector 4096, which the guest's first verify pass reads.
 #[test]
 fn worker_panic_resets_the_device_and_the_guest_carries_on() {
-    const BLOCKS: u64 = 2048; // 8 MiB
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data.img");
-    let ctl = dir.path().join("ctl.img");
-    std::fs::File::create(&data)
-        .and_then(|f| f.set_len(BLOCKS * BLOCK as u64))
-        .expect("data image");
-    std::fs::File::create(&ctl)
-        .and_then(|f| f.set_len(1 << 20))
-        .expect("control image");
-    let sock = dir.path().join("data.sock");
-    let log = dir.path().join("backend.log");
-    let spec = vec![format!(
-        "path={},socket={},serial=restart-data,queues=1",
-        data.display(),
-        sock.display()
-    )];
+    let rig = Rig::new();
     // Inherited by the daemon (nextest runs each test in its own process).
     std::env::set_var("PVBACKEND_FAULT_PANIC_SECTOR", "4096");
-    let backend = PvBackend::start(&spec, &["--metrics", "127.0.0.1:0"], &log).expect("backend");
+    let backend = rig.backend(&["--metrics", "127.0.0.1:0"]);
     let pid = backend.pid().expect("pid");
-    let mut guest = Guest::builder("backend-panic")
-        .modules(["virtio_pci", "virtio_blk"])
-        .binary("pvio")
-        .vhost_user_blk_reconnecting(&sock, 1)
-        .virtio_blk_disk(&ctl)
-        .script(SCRIPT)
-        .timeout(Duration::from_secs(1200))
-        .start()
-        .expect("harness");
+    let mut guest = rig.guest("backend-panic");
     guest
         .wait_for_console("pvtest: pass 2 verified", Duration::from_secs(900))
         .expect("guest verified two passes across the reset");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&ctl)
-        .and_then(|f| f.write_all_at(b"stop\n", 0).and_then(|()| f.sync_all()))
-        .expect("write stop");
+    rig.stop_guest();
     let out = guest.wait();
     if !out.passed() {
         panic!(
@@ -233,22 +257,10 @@ fn worker_panic_resets_the_device_and_the_guest_carries_on() {
         v("pvbackend_blk_connections_total{disk=\"data\"}") >= 2.0,
         "QEMU did not reconnect after the reset: {m}"
     );
-    let final_seed: u64 = out
-        .console
-        .lines()
-        .find_map(|l| l.split("pvtest: final seed ").nth(1))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("final seed line");
+    let final_seed = final_seed(&out.console);
     let st = backend.stop(Duration::from_secs(60)).expect("stop");
     assert!(st.is_some_and(|s| s.success()), "graceful stop: {st:?}");
-    let image = std::fs::read(&data).expect("read image");
-    let bad: Vec<usize> = image
-        .chunks_exact(BLOCK)
-        .enumerate()
-        .filter(|(i, b)| pattern::verify(b, final_seed, *i as u64).is_err())
-        .map(|(i, _)| i)
-        .take(10)
-        .collect();
+    let bad = rig.bad_blocks(final_seed);
     assert!(
         bad.is_empty(),
         "blocks of the last pass wrong in the image: {bad:?}"
