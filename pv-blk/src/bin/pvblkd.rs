@@ -1,8 +1,12 @@
 //! `pvblkd`: the pv-blk Linux guest runtime. Claims a virtio-blk PCI
 //! device from the kernel, drives it from userspace with the pv-blk core
-//! (`pv_blk::virtio`), and exports it back to the guest kernel as
-//! `/dev/nbdN` through the kernel NBD driver over a socketpair, so guest
-//! filesystems and tools work unchanged.
+//! (`pv_blk::virtio`), and exports it back to the guest kernel, so guest
+//! filesystems and tools work unchanged: as `/dev/ublkbN` through the
+//! kernel's ublk driver where the kernel has it (io_uring commands, no
+//! socket hop: see `pvblkd/ublk.rs`), else as `/dev/nbdN` through the
+//! kernel NBD driver over a socketpair (`--export` picks; the rest of this
+//! page describes the NBD export, and the ublk one follows the same
+//! polling, failure and stopping rules).
 //!
 //! # How it runs
 //!
@@ -59,6 +63,9 @@ use pv_linux::signal;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::Transport;
 
+#[path = "pvblkd/ublk.rs"]
+mod ublk;
+
 /// Largest data buffer of one device request.
 const CHUNK: usize = 256 * 1024;
 /// Largest NBD write accepted (the kernel's own limit for nbd is 32 MiB).
@@ -76,6 +83,19 @@ struct Cli {
     /// first virtio-blk function nobody has claimed.
     #[arg(long)]
     pci: Option<String>,
+    /// How to export the disk: `ublk` (/dev/ublkbN; kernel 6.0+ with
+    /// ublk_drv), `nbd` (/dev/nbdN), or `auto`: ublk when
+    /// /dev/ublk-control exists or `modprobe ublk_drv` makes it, else nbd.
+    #[arg(long, value_enum, default_value_t = Export::Auto)]
+    export: Export,
+    /// ublk device id (/dev/ublkbN); default: the kernel picks the first
+    /// free one.
+    #[arg(long)]
+    ublk_id: Option<u32>,
+    /// ublk queue depth (tags; each has a 256 KiB DMA buffer); capped at
+    /// the device's queue depth.
+    #[arg(long, default_value_t = 128)]
+    ublk_depth: u16,
     /// NBD device index to export on (/dev/nbdN; needs `modprobe nbd`).
     #[arg(long, default_value_t = 0)]
     nbd: u32,
@@ -135,6 +155,47 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = pv_linux::logger::parse_level)]
     log_level: log::LevelFilter,
+}
+
+/// The kernel interface the disk is exported through.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Export {
+    /// ublk when the kernel has it, else NBD.
+    Auto,
+    /// The kernel's ublk driver: /dev/ublkbN.
+    Ublk,
+    /// The kernel's NBD driver over a socketpair: /dev/nbdN.
+    Nbd,
+}
+
+/// Resolves `--export auto` (loading ublk_drv if it is a module).
+fn choose_export(asked: Export) -> Export {
+    if asked != Export::Auto {
+        info!("export: {asked:?} (asked)");
+        return asked;
+    }
+    if !pv_linux::ublk::available() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("ublk_drv")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let chosen = if pv_linux::ublk::available() {
+        Export::Ublk
+    } else {
+        Export::Nbd
+    };
+    info!(
+        "export: {chosen:?} ({} {})",
+        pv_linux::ublk::CONTROL,
+        if chosen == Export::Ublk {
+            "present"
+        } else {
+            "absent"
+        }
+    );
+    chosen
 }
 
 /// How idle waits for completions end.
@@ -215,6 +276,13 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     if !size_bytes.is_multiple_of(u64::from(bs)) {
         warn!("capacity is not a multiple of {bs}; exporting 512-byte blocks");
         bs = di.block_size.max(SECTOR_SIZE as u32);
+    }
+    if choose_export(cli.export) == Export::Ublk {
+        let served = ublk::serve(cli, &mut blk, dev.irq(), bs);
+        // Flush the device cache, then reset it (drop).
+        let flushed = flush_device(&mut blk);
+        drop(blk);
+        return served.and(flushed);
     }
     let mut flags = 0;
     if di.features.read_only {
