@@ -1,7 +1,7 @@
 //! The ublk export of `pvblkd`: `/dev/ublkbN` instead of `/dev/nbdN`.
 //!
 //! Each ublk tag (one request slot of the kernel's queue) owns a buffer in
-//! the hugepage DMA pool. The driver copies a write's data into it before
+//! the hugepage DMA pool (`--ublk-buf-kb`, default 256 KiB). The driver copies a write's data into it before
 //! it hands us the request, and copies a read's data out of it when we
 //! commit; the device DMAs straight to and from it, so the data is copied
 //! once (by the kernel, as for any userspace block device), and there is
@@ -38,7 +38,10 @@ use pv_linux::ublk::{Control, Event, Queue};
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::Transport;
 
-use super::{Cli, CHUNK, DEFAULT_MAX_DISCARD_SECTORS};
+use super::{Cli, DEFAULT_MAX_DISCARD_SECTORS};
+
+/// Default spin budgets (µs) of the ublk export: see `--spin-us`.
+const SPIN_US: u64 = 5000;
 
 type Blk = VirtioBlk<LinuxHal, PciTransport>;
 
@@ -109,7 +112,7 @@ pub(super) fn serve(
         .ublk_depth
         .min(u16::try_from(di.queue_depth).unwrap_or(u16::MAX))
         .max(1);
-    let buf_bytes = CHUNK as u32;
+    let buf_bytes = cli.ublk_buf_kb.clamp(4, 2048) * 1024;
     let mut ctrl = Control::open().map_err(|e| e.to_string())?;
     let added = ctrl
         .add_dev(&DevInfo {
@@ -132,7 +135,7 @@ pub(super) fn serve(
             .map_err(|e| e.to_string())?;
         let mut bufs = Vec::with_capacity(usize::from(depth));
         for _ in 0..depth {
-            bufs.push(DmaBuf::new(CHUNK).map_err(|e| e.to_string())?);
+            bufs.push(DmaBuf::new(buf_bytes as usize).map_err(|e| e.to_string())?);
         }
         let mut queue = Queue::open(dev_id, 0, depth).map_err(|e| e.to_string())?;
         for (tag, b) in bufs.iter().enumerate() {
@@ -144,7 +147,7 @@ pub(super) fn serve(
         let starter = Control::spawn("ublk-start", move |c| c.start_dev(dev_id))
             .map_err(|e| e.to_string())?;
         let poller = AdaptivePoller::new(
-            Duration::from_micros(cli.spin_us),
+            Duration::from_micros(cli.spin_us.unwrap_or(SPIN_US)),
             Duration::from_micros(cli.min_sleep_us),
             Duration::from_micros(cli.max_sleep_us),
         );
@@ -153,7 +156,7 @@ pub(super) fn serve(
             irq,
             info: di,
             poller,
-            idle_spin: Duration::from_micros(cli.idle_spin_us),
+            idle_spin: Duration::from_micros(cli.idle_spin_us.unwrap_or(SPIN_US)),
             idle_since: None,
             dev_id,
             live: usize::from(depth),
