@@ -525,3 +525,62 @@ impl Server<'_> {
         idle
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pv_blk::Features;
+
+    fn info(features: Features, max_discard: u32) -> DeviceInfo {
+        DeviceInfo {
+            capacity_sectors: 65536,
+            block_size: 512,
+            features,
+            queues: 1,
+            queue_depth: 256,
+            max_segments: 61,
+            max_discard_sectors: max_discard,
+        }
+    }
+
+    #[test]
+    fn params_follow_the_device() {
+        let f = Features {
+            flush: true,
+            discard: true,
+            write_zeroes: true,
+            ..Features::default()
+        };
+        let p = params(&info(f, 1003), 4096, 256 * 1024);
+        assert_eq!(p.types, wire::PARAM_TYPE_BASIC | wire::PARAM_TYPE_DISCARD);
+        assert_eq!(p.basic.attrs, wire::attr::VOLATILE_CACHE);
+        assert_eq!(p.basic.logical_bs_shift, 12);
+        assert_eq!(p.basic.max_sectors, 512);
+        assert_eq!(p.basic.dev_sectors, 65536);
+        // Whole 4 KiB blocks: 1003 sectors round down to 1000.
+        assert_eq!(p.discard.max_discard_sectors, 1000);
+        assert_eq!(p.discard.max_write_zeroes_sectors, 1000);
+        assert_eq!(p.discard.max_discard_segments, 1);
+        assert_eq!(p.discard.discard_granularity, 4096);
+    }
+
+    #[test]
+    fn read_only_devices_get_no_discard() {
+        let f = Features {
+            read_only: true,
+            discard: true,
+            ..Features::default()
+        };
+        let p = params(&info(f, 0), 512, 128 * 1024);
+        assert_eq!(p.types, wire::PARAM_TYPE_BASIC);
+        assert_eq!(p.basic.attrs, wire::attr::READ_ONLY);
+        assert_eq!(p.basic.logical_bs_shift, 9);
+        assert_eq!(p.basic.max_sectors, 256);
+    }
+
+    #[test]
+    fn errors_map_to_errnos() {
+        assert_eq!(errno_of(&BlkError::ReadOnly), -libc::EROFS);
+        assert_eq!(errno_of(&BlkError::QueueFull), -libc::EIO);
+    }
+}
