@@ -96,6 +96,11 @@ struct Cli {
     /// capped at the device's queue depth.
     #[arg(long, default_value_t = 128)]
     ublk_depth: u16,
+    /// Set the ublk queue's io_uring up with COOP_TASKRUN: the driver's
+    /// hand-over of a request sets a flag the spinning loop polls, instead
+    /// of interrupting it (an IPI to the serving vCPU).
+    #[arg(long)]
+    ublk_coop: bool,
     /// Largest ublk request in KiB (each tag's DMA buffer; at most 2048,
     /// one hugepage).
     #[arg(long, default_value_t = 256)]

@@ -219,8 +219,11 @@ impl std::fmt::Debug for Queue {
 
 impl Queue {
     /// Opens `/dev/ublkc<dev_id>` (waiting up to 5 s for devtmpfs to show
-    /// it) and maps queue `q_id`'s descriptors.
-    pub fn open(dev_id: u32, q_id: u16, depth: u16) -> Result<Self> {
+    /// it) and maps queue `q_id`'s descriptors. `coop`: the ring is set up
+    /// with `COOP_TASKRUN | TASKRUN_FLAG`, so the driver's hand-over of a
+    /// request does not interrupt a spinning server; [`Queue::has_completions`]
+    /// sees the flag and runs the pending work with one `io_uring_enter`.
+    pub fn open(dev_id: u32, q_id: u16, depth: u16, coop: bool) -> Result<Self> {
         let path = PathBuf::from(format!("/dev/ublkc{dev_id}"));
         let mut tries = 0;
         let char_dev = loop {
@@ -262,14 +265,16 @@ impl Queue {
             ));
         }
         let entries = u32::from(depth).next_power_of_two().max(8) * 2;
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 2)
-            .build(entries)
-            .map_err(|e| {
-                // SAFETY: unmapping the mapping made above, not used since.
-                unsafe { libc::munmap(p, map_len) };
-                sys("io_uring_setup (ublk queue)", e)
-            })?;
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(entries * 2);
+        if coop {
+            builder.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        let ring = builder.build(entries).map_err(|e| {
+            // SAFETY: unmapping the mapping made above, not used since.
+            unsafe { libc::munmap(p, map_len) };
+            sys("io_uring_setup (ublk queue)", e)
+        })?;
         Ok(Self {
             char_dev,
             ring,
@@ -365,9 +370,17 @@ impl Queue {
         }
     }
 
-    /// True when completions wait (no system call).
+    /// True when completions wait (no system call, unless the kernel
+    /// flagged deferred work for us: then one `io_uring_enter` runs it).
     pub fn has_completions(&mut self) -> bool {
-        !self.ring.completion().is_empty()
+        if !self.ring.completion().is_empty() {
+            return true;
+        }
+        if self.ring.submission().taskrun() {
+            let _ = self.ring.submit();
+            return !self.ring.completion().is_empty();
+        }
+        false
     }
 
     /// Takes every waiting completion.
