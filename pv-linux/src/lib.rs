@@ -25,6 +25,10 @@
 //!   socketpair: the wire codec ([`nbd::wire`], host-testable and fuzzed)
 //!   and the kernel side ([`nbd::NbdKernel`]: ioctls, the `NBD_DO_IT`
 //!   thread, disconnect).
+//! - [`ublk`]: export a block device through the kernel's ublk driver
+//!   (io_uring commands; no socket hop): control commands, one queue's
+//!   descriptors and fetch/commit ring, and the descriptor decoder
+//!   ([`ublk::wire`], host-testable and fuzzed).
 //! - [`logger`]: a minimal stderr logger for the daemons.
 //! - [`signal`]: SIGTERM/SIGINT as a flag, and blocking them in helper
 //!   threads.
@@ -79,6 +83,7 @@ pub mod nbd;
 pub mod pci;
 pub mod poll;
 pub mod signal;
+pub mod ublk;
 
 use std::path::PathBuf;
 

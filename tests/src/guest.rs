@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::guest_bins;
 use crate::initramfs::Initramfs;
-use crate::kernel::{self, Kernel};
+use crate::kernel::{Kernel, KernelChoice};
 use crate::modules::ModuleIndex;
 use crate::process::ChildGuard;
 use crate::HarnessError;
@@ -150,6 +150,7 @@ pub struct GuestBuilder {
     next_dev: u32,
     cmdline: Vec<String>,
     echo: bool,
+    kernel: KernelChoice,
 }
 
 /// A running guest. Dropping it kills QEMU.
@@ -189,6 +190,7 @@ impl Guest {
             next_dev: 0,
             cmdline: Vec::new(),
             echo: std::env::var_os("PVTEST_ECHO").is_some(),
+            kernel: KernelChoice::Current,
         }
     }
 
@@ -377,6 +379,12 @@ impl GuestBuilder {
     /// Accelerator (default TCG, or `PVTEST_ACCEL`).
     pub fn accel(mut self, accel: Accel) -> Self {
         self.accel = accel;
+        self
+    }
+
+    /// Which guest kernel to boot (default: the host suite's, 6.1).
+    pub fn kernel(mut self, choice: KernelChoice) -> Self {
+        self.kernel = choice;
         self
     }
 
@@ -643,7 +651,7 @@ impl GuestBuilder {
 
     /// Builds the initramfs and boots the guest.
     pub fn start(self) -> Result<Guest, HarnessError> {
-        let kernel = kernel::current()?;
+        let kernel = self.kernel.resolve()?;
         let suffix = unique_suffix();
         let begin = format!("PVTEST-{suffix}-BEGIN");
         let end = format!("PVTEST-{suffix}-END");
@@ -663,7 +671,7 @@ impl GuestBuilder {
 
         let mut cmd = Command::new("qemu-system-x86_64");
         match self.accel {
-            Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+            Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", self.kernel.tcg_cpu()]),
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         };
         let mem = format!("{}M", self.memory_mib);

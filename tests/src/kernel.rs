@@ -1,6 +1,16 @@
 //! The guest kernel: the current Debian cloud kernel, resolved through the
 //! `linux-image-cloud-amd64` metapackage, fetched with `apt-get download`
 //! and unpacked into the cache, keyed by package version.
+//!
+//! Two choices ([`KernelChoice`]): the host's own suite (bookworm, 6.1: the
+//! default for every test) and bookworm-backports (6.12), for what 6.1
+//! lacks (`ublk_drv`). Backports is not in the host's apt sources and is
+//! not added there: the harness keeps a private apt state for it under the
+//! cache root (its own sources file, lists and cache, `apt-get update`d on
+//! first use and when a lookup fails), so the host's apt configuration is
+//! never changed. 6.12 ships its modules xz-compressed; they are
+//! decompressed once when the package is unpacked, so the module index and
+//! the guest's busybox `insmod` see plain `.ko` files.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +21,41 @@ use crate::HarnessError;
 
 /// The metapackage that always depends on the current cloud kernel.
 pub const METAPACKAGE: &str = "linux-image-cloud-amd64";
+
+/// Which Debian kernel a guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelChoice {
+    /// The host suite's cloud kernel (bookworm: 6.1). The default.
+    #[default]
+    Current,
+    /// bookworm-backports' cloud kernel (6.12: has `ublk_drv`).
+    Backports,
+}
+
+impl KernelChoice {
+    /// Resolves (and on first use downloads) the kernel.
+    pub fn resolve(self) -> Result<Kernel, HarnessError> {
+        match self {
+            Self::Current => current(),
+            Self::Backports => backports(),
+        }
+    }
+
+    /// The `-cpu` model for TCG. 6.12 under QEMU 7.2's TCG with `-cpu max`
+    /// dies early in boot in most runs (double faults, #DB with garbage
+    /// EFLAGS right after SLUB's per-CPU `cmpxchg16b`: measured 9 of 10
+    /// boots, also with `qemu64`); without CX16 the kernel takes SLUB's
+    /// locked path and booted 6 of 6. 6.1 is fine with `max`.
+    pub fn tcg_cpu(self) -> &'static str {
+        match self {
+            Self::Current => "max",
+            Self::Backports => "max,cx16=off",
+        }
+    }
+}
+
+/// The suite of [`KernelChoice::Backports`].
+pub const BACKPORTS_SUITE: &str = "bookworm-backports";
 
 /// An unpacked guest kernel.
 #[derive(Debug, Clone)]
@@ -86,8 +131,8 @@ pub fn current() -> Result<Kernel, HarnessError> {
         });
     }
     let kdir = cache::root()?.join("kernel");
-    match resolve_from_apt() {
-        Ok((pkg, version)) => fetch(&kdir, &pkg, &version),
+    match resolve_from_apt(&[]) {
+        Ok((pkg, version)) => fetch(&kdir, &pkg, &version, &[]),
         Err(e) => newest_cached(&kdir).ok_or(e).inspect(|k| {
             eprintln!(
                 "pvtest: warning: cannot resolve {METAPACKAGE} through apt; using cached {} {}",
@@ -97,15 +142,124 @@ pub fn current() -> Result<Kernel, HarnessError> {
     }
 }
 
-fn resolve_from_apt() -> Result<(String, String), HarnessError> {
-    let deps = run_capture(Command::new("apt-cache").args(["depends", METAPACKAGE]))?;
+/// Resolves and returns bookworm-backports' cloud kernel (6.12), through
+/// the harness's private apt state, downloading and unpacking it on first
+/// use. `PVTEST_BACKPORTS_KERNEL` + `PVTEST_BACKPORTS_MODULES` override it
+/// (like `PVTEST_KERNEL` for [`current`]). Falls back to the newest cached
+/// backports kernel when apt cannot answer.
+pub fn backports() -> Result<Kernel, HarnessError> {
+    if let (Some(img), Some(mods)) = (
+        std::env::var_os("PVTEST_BACKPORTS_KERNEL"),
+        std::env::var_os("PVTEST_BACKPORTS_MODULES"),
+    ) {
+        let modules_dir = PathBuf::from(mods);
+        let release = modules_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                HarnessError::Setup(
+                    "PVTEST_BACKPORTS_MODULES must name lib/modules/<release>".into(),
+                )
+            })?;
+        return Ok(Kernel {
+            release,
+            package_version: "local".into(),
+            vmlinuz: img.into(),
+            modules_dir,
+        });
+    }
+    let root = cache::root()?;
+    let kdir = root.join("kernel-backports");
+    let apt = PrivateApt::new(&root.join("apt-backports"), BACKPORTS_SUITE)?;
+    let opts = apt.options();
+    let resolved = match resolve_from_apt(&opts) {
+        Ok(r) => Ok(r),
+        // No lists yet, or the candidate vanished: update and ask again.
+        Err(_) => apt.update().and_then(|()| resolve_from_apt(&opts)),
+    };
+    match resolved {
+        Ok((pkg, version)) => match fetch(&kdir, &pkg, &version, &opts) {
+            Ok(k) => Ok(k),
+            // Old versions vanish from the archive: refresh once.
+            Err(_) => {
+                apt.update()?;
+                let (pkg, version) = resolve_from_apt(&opts)?;
+                fetch(&kdir, &pkg, &version, &opts)
+            }
+        },
+        Err(e) => newest_cached(&kdir).ok_or(e).inspect(|k| {
+            eprintln!(
+                "pvtest: warning: cannot resolve {METAPACKAGE} from {BACKPORTS_SUITE}; using cached {} {}",
+                k.release, k.package_version
+            );
+        }),
+    }
+}
+
+/// An apt state of the harness's own (sources, lists, cache) for one extra
+/// suite of the Debian archive; the host's apt configuration is untouched.
+#[derive(Debug)]
+struct PrivateApt {
+    dir: PathBuf,
+}
+
+impl PrivateApt {
+    fn new(dir: &Path, suite: &str) -> Result<Self, HarnessError> {
+        for sub in ["sources", "lists/partial", "cache/archives/partial"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d)
+                .map_err(|e| HarnessError::io(format!("create {}", d.display()), e))?;
+        }
+        let sources = dir.join("sources").join(format!("{suite}.sources"));
+        let text = format!(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
+             Architectures: amd64\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        );
+        if fs::read_to_string(&sources).ok().as_deref() != Some(text.as_str()) {
+            fs::write(&sources, text)
+                .map_err(|e| HarnessError::io(format!("write {}", sources.display()), e))?;
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// `-o` options that point apt at this state only.
+    fn options(&self) -> Vec<String> {
+        let d = &self.dir;
+        [
+            "Dir::Etc::SourceList=/dev/null".to_owned(),
+            format!("Dir::Etc::SourceParts={}", d.join("sources").display()),
+            format!("Dir::State::Lists={}", d.join("lists").display()),
+            format!("Dir::Cache={}", d.join("cache").display()),
+            "Dir::State::status=/dev/null".to_owned(),
+            "APT::Architectures::=amd64".to_owned(),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_owned(), o])
+        .collect()
+    }
+
+    fn update(&self) -> Result<(), HarnessError> {
+        let _lock = DirLock::acquire(&self.dir)?;
+        eprintln!("pvtest: apt-get update of {}", self.dir.display());
+        run_capture(Command::new("apt-get").args(self.options()).arg("update")).map(|_| ())
+    }
+}
+
+fn resolve_from_apt(opts: &[String]) -> Result<(String, String), HarnessError> {
+    let deps = run_capture(
+        Command::new("apt-cache")
+            .args(opts)
+            .args(["depends", METAPACKAGE]),
+    )?;
     let image = parse_metapackage_depends(&deps).ok_or_else(|| {
         HarnessError::Setup(format!(
             "{METAPACKAGE} names no kernel image (run apt-get update)"
         ))
     })?;
     let pkg = format!("{image}-unsigned");
-    let policy = run_capture(Command::new("apt-cache").args(["policy", &pkg]))?;
+    let policy = run_capture(Command::new("apt-cache").args(opts).args(["policy", &pkg]))?;
     let version = parse_candidate(&policy).ok_or_else(|| {
         HarnessError::Setup(format!(
             "no candidate version for {pkg} (run apt-get update)"
@@ -114,7 +268,7 @@ fn resolve_from_apt() -> Result<(String, String), HarnessError> {
     Ok((pkg, version))
 }
 
-fn fetch(kdir: &Path, pkg: &str, version: &str) -> Result<Kernel, HarnessError> {
+fn fetch(kdir: &Path, pkg: &str, version: &str, opts: &[String]) -> Result<Kernel, HarnessError> {
     let dir = kdir.join(format!("{pkg}_{version}"));
     let done = dir.join(".complete");
     if !done.exists() {
@@ -126,6 +280,7 @@ fn fetch(kdir: &Path, pkg: &str, version: &str) -> Result<Kernel, HarnessError> 
             eprintln!("pvtest: downloading {pkg}={version} into {}", dir.display());
             run_capture(
                 Command::new("apt-get")
+                    .args(opts)
                     .arg("download")
                     .arg(format!("{pkg}={version}"))
                     .current_dir(&dir),
@@ -149,11 +304,37 @@ fn fetch(kdir: &Path, pkg: &str, version: &str) -> Result<Kernel, HarnessError> 
             )?;
             fs::remove_file(&deb)
                 .map_err(|e| HarnessError::io(format!("remove {}", deb.display()), e))?;
+            decompress_modules(&dir.join("root/lib/modules"))?;
             fs::write(&done, version)
                 .map_err(|e| HarnessError::io(format!("write {}", done.display()), e))?;
         }
     }
     unpacked(&dir, version)
+}
+
+/// Decompresses every `.ko.xz` under `dir` in place (6.12 ships them so;
+/// 6.1 does not), with `xz -d` (xz-utils is part of every Debian system).
+fn decompress_modules(dir: &Path) -> Result<(), HarnessError> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let rd =
+            fs::read_dir(&d).map_err(|e| HarnessError::io(format!("list {}", d.display()), e))?;
+        for entry in rd.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(".ko.xz") {
+                found.push(path);
+            }
+        }
+    }
+    for batch in found.chunks(256) {
+        run_capture(Command::new("xz").arg("-d").args(batch)).map_err(|e| {
+            HarnessError::Setup(format!("decompress kernel modules (needs xz-utils): {e}"))
+        })?;
+    }
+    Ok(())
 }
 
 fn unpacked(dir: &Path, version: &str) -> Result<Kernel, HarnessError> {

@@ -45,6 +45,7 @@ pub mod qmp;
 pub mod vhost_user;
 
 pub use guest::{Accel, Guest, GuestBuilder, Outcome, Verdict};
+pub use kernel::KernelChoice;
 pub use peers::QemuStorageDaemon;
 pub use process::ChildGuard;
 pub use qmp::Qmp;

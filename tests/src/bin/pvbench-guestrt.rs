@@ -7,13 +7,17 @@
 //! - `nbd`: `pvblkd` driving the other device, the same `pvio` runs on
 //!   `/dev/nbd0`;
 //! - `direct`: `pvio direct`, the pv-blk core driving the device itself (no
-//!   kernel block layer, no NBD hop), busy-polling.
+//!   kernel block layer, no NBD hop), busy-polling;
+//! - `ublk` (with `--kernel backports`: bookworm-backports' 6.12 kernel,
+//!   which has ublk_drv): `pvblkd --export ublk`, the same `pvio` runs on
+//!   `/dev/ublkb0`. The other three cases run in the same boot.
 //!
 //! 4 KiB random reads at QD1 and QD32 (`pvio randread --jobs N`: N threads
 //! with one read each; `pvio direct --qd N`), and 1 MiB sequential reads at
 //! QD1.
 //!
 //!     cargo run --release -p pvdrivers-tests --bin pvbench-guestrt -- --seconds 10
+//!     cargo run --release -p pvdrivers-tests --bin pvbench-guestrt -- --seconds 10 --kernel backports
 //!
 //! Under TCG the emulated guest CPU bounds every figure; the ratios are
 //! what this measures.
@@ -30,7 +34,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use pvtest::Guest;
+use pvtest::{Guest, KernelChoice};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Figures {
@@ -55,17 +59,25 @@ fn parse(console: &str, tag: &str) -> Option<Figures> {
 
 fn main() -> ExitCode {
     let mut seconds = 10u64;
+    let mut kernel = KernelChoice::Current;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        match (a.as_str(), args.next().and_then(|v| v.parse().ok())) {
-            ("--seconds", Some(s)) if s > 0 => seconds = s,
+        let v = args.next();
+        match (a.as_str(), v.as_deref()) {
+            ("--seconds", Some(s)) if s.parse::<u64>().is_ok_and(|s| s > 0) => {
+                seconds = s.parse().unwrap_or(10);
+            }
+            ("--kernel", Some("current")) => kernel = KernelChoice::Current,
+            ("--kernel", Some("backports")) => kernel = KernelChoice::Backports,
             _ => {
-                eprintln!("usage: pvbench-guestrt [--seconds S]   (default 10)");
+                eprintln!(
+                    "usage: pvbench-guestrt [--seconds S] [--kernel current|backports]   (default 10 s, current; backports adds the ublk case)"
+                );
                 return ExitCode::from(2);
             }
         }
     }
-    match bench(seconds) {
+    match bench(seconds, kernel) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pvbench-guestrt: {e}");
@@ -80,7 +92,8 @@ const CASES: [(&str, &str); 3] = [
     ("seq", "1 MiB sequential read, QD1"),
 ];
 
-fn bench(seconds: u64) -> Result<(), String> {
+fn bench(seconds: u64, kernel: KernelChoice) -> Result<(), String> {
+    let ublk = kernel == KernelChoice::Backports;
     let dir = tempfile::Builder::new()
         .prefix("pvbench-guestrt-")
         .tempdir_in(Path::new("/dev/shm"))
@@ -106,15 +119,42 @@ fn bench(seconds: u64) -> Result<(), String> {
     } else {
         ("", "")
     };
+    // The ublk case: pvblkd exports the second device as /dev/ublkb0,
+    // then hands it back for the NBD and direct cases.
+    let ublk_case = if ublk {
+        format!(
+            r#"
+{ts}pvblkd --pci $bdf --export ublk --ublk-id 0 {extra} > /tmp/pvblkd-ublk.log 2>&1 &
+pid=$!
+i=0
+while ! grep -q "serving /dev/ublkb0" /tmp/pvblkd-ublk.log; do
+  i=$((i+1)); [ $i -le 300 ] || {{ cat /tmp/pvblkd-ublk.log; exit 1; }}
+  sleep 0.2
+done
+{ts}pvio randread /dev/ublkb0 --seconds {s} --jobs 1 | tag ublk-qd1
+{ts}pvio randread /dev/ublkb0 --seconds {s} --jobs 32 | tag ublk-qd32
+{ts}pvio seqread /dev/ublkb0 --seconds {s} | tag ublk-seq
+kill -TERM $pid || true
+rc=0; wait $pid || rc=$?
+cat /tmp/pvblkd-ublk.log
+[ $rc = 0 ]
+while [ ! -e /sys/bus/pci/devices/$bdf/driver ]; do sleep 0.2; done
+"#
+        )
+    } else {
+        String::new()
+    };
     let script = format!(
         r#"
 tag() {{ sed "s/^pvio: /$1 /"; }}
+echo "kernel-release $(uname -r)"
 {pin_wq}
 bdf=$(basename "$(readlink -f /sys/block/vdb/device/..)")
 {ts}pvio randread /dev/vda --seconds {s} --jobs 1 | tag kernel-qd1
 {ts}pvio randread /dev/vda --seconds {s} --jobs 32 | tag kernel-qd32
 {ts}pvio seqread /dev/vda --seconds {s} | tag kernel-seq
-{ts}pvblkd --pci $bdf --nbd 0 {extra} > /tmp/pvblkd.log 2>&1 &
+{ublk_case}
+{ts}pvblkd --pci $bdf --export nbd --nbd 0 {extra} > /tmp/pvblkd.log 2>&1 &
 pid=$!
 i=0
 while [ "$(cat /sys/block/nbd0/size)" = 0 ]; do
@@ -139,16 +179,21 @@ while [ ! -e /sys/bus/pci/devices/$bdf/driver ]; do sleep 0.2; done
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
+    let mut modules = vec!["virtio_pci", "virtio_blk", "nbd", "uio_pci_generic"];
+    if ublk {
+        modules.push("ublk_drv");
+    }
     let out = Guest::builder("bench-guestrt")
+        .kernel(kernel)
         .cpus(cpus)
         .memory_mib(1024)
-        .modules(["virtio_pci", "virtio_blk", "nbd", "uio_pci_generic"])
+        .modules(modules)
         .binary("pvio")
         .binary("pvblkd")
         .virtio_blk_disk(&a)
         .virtio_blk_disk(&b)
         .script(&script)
-        .timeout(Duration::from_secs(300 + 12 * seconds))
+        .timeout(Duration::from_secs(300 + 16 * seconds))
         .run()
         .map_err(|e| e.to_string())?;
     if !out.passed() {
@@ -162,42 +207,65 @@ while [ ! -e /sys/bus/pci/devices/$bdf/driver ]; do sleep 0.2; done
         parse(&out.console, &format!("{who}-{case} "))
             .ok_or_else(|| format!("no result for {who}-{case}"))
     };
+    let mut ours: Vec<(&str, &str)> = Vec::new();
+    if ublk {
+        ours.push(("ublk", "ours via /dev/ublkb0"));
+    }
+    ours.extend([("nbd", "ours via /dev/nbd0"), ("direct", "ours direct")]);
+    let release = out
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel-release "))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
     println!(
-        "guest: {cpus} vCPU TCG, two QEMU virtio-blk devices (256 MiB images on /dev/shm), {seconds} s per case, one boot"
+        "guest: kernel {release}, {cpus} vCPU TCG, two QEMU virtio-blk devices (256 MiB images on /dev/shm), {seconds} s per case, one boot"
     );
-    println!("| case | kernel virtio_blk | ours via /dev/nbd0 | ours direct | nbd/kernel | direct/kernel | p50/p99 µs kernel | nbd | direct |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut head = String::from("| case | kernel virtio_blk |");
+    let mut rule = String::from("|---|---|");
+    for (who, label) in &ours {
+        head.push_str(&format!(" {label} | {who}/kernel |"));
+        rule.push_str("---|---|");
+    }
+    head.push_str(" p50/p99 µs kernel |");
+    rule.push_str("---|");
+    for (who, _) in &ours {
+        head.push_str(&format!(" {who} |"));
+        rule.push_str("---|");
+    }
+    println!("{head}\n{rule}");
     for (case, what) in CASES {
-        let (k, n, d) = (
-            get("kernel", case)?,
-            get("nbd", case)?,
-            get("direct", case)?,
-        );
-        if case == "seq" {
-            println!(
-                "| {what} | {:.1} MiB/s | {:.1} MiB/s | {:.1} MiB/s | {:.2} | {:.2} | - | - | - |",
-                k.mib_s,
-                n.mib_s,
-                d.mib_s,
-                n.mib_s / k.mib_s.max(0.001),
-                d.mib_s / k.mib_s.max(0.001)
-            );
+        let k = get("kernel", case)?;
+        let mut row = if case == "seq" {
+            format!("| {what} | {:.1} MiB/s |", k.mib_s)
         } else {
-            println!(
-                "| {what} | {} IOPS | {} IOPS | {} IOPS | {:.2} | {:.2} | {}/{} | {}/{} | {}/{} |",
-                k.iops,
-                n.iops,
-                d.iops,
-                n.iops as f64 / k.iops.max(1) as f64,
-                d.iops as f64 / k.iops.max(1) as f64,
-                k.p50,
-                k.p99,
-                n.p50,
-                n.p99,
-                d.p50,
-                d.p99
-            );
+            format!("| {what} | {} IOPS |", k.iops)
+        };
+        let mut lat = if case == "seq" {
+            " - |".to_owned()
+        } else {
+            format!(" {}/{} |", k.p50, k.p99)
+        };
+        for (who, _) in &ours {
+            let f = get(who, case)?;
+            if case == "seq" {
+                row.push_str(&format!(
+                    " {:.1} MiB/s | {:.2} |",
+                    f.mib_s,
+                    f.mib_s / k.mib_s.max(0.001)
+                ));
+                lat.push_str(" - |");
+            } else {
+                row.push_str(&format!(
+                    " {} IOPS | {:.2} |",
+                    f.iops,
+                    f.iops as f64 / k.iops.max(1) as f64
+                ));
+                lat.push_str(&format!(" {}/{} |", f.p50, f.p99));
+            }
         }
+        println!("{row}{lat}");
     }
     // pvblkd's own account (device service time, poller, request size).
     for l in out.console.lines().filter(|l| {
@@ -206,6 +274,7 @@ while [ ! -e /sys/bus/pci/devices/$bdf/driver ]; do sleep 0.2; done
             || l.contains("device time")
             || l.contains("largest NBD request")
             || l.contains("served ")
+            || l.contains("export: ")
     }) {
         println!("{}", l.trim());
     }
