@@ -22,6 +22,7 @@ PKGS_REST=(
   rustc-web cargo-web rust-web-src          # build-std for the no_std portability check
   gcc libc6-dev             # C conformance peers and static guest binaries
   dpdk-dev                  # dpdk-testpmd, the peer of pvbench-switch
+  xz-utils                  # unpacks the 6.12 guest kernel's .ko.xz modules (ublk tests)
 )
 KERNEL_META=linux-image-cloud-amd64
 
