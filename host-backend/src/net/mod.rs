@@ -15,7 +15,9 @@
 //! It is event-driven: a guest's TX kick makes the port's worker copy each
 //! frame out of the guest, and the same thread copies it into each
 //! destination's RX queue and signals that guest. Nothing busy-polls (on a
-//! small host a polling switch starves TCG guests of CPU).
+//! small host a polling switch starves TCG guests of CPU): a port with
+//! `poll_us` set watches its guest's TX queue for at most that long after a
+//! burst, within a CPU budget ([`switch::PollBudget`]), then sleeps again.
 //!
 //! What a guest cannot do: reach another port with a malformed frame or
 //! chain (runt, oversized, offload flags in the header, looping or
@@ -40,6 +42,8 @@
 //! | `pvbackend_net_learned_macs` | gauge | port | MAC addresses learned on the port |
 //! | `pvbackend_net_worker_panics_total` | counter | port | worker panics (the port was reset) |
 //! | `pvbackend_net_connections_total` | counter | port | frontend connections accepted |
+//! | `pvbackend_net_poll_hits_total` | counter | port | polling windows (`poll_us`) after a TX burst that found the guest's next frame |
+//! | `pvbackend_net_poll_misses_total` | counter | port | polling windows that ended empty or out of budget (the worker went back to sleep) |
 //! | `pvbackend_switch_mac` | gauge | port, mac | 1 for each address in the MAC table |
 //!
 //! The uplink's port is labelled `uplink:<tap name>`.
