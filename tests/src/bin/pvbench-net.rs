@@ -19,7 +19,8 @@
 //! `--cases a,a-intx,b,c` picks the paths (default: all four);
 //! `--b-nic-opts` replaces (b)'s extra `virtio-net-pci` properties (default
 //! `vectors=0`), `--b-qemu-arg` adds a QEMU argument to both (b) guests:
-//! both exist to try (b) in other interrupt modes.
+//! both exist to try (b) in other interrupt modes. `--b-port-opts` adds
+//! keys to (b)'s `--net-port` specs (e.g. `poll-us=50`).
 //!
 //! Every guest has one vCPU under TCG on a shared host: the figures
 //! compare network paths on one machine, they are not absolute speeds.
@@ -46,6 +47,7 @@ struct Args {
     cases: Vec<String>,
     b_nic_opts: String,
     b_qemu_args: Vec<String>,
+    b_port_opts: String,
 }
 
 const CASES: [&str; 4] = ["a", "a-intx", "b", "c"];
@@ -58,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         cases: CASES.iter().map(|c| (*c).to_owned()).collect(),
         b_nic_opts: "vectors=0".into(),
         b_qemu_args: Vec::new(),
+        b_port_opts: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -81,9 +84,10 @@ fn parse_args() -> Result<Args, String> {
             }
             "--b-nic-opts" => a.b_nic_opts = v()?,
             "--b-qemu-arg" => a.b_qemu_args.push(v()?),
+            "--b-port-opts" => a.b_port_opts = v()?,
             "-h" | "--help" => return Err(
                 "pvbench-net [--count N] [--sizes 1,64] [--stream-mib N] [--cases a,a-intx,b,c]\n\
-                     [--b-nic-opts vectors=0] [--b-qemu-arg ARG]...\n\
+                     [--b-nic-opts vectors=0] [--b-qemu-arg ARG]... [--b-port-opts poll-us=N]\n\
                      Kernel virtio-net RR latency and throughput between two guests over\n\
                      QEMU's -netdev stream and over our switch. Defaults: 5000 round trips,\n\
                      sizes 1 and 64 bytes, 16 MiB stream."
@@ -309,11 +313,16 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                 dir.join(format!("{case}s.sock")),
                 dir.join(format!("{case}c.sock")),
             );
+            let port_opts = if runtime || a.b_port_opts.is_empty() {
+                String::new()
+            } else {
+                format!(",{}", a.b_port_opts)
+            };
             let backend = PvBackend::start_with(
                 &[],
                 &[
-                    format!("socket={},name=server", ps.display()),
-                    format!("socket={},name=client", pc.display()),
+                    format!("socket={},name=server{port_opts}", ps.display()),
+                    format!("socket={},name=client{port_opts}", pc.display()),
                 ],
                 &["--log-level", "info"],
                 &dir.join(format!("backend-{case}.log")),
