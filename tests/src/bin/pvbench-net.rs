@@ -16,7 +16,10 @@
 //! cargo run --release -p pvdrivers-tests --bin pvbench-net -- --count 5000
 //! ```
 //!
-//! `--cases a,a-intx,b,c` picks the paths (default: all four);
+//! `--cases` picks the paths among a, a-intx, b, b-poll, b-msix and c
+//! (default a,a-intx,b,c). (b-poll) is (b) with the switch ports polling
+//! `--poll-us` (default 50) after each burst; (b-msix) is (b) on MSI-X,
+//! which needs QEMU 8.0 or later (7.2 crashes, see `GuestBuilder::vhost_user_net`);
 //! `--b-nic-opts` replaces (b)'s extra `virtio-net-pci` properties (default
 //! `vectors=0`), `--b-qemu-arg` adds a QEMU argument to both (b) guests:
 //! both exist to try (b) in other interrupt modes. `--b-port-opts` adds
@@ -48,19 +51,23 @@ struct Args {
     b_nic_opts: String,
     b_qemu_args: Vec<String>,
     b_port_opts: String,
+    poll_us: u32,
 }
 
-const CASES: [&str; 4] = ["a", "a-intx", "b", "c"];
+const CASES: [&str; 6] = ["a", "a-intx", "b", "b-poll", "b-msix", "c"];
+/// Run unless `--cases` says otherwise (b-poll and b-msix are opt-in).
+const DEFAULT_CASES: [&str; 4] = ["a", "a-intx", "b", "c"];
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         count: 5000,
         sizes: vec![1, 64],
         stream_mib: 16,
-        cases: CASES.iter().map(|c| (*c).to_owned()).collect(),
+        cases: DEFAULT_CASES.iter().map(|c| (*c).to_owned()).collect(),
         b_nic_opts: "vectors=0".into(),
         b_qemu_args: Vec::new(),
         b_port_opts: String::new(),
+        poll_us: 50,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -85,9 +92,11 @@ fn parse_args() -> Result<Args, String> {
             "--b-nic-opts" => a.b_nic_opts = v()?,
             "--b-qemu-arg" => a.b_qemu_args.push(v()?),
             "--b-port-opts" => a.b_port_opts = v()?,
+            "--poll-us" => a.poll_us = v()?.parse().map_err(|e| format!("--poll-us: {e}"))?,
             "-h" | "--help" => return Err(
                 "pvbench-net [--count N] [--sizes 1,64] [--stream-mib N] [--cases a,a-intx,b,c]\n\
                      [--b-nic-opts vectors=0] [--b-qemu-arg ARG]... [--b-port-opts poll-us=N]\n\
+                     [--poll-us N (b-poll's window, default 50)]\n\
                      Kernel virtio-net RR latency and throughput between two guests over\n\
                      QEMU's -netdev stream and over our switch. Defaults: 5000 round trips,\n\
                      sizes 1 and 64 bytes, 16 MiB stream."
@@ -104,6 +113,9 @@ fn parse_args() -> Result<Args, String> {
 struct Figures {
     rr: BTreeMap<usize, (f64, f64, f64, u64)>,
     mbps: f64,
+    /// The client's virtio interrupt lines (`/proc/interrupts`): shows
+    /// which interrupt mode the run really used.
+    irqs: String,
 }
 
 fn field(line: &str, key: &str) -> Option<f64> {
@@ -113,6 +125,9 @@ fn field(line: &str, key: &str) -> Option<f64> {
 
 fn parse(console: &str) -> Figures {
     let mut f = Figures::default();
+    if let Some(l) = console.lines().find_map(|l| l.split_once("pvbench: irqs ")) {
+        f.irqs = l.1.trim().to_owned();
+    }
     for l in console.lines().filter(|l| l.contains("pvrr: mode=")) {
         if l.contains("mode=rr") {
             if let (Some(size), Some(p50), Some(p99), Some(p999)) = (
@@ -169,6 +184,12 @@ fn client_script(a: &Args, ip: &str, server: &str, runtime: bool) -> String {
         "pvrr stream {server} --bytes {}\n",
         a.stream_mib << 20
     ));
+    // Interrupt names and counts of the NIC (virtioN-config/-input.0/
+    // -output.0 with MSI-X, one shared virtioN line with INTx).
+    s.push_str(
+        "echo \"pvbench: irqs $(grep virtio /proc/interrupts | \
+         awk '{printf \"%s=%s \", $NF, $2}')\"\n",
+    );
     s
 }
 
@@ -307,16 +328,24 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
         }
         // (b) kernel driver, (c) our runtime, both over our switch. At info
         // level: the harness waits for the backend's "ready:" line.
-        "b" | "c" => {
+        "b" | "b-poll" | "b-msix" | "c" => {
             let runtime = case == "c";
+            let nic_opts = if case == "b-msix" { "" } else { &a.b_nic_opts };
+            let mut b_port_opts = a.b_port_opts.clone();
+            if case == "b-poll" {
+                if !b_port_opts.is_empty() {
+                    b_port_opts.push(',');
+                }
+                b_port_opts.push_str(&format!("poll-us={}", a.poll_us));
+            }
             let (ps, pc) = (
                 dir.join(format!("{case}s.sock")),
                 dir.join(format!("{case}c.sock")),
             );
-            let port_opts = if runtime || a.b_port_opts.is_empty() {
+            let port_opts = if runtime || b_port_opts.is_empty() {
                 String::new()
             } else {
-                format!(",{}", a.b_port_opts)
+                format!(",{b_port_opts}")
             };
             let backend = PvBackend::start_with(
                 &[],
@@ -339,17 +368,23 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
             } else {
                 run_pair(
                     switch_nic(
-                        guest("bench-net-b-server", &server_script(IP_S, false)),
+                        guest(
+                            &format!("bench-net-{case}-server"),
+                            &server_script(IP_S, false),
+                        ),
                         &ps,
                         MAC_S,
-                        &a.b_nic_opts,
+                        nic_opts,
                         &a.b_qemu_args,
                     ),
                     switch_nic(
-                        guest("bench-net-b-client", &client_script(a, IP_C, IP_S, false)),
+                        guest(
+                            &format!("bench-net-{case}-client"),
+                            &client_script(a, IP_C, IP_S, false),
+                        ),
                         &pc,
                         MAC_C,
-                        &a.b_nic_opts,
+                        nic_opts,
                         &a.b_qemu_args,
                     ),
                     None,
@@ -368,6 +403,8 @@ fn label(case: &str) -> &'static str {
         "a" => "(a) QEMU -netdev stream",
         "a-intx" => "(a-intx) stream, vectors=0",
         "b" => "(b) our switch (vhost-user)",
+        "b-poll" => "(b-poll) switch, poll-us",
+        "b-msix" => "(b-msix) switch, MSI-X",
         _ => "(c) our runtime over our switch",
     }
 }
@@ -412,6 +449,9 @@ fn main() -> ExitCode {
         for (size, (p50, p99, p999, lost)) in &f.rr {
             println!("{name:<34} {size:>6} {p50:>9.1} {p99:>9.1} {p999:>9.1} {lost:>5}");
         }
+    }
+    for (case, f) in &results {
+        println!("interrupts ({case}): {}", f.irqs);
     }
     let base = results.iter().find(|(c, _)| *c == "a").map(|(_, f)| f);
     for (case, f) in results.iter().filter(|(c, _)| *c != "a") {
