@@ -116,6 +116,8 @@ struct Figures {
     /// The client's virtio interrupt lines (`/proc/interrupts`): shows
     /// which interrupt mode the run really used.
     irqs: String,
+    /// The switch's polling windows (hits, misses), for switch cases.
+    polls: Option<(f64, f64)>,
 }
 
 fn field(line: &str, key: &str) -> Option<f64> {
@@ -353,7 +355,7 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                     format!("socket={},name=server{port_opts}", ps.display()),
                     format!("socket={},name=client{port_opts}", pc.display()),
                 ],
-                &["--log-level", "info"],
+                &["--log-level", "info", "--metrics", "127.0.0.1:0"],
                 &dir.join(format!("backend-{case}.log")),
             )
             .map_err(|e| e.to_string())?;
@@ -390,7 +392,23 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                     None,
                 )
             };
-            let r = r.map_err(|e| format!("{e}\n--- backend log ---\n{}", backend.log()));
+            let mut r = r.map_err(|e| format!("{e}\n--- backend log ---\n{}", backend.log()));
+            if let (Ok(f), Ok(m)) = (&mut r, backend.fetch_metrics()) {
+                // How often the switch's polling windows caught the next
+                // frame (both ports; zero without poll-us).
+                let sum = |k: &str| -> f64 {
+                    ["server", "client"]
+                        .iter()
+                        .filter_map(|p| {
+                            PvBackend::metric(
+                                &m,
+                                &format!(r#"pvbackend_net_poll_{k}_total{{port="{p}"}}"#),
+                            )
+                        })
+                        .sum()
+                };
+                f.polls = Some((sum("hits"), sum("misses")));
+            }
             drop(backend);
             r
         }
@@ -452,6 +470,9 @@ fn main() -> ExitCode {
     }
     for (case, f) in &results {
         println!("interrupts ({case}): {}", f.irqs);
+        if let Some((hits, misses)) = f.polls {
+            println!("switch polling windows ({case}): {hits} hits, {misses} misses");
+        }
     }
     let base = results.iter().find(|(c, _)| *c == "a").map(|(_, f)| f);
     for (case, f) in results.iter().filter(|(c, _)| *c != "a") {
