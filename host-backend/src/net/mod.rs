@@ -3,8 +3,9 @@
 //!
 //! Each `[[net_port]]` is one guest NIC on its own vhost-user socket
 //! (QEMU: `-chardev socket,id=n0,path=SOCK -netdev vhost-user,id=net0,chardev=n0
-//! -device virtio-net-pci,netdev=net0,mac=...`; under TCG add `vectors=0`,
-//! QEMU 7.2 crashes in `vhost_net_start` with MSI-X). The switch learns
+//! -device virtio-net-pci,netdev=net0,mac=...`; with QEMU 7.2 under TCG add
+//! `vectors=0`: it crashes once the guest unmasks a vhost-user NIC's MSI-X
+//! vector, fixed in QEMU 8.0). The switch learns
 //! source MACs per port (aging after `mac_aging_secs`, at most
 //! [`switch::MAX_MACS_PER_PORT`] per port), forwards unicast to the learned
 //! port, floods broadcast, multicast and unknown unicast to every other

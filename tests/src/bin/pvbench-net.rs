@@ -19,11 +19,12 @@
 //! `--cases` picks the paths among a, a-intx, b, b-poll, b-msix and c
 //! (default a,a-intx,b,c). (b-poll) is (b) with the switch ports polling
 //! `--poll-us` (default 50) after each burst; (b-msix) is (b) on MSI-X,
-//! which needs QEMU 8.0 or later (7.2 crashes, see `GuestBuilder::vhost_user_net`);
-//! `--b-nic-opts` replaces (b)'s extra `virtio-net-pci` properties (default
-//! `vectors=0`), `--b-qemu-arg` adds a QEMU argument to both (b) guests:
-//! both exist to try (b) in other interrupt modes. `--b-port-opts` adds
-//! keys to (b)'s `--net-port` specs (e.g. `poll-us=50`).
+//! which needs QEMU 8.0 or later (7.2 crashes, see
+//! `pvtest::guest::vhost_user_net_nic_opts`). `--b-nic-opts` replaces
+//! (b)'s extra `virtio-net-pci` properties (default: the harness's choice,
+//! `vectors=0` before QEMU 8.0, none after) and `--b-qemu-arg` adds a QEMU
+//! argument to both (b) guests, to try (b) in other interrupt modes;
+//! `--b-port-opts` adds keys to (b)'s `--net-port` specs (e.g. `poll-us=50`).
 //!
 //! Every guest has one vCPU under TCG on a shared host: the figures
 //! compare network paths on one machine, they are not absolute speeds.
@@ -64,7 +65,9 @@ fn parse_args() -> Result<Args, String> {
         sizes: vec![1, 64],
         stream_mib: 16,
         cases: DEFAULT_CASES.iter().map(|c| (*c).to_owned()).collect(),
-        b_nic_opts: "vectors=0".into(),
+        b_nic_opts: pvtest::guest::vhost_user_net_nic_opts()
+            .trim_start_matches(',')
+            .to_owned(),
         b_qemu_args: Vec::new(),
         b_port_opts: String::new(),
         poll_us: 50,
