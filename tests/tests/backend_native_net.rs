@@ -284,6 +284,50 @@ fn rate_limited_port_drops_and_counts_the_excess() {
     assert_eq!(got.frame, back);
 }
 
+/// A driver that moves its TX avail index more than a queue ahead (no
+/// chain can be popped there) with EVENT_IDX agreed, where the switch
+/// re-checks the ring before sleeping: each kick is counted as a malformed
+/// chain and the port's worker goes back to waiting (the second kick is
+/// counted too, so it was not left spinning on the first), and frames to
+/// that guest still arrive.
+#[test]
+fn avail_index_run_ahead_is_counted_per_kick() {
+    let Setup {
+        backend,
+        mut a,
+        mut b,
+        _dir,
+    } = setup_with(&NetOptions {
+        queue_size: 64,
+        read_config: true,
+        event_idx: true,
+    });
+    b.send(&frame(BCAST, MAC_B, b"hi")).expect("send");
+    a.recv(WAIT).expect("recv").expect("a got b's hello");
+    let key = r#"pvbackend_net_drops_total{port="a",reason="malformed_chain"}"#;
+    let wait_count = |n: f64| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let m = backend.fetch_metrics().expect("metrics");
+            if PvBackend::metric(&m, key).unwrap_or(0.0) >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{key} never reached {n}\n{m}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    a.send_avail_idx_ahead(65).expect("bogus avail index");
+    wait_count(1.0);
+    a.send_avail_idx_ahead(0).expect("kick again");
+    wait_count(2.0);
+    b.send(&frame(MAC_A, MAC_B, b"still")).expect("send");
+    let got = a.recv(WAIT).expect("recv").expect("a still receives");
+    assert_eq!(got.frame, frame(MAC_A, MAC_B, b"still"));
+}
+
 #[test]
 fn burst_api_moves_many_frames_in_order() {
     burst_run(false, "");

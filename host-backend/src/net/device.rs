@@ -246,16 +246,36 @@ impl NetBackend {
             // next frame after a burst); re-enabled before sleeping, and
             // drained again if the guest queued frames in between
             // (enable_notification returns true then): no lost wake-up.
+            //
+            // Two rounds in a row that complete nothing while the re-check
+            // still reports frames mean an avail index no chain can be
+            // popped from (the guest moved it more than a queue ahead):
+            // counted, and the worker sleeps until the next kick instead
+            // of spinning on it.
+            let mut idle_rounds = 0u32;
             loop {
                 tx.disable_notification()
                     .map_err(|e| io::Error::other(e.to_string()))?;
-                if self.process_tx(tx, &mem)? && self.poll_tx(tx, &mem) {
-                    continue;
+                if self.process_tx(tx, &mem)? {
+                    idle_rounds = 0;
+                    if self.poll_tx(tx, &mem) {
+                        continue;
+                    }
+                } else {
+                    idle_rounds += 1;
                 }
                 if !tx
                     .enable_notification()
                     .map_err(|e| io::Error::other(e.to_string()))?
                 {
+                    break;
+                }
+                if idle_rounds >= 2 {
+                    self.shared.port.metrics.dropped(DropReason::MalformedChain);
+                    log::debug!(
+                        "port '{}': TX avail index unusable, waiting for the next kick",
+                        self.shared.port.name
+                    );
                     break;
                 }
             }
