@@ -29,6 +29,7 @@
 //! mac = "52:54:00:00:00:01"     # offered in the config space (optional)
 //! mtu = 1500                    # 68..=9000; larger frames are dropped
 //! rate_mbps = 0                 # ingress token bucket in Mbit/s (0: unlimited)
+//! poll_us = 0                   # watch the TX ring this long after a burst (0: never; <= 1000)
 //! ```
 //!
 //! The `[balloon]` table (memory-balance manager) is documented in

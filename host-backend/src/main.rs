@@ -45,9 +45,11 @@ struct Cli {
     disks: Vec<String>,
 
     /// A switch port (a guest NIC on a vhost-user-net socket), in addition
-    /// to the config file's: socket=SOCK[,name=N][,mac=M][,mtu=N][,rate-mbps=N].
+    /// to the config file's: socket=SOCK[,name=N][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N].
     /// All ports join one L2 learning switch; mtu defaults to 1500, the
-    /// rate limit (ingress, Mbit/s) to none.
+    /// rate limit (ingress, Mbit/s) to none, poll-us (watch the guest's TX
+    /// ring that long after a burst, within a 10% CPU budget; at most 1000)
+    /// to 0, never.
     #[arg(long = "net-port", value_name = "SPEC")]
     net_ports: Vec<String>,
 

@@ -24,6 +24,8 @@ fn default_mtu() -> u16 {
 fn default_aging() -> u64 {
     300
 }
+/// Largest `poll_us`: a window longer than a millisecond is a busy poller.
+pub const MAX_POLL_US: u32 = 1000;
 
 /// One `[[net_port]]` table: a guest NIC.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -40,6 +42,13 @@ pub struct NetPortConfig {
     /// Ingress rate limit in Mbit/s (0 or absent: none).
     #[serde(default)]
     pub rate_mbps: Option<u32>,
+    /// After forwarding a burst, keep watching the guest's TX queue for
+    /// this many microseconds (notifications stay off, so a frame queued
+    /// in the window costs the guest no kick and the switch no wake-up)
+    /// before going back to sleep; 0 never. Bounded by a CPU budget
+    /// ([`super::switch::PollBudget`]); an idle port never polls.
+    #[serde(default)]
+    pub poll_us: u32,
 }
 
 impl NetPortConfig {
@@ -102,6 +111,9 @@ pub fn validate(
             port: p.display_name(),
             message,
         };
+        if p.poll_us > MAX_POLL_US {
+            return Err(bad(format!("poll_us {} is over {MAX_POLL_US}", p.poll_us)));
+        }
         if !(68..=9000).contains(&p.mtu) {
             return Err(bad(format!("mtu {} is not in 68..=9000", p.mtu)));
         }
@@ -127,7 +139,8 @@ pub fn validate(
     Ok(())
 }
 
-/// Parses a `--net-port` spec: `socket=SOCK[,name=N][,mac=M][,mtu=N][,rate-mbps=N]`.
+/// Parses a `--net-port` spec:
+/// `socket=SOCK[,name=N][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N]`.
 pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> {
     let err = |message: String| NetConfigError::Spec {
         spec: spec.to_owned(),
@@ -140,6 +153,7 @@ pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> 
         mac: None,
         mtu: default_mtu(),
         rate_mbps: None,
+        poll_us: 0,
     };
     for part in spec.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part
@@ -165,6 +179,11 @@ pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> 
                         .map_err(|_| err(format!("'{k}' takes a number of Mbit/s")))?,
                 )
             }
+            "poll-us" | "poll_us" => {
+                p.poll_us = need(v)?
+                    .parse()
+                    .map_err(|_| err(format!("'{k}' takes a number of microseconds")))?
+            }
             other => return Err(err(format!("unknown key '{other}'"))),
         }
     }
@@ -188,11 +207,17 @@ mod tests {
         assert!(parse_net_port_spec("name=x").is_err());
         assert!(parse_net_port_spec("socket=/s,colour=red").is_err());
         assert!(parse_net_port_spec("socket=/s,mtu=big").is_err());
+        assert_eq!(p.poll_us, 0);
+        let polled = parse_net_port_spec("socket=/s,poll-us=50").expect("poll-us");
+        assert_eq!(polled.poll_us, 50);
         let none = BTreeSet::new();
         let sw = SwitchConfig::default();
         assert!(validate(std::slice::from_ref(&p), &sw, &none).is_ok());
         let dup = [p.clone(), p.clone()];
         assert!(validate(&dup, &sw, &none).is_err());
+        let mut bad = p.clone();
+        bad.poll_us = MAX_POLL_US + 1;
+        assert!(validate(&[bad], &sw, &none).is_err());
         let mut bad = p.clone();
         bad.mtu = 20;
         assert!(validate(&[bad], &sw, &none).is_err());

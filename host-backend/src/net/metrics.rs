@@ -40,6 +40,8 @@ pub struct NetFamilies {
     learned: Family<PortLabels, Gauge>,
     panics: Family<PortLabels, Counter>,
     connections: Family<PortLabels, Counter>,
+    poll_hits: Family<PortLabels, Counter>,
+    poll_misses: Family<PortLabels, Counter>,
     macs: Family<MacLabels, Gauge>,
 }
 
@@ -56,6 +58,8 @@ impl NetFamilies {
             learned: Family::default(),
             panics: Family::default(),
             connections: Family::default(),
+            poll_hits: Family::default(),
+            poll_misses: Family::default(),
             macs: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("pvbackend_net");
@@ -104,6 +108,16 @@ impl NetFamilies {
             "Frontend connections accepted on the port",
             f.connections.clone(),
         );
+        r.register(
+            "poll_hits",
+            "Polling windows after a TX burst that found the next frame",
+            f.poll_hits.clone(),
+        );
+        r.register(
+            "poll_misses",
+            "Polling windows after a TX burst that ended empty (the worker went back to sleep)",
+            f.poll_misses.clone(),
+        );
         registry.register(
             "pvbackend_switch_mac",
             "1 for each MAC address in the switch's table, by the port it was learned on",
@@ -144,6 +158,8 @@ impl NetFamilies {
             flooded: c(&self.flooded, &l),
             panics: c(&self.panics, &l),
             connections: c(&self.connections, &l),
+            poll_hits: c(&self.poll_hits, &l),
+            poll_misses: c(&self.poll_misses, &l),
             drops,
             learned,
             macs: self.macs.clone(),
@@ -162,6 +178,8 @@ pub struct PortMetrics {
     pub flooded: Counter,
     pub panics: Counter,
     pub connections: Counter,
+    pub poll_hits: Counter,
+    pub poll_misses: Counter,
     drops: [Counter; 9],
     pub learned: Gauge,
     macs: Family<MacLabels, Gauge>,

@@ -3,8 +3,9 @@
 //!
 //! Each `[[net_port]]` is one guest NIC on its own vhost-user socket
 //! (QEMU: `-chardev socket,id=n0,path=SOCK -netdev vhost-user,id=net0,chardev=n0
-//! -device virtio-net-pci,netdev=net0,mac=...`; under TCG add `vectors=0`,
-//! QEMU 7.2 crashes in `vhost_net_start` with MSI-X). The switch learns
+//! -device virtio-net-pci,netdev=net0,mac=...`; with QEMU 7.2 under TCG add
+//! `vectors=0`: it crashes once the guest unmasks a vhost-user NIC's MSI-X
+//! vector, fixed in QEMU 8.0). The switch learns
 //! source MACs per port (aging after `mac_aging_secs`, at most
 //! [`switch::MAX_MACS_PER_PORT`] per port), forwards unicast to the learned
 //! port, floods broadcast, multicast and unknown unicast to every other
@@ -15,7 +16,9 @@
 //! It is event-driven: a guest's TX kick makes the port's worker copy each
 //! frame out of the guest, and the same thread copies it into each
 //! destination's RX queue and signals that guest. Nothing busy-polls (on a
-//! small host a polling switch starves TCG guests of CPU).
+//! small host a polling switch starves TCG guests of CPU): a port with
+//! `poll_us` set watches its guest's TX queue for at most that long after a
+//! burst, within a CPU budget ([`switch::PollBudget`]), then sleeps again.
 //!
 //! What a guest cannot do: reach another port with a malformed frame or
 //! chain (runt, oversized, offload flags in the header, looping or
@@ -40,6 +43,8 @@
 //! | `pvbackend_net_learned_macs` | gauge | port | MAC addresses learned on the port |
 //! | `pvbackend_net_worker_panics_total` | counter | port | worker panics (the port was reset) |
 //! | `pvbackend_net_connections_total` | counter | port | frontend connections accepted |
+//! | `pvbackend_net_poll_hits_total` | counter | port | polling windows (`poll_us`) after a TX burst that found the guest's next frame |
+//! | `pvbackend_net_poll_misses_total` | counter | port | polling windows that ended empty or out of budget (the worker went back to sleep) |
 //! | `pvbackend_switch_mac` | gauge | port, mac | 1 for each address in the MAC table |
 //!
 //! The uplink's port is labelled `uplink:<tap name>`.

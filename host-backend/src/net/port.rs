@@ -28,7 +28,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 
 use super::frame::{self, DropReason, HDR_LEN};
 use super::metrics::PortMetrics;
-use super::switch::{decide, Decision, Learned, MacTable, TokenBucket};
+use super::switch::{decide, Decision, Learned, MacTable, PollBudget, TokenBucket};
 use super::tap::Tap;
 
 pub(crate) type Mem = GuestMemoryMmap<()>;
@@ -66,6 +66,11 @@ pub struct Port {
     pub mac: Option<frame::Mac>,
     pub metrics: Arc<PortMetrics>,
     pub attachment: Attachment,
+    /// Polling window after a TX burst, 0 for none (see
+    /// [`super::config::NetPortConfig::poll_us`]).
+    pub poll_us: u32,
+    /// Its CPU budget (only the port's worker thread takes it).
+    pub poll_budget: Mutex<PollBudget>,
     limiter: Option<Mutex<TokenBucket>>,
     rx: Mutex<RxSide>,
     hdr_len: AtomicUsize,
@@ -85,12 +90,14 @@ impl std::fmt::Debug for Port {
 }
 
 impl Port {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         name: String,
         mtu: u16,
         mac: Option<frame::Mac>,
         rate_mbps: Option<u32>,
+        poll_us: u32,
         metrics: Arc<PortMetrics>,
         attachment: Attachment,
     ) -> Self {
@@ -101,6 +108,8 @@ impl Port {
             mac,
             metrics,
             attachment,
+            poll_us,
+            poll_budget: Mutex::new(PollBudget::default()),
             limiter: rate_mbps
                 .filter(|r| *r > 0)
                 .map(|r| Mutex::new(TokenBucket::new_mbps(r, Instant::now()))),

@@ -229,6 +229,7 @@ impl NetService {
                 p.mtu,
                 p.mac(),
                 p.rate_mbps,
+                p.poll_us,
                 families.port(&name),
                 Attachment::Guest,
             )));
@@ -243,6 +244,7 @@ impl NetService {
                     all.iter().map(|p| p.mtu).max().unwrap_or(1500),
                     None,
                     None,
+                    0,
                     families.port(&format!("uplink:{name}")),
                     Attachment::Uplink(tap),
                 )));

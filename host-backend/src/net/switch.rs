@@ -222,6 +222,43 @@ impl TokenBucket {
     }
 }
 
+/// A CPU budget for polling: at most [`PollBudget::SHARE_PERCENT`] of
+/// every [`PollBudget::PERIOD`] spent spinning. A guest that streams
+/// frames just slower than the window could otherwise keep a switch thread
+/// spinning all the time, and on a small host that CPU is taken from the
+/// TCG vCPUs the polling is meant to serve.
+#[derive(Debug, Clone, Default)]
+pub struct PollBudget {
+    start: Option<Instant>,
+    spent: Duration,
+}
+
+impl PollBudget {
+    /// Accounting period.
+    pub const PERIOD: Duration = Duration::from_millis(100);
+    /// Share of each period one port may spend polling.
+    pub const SHARE_PERCENT: u32 = 10;
+
+    /// How long a window asked for as `window` may spin at `now`: the
+    /// rest of this period's allowance, at most `window` (zero when spent).
+    pub fn grant(&mut self, window: Duration, now: Instant) -> Duration {
+        let fresh = self
+            .start
+            .is_none_or(|s| now.saturating_duration_since(s) >= Self::PERIOD);
+        if fresh {
+            self.start = Some(now);
+            self.spent = Duration::ZERO;
+        }
+        let allowed = Self::PERIOD * Self::SHARE_PERCENT / 100;
+        allowed.saturating_sub(self.spent).min(window)
+    }
+
+    /// Records `spun` spent polling.
+    pub fn spend(&mut self, spun: Duration) {
+        self.spent = self.spent.saturating_add(spun);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +332,27 @@ mod tests {
         assert_eq!(t.learn(B, 1, t0), Learned::New);
         assert_eq!(t.forget_port(0).len(), MAX_MACS_PER_PORT);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn poll_budget_caps_the_share() {
+        let t0 = Instant::now();
+        let w = Duration::from_micros(50);
+        let mut b = PollBudget::default();
+        let allowed = PollBudget::PERIOD * PollBudget::SHARE_PERCENT / 100;
+        let mut spun = Duration::ZERO;
+        loop {
+            let g = b.grant(w, t0 + spun);
+            if g.is_zero() {
+                break;
+            }
+            assert!(g <= w);
+            b.spend(g);
+            spun += g;
+        }
+        assert_eq!(spun, allowed);
+        // A new period grants a full window again.
+        assert_eq!(b.grant(w, t0 + PollBudget::PERIOD), w);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! QEMUs: the path users have without a switch) and (b) our switch
 //! (`pvbackend --net-port`, vhost-user-net), in one run, same guests, same
 //! tool (`pvrr`, UDP round trips of 1 and 64 bytes, then a TCP stream).
-//! and (c) our guest runtime (`pvnetd`: the pv-net core driving the
+//! (a-intx) is (a) with the NIC on INTx (`vectors=0`), the interrupt mode
+//! (b) is forced into by QEMU 7.2 (see `GuestBuilder::vhost_user_net`):
+//! (a-intx)/(a) is the cost of that asymmetry alone.
+//! (c) our guest runtime (`pvnetd`: the pv-net core driving the
 //! virtio-net device from userspace, the guest stack on its TAP) in both
 //! guests over our switch. Reports p50/p99/p99.9 and MB/s, and the ratios
 //! (b)/(a) and (c)/(a).
@@ -12,6 +15,16 @@
 //! ```text
 //! cargo run --release -p pvdrivers-tests --bin pvbench-net -- --count 5000
 //! ```
+//!
+//! `--cases` picks the paths among a, a-intx, b, b-poll, b-msix and c
+//! (default a,a-intx,b,c). (b-poll) is (b) with the switch ports polling
+//! `--poll-us` (default 50) after each burst; (b-msix) is (b) on MSI-X,
+//! which needs QEMU 8.0 or later (7.2 crashes, see
+//! `pvtest::guest::vhost_user_net_nic_opts`). `--b-nic-opts` replaces
+//! (b)'s extra `virtio-net-pci` properties (default: the harness's choice,
+//! `vectors=0` before QEMU 8.0, none after) and `--b-qemu-arg` adds a QEMU
+//! argument to both (b) guests, to try (b) in other interrupt modes;
+//! `--b-port-opts` adds keys to (b)'s `--net-port` specs (e.g. `poll-us=50`).
 //!
 //! Every guest has one vCPU under TCG on a shared host: the figures
 //! compare network paths on one machine, they are not absolute speeds.
@@ -35,13 +48,29 @@ struct Args {
     count: usize,
     sizes: Vec<usize>,
     stream_mib: u64,
+    cases: Vec<String>,
+    b_nic_opts: String,
+    b_qemu_args: Vec<String>,
+    b_port_opts: String,
+    poll_us: u32,
 }
+
+const CASES: [&str; 6] = ["a", "a-intx", "b", "b-poll", "b-msix", "c"];
+/// Run unless `--cases` says otherwise (b-poll and b-msix are opt-in).
+const DEFAULT_CASES: [&str; 4] = ["a", "a-intx", "b", "c"];
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         count: 5000,
         sizes: vec![1, 64],
         stream_mib: 16,
+        cases: DEFAULT_CASES.iter().map(|c| (*c).to_owned()).collect(),
+        b_nic_opts: pvtest::guest::vhost_user_net_nic_opts()
+            .trim_start_matches(',')
+            .to_owned(),
+        b_qemu_args: Vec::new(),
+        b_port_opts: String::new(),
+        poll_us: 50,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,13 +86,25 @@ fn parse_args() -> Result<Args, String> {
             "--stream-mib" => {
                 a.stream_mib = v()?.parse().map_err(|e| format!("--stream-mib: {e}"))?
             }
-            "-h" | "--help" => {
-                return Err("pvbench-net [--count N] [--sizes 1,64] [--stream-mib N]\n\
+            "--cases" => {
+                a.cases = v()?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = a.cases.iter().find(|c| !CASES.contains(&c.as_str())) {
+                    return Err(format!("--cases: unknown case {bad} (known: {CASES:?})"));
+                }
+            }
+            "--b-nic-opts" => a.b_nic_opts = v()?,
+            "--b-qemu-arg" => a.b_qemu_args.push(v()?),
+            "--b-port-opts" => a.b_port_opts = v()?,
+            "--poll-us" => a.poll_us = v()?.parse().map_err(|e| format!("--poll-us: {e}"))?,
+            "-h" | "--help" => return Err(
+                "pvbench-net [--count N] [--sizes 1,64] [--stream-mib N] [--cases a,a-intx,b,c]\n\
+                     [--b-nic-opts vectors=0] [--b-qemu-arg ARG]... [--b-port-opts poll-us=N]\n\
+                     [--poll-us N (b-poll's window, default 50)]\n\
                      Kernel virtio-net RR latency and throughput between two guests over\n\
                      QEMU's -netdev stream and over our switch. Defaults: 5000 round trips,\n\
                      sizes 1 and 64 bytes, 16 MiB stream."
-                    .into())
-            }
+                    .into(),
+            ),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -75,6 +116,11 @@ fn parse_args() -> Result<Args, String> {
 struct Figures {
     rr: BTreeMap<usize, (f64, f64, f64, u64)>,
     mbps: f64,
+    /// The client's virtio interrupt lines (`/proc/interrupts`): shows
+    /// which interrupt mode the run really used.
+    irqs: String,
+    /// The switch's polling windows (hits, misses), for switch cases.
+    polls: Option<(f64, f64)>,
 }
 
 fn field(line: &str, key: &str) -> Option<f64> {
@@ -84,6 +130,9 @@ fn field(line: &str, key: &str) -> Option<f64> {
 
 fn parse(console: &str) -> Figures {
     let mut f = Figures::default();
+    if let Some(l) = console.lines().find_map(|l| l.split_once("pvbench: irqs ")) {
+        f.irqs = l.1.trim().to_owned();
+    }
     for l in console.lines().filter(|l| l.contains("pvrr: mode=")) {
         if l.contains("mode=rr") {
             if let (Some(size), Some(p50), Some(p99), Some(p999)) = (
@@ -140,6 +189,12 @@ fn client_script(a: &Args, ip: &str, server: &str, runtime: bool) -> String {
         "pvrr stream {server} --bytes {}\n",
         a.stream_mib << 20
     ));
+    // Interrupt names and counts of the NIC (virtioN-config/-input.0/
+    // -output.0 with MSI-X, one shared virtioN line with INTx).
+    s.push_str(
+        "echo \"pvbench: irqs $(grep virtio /proc/interrupts | \
+         awk '{printf \"%s=%s \", $NF, $2}')\"\n",
+    );
     s
 }
 
@@ -194,6 +249,187 @@ fn run_pair(
     Ok(parse(&out.console))
 }
 
+/// QEMU's virtio-net on `-netdev stream` with extra device properties
+/// (`nic_opts`, e.g. `vectors=0`).
+fn stream_nic(
+    b: GuestBuilder,
+    sock: &Path,
+    listen: bool,
+    mac: &str,
+    nic_opts: &str,
+) -> GuestBuilder {
+    b.qemu_args([
+        "-netdev".to_owned(),
+        format!(
+            "stream,id=nst,server={},addr.type=unix,addr.path={}",
+            if listen { "on" } else { "off" },
+            sock.display()
+        ),
+        "-device".to_owned(),
+        format!("virtio-net-pci,netdev=nst,mac={mac}{}", opts(nic_opts)),
+    ])
+}
+
+/// A vhost-user NIC on our switch with extra device properties: the
+/// harness's `vhost_user_net` with `vectors=0` made a parameter.
+fn switch_nic(
+    b: GuestBuilder,
+    sock: &Path,
+    mac: &str,
+    nic_opts: &str,
+    extra: &[String],
+) -> GuestBuilder {
+    b.shared_memory()
+        .qemu_args([
+            "-chardev".to_owned(),
+            format!("socket,id=vunc,path={}", sock.display()),
+            "-netdev".to_owned(),
+            "vhost-user,id=vun,chardev=vunc".to_owned(),
+            "-device".to_owned(),
+            format!("virtio-net-pci,netdev=vun,mac={mac}{}", opts(nic_opts)),
+        ])
+        .qemu_args(extra)
+}
+
+fn opts(nic_opts: &str) -> String {
+    if nic_opts.is_empty() {
+        String::new()
+    } else {
+        format!(",{nic_opts}")
+    }
+}
+
+/// Runs one path (a name from [`CASES`]).
+fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
+    match case {
+        // (a) QEMU's stream netdev: the server guest listens, the client
+        // connects. (a-intx): the same on INTx.
+        "a" | "a-intx" => {
+            let nic = if case == "a" { "" } else { "vectors=0" };
+            let sock = dir.join(format!("stream-{case}.sock"));
+            run_pair(
+                stream_nic(
+                    guest(
+                        &format!("bench-net-{case}-server"),
+                        &server_script(IP_S, false),
+                    ),
+                    &sock,
+                    true,
+                    MAC_S,
+                    nic,
+                ),
+                stream_nic(
+                    guest(
+                        &format!("bench-net-{case}-client"),
+                        &client_script(a, IP_C, IP_S, false),
+                    ),
+                    &sock,
+                    false,
+                    MAC_C,
+                    nic,
+                ),
+                Some(&sock),
+            )
+        }
+        // (b) kernel driver, (c) our runtime, both over our switch. At info
+        // level: the harness waits for the backend's "ready:" line.
+        "b" | "b-poll" | "b-msix" | "c" => {
+            let runtime = case == "c";
+            let nic_opts = if case == "b-msix" { "" } else { &a.b_nic_opts };
+            let mut b_port_opts = a.b_port_opts.clone();
+            if case == "b-poll" {
+                if !b_port_opts.is_empty() {
+                    b_port_opts.push(',');
+                }
+                b_port_opts.push_str(&format!("poll-us={}", a.poll_us));
+            }
+            let (ps, pc) = (
+                dir.join(format!("{case}s.sock")),
+                dir.join(format!("{case}c.sock")),
+            );
+            let port_opts = if runtime || b_port_opts.is_empty() {
+                String::new()
+            } else {
+                format!(",{b_port_opts}")
+            };
+            let backend = PvBackend::start_with(
+                &[],
+                &[
+                    format!("socket={},name=server{port_opts}", ps.display()),
+                    format!("socket={},name=client{port_opts}", pc.display()),
+                ],
+                &["--log-level", "info", "--metrics", "127.0.0.1:0"],
+                &dir.join(format!("backend-{case}.log")),
+            )
+            .map_err(|e| e.to_string())?;
+            let r = if runtime {
+                run_pair(
+                    runtime_guest("bench-net-c-server", &server_script(IP_S, true))
+                        .vhost_user_net(&ps, MAC_S),
+                    runtime_guest("bench-net-c-client", &client_script(a, IP_C, IP_S, true))
+                        .vhost_user_net(&pc, MAC_C),
+                    None,
+                )
+            } else {
+                run_pair(
+                    switch_nic(
+                        guest(
+                            &format!("bench-net-{case}-server"),
+                            &server_script(IP_S, false),
+                        ),
+                        &ps,
+                        MAC_S,
+                        nic_opts,
+                        &a.b_qemu_args,
+                    ),
+                    switch_nic(
+                        guest(
+                            &format!("bench-net-{case}-client"),
+                            &client_script(a, IP_C, IP_S, false),
+                        ),
+                        &pc,
+                        MAC_C,
+                        nic_opts,
+                        &a.b_qemu_args,
+                    ),
+                    None,
+                )
+            };
+            let mut r = r.map_err(|e| format!("{e}\n--- backend log ---\n{}", backend.log()));
+            if let (Ok(f), Ok(m)) = (&mut r, backend.fetch_metrics()) {
+                // How often the switch's polling windows caught the next
+                // frame (both ports; zero without poll-us).
+                let sum = |k: &str| -> f64 {
+                    ["server", "client"]
+                        .iter()
+                        .filter_map(|p| {
+                            PvBackend::metric(
+                                &m,
+                                &format!(r#"pvbackend_net_poll_{k}_total{{port="{p}"}}"#),
+                            )
+                        })
+                        .sum()
+                };
+                f.polls = Some((sum("hits"), sum("misses")));
+            }
+            drop(backend);
+            r
+        }
+        other => Err(format!("unknown case {other}")),
+    }
+}
+
+fn label(case: &str) -> &'static str {
+    match case {
+        "a" => "(a) QEMU -netdev stream",
+        "a-intx" => "(a-intx) stream, vectors=0",
+        "b" => "(b) our switch (vhost-user)",
+        "b-poll" => "(b-poll) switch, poll-us",
+        "b-msix" => "(b-msix) switch, MSI-X",
+        _ => "(c) our runtime over our switch",
+    }
+}
+
 fn main() -> ExitCode {
     let a = match parse_args() {
         Ok(a) => a,
@@ -209,93 +445,45 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // (a) QEMU's stream netdev: the server guest listens, the client connects.
-    eprintln!("pvbench-net: (a) kernel virtio-net over QEMU -netdev stream");
-    let sock = dir.path().join("stream.sock");
-    let a_res = run_pair(
-        guest("bench-net-a-server", &server_script(IP_S, false))
-            .virtio_net_stream(&sock, true, MAC_S),
-        guest("bench-net-a-client", &client_script(&a, IP_C, IP_S, false))
-            .virtio_net_stream(&sock, false, MAC_C),
-        Some(&sock),
-    );
-    // (b) our switch. At info level: the harness waits for its "ready:" line.
-    eprintln!("pvbench-net: (b) kernel virtio-net over our switch");
-    let (ps, pc) = (dir.path().join("s.sock"), dir.path().join("c.sock"));
-    let b_res = PvBackend::start_with(
-        &[],
-        &[
-            format!("socket={},name=server", ps.display()),
-            format!("socket={},name=client", pc.display()),
-        ],
-        &["--log-level", "info"],
-        &dir.path().join("backend.log"),
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|backend| {
-        let r = run_pair(
-            guest("bench-net-b-server", &server_script(IP_S, false)).vhost_user_net(&ps, MAC_S),
-            guest("bench-net-b-client", &client_script(&a, IP_C, IP_S, false))
-                .vhost_user_net(&pc, MAC_C),
-            None,
-        );
-        drop(backend);
-        r
-    });
-    // (c) our runtime in both guests, over our switch.
-    eprintln!("pvbench-net: (c) our runtime (pvnetd) over our switch");
-    let (rs, rc) = (dir.path().join("rs.sock"), dir.path().join("rc.sock"));
-    let c_res = PvBackend::start_with(
-        &[],
-        &[
-            format!("socket={},name=server", rs.display()),
-            format!("socket={},name=client", rc.display()),
-        ],
-        &["--log-level", "info"],
-        &dir.path().join("backend-c.log"),
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|backend| {
-        let r = run_pair(
-            runtime_guest("bench-net-c-server", &server_script(IP_S, true))
-                .vhost_user_net(&rs, MAC_S),
-            runtime_guest("bench-net-c-client", &client_script(&a, IP_C, IP_S, true))
-                .vhost_user_net(&rc, MAC_C),
-            None,
-        );
-        drop(backend);
-        r
-    });
-    let (fa, fb, fc) = match (a_res, b_res, c_res) {
-        (Ok(fa), Ok(fb), Ok(fc)) => (fa, fb, fc),
-        (ra, rb, rc) => {
-            for (slot, r) in [("(a)", ra), ("(b)", rb), ("(c)", rc)] {
-                if let Err(e) = r {
-                    eprintln!("{slot} failed: {e}");
-                }
+    let mut results: Vec<(&str, Figures)> = Vec::new();
+    let mut failed = false;
+    for case in CASES.iter().filter(|c| a.cases.iter().any(|x| x == *c)) {
+        eprintln!("pvbench-net: {}", label(case));
+        match run_case(&a, case, dir.path()) {
+            Ok(f) => results.push((case, f)),
+            Err(e) => {
+                eprintln!("{} failed: {e}", label(case));
+                failed = true;
             }
-            return ExitCode::FAILURE;
         }
-    };
+    }
+    if failed {
+        return ExitCode::FAILURE;
+    }
     println!("pvbench-net: kernel virtio-net, UDP request/response ({} round trips), TCP stream ({} MiB)", a.count, a.stream_mib);
     println!(
         "{:<34} {:>6} {:>9} {:>9} {:>9} {:>5}",
         "path", "bytes", "p50 us", "p99 us", "p99.9 us", "lost"
     );
-    for (name, f) in [
-        ("(a) QEMU -netdev stream", &fa),
-        ("(b) our switch (vhost-user)", &fb),
-        ("(c) our runtime over our switch", &fc),
-    ] {
+    for (case, f) in &results {
+        let name = label(case);
         for (size, (p50, p99, p999, lost)) in &f.rr {
             println!("{name:<34} {size:>6} {p50:>9.1} {p99:>9.1} {p999:>9.1} {lost:>5}");
         }
     }
-    for (slot, f) in [("(b)", &fb), ("(c)", &fc)] {
+    for (case, f) in &results {
+        println!("interrupts ({case}): {}", f.irqs);
+        if let Some((hits, misses)) = f.polls {
+            println!("switch polling windows ({case}): {hits} hits, {misses} misses");
+        }
+    }
+    let base = results.iter().find(|(c, _)| *c == "a").map(|(_, f)| f);
+    for (case, f) in results.iter().filter(|(c, _)| *c != "a") {
+        let Some(fa) = base else { break };
         for size in &a.sizes {
             if let (Some(x), Some(y)) = (fa.rr.get(size), f.rr.get(size)) {
                 println!(
-                    "ratio {slot}/(a), {size} bytes: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  (target p99 <= 0.70x)",
+                    "ratio ({case})/(a), {size} bytes: p50 {:.2}x  p99 {:.2}x  p99.9 {:.2}x  (target p99 <= 0.70x)",
                     y.0 / x.0,
                     y.1 / x.1,
                     y.2 / x.2
@@ -303,13 +491,15 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!(
-        "stream MB/s: (a) {:.2}  (b) {:.2}  (c) {:.2}  ratio (b)/(a) {:.2}x  (c)/(a) {:.2}x",
-        fa.mbps,
-        fb.mbps,
-        fc.mbps,
-        fb.mbps / fa.mbps,
-        fc.mbps / fa.mbps
-    );
+    for (case, f) in &results {
+        match base {
+            Some(fa) if *case != "a" => println!(
+                "stream MB/s ({case}): {:.2}  ratio ({case})/(a) {:.2}x",
+                f.mbps,
+                f.mbps / fa.mbps
+            ),
+            _ => println!("stream MB/s ({case}): {:.2}", f.mbps),
+        }
+    }
     ExitCode::SUCCESS
 }

@@ -275,6 +275,18 @@ impl NativeNetDriver {
         self.kick_tx()
     }
 
+    /// Moves the TX avail index `ahead` entries on without adding chains
+    /// (more than a queue ahead, no chain can be popped there) and kicks:
+    /// a broken or malicious driver. The TX queue is unusable afterwards.
+    pub fn send_avail_idx_ahead(&mut self, ahead: u16) -> Result<(), NetDriverError> {
+        use std::sync::atomic::Ordering;
+        let idx_addr = self.tx.vq.layout().avail + 2;
+        let idx = self.ram.load_u16(idx_addr, Ordering::Acquire)?;
+        self.ram
+            .store_u16(idx_addr, idx.wrapping_add(ahead), Ordering::Release)?;
+        self.tx.kick().map_err(NetDriverError::Kick)
+    }
+
     fn kick_tx(&mut self) -> Result<(), NetDriverError> {
         if self.tx.vq.publish(&self.ram)? {
             self.tx.kick().map_err(NetDriverError::Kick)?;
