@@ -16,7 +16,12 @@
 //! Every guest has one vCPU under TCG on a shared host: the figures
 //! compare network paths on one machine, they are not absolute speeds.
 //! The (c) guests get 512 MiB instead of 256 (hugepages for pvnetd's DMA
-//! pool); `pvnetd` runs with its default polling settings.
+//! pool); `pvnetd` runs with its default settings plus `--runtime-args`.
+//! `--compare-runtime ARGS` adds a case (c0) in the same run, before (c):
+//! pvnetd with `ARGS` instead (e.g. `--irq off`, the timed-sleep wake-ups
+//! of the previous build), so a change to pvnetd is measured back to back
+//! against the old behaviour. `--skip-b` leaves (b) out (it does not
+//! involve pvnetd).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +40,9 @@ struct Args {
     count: usize,
     sizes: Vec<usize>,
     stream_mib: u64,
+    runtime_args: String,
+    compare_runtime: Option<String>,
+    skip_b: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -42,6 +50,9 @@ fn parse_args() -> Result<Args, String> {
         count: 5000,
         sizes: vec![1, 64],
         stream_mib: 16,
+        runtime_args: String::new(),
+        compare_runtime: None,
+        skip_b: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,11 +68,17 @@ fn parse_args() -> Result<Args, String> {
             "--stream-mib" => {
                 a.stream_mib = v()?.parse().map_err(|e| format!("--stream-mib: {e}"))?
             }
+            "--runtime-args" => a.runtime_args = v()?,
+            "--compare-runtime" => a.compare_runtime = Some(v()?),
+            "--skip-b" => a.skip_b = true,
             "-h" | "--help" => {
                 return Err("pvbench-net [--count N] [--sizes 1,64] [--stream-mib N]\n\
-                     Kernel virtio-net RR latency and throughput between two guests over\n\
-                     QEMU's -netdev stream and over our switch. Defaults: 5000 round trips,\n\
-                     sizes 1 and 64 bytes, 16 MiB stream."
+                     \x20          [--runtime-args ARGS] [--compare-runtime ARGS] [--skip-b]\n\
+                     RR latency and throughput between two guests: (a) kernel virtio-net over\n\
+                     QEMU's -netdev stream, (b) kernel virtio-net over our switch, (c) pvnetd\n\
+                     (with --runtime-args) over our switch; --compare-runtime adds (c0), pvnetd\n\
+                     with ARGS instead, in the same run; --skip-b leaves (b) out. Defaults:\n\
+                     5000 round trips, sizes 1 and 64 bytes, 16 MiB stream."
                     .into())
             }
             other => return Err(format!("unknown argument {other}")),
@@ -103,11 +120,12 @@ fn parse(console: &str) -> Figures {
 }
 
 /// Bring the guest's interface up with `ip`: the kernel driver's eth0, or
-/// (runtime) `pvnetd`'s TAP pvnet0 once it has carrier.
-fn iface_up(ip: &str, runtime: bool) -> String {
-    if runtime {
+/// (runtime, with these pvnetd arguments) `pvnetd`'s TAP pvnet0 once it has
+/// carrier.
+fn iface_up(ip: &str, runtime: Option<&str>) -> String {
+    if let Some(args) = runtime {
         format!(
-            "pvnetd --ifname pvnet0 > /tmp/pvnetd.log 2>&1 &\n\
+            "pvnetd --ifname pvnet0 {args} > /tmp/pvnetd.log 2>&1 &\n\
              i=0; while [ \"$(cat /sys/class/net/pvnet0/carrier 2>/dev/null)\" != 1 ]; do \
              i=$((i+1)); [ $i -le 300 ] || {{ cat /tmp/pvnetd.log; exit 1; }}; sleep 0.2; done\n\
              ip addr add {ip}/16 dev pvnet0\n"
@@ -117,14 +135,14 @@ fn iface_up(ip: &str, runtime: bool) -> String {
     }
 }
 
-fn server_script(ip: &str, runtime: bool) -> String {
+fn server_script(ip: &str, runtime: Option<&str>) -> String {
     format!(
         "{}echo pvbench: server up\nexec pvrr server\n",
         iface_up(ip, runtime)
     )
 }
 
-fn client_script(a: &Args, ip: &str, server: &str, runtime: bool) -> String {
+fn client_script(a: &Args, ip: &str, server: &str, runtime: Option<&str>) -> String {
     let mut s = format!(
         "{}n=0; until ping -c 1 -W 1 {server} >/dev/null; do n=$((n+1)); [ $n -lt 240 ] || exit 1; done\n\
          until pvrr rr {server} --count 10 --warmup 0 >/dev/null 2>&1; do sleep 1; done\n",
@@ -140,6 +158,10 @@ fn client_script(a: &Args, ip: &str, server: &str, runtime: bool) -> String {
         "pvrr stream {server} --bytes {}\n",
         a.stream_mib << 20
     ));
+    if runtime.is_some() {
+        // pvnetd's counters (interrupts, poller, core) on the console.
+        s.push_str("kill -TERM $(pidof pvnetd); sleep 2; cat /tmp/pvnetd.log\n");
+    }
     s
 }
 
@@ -156,7 +178,7 @@ fn guest(name: &str, script: &str) -> GuestBuilder {
 fn runtime_guest(name: &str, script: &str) -> GuestBuilder {
     Guest::builder(name)
         .memory_mib(512)
-        .modules(["virtio_pci", "virtio_net", "tun"])
+        .modules(["virtio_pci", "virtio_net", "tun", "uio_pci_generic"])
         .binary("pvrr")
         .binary("pvnetd")
         .script(script)
@@ -191,7 +213,58 @@ fn run_pair(
     if !out.passed() {
         return Err(out.failure_report());
     }
+    // The client's pvnetd counters (runtime cases), for the record.
+    for l in out
+        .console
+        .lines()
+        .filter(|l| l.contains("interrupts, poller"))
+    {
+        eprintln!("pvbench-net: client {l}");
+    }
     Ok(parse(&out.console))
+}
+
+/// One case over our switch (a fresh switch per case): the kernel driver
+/// in both guests, or pvnetd with `runtime` arguments.
+fn switch_case(dir: &Path, tag: &str, a: &Args, runtime: Option<&str>) -> Result<Figures, String> {
+    let (ps, pc) = (
+        dir.join(format!("{tag}-s.sock")),
+        dir.join(format!("{tag}-c.sock")),
+    );
+    // At info level: the harness waits for its "ready:" line.
+    let backend = PvBackend::start_with(
+        &[],
+        &[
+            format!("socket={},name=server", ps.display()),
+            format!("socket={},name=client", pc.display()),
+        ],
+        &["--log-level", "info"],
+        &dir.join(format!("backend-{tag}.log")),
+    )
+    .map_err(|e| e.to_string())?;
+    let (sname, cname) = (
+        format!("bench-net-{tag}-server"),
+        format!("bench-net-{tag}-client"),
+    );
+    let (sscript, cscript) = (
+        server_script(IP_S, runtime),
+        client_script(a, IP_C, IP_S, runtime),
+    );
+    let (sb, cb) = if runtime.is_some() {
+        (
+            runtime_guest(&sname, &sscript),
+            runtime_guest(&cname, &cscript),
+        )
+    } else {
+        (guest(&sname, &sscript), guest(&cname, &cscript))
+    };
+    let r = run_pair(
+        sb.vhost_user_net(&ps, MAC_S),
+        cb.vhost_user_net(&pc, MAC_C),
+        None,
+    );
+    drop(backend);
+    r
 }
 
 fn main() -> ExitCode {
@@ -209,89 +282,73 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut results: Vec<(String, Result<Figures, String>)> = Vec::new();
     // (a) QEMU's stream netdev: the server guest listens, the client connects.
     eprintln!("pvbench-net: (a) kernel virtio-net over QEMU -netdev stream");
     let sock = dir.path().join("stream.sock");
     let a_res = run_pair(
-        guest("bench-net-a-server", &server_script(IP_S, false))
+        guest("bench-net-a-server", &server_script(IP_S, None))
             .virtio_net_stream(&sock, true, MAC_S),
-        guest("bench-net-a-client", &client_script(&a, IP_C, IP_S, false))
+        guest("bench-net-a-client", &client_script(&a, IP_C, IP_S, None))
             .virtio_net_stream(&sock, false, MAC_C),
         Some(&sock),
     );
-    // (b) our switch. At info level: the harness waits for its "ready:" line.
-    eprintln!("pvbench-net: (b) kernel virtio-net over our switch");
-    let (ps, pc) = (dir.path().join("s.sock"), dir.path().join("c.sock"));
-    let b_res = PvBackend::start_with(
-        &[],
-        &[
-            format!("socket={},name=server", ps.display()),
-            format!("socket={},name=client", pc.display()),
-        ],
-        &["--log-level", "info"],
-        &dir.path().join("backend.log"),
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|backend| {
-        let r = run_pair(
-            guest("bench-net-b-server", &server_script(IP_S, false)).vhost_user_net(&ps, MAC_S),
-            guest("bench-net-b-client", &client_script(&a, IP_C, IP_S, false))
-                .vhost_user_net(&pc, MAC_C),
-            None,
-        );
-        drop(backend);
-        r
-    });
+    results.push(("(a) QEMU -netdev stream".into(), a_res));
+    if !a.skip_b {
+        eprintln!("pvbench-net: (b) kernel virtio-net over our switch");
+        let r = switch_case(dir.path(), "b", &a, None);
+        results.push(("(b) our switch (vhost-user)".into(), r));
+    }
+    if let Some(args) = &a.compare_runtime {
+        eprintln!("pvbench-net: (c0) pvnetd {args} over our switch");
+        let r = switch_case(dir.path(), "c0", &a, Some(args));
+        results.push(("(c0) pvnetd, compared args".into(), r));
+    }
     // (c) our runtime in both guests, over our switch.
-    eprintln!("pvbench-net: (c) our runtime (pvnetd) over our switch");
-    let (rs, rc) = (dir.path().join("rs.sock"), dir.path().join("rc.sock"));
-    let c_res = PvBackend::start_with(
-        &[],
-        &[
-            format!("socket={},name=server", rs.display()),
-            format!("socket={},name=client", rc.display()),
-        ],
-        &["--log-level", "info"],
-        &dir.path().join("backend-c.log"),
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|backend| {
-        let r = run_pair(
-            runtime_guest("bench-net-c-server", &server_script(IP_S, true))
-                .vhost_user_net(&rs, MAC_S),
-            runtime_guest("bench-net-c-client", &client_script(&a, IP_C, IP_S, true))
-                .vhost_user_net(&rc, MAC_C),
-            None,
-        );
-        drop(backend);
-        r
-    });
-    let (fa, fb, fc) = match (a_res, b_res, c_res) {
-        (Ok(fa), Ok(fb), Ok(fc)) => (fa, fb, fc),
-        (ra, rb, rc) => {
-            for (slot, r) in [("(a)", ra), ("(b)", rb), ("(c)", rc)] {
-                if let Err(e) = r {
-                    eprintln!("{slot} failed: {e}");
-                }
+    eprintln!(
+        "pvbench-net: (c) our runtime (pvnetd {}) over our switch",
+        a.runtime_args
+    );
+    let r = switch_case(dir.path(), "c", &a, Some(&a.runtime_args));
+    results.push(("(c) our runtime over our switch".into(), r));
+    let mut figs = Vec::new();
+    let mut failed = false;
+    for (name, r) in results {
+        match r {
+            Ok(f) => figs.push((name, f)),
+            Err(e) => {
+                eprintln!("{name} failed: {e}");
+                failed = true;
             }
-            return ExitCode::FAILURE;
         }
-    };
-    println!("pvbench-net: kernel virtio-net, UDP request/response ({} round trips), TCP stream ({} MiB)", a.count, a.stream_mib);
+    }
+    if failed {
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "pvbench-net: UDP request/response ({} round trips), TCP stream ({} MiB)",
+        a.count, a.stream_mib
+    );
+    if let Some(c0) = &a.compare_runtime {
+        println!(
+            "(c0) pvnetd args: {c0:?}; (c) pvnetd args: {:?}",
+            a.runtime_args
+        );
+    }
     println!(
         "{:<34} {:>6} {:>9} {:>9} {:>9} {:>5}",
         "path", "bytes", "p50 us", "p99 us", "p99.9 us", "lost"
     );
-    for (name, f) in [
-        ("(a) QEMU -netdev stream", &fa),
-        ("(b) our switch (vhost-user)", &fb),
-        ("(c) our runtime over our switch", &fc),
-    ] {
+    for (name, f) in &figs {
         for (size, (p50, p99, p999, lost)) in &f.rr {
             println!("{name:<34} {size:>6} {p50:>9.1} {p99:>9.1} {p999:>9.1} {lost:>5}");
         }
     }
-    for (slot, f) in [("(b)", &fb), ("(c)", &fc)] {
+    let Some(((_, fa), rest)) = figs.split_first() else {
+        return ExitCode::FAILURE;
+    };
+    for (name, f) in rest {
+        let slot = name.split_whitespace().next().unwrap_or("?");
         for size in &a.sizes {
             if let (Some(x), Some(y)) = (fa.rr.get(size), f.rr.get(size)) {
                 println!(
@@ -303,13 +360,15 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!(
-        "stream MB/s: (a) {:.2}  (b) {:.2}  (c) {:.2}  ratio (b)/(a) {:.2}x  (c)/(a) {:.2}x",
-        fa.mbps,
-        fb.mbps,
-        fc.mbps,
-        fb.mbps / fa.mbps,
-        fc.mbps / fa.mbps
-    );
+    let mut line = format!("stream MB/s: (a) {:.2}", fa.mbps);
+    for (name, f) in rest {
+        let slot = name.split_whitespace().next().unwrap_or("?");
+        line.push_str(&format!(
+            "  {slot} {:.2} ({:.2}x)",
+            f.mbps,
+            f.mbps / fa.mbps
+        ));
+    }
+    println!("{line}");
     ExitCode::SUCCESS
 }
