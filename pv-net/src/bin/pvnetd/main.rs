@@ -14,13 +14,18 @@
 //! # Checksum offload
 //!
 //! Mapped, not computed, where both ends can: the TAP carries a
-//! `virtio_net_hdr` (`IFF_VNET_HDR`, 12 bytes) and offers `TUN_F_CSUM`, so
-//! the kernel sends `CHECKSUM_PARTIAL` frames as `NEEDS_CSUM` + start/offset
-//! and the core passes that to a device with `VIRTIO_NET_F_CSUM`, or
-//! completes the checksum in software when the device lacks it (QEMU's
-//! stream/socket netdevs offer no checksum offload). Received `DATA_VALID`
-//! and `NEEDS_CSUM` (with `GUEST_CSUM`) are handed to the kernel as they
-//! came. `--no-csum-offload` makes the kernel checksum everything itself.
+//! `virtio_net_hdr` (`IFF_VNET_HDR`, 12 bytes). When the device offers
+//! `VIRTIO_NET_F_CSUM` the TAP offers `TUN_F_CSUM`, so the kernel sends
+//! `CHECKSUM_PARTIAL` frames as `NEEDS_CSUM` + start/offset and the core
+//! passes that to the device. When the device lacks it (our switch and
+//! QEMU's stream/socket netdevs offer no checksum offload) the kernel
+//! checksums each frame itself by default (`--tap-csum auto`): it folds the
+//! sum into the copy from the sending process, which costs less than a
+//! separate pass over the frame here (measured: pvbench-net stream, see
+//! docs/BENCHMARKS.md). `--tap-csum on` offers `TUN_F_CSUM` anyway and
+//! completes the checksum in software; `off` (or `--no-csum-offload`)
+//! never offers it. Received `DATA_VALID` and `NEEDS_CSUM` (with
+//! `GUEST_CSUM`) are handed to the kernel as they came.
 //!
 //! # Polling and wake-ups
 //!
@@ -106,9 +111,14 @@ struct Cli {
     #[arg(long)]
     no_up: bool,
     /// Do not offer checksum offload to the kernel (it then checksums every
-    /// frame itself).
+    /// frame itself); the same as `--tap-csum off`.
     #[arg(long)]
     no_csum_offload: bool,
+    /// Offer checksum offload (`TUN_F_CSUM`) to the kernel: `auto` when
+    /// the device computes transmit checksums, `on` always (completed in
+    /// software when the device cannot), `off` never.
+    #[arg(long, value_enum, default_value_t = TapCsum::Auto)]
+    tap_csum: TapCsum,
     /// Entries per virtqueue (the device may offer fewer).
     #[arg(long, default_value_t = 256)]
     queue_size: u16,
@@ -147,6 +157,17 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = pv_linux::logger::parse_level)]
     log_level: log::LevelFilter,
+}
+
+/// Checksum offload on the TAP; see the module docs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TapCsum {
+    /// When the device has `VIRTIO_NET_F_CSUM`.
+    Auto,
+    /// Always (software checksum when the device lacks it).
+    On,
+    /// Never.
+    Off,
 }
 
 /// Interrupt use; see the module docs.
@@ -233,7 +254,13 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
         ni.tx_slots,
         nic.negotiated()
     );
-    let tap = Tap::open(&cli.ifname, !cli.no_csum_offload).map_err(|e| e.to_string())?;
+    let csum_offload = match cli.tap_csum {
+        _ if cli.no_csum_offload => false,
+        TapCsum::Auto => ni.tx_csum,
+        TapCsum::On => true,
+        TapCsum::Off => false,
+    };
+    let tap = Tap::open(&cli.ifname, csum_offload).map_err(|e| e.to_string())?;
     tap.set_mac(ni.mac).map_err(|e| e.to_string())?;
     tap.set_mtu(ni.mtu).map_err(|e| e.to_string())?;
     let link = nic.link_up();
@@ -244,7 +271,7 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     info!(
         "TAP {} (checksum offload {}), link {}",
         tap.name(),
-        if cli.no_csum_offload { "off" } else { "on" },
+        if csum_offload { "on" } else { "off" },
         if link { "up" } else { "down" }
     );
     println!(
