@@ -20,9 +20,10 @@
 //! passes that to the device. When the device lacks it (our switch and
 //! QEMU's stream/socket netdevs offer no checksum offload) the kernel
 //! checksums each frame itself by default (`--tap-csum auto`): it folds the
-//! sum into the copy from the sending process, which costs less than a
-//! separate pass over the frame here (measured: pvbench-net stream, see
-//! docs/BENCHMARKS.md). `--tap-csum on` offers `TUN_F_CSUM` anyway and
+//! sum into the copy from the sending process instead of us making a
+//! separate pass over the frame (the benchmark runs so far, on a loaded
+//! host, could not separate the effect from the load: docs/BENCHMARKS.md,
+//! "pvnetd INTx wake-ups"). `--tap-csum on` offers `TUN_F_CSUM` anyway and
 //! completes the checksum in software; `off` (or `--no-csum-offload`)
 //! never offers it. Received `DATA_VALID` and `NEEDS_CSUM` (with
 //! `GUEST_CSUM`) are handed to the kernel as they came.
@@ -139,8 +140,8 @@ struct Cli {
     /// First sleep once idle.
     #[arg(long, default_value_t = 10)]
     min_sleep_us: u64,
-    /// Longest sleep in the warm phase without interrupts (bounds the added latency of a frame
-    /// from the device while traffic flows).
+    /// Longest sleep in the warm phase without interrupts (bounds the added
+    /// latency of a frame from the device while traffic flows).
     #[arg(long, default_value_t = 50)]
     warm_sleep_us: u64,
     /// Length of the warm phase after the last frame.
