@@ -31,9 +31,11 @@
 //! # Polling and wake-ups
 //!
 //! After the last frame either way the loop spins for `--spin-us`
-//! (`pv_linux::poll::AdaptivePoller`; yielding the CPU each turn, so the
-//! guest's own tasks woken by our last frame run first on a one-vCPU
-//! guest). Then it sleeps in `ppoll` on the TAP (a frame from the kernel
+//! (`pv_linux::poll::AdaptivePoller`; yielding the CPU, so the guest's own
+//! tasks woken by our last frame run first on a one-vCPU guest). With
+//! INTx the spin reads the TAP and yields only every `--spin-tap-every`-th
+//! turn and looks at the device's rings (plain memory) every turn: system
+//! calls are what a spinning guest spends its vCPU on under TCG. Then it sleeps in `ppoll` on the TAP (a frame from the kernel
 //! ends the sleep at once) and, by default (`--irq intx`), on the device's
 //! INTx interrupt: the function is bound to `uio_pci_generic` while we hold
 //! it, and just before sleeping the receive queue (and the transmit queue
@@ -132,6 +134,12 @@ struct Cli {
     /// Busy-poll (yielding) this long after the last frame before sleeping.
     #[arg(long, default_value_t = 1000)]
     spin_us: u64,
+    /// While spinning with INTx, read the TAP and yield the CPU only every
+    /// N-th turn (the device's rings, plain memory, are looked at every
+    /// turn): each is a system call, and those are what a spinning guest
+    /// spends its vCPU on under TCG. 1: every turn, as before.
+    #[arg(long, default_value_t = 8)]
+    spin_tap_every: u32,
     /// Wake on the device's INTx interrupt (through uio_pci_generic, which
     /// must be loaded) once the spin budget is spent; `off`, or when uio is
     /// unavailable: timed sleeps only.
@@ -303,6 +311,7 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     );
     let mut pump = Pump::new(&mut nic, &tap, poller, cli.budget, link);
     pump.irq = irq;
+    pump.tap_every = cli.spin_tap_every.max(1);
     pump.warm = Duration::from_millis(cli.warm_ms);
     pump.cold_sleep = Duration::from_micros(cli.max_sleep_us);
     let served = pump.run();
@@ -361,6 +370,10 @@ struct Pump<'a> {
     poller: AdaptivePoller,
     /// The device's INTx, when bound to uio (see the module docs).
     irq: Option<&'a UioIrq>,
+    /// With INTx: read the TAP and yield every this many idle turns.
+    tap_every: u32,
+    /// Turns since the last one that moved a frame (or since a sleep).
+    idle_turns: u32,
     /// Warm phase length and cold-phase sleep (see the module docs).
     warm: Duration,
     cold_sleep: Duration,
@@ -385,6 +398,8 @@ impl<'a> Pump<'a> {
             tap,
             poller,
             irq: None,
+            tap_every: 1,
+            idle_turns: 0,
             warm: Duration::from_millis(50),
             cold_sleep: Duration::from_millis(1),
             budget: budget.max(1),
@@ -402,13 +417,22 @@ impl<'a> Pump<'a> {
         let fd = self.tap.raw_fd();
         let mut last_work = Instant::now();
         while !signal::stop_requested() {
-            let work = match self.turn() {
+            // The TAP is read on every turn without INTx, and on every
+            // `tap_every`-th idle turn with it (a sleep ends in a turn that
+            // reads it: the TAP is in the `ppoll`).
+            let check_tap = self.irq.is_none() || self.idle_turns.is_multiple_of(self.tap_every);
+            let work = match self.turn(check_tap) {
                 Ok(w) => w,
                 Err(e) => {
                     self.recover(e)?;
                     true
                 }
             };
+            if work {
+                self.idle_turns = 0;
+            } else {
+                self.idle_turns = self.idle_turns.wrapping_add(1);
+            }
             if work {
                 self.poller.busy();
                 last_work = Instant::now();
@@ -432,9 +456,11 @@ impl<'a> Pump<'a> {
     /// a frame, or the timeout passes; see the module docs.
     fn idle_with_irq(&mut self, irq: &UioIrq, tap_fd: RawFd) -> Result<(), String> {
         let Some(timeout) = self.poller.spin_or_sleep() else {
-            // SAFETY: sched_yield takes no arguments and only lets other
-            // runnable tasks of this guest go first.
-            unsafe { libc::sched_yield() };
+            if self.idle_turns.is_multiple_of(self.tap_every) {
+                // SAFETY: sched_yield takes no arguments and only lets
+                // other runnable tasks of this guest go first.
+                unsafe { libc::sched_yield() };
+            }
             return Ok(());
         };
         // Transmit completions matter only when they are what we wait for.
@@ -466,6 +492,8 @@ impl<'a> Pump<'a> {
         self.nic.transport_mut().ack_interrupt();
         self.nic.disable_interrupts();
         self.poller.woke(woken);
+        // The next turn reads the TAP (it may be what woke us).
+        self.idle_turns = 0;
         Ok(())
     }
 
@@ -484,8 +512,9 @@ impl<'a> Pump<'a> {
         Ok(())
     }
 
-    /// One pass both ways; true if any frame moved.
-    fn turn(&mut self) -> Result<bool, NetError> {
+    /// One pass both ways (the TAP side only if `check_tap`); true if any
+    /// frame moved.
+    fn turn(&mut self, check_tap: bool) -> Result<bool, NetError> {
         let tap = self.tap;
         let c = &mut self.counters;
         let rx = self.nic.poll_rx(
@@ -503,7 +532,7 @@ impl<'a> Pump<'a> {
         let reclaimed = self.nic.poll_tx()?;
         let mut tx = 0;
         let maxf = max_frame(self.nic.info().mtu);
-        while tx < self.budget && self.nic.tx_space() > 0 {
+        while check_tap && tx < self.budget && self.nic.tx_space() > 0 {
             let n = match self.tap.read(&mut self.buf) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
