@@ -409,3 +409,106 @@ pub fn virtq(data: &[u8]) {
     }
     q.drain(&mut |_| {});
 }
+
+/// A packet the guest kernel wrote to a TAP (`virtio_net_hdr` and frame,
+/// any bytes), through [`crate::tap_hdr::tx_csum_of`] and, when accepted,
+/// into a virtio-net frontend's `queue_tx` with and without the device's
+/// `CSUM`. The first byte picks the device; the rest is the packet.
+///
+/// Invariants: the mapping never panics; an accepted frame is the packet
+/// after the header, byte for byte; `queue_tx` refuses a checksum request
+/// outside the frame or a frame outside 14..=max with an error, never a
+/// panic; the device sees the frame unchanged except for the checksum
+/// field, and a checksum completed in software verifies; one the device
+/// is to complete is passed as `NEEDS_CSUM` with the same start and
+/// offset. [`crate::tap_hdr::rx_hdr_of`] of the result maps back to the
+/// same request.
+pub fn tap_hdr(data: &[u8]) {
+    use crate::tap_hdr::{rx_hdr_of, tx_csum_of};
+    use crate::virtio::{HDR_F_NEEDS_CSUM, HDR_LEN};
+    let Some((&sel, pkt)) = data.split_first() else {
+        return;
+    };
+    let Ok((csum, frame)) = tx_csum_of(pkt) else {
+        return;
+    };
+    assert_eq!(
+        frame,
+        &pkt[HDR_LEN..],
+        "the frame is what follows the header"
+    );
+    if let Some(c) = csum {
+        // The receive-side mapping expresses the same request.
+        let h = rx_hdr_of(RxCsum::Partial {
+            start: c.start,
+            offset: c.offset,
+        });
+        let back = tx_csum_of(&h).map(|(c2, _)| c2);
+        assert_eq!(back, Ok(Some(c)));
+    }
+    let mut feats = F::all();
+    let dev_csum = sel & 1 == 0;
+    if !dev_csum {
+        feats -= F::CSUM;
+    }
+    let dev = FakeVirtioNet::new(feats, [2, 0, 0, 0, 0, 1], 1500, 8);
+    let cfg = VirtioNetConfig {
+        queue_size: 8,
+        ..VirtioNetConfig::default()
+    };
+    let Ok(mut nic) = VirtioNet::<TestHal, FakeVirtioNet>::new(dev.clone(), cfg) else {
+        return;
+    };
+    if nic.send(frame, csum).is_err() {
+        // Refused (too short or long, checksum field outside): nothing sent.
+        assert!(
+            dev.take_tx().is_none(),
+            "a refused frame reached the device"
+        );
+        return;
+    }
+    let Some(seen) = dev.take_tx() else {
+        panic!("an accepted frame never reached the device");
+    };
+    assert_eq!(seen.frame.len(), frame.len());
+    let h = NetHdr::from_bytes(&seen.hdr);
+    match csum {
+        None => {
+            assert_eq!(seen.frame, frame);
+            assert_eq!(h.flags, 0);
+        }
+        Some(c) if dev_csum => {
+            assert_eq!(seen.frame, frame);
+            assert_eq!(
+                (h.flags, h.csum_start, h.csum_offset),
+                (HDR_F_NEEDS_CSUM, c.start, c.offset)
+            );
+        }
+        Some(c) => {
+            assert_eq!(h.flags, 0, "completed in software: no request left");
+            let (start, field) = (
+                usize::from(c.start),
+                usize::from(c.start) + usize::from(c.offset),
+            );
+            for (i, (a, b)) in seen.frame.iter().zip(frame).enumerate() {
+                if i != field && i != field + 1 {
+                    assert_eq!(a, b, "byte {i} changed outside the checksum field");
+                }
+            }
+            if c.offset % 2 == 0 {
+                // The field held the pseudo-header sum, which the receiver
+                // adds back: data plus checksum plus it folds to all ones
+                // (or to the other ones'-complement zero).
+                let pseudo = u64::from(u16::from_be_bytes([frame[field], frame[field + 1]]));
+                let mut sum = u64::from(crate::csum::ones_sum(&seen.frame[start..])) + pseudo;
+                while sum > 0xFFFF {
+                    sum = (sum & 0xFFFF) + (sum >> 16);
+                }
+                assert!(
+                    sum == 0xFFFF || sum == 0,
+                    "checksum does not verify: {sum:#x}"
+                );
+            }
+        }
+    }
+}

@@ -404,6 +404,29 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
         self.cfg.refill = refill;
     }
 
+    /// [`NetFrontend::enable_interrupts`] for a choice of queues: arm
+    /// receive and/or transmit completions (the other stays suppressed),
+    /// then re-check the armed ones. Returns true if work is already
+    /// pending on an armed queue (poll again instead of sleeping). A runtime
+    /// that only needs to wake for transmit completions when its transmit
+    /// slots ran out arms `tx` only then, and saves an interrupt per burst.
+    pub fn enable_interrupts_on(&mut self, rx: bool, tx: bool) -> Result<bool, NetError> {
+        self.check()?;
+        if self
+            .transport
+            .get_status()
+            .contains(DeviceStatus::DEVICE_NEEDS_RESET)
+        {
+            return Err(self.stop(NetError::DeviceFailed));
+        }
+        let Some(r) = self.rings.as_mut() else {
+            return Err(NetError::Stopped);
+        };
+        let rx_pending = rx && r.rx.enable_interrupts();
+        let tx_pending = tx && r.tx.enable_interrupts();
+        Ok(rx_pending || tx_pending)
+    }
+
     /// RX buffers posted to the device now.
     pub fn rx_posted(&self) -> u16 {
         self.rings.as_ref().map_or(0, |r| r.rx.in_flight())
@@ -867,20 +890,7 @@ impl<H: Hal, T: Transport> NetFrontend for VirtioNet<H, T> {
     }
 
     fn enable_interrupts(&mut self) -> Result<bool, NetError> {
-        self.check()?;
-        if self
-            .transport
-            .get_status()
-            .contains(DeviceStatus::DEVICE_NEEDS_RESET)
-        {
-            return Err(self.stop(NetError::DeviceFailed));
-        }
-        let Some(r) = self.rings.as_mut() else {
-            return Err(NetError::Stopped);
-        };
-        let rx = r.rx.enable_interrupts();
-        let tx = r.tx.enable_interrupts();
-        Ok(rx || tx)
+        self.enable_interrupts_on(true, true)
     }
 
     fn disable_interrupts(&mut self) {

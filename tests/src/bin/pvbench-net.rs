@@ -29,7 +29,12 @@
 //! Every guest has one vCPU under TCG on a shared host: the figures
 //! compare network paths on one machine, they are not absolute speeds.
 //! The (c) guests get 512 MiB instead of 256 (hugepages for pvnetd's DMA
-//! pool); `pvnetd` runs with its default polling settings.
+//! pool); `pvnetd` runs with its default settings plus `--runtime-args`.
+//! `--compare-runtime ARGS` adds a case (c0) in the same run, before (c):
+//! pvnetd with `ARGS` instead (e.g. `--irq off`, the timed-sleep wake-ups
+//! of the previous build), so a change to pvnetd is measured back to back
+//! against the old behaviour. `--skip-b` leaves (b) out (it does not
+//! involve pvnetd).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,9 +58,11 @@ struct Args {
     b_qemu_args: Vec<String>,
     b_port_opts: String,
     poll_us: u32,
+    runtime_args: String,
+    compare_runtime: Option<String>,
 }
 
-const CASES: [&str; 6] = ["a", "a-intx", "b", "b-poll", "b-msix", "c"];
+const CASES: [&str; 7] = ["a", "a-intx", "b", "b-poll", "b-msix", "c0", "c"];
 /// Run unless `--cases` says otherwise (b-poll and b-msix are opt-in).
 const DEFAULT_CASES: [&str; 4] = ["a", "a-intx", "b", "c"];
 
@@ -71,6 +78,8 @@ fn parse_args() -> Result<Args, String> {
         b_qemu_args: Vec::new(),
         b_port_opts: String::new(),
         poll_us: 50,
+        runtime_args: String::new(),
+        compare_runtime: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -96,17 +105,26 @@ fn parse_args() -> Result<Args, String> {
             "--b-qemu-arg" => a.b_qemu_args.push(v()?),
             "--b-port-opts" => a.b_port_opts = v()?,
             "--poll-us" => a.poll_us = v()?.parse().map_err(|e| format!("--poll-us: {e}"))?,
+            "--runtime-args" => a.runtime_args = v()?,
+            "--compare-runtime" => a.compare_runtime = Some(v()?),
+            "--skip-b" => a.cases.retain(|c| c != "b"),
             "-h" | "--help" => return Err(
                 "pvbench-net [--count N] [--sizes 1,64] [--stream-mib N] [--cases a,a-intx,b,c]\n\
                      [--b-nic-opts vectors=0] [--b-qemu-arg ARG]... [--b-port-opts poll-us=N]\n\
                      [--poll-us N (b-poll's window, default 50)]\n\
-                     Kernel virtio-net RR latency and throughput between two guests over\n\
-                     QEMU's -netdev stream and over our switch. Defaults: 5000 round trips,\n\
-                     sizes 1 and 64 bytes, 16 MiB stream."
+                     [--runtime-args ARGS] [--compare-runtime ARGS] [--skip-b]\n\
+                     RR latency and throughput between two guests: (a) kernel virtio-net over\n\
+                     QEMU's -netdev stream, (b) kernel virtio-net over our switch, (c) pvnetd\n\
+                     (with --runtime-args) over our switch; --compare-runtime adds (c0), pvnetd\n\
+                     with ARGS instead, in the same run; --skip-b leaves (b) out. Defaults:\n\
+                     cases a,a-intx,b,c, 5000 round trips, sizes 1 and 64 bytes, 16 MiB stream."
                     .into(),
             ),
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if a.compare_runtime.is_some() && !a.cases.iter().any(|c| c == "c0") {
+        a.cases.push("c0".into());
     }
     Ok(a)
 }
@@ -152,11 +170,12 @@ fn parse(console: &str) -> Figures {
 }
 
 /// Bring the guest's interface up with `ip`: the kernel driver's eth0, or
-/// (runtime) `pvnetd`'s TAP pvnet0 once it has carrier.
-fn iface_up(ip: &str, runtime: bool) -> String {
-    if runtime {
+/// (runtime, with these pvnetd arguments) `pvnetd`'s TAP pvnet0 once it has
+/// carrier.
+fn iface_up(ip: &str, runtime: Option<&str>) -> String {
+    if let Some(args) = runtime {
         format!(
-            "pvnetd --ifname pvnet0 > /tmp/pvnetd.log 2>&1 &\n\
+            "pvnetd --ifname pvnet0 {args} > /tmp/pvnetd.log 2>&1 &\n\
              i=0; while [ \"$(cat /sys/class/net/pvnet0/carrier 2>/dev/null)\" != 1 ]; do \
              i=$((i+1)); [ $i -le 300 ] || {{ cat /tmp/pvnetd.log; exit 1; }}; sleep 0.2; done\n\
              ip addr add {ip}/16 dev pvnet0\n"
@@ -166,14 +185,14 @@ fn iface_up(ip: &str, runtime: bool) -> String {
     }
 }
 
-fn server_script(ip: &str, runtime: bool) -> String {
+fn server_script(ip: &str, runtime: Option<&str>) -> String {
     format!(
         "{}echo pvbench: server up\nexec pvrr server\n",
         iface_up(ip, runtime)
     )
 }
 
-fn client_script(a: &Args, ip: &str, server: &str, runtime: bool) -> String {
+fn client_script(a: &Args, ip: &str, server: &str, runtime: Option<&str>) -> String {
     let mut s = format!(
         "{}n=0; until ping -c 1 -W 1 {server} >/dev/null; do n=$((n+1)); [ $n -lt 240 ] || exit 1; done\n\
          until pvrr rr {server} --count 10 --warmup 0 >/dev/null 2>&1; do sleep 1; done\n",
@@ -195,6 +214,10 @@ fn client_script(a: &Args, ip: &str, server: &str, runtime: bool) -> String {
         "echo \"pvbench: irqs $(grep virtio /proc/interrupts | \
          awk '{printf \"%s=%s \", $NF, $2}')\"\n",
     );
+    if runtime.is_some() {
+        // pvnetd's counters (interrupts, poller, core) on the console.
+        s.push_str("kill -TERM $(pidof pvnetd); sleep 2; cat /tmp/pvnetd.log\n");
+    }
     s
 }
 
@@ -211,7 +234,7 @@ fn guest(name: &str, script: &str) -> GuestBuilder {
 fn runtime_guest(name: &str, script: &str) -> GuestBuilder {
     Guest::builder(name)
         .memory_mib(512)
-        .modules(["virtio_pci", "virtio_net", "tun"])
+        .modules(["virtio_pci", "virtio_net", "tun", "uio_pci_generic"])
         .binary("pvrr")
         .binary("pvnetd")
         .script(script)
@@ -245,6 +268,14 @@ fn run_pair(
     drop(s);
     if !out.passed() {
         return Err(out.failure_report());
+    }
+    // The client's pvnetd counters (runtime cases), for the record.
+    for l in out
+        .console
+        .lines()
+        .filter(|l| l.contains("interrupts, poller"))
+    {
+        eprintln!("pvbench-net: client {l}");
     }
     Ok(parse(&out.console))
 }
@@ -311,7 +342,7 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                 stream_nic(
                     guest(
                         &format!("bench-net-{case}-server"),
-                        &server_script(IP_S, false),
+                        &server_script(IP_S, None),
                     ),
                     &sock,
                     true,
@@ -321,7 +352,7 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                 stream_nic(
                     guest(
                         &format!("bench-net-{case}-client"),
-                        &client_script(a, IP_C, IP_S, false),
+                        &client_script(a, IP_C, IP_S, None),
                     ),
                     &sock,
                     false,
@@ -333,8 +364,12 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
         }
         // (b) kernel driver, (c) our runtime, both over our switch. At info
         // level: the harness waits for the backend's "ready:" line.
-        "b" | "b-poll" | "b-msix" | "c" => {
-            let runtime = case == "c";
+        "b" | "b-poll" | "b-msix" | "c0" | "c" => {
+            let runtime = match case {
+                "c" => Some(a.runtime_args.as_str()),
+                "c0" => a.compare_runtime.as_deref(),
+                _ => None,
+            };
             let nic_opts = if case == "b-msix" { "" } else { &a.b_nic_opts };
             let mut b_port_opts = a.b_port_opts.clone();
             if case == "b-poll" {
@@ -347,7 +382,7 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                 dir.join(format!("{case}s.sock")),
                 dir.join(format!("{case}c.sock")),
             );
-            let port_opts = if runtime || b_port_opts.is_empty() {
+            let port_opts = if runtime.is_some() || b_port_opts.is_empty() {
                 String::new()
             } else {
                 format!(",{b_port_opts}")
@@ -362,12 +397,18 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                 &dir.join(format!("backend-{case}.log")),
             )
             .map_err(|e| e.to_string())?;
-            let r = if runtime {
+            let r = if runtime.is_some() {
                 run_pair(
-                    runtime_guest("bench-net-c-server", &server_script(IP_S, true))
-                        .vhost_user_net(&ps, MAC_S),
-                    runtime_guest("bench-net-c-client", &client_script(a, IP_C, IP_S, true))
-                        .vhost_user_net(&pc, MAC_C),
+                    runtime_guest(
+                        &format!("bench-net-{case}-server"),
+                        &server_script(IP_S, runtime),
+                    )
+                    .vhost_user_net(&ps, MAC_S),
+                    runtime_guest(
+                        &format!("bench-net-{case}-client"),
+                        &client_script(a, IP_C, IP_S, runtime),
+                    )
+                    .vhost_user_net(&pc, MAC_C),
                     None,
                 )
             } else {
@@ -375,7 +416,7 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                     switch_nic(
                         guest(
                             &format!("bench-net-{case}-server"),
-                            &server_script(IP_S, false),
+                            &server_script(IP_S, None),
                         ),
                         &ps,
                         MAC_S,
@@ -385,7 +426,7 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                     switch_nic(
                         guest(
                             &format!("bench-net-{case}-client"),
-                            &client_script(a, IP_C, IP_S, false),
+                            &client_script(a, IP_C, IP_S, None),
                         ),
                         &pc,
                         MAC_C,
@@ -426,6 +467,7 @@ fn label(case: &str) -> &'static str {
         "b" => "(b) our switch (vhost-user)",
         "b-poll" => "(b-poll) switch, poll-us",
         "b-msix" => "(b-msix) switch, MSI-X",
+        "c0" => "(c0) pvnetd, compared args",
         _ => "(c) our runtime over our switch",
     }
 }
@@ -460,7 +502,16 @@ fn main() -> ExitCode {
     if failed {
         return ExitCode::FAILURE;
     }
-    println!("pvbench-net: kernel virtio-net, UDP request/response ({} round trips), TCP stream ({} MiB)", a.count, a.stream_mib);
+    println!(
+        "pvbench-net: UDP request/response ({} round trips), TCP stream ({} MiB)",
+        a.count, a.stream_mib
+    );
+    if let Some(c0) = &a.compare_runtime {
+        println!(
+            "(c0) pvnetd args: {c0:?}; (c) pvnetd args: {:?}",
+            a.runtime_args
+        );
+    }
     println!(
         "{:<34} {:>6} {:>9} {:>9} {:>9} {:>5}",
         "path", "bytes", "p50 us", "p99 us", "p99.9 us", "lost"

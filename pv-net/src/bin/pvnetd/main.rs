@@ -14,31 +14,51 @@
 //! # Checksum offload
 //!
 //! Mapped, not computed, where both ends can: the TAP carries a
-//! `virtio_net_hdr` (`IFF_VNET_HDR`, 12 bytes) and offers `TUN_F_CSUM`, so
-//! the kernel sends `CHECKSUM_PARTIAL` frames as `NEEDS_CSUM` + start/offset
-//! and the core passes that to a device with `VIRTIO_NET_F_CSUM`, or
-//! completes the checksum in software when the device lacks it (QEMU's
-//! stream/socket netdevs offer no checksum offload). Received `DATA_VALID`
-//! and `NEEDS_CSUM` (with `GUEST_CSUM`) are handed to the kernel as they
-//! came. `--no-csum-offload` makes the kernel checksum everything itself.
+//! `virtio_net_hdr` (`IFF_VNET_HDR`, 12 bytes). When the device offers
+//! `VIRTIO_NET_F_CSUM` the TAP offers `TUN_F_CSUM`, so the kernel sends
+//! `CHECKSUM_PARTIAL` frames as `NEEDS_CSUM` + start/offset and the core
+//! passes that to the device. When the device lacks it (our switch and
+//! QEMU's stream/socket netdevs offer no checksum offload) the kernel
+//! checksums each frame itself by default (`--tap-csum auto`): it folds the
+//! sum into the copy from the sending process instead of us making a
+//! separate pass over the frame (the benchmark runs so far, on a loaded
+//! host, could not separate the effect from the load: docs/BENCHMARKS.md,
+//! "pvnetd INTx wake-ups"). `--tap-csum on` offers `TUN_F_CSUM` anyway and
+//! completes the checksum in software; `off` (or `--no-csum-offload`)
+//! never offers it. Received `DATA_VALID` and `NEEDS_CSUM` (with
+//! `GUEST_CSUM`) are handed to the kernel as they came.
 //!
-//! # Polling
+//! # Polling and wake-ups
 //!
-//! The device's interrupts are not used (the function has no kernel driver
-//! while we hold it). Two phases, both `ppoll`ing the TAP, so a frame from
-//! the kernel ends any sleep at once; a frame from the device waits at most
-//! the current sleep:
+//! After the last frame either way the loop spins for `--spin-us`
+//! (`pv_linux::poll::AdaptivePoller`; yielding the CPU, so the guest's own
+//! tasks woken by our last frame run first on a one-vCPU guest). With
+//! INTx the spin reads the TAP and yields only every `--spin-tap-every`-th
+//! turn and looks at the device's rings (plain memory) every turn: system
+//! calls are what a spinning guest spends its vCPU on under TCG. Then it sleeps in `ppoll` on the TAP (a frame from the kernel
+//! ends the sleep at once) and, by default (`--irq intx`), on the device's
+//! INTx interrupt: the function is bound to `uio_pci_generic` while we hold
+//! it, and just before sleeping the receive queue (and the transmit queue
+//! only while its slots ran out) is asked for an interrupt at the next
+//! completion, then re-checked, so a frame that arrived meanwhile is served
+//! instead of slept on (no lost wake-up: the device either sees the armed
+//! event index, or we see its completion in the re-check). On waking the
+//! interrupt is acknowledged (the ISR read lowers the line) and disarmed
+//! again: while spinning the device never interrupts. The sleep still has
+//! a timeout, doubling from `--min-sleep-us` to `--max-sleep-us`, because
+//! under TCG an INTx wake-up can arrive late. While transmit slots are all
+//! in flight the TAP is left out of the `ppoll` (it would stay readable)
+//! and a transmit completion wakes us instead.
 //!
-//! - warm, for `--warm-ms` after the last frame either way
-//!   (`pv_linux::poll::AdaptivePoller`): spin for `--spin-us` (yielding the
-//!   CPU each turn, so the guest's own tasks woken by our last frame run
-//!   first on a one-vCPU guest), then sleeps doubling from
-//!   `--min-sleep-us` to `--warm-sleep-us`;
-//! - cold, after that: sleeps of `--max-sleep-us`.
+//! With `--irq off` (or without `uio_pci_generic`) there are no interrupts
+//! and the old timed sleeps serve: warm for `--warm-ms` after the last
+//! frame (sleeps doubling from `--min-sleep-us` to `--warm-sleep-us`), then
+//! cold (sleeps of `--max-sleep-us`), so a frame from the device waits at
+//! most the current sleep.
 //!
-//! CPU budget: while traffic flows, one wake-up per `--warm-sleep-us` at
-//! most; idle, one per `--max-sleep-us`. Timer slack is set to 1 µs so the
-//! short sleeps are what they say.
+//! CPU budget: `--spin-us` per burst of traffic, then one wake-up per
+//! frame (interrupt) or timeout; idle, one per `--max-sleep-us`. Timer
+//! slack is set to 1 µs so the short sleeps are what they say.
 //!
 //! # Failure handling
 //!
@@ -55,19 +75,22 @@
 
 mod tap;
 
+use std::os::unix::io::RawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use log::{debug, error, info, warn};
 use pv_linux::dma::{self, LinuxHal};
-use pv_linux::pci::{self, PciAddress, PciDevice};
-use pv_linux::poll::AdaptivePoller;
+use pv_linux::pci::{self, PciAddress, PciDevice, UioIrq};
+use pv_linux::poll::{wait_events, AdaptivePoller};
 use pv_linux::signal;
 use pv_net::frontend::max_frame;
+use pv_net::tap_hdr::{rx_hdr_of, tx_csum_of};
 use pv_net::virtio::{VirtioNet, VirtioNetConfig, HDR_LEN};
 use pv_net::{NetError, NetFrontend, RxRefill};
 use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::Transport;
 
 use tap::Tap;
 
@@ -91,9 +114,14 @@ struct Cli {
     #[arg(long)]
     no_up: bool,
     /// Do not offer checksum offload to the kernel (it then checksums every
-    /// frame itself).
+    /// frame itself); the same as `--tap-csum off`.
     #[arg(long)]
     no_csum_offload: bool,
+    /// Offer checksum offload (`TUN_F_CSUM`) to the kernel: `auto` when
+    /// the device computes transmit checksums, `on` always (completed in
+    /// software when the device cannot), `off` never.
+    #[arg(long, value_enum, default_value_t = TapCsum::Auto)]
+    tap_csum: TapCsum,
     /// Entries per virtqueue (the device may offer fewer).
     #[arg(long, default_value_t = 256)]
     queue_size: u16,
@@ -106,18 +134,30 @@ struct Cli {
     /// Busy-poll (yielding) this long after the last frame before sleeping.
     #[arg(long, default_value_t = 1000)]
     spin_us: u64,
+    /// While spinning with INTx, read the TAP and yield the CPU only every
+    /// N-th turn (the device's rings, plain memory, are looked at every
+    /// turn): each is a system call, and those are what a spinning guest
+    /// spends its vCPU on under TCG. 1: every turn, as before.
+    #[arg(long, default_value_t = 8)]
+    spin_tap_every: u32,
+    /// Wake on the device's INTx interrupt (through uio_pci_generic, which
+    /// must be loaded) once the spin budget is spent; `off`, or when uio is
+    /// unavailable: timed sleeps only.
+    #[arg(long, value_enum, default_value_t = Irq::Intx)]
+    irq: Irq,
     /// First sleep once idle.
     #[arg(long, default_value_t = 10)]
     min_sleep_us: u64,
-    /// Longest sleep in the warm phase (bounds the added latency of a frame
-    /// from the device while traffic flows).
+    /// Longest sleep in the warm phase without interrupts (bounds the added
+    /// latency of a frame from the device while traffic flows).
     #[arg(long, default_value_t = 50)]
     warm_sleep_us: u64,
     /// Length of the warm phase after the last frame.
     #[arg(long, default_value_t = 50)]
     warm_ms: u64,
-    /// Sleep once cold (bounds the added latency of the first frame from the
-    /// device after a quiet spell, and the idle CPU cost).
+    /// Sleep once cold without interrupts (bounds the added latency of the
+    /// first frame from the device after a quiet spell, and the idle CPU
+    /// cost); with interrupts, the longest sleep timeout.
     #[arg(long, default_value_t = 1000)]
     max_sleep_us: u64,
     /// Most 2 MiB hugepages for DMA memory (rings and bounce buffers).
@@ -126,6 +166,26 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = pv_linux::logger::parse_level)]
     log_level: log::LevelFilter,
+}
+
+/// Checksum offload on the TAP; see the module docs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TapCsum {
+    /// When the device has `VIRTIO_NET_F_CSUM`.
+    Auto,
+    /// Always (software checksum when the device lacks it).
+    On,
+    /// Never.
+    Off,
+}
+
+/// Interrupt use; see the module docs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Irq {
+    /// INTx through uio_pci_generic.
+    Intx,
+    /// No interrupts: timed sleeps.
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -160,7 +220,11 @@ fn run(cli: &Cli) -> Result<(), String> {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
     dma::init(cli.hugepages, 1).map_err(|e| e.to_string())?;
     let addr = pick_device(cli)?;
-    let dev = PciDevice::claim(addr).map_err(|e| format!("claim {addr}: {e}"))?;
+    let binding = match cli.irq {
+        Irq::Intx => pci::Binding::UioPciGeneric,
+        Irq::Off => pci::Binding::Unbound,
+    };
+    let dev = PciDevice::claim_with(addr, binding).map_err(|e| format!("claim {addr}: {e}"))?;
     info!(
         "claimed {addr} (was bound to {})",
         dev.previous_driver().unwrap_or("no driver")
@@ -183,7 +247,8 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     };
     let mut nic: VirtioNet<LinuxHal, PciTransport> =
         VirtioNet::new(transport, cfg).map_err(|e| format!("virtio-net init: {e}"))?;
-    // Nobody takes the interrupts: ask the device not to raise them.
+    // Interrupts only when about to sleep (and only with INTx): ask the
+    // device not to raise them while we poll.
     nic.disable_interrupts();
     let ni = nic.info();
     info!(
@@ -198,7 +263,13 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
         ni.tx_slots,
         nic.negotiated()
     );
-    let tap = Tap::open(&cli.ifname, !cli.no_csum_offload).map_err(|e| e.to_string())?;
+    let csum_offload = match cli.tap_csum {
+        _ if cli.no_csum_offload => false,
+        TapCsum::Auto => ni.tx_csum,
+        TapCsum::On => true,
+        TapCsum::Off => false,
+    };
+    let tap = Tap::open(&cli.ifname, csum_offload).map_err(|e| e.to_string())?;
     tap.set_mac(ni.mac).map_err(|e| e.to_string())?;
     tap.set_mtu(ni.mtu).map_err(|e| e.to_string())?;
     let link = nic.link_up();
@@ -209,7 +280,7 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     info!(
         "TAP {} (checksum offload {}), link {}",
         tap.name(),
-        if cli.no_csum_offload { "off" } else { "on" },
+        if csum_offload { "on" } else { "off" },
         if link { "up" } else { "down" }
     );
     println!(
@@ -220,22 +291,40 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
         ni.mtu
     );
 
+    let irq = dev.irq();
+    info!(
+        "wake-ups: {}",
+        if irq.is_some() {
+            "INTx (uio_pci_generic)"
+        } else {
+            "timed sleeps only"
+        }
+    );
     let poller = AdaptivePoller::new(
         Duration::from_micros(cli.spin_us),
         Duration::from_micros(cli.min_sleep_us),
-        Duration::from_micros(cli.warm_sleep_us),
+        Duration::from_micros(if irq.is_some() {
+            cli.max_sleep_us
+        } else {
+            cli.warm_sleep_us
+        }),
     );
     let mut pump = Pump::new(&mut nic, &tap, poller, cli.budget, link);
+    pump.irq = irq;
+    pump.tap_every = cli.spin_tap_every.max(1);
     pump.warm = Duration::from_millis(cli.warm_ms);
     pump.cold_sleep = Duration::from_micros(cli.max_sleep_us);
     let served = pump.run();
     let c = pump.counters;
+    let ps = pump.poller.stats;
     info!(
-        "to TAP {} frames ({} write errors), from TAP {} frames ({} refused); core {:?}",
+        "to TAP {} frames ({} write errors), from TAP {} frames ({} refused); {} interrupts, poller {:?}; core {:?}",
         c.to_tap,
         c.tap_write_errors,
         c.from_tap,
         c.tap_refused,
+        c.interrupts,
+        ps,
         nic.stats()
     );
     // Carrier off and down before the device goes: the stack stops using
@@ -270,6 +359,8 @@ struct Counters {
     from_tap: u64,
     /// Frames read from the TAP and not sent (bad header, too long).
     tap_refused: u64,
+    /// INTx interrupts taken.
+    interrupts: u64,
 }
 
 /// The loop moving frames between the device and the TAP.
@@ -277,6 +368,12 @@ struct Pump<'a> {
     nic: &'a mut VirtioNet<LinuxHal, PciTransport>,
     tap: &'a Tap,
     poller: AdaptivePoller,
+    /// The device's INTx, when bound to uio (see the module docs).
+    irq: Option<&'a UioIrq>,
+    /// With INTx: read the TAP and yield every this many idle turns.
+    tap_every: u32,
+    /// Turns since the last one that moved a frame (or since a sleep).
+    idle_turns: u32,
     /// Warm phase length and cold-phase sleep (see the module docs).
     warm: Duration,
     cold_sleep: Duration,
@@ -300,6 +397,9 @@ impl<'a> Pump<'a> {
             nic,
             tap,
             poller,
+            irq: None,
+            tap_every: 1,
+            idle_turns: 0,
             warm: Duration::from_millis(50),
             cold_sleep: Duration::from_millis(1),
             budget: budget.max(1),
@@ -317,7 +417,11 @@ impl<'a> Pump<'a> {
         let fd = self.tap.raw_fd();
         let mut last_work = Instant::now();
         while !signal::stop_requested() {
-            let work = match self.turn() {
+            // The TAP is read on every turn without INTx, and on every
+            // `tap_every`-th idle turn with it (a sleep ends in a turn that
+            // reads it: the TAP is in the `ppoll`).
+            let check_tap = self.irq.is_none() || self.idle_turns.is_multiple_of(self.tap_every);
+            let work = match self.turn(check_tap) {
                 Ok(w) => w,
                 Err(e) => {
                     self.recover(e)?;
@@ -325,8 +429,15 @@ impl<'a> Pump<'a> {
                 }
             };
             if work {
+                self.idle_turns = 0;
+            } else {
+                self.idle_turns = self.idle_turns.wrapping_add(1);
+            }
+            if work {
                 self.poller.busy();
                 last_work = Instant::now();
+            } else if let Some(irq) = self.irq {
+                self.idle_with_irq(irq, fd)?;
             } else if last_work.elapsed() < self.warm {
                 // SAFETY: sched_yield takes no arguments and only lets
                 // other runnable tasks of this guest go first.
@@ -337,6 +448,52 @@ impl<'a> Pump<'a> {
             }
         }
         info!("stop requested");
+        Ok(())
+    }
+
+    /// Nothing moved: spin (yielding) within the budget, else arm the
+    /// device's interrupt, re-check, and sleep until it fires, the TAP has
+    /// a frame, or the timeout passes; see the module docs.
+    fn idle_with_irq(&mut self, irq: &UioIrq, tap_fd: RawFd) -> Result<(), String> {
+        let Some(timeout) = self.poller.spin_or_sleep() else {
+            if self.idle_turns.is_multiple_of(self.tap_every) {
+                // SAFETY: sched_yield takes no arguments and only lets
+                // other runnable tasks of this guest go first.
+                unsafe { libc::sched_yield() };
+            }
+            return Ok(());
+        };
+        // Transmit completions matter only when they are what we wait for.
+        let tx_blocked = self.nic.tx_space() == 0;
+        match self.nic.enable_interrupts_on(true, tx_blocked) {
+            Ok(false) => {}
+            Ok(true) => {
+                // Work arrived between the last look and arming: serve it.
+                self.nic.disable_interrupts();
+                self.poller.busy();
+                return Ok(());
+            }
+            // A device fault: the next turn reports it and recovers.
+            Err(_) => return Ok(()),
+        }
+        irq.arm().map_err(|e| e.to_string())?;
+        let irq_ev = (irq.fd(), libc::POLLIN);
+        let tap_ev = (tap_fd, libc::POLLIN);
+        let woken = if tx_blocked {
+            wait_events(&[irq_ev], timeout)
+        } else {
+            wait_events(&[irq_ev, tap_ev], timeout)
+        };
+        if irq.take().map_err(|e| e.to_string())?.is_some() {
+            self.counters.interrupts += 1;
+        }
+        // Lower the line (the ISR read); INTx stays masked until the next
+        // arm, and the device is asked not to interrupt while we poll.
+        self.nic.transport_mut().ack_interrupt();
+        self.nic.disable_interrupts();
+        self.poller.woke(woken);
+        // The next turn reads the TAP (it may be what woke us).
+        self.idle_turns = 0;
         Ok(())
     }
 
@@ -355,25 +512,27 @@ impl<'a> Pump<'a> {
         Ok(())
     }
 
-    /// One pass both ways; true if any frame moved.
-    fn turn(&mut self) -> Result<bool, NetError> {
+    /// One pass both ways (the TAP side only if `check_tap`); true if any
+    /// frame moved.
+    fn turn(&mut self, check_tap: bool) -> Result<bool, NetError> {
         let tap = self.tap;
         let c = &mut self.counters;
-        let rx = self.nic.poll_rx(self.budget, &mut |f| match tap
-            .write(&tap::rx_hdr_of(f.csum), f.data)
-        {
-            Ok(()) => c.to_tap += 1,
-            Err(e) => {
-                if c.tap_write_errors.is_multiple_of(1000) {
-                    warn!("{e} (frame of {} bytes dropped)", f.data.len());
+        let rx = self.nic.poll_rx(
+            self.budget,
+            &mut |f| match tap.write(&rx_hdr_of(f.csum), f.data) {
+                Ok(()) => c.to_tap += 1,
+                Err(e) => {
+                    if c.tap_write_errors.is_multiple_of(1000) {
+                        warn!("{e} (frame of {} bytes dropped)", f.data.len());
+                    }
+                    c.tap_write_errors += 1;
                 }
-                c.tap_write_errors += 1;
-            }
-        })?;
+            },
+        )?;
         let reclaimed = self.nic.poll_tx()?;
         let mut tx = 0;
         let maxf = max_frame(self.nic.info().mtu);
-        while tx < self.budget && self.nic.tx_space() > 0 {
+        while check_tap && tx < self.budget && self.nic.tx_space() > 0 {
             let n = match self.tap.read(&mut self.buf) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
@@ -387,7 +546,7 @@ impl<'a> Pump<'a> {
             };
             tx += 1;
             let pkt = &self.buf[..n];
-            let (csum, frame) = match tap::tx_csum_of(pkt) {
+            let (csum, frame) = match tx_csum_of(pkt) {
                 Ok(r) => r,
                 Err(why) => {
                     self.counters.tap_refused += 1;
