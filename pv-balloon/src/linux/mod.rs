@@ -80,8 +80,13 @@ pub enum RuntimeError {
     /// A system call failed.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] std::io::Error),
-    /// pagemap gave no frame for a page (not root?).
-    #[error("no page frame for {vaddr:#x} in /proc/self/pagemap (need root / CAP_SYS_ADMIN)")]
+    /// pagemap gave no frame for a page: not present (an
+    /// `mmap(MAP_POPULATE)` that could not fault everything in) or hidden
+    /// (not root).
+    #[error(
+        "no page frame for {vaddr:#x} in /proc/self/pagemap (not faulted in, or not root / \
+         CAP_SYS_ADMIN)"
+    )]
     NoFrame {
         /// The page's address in this process.
         vaddr: usize,
