@@ -51,10 +51,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Pin::Populate)]
     pin: Pin,
     /// 4 KiB page frames per inflate or deflate buffer (the spec sets no
-    /// limit and QEMU takes any length). The default is the kernel
-    /// driver's 256: 4096 measured no faster under TCG, where QEMU's work
-    /// per page, not per buffer, dominates (docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = pv_balloon::FRAMES_PER_BATCH as u32,
+    /// limit and QEMU takes any length; the kernel driver sends 256). 4096
+    /// (16 MiB, one pinned chunk) deflates faster: one device round trip
+    /// and one `munmap` per 16 MiB (docs/BENCHMARKS.md); inflate measured
+    /// the same either way.
+    #[arg(long, default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=pv_balloon::MAX_BATCH_FRAMES as i64))]
     batch_frames: u32,
     /// Wake on the device's INTx interrupt through uio_pci_generic (`intx`)
