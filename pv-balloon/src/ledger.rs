@@ -10,9 +10,15 @@ use crate::BalloonError;
 
 /// Bytes of one balloon frame (virtio PFN unit, Xen frame).
 pub const FRAME_SIZE: u64 = 4096;
-/// Frame numbers in one inflate/deflate buffer or reservation call (Linux's
-/// `VIRTIO_BALLOON_ARRAY_PFNS_MAX`).
+/// Frame numbers in one inflate/deflate buffer or reservation call by
+/// default (Linux's `VIRTIO_BALLOON_ARRAY_PFNS_MAX`); see
+/// [`Limits::batch_frames`].
 pub const FRAMES_PER_BATCH: usize = 256;
+/// Most frame numbers [`Limits::batch_frames`] may ask for in one buffer or
+/// call: 64 MiB of 4 KiB frames, a 64 KiB PFN array. (virtio-balloon sets no
+/// limit per buffer, and QEMU's device takes any length; this bounds the
+/// buffer the core allocates and the work of one device notification.)
+pub const MAX_BATCH_FRAMES: usize = 16384;
 
 /// One guest page handed to the balloon by the OS glue.
 ///
@@ -48,8 +54,13 @@ pub struct Limits {
     /// Frames the balloon never takes: the balloon refuses to grow beyond
     /// `guest_frames - floor_frames`.
     pub floor_frames: u64,
-    /// Guest page size in bytes: a power of two from 4 KiB to 1 MiB.
+    /// Guest page size in bytes: a power of two from 4 KiB to 1 MiB, and
+    /// at most one batch.
     pub page_size: u64,
+    /// 4 KiB frames per inflate/deflate buffer or reservation call, from
+    /// one guest page to [`MAX_BATCH_FRAMES`] ([`FRAMES_PER_BATCH`] by
+    /// default). Larger batches mean fewer device round trips per MiB.
+    pub batch_frames: usize,
 }
 
 impl Limits {
@@ -60,6 +71,7 @@ impl Limits {
             guest_frames: guest_bytes / FRAME_SIZE,
             floor_frames: floor_bytes.div_ceil(FRAME_SIZE),
             page_size: FRAME_SIZE,
+            batch_frames: FRAMES_PER_BATCH,
         }
     }
 
@@ -68,6 +80,8 @@ impl Limits {
         let ok = self.page_size.is_power_of_two()
             && self.page_size >= FRAME_SIZE
             && self.page_size <= FRAME_SIZE * FRAMES_PER_BATCH as u64
+            && self.batch_frames <= MAX_BATCH_FRAMES
+            && self.batch_frames as u64 >= self.frames_per_page()
             && self.floor_frames <= self.guest_frames;
         if ok {
             Ok(())
@@ -83,7 +97,7 @@ impl Limits {
 
     /// Guest pages in one buffer or reservation call.
     pub fn pages_per_batch(&self) -> usize {
-        (FRAMES_PER_BATCH as u64 / self.frames_per_page()).max(1) as usize
+        (self.batch_frames as u64 / self.frames_per_page()).max(1) as usize
     }
 
     /// Largest balloon in frames the floor allows.
@@ -290,6 +304,7 @@ mod tests {
             guest_frames: guest,
             floor_frames: floor,
             page_size: page,
+            batch_frames: FRAMES_PER_BATCH,
         };
         let Ok(l) = Ledger::new(l) else {
             panic!("bad limits")
@@ -300,16 +315,21 @@ mod tests {
     #[test]
     fn limits_refuse_nonsense() {
         let bad = [
-            (10, 11, 4096),
-            (10, 0, 2048),
-            (10, 0, 12288),
-            (10, 0, 2 << 20),
+            (10, 11, 4096, 256),
+            (10, 0, 2048, 256),
+            (10, 0, 12288, 256),
+            (10, 0, 2 << 20, 256),
+            // A batch smaller than a page, empty, or beyond the maximum.
+            (10, 0, 65536, 8),
+            (10, 0, 4096, 0),
+            (10, 0, 4096, MAX_BATCH_FRAMES + 1),
         ];
-        for (g, f, p) in bad {
+        for (g, f, p, b) in bad {
             let l = Limits {
                 guest_frames: g,
                 floor_frames: f,
                 page_size: p,
+                batch_frames: b,
             };
             assert_eq!(l.validate(), Err(BalloonError::BadLimits), "{l:?}");
         }
@@ -322,6 +342,19 @@ mod tests {
         l.set_target(1000);
         assert_eq!(l.plan(false, false, 0), Plan::Inflate { pages: 256 });
         assert_eq!(l.plan(true, false, 0), Plan::Idle);
+        // A larger batch: 16 MiB of 4 KiB pages per step, 16 pages of
+        // 64 KiB for a target of 40 frames still.
+        let mut big = l.limits;
+        big.batch_frames = 4096;
+        let Ok(mut l) = Ledger::new(big) else {
+            panic!("bad limits")
+        };
+        l.set_target(10_000);
+        assert_eq!(l.plan(false, false, 0), Plan::Inflate { pages: 4096 });
+        l.st.held = 8192;
+        assert_eq!(l.plan(false, false, 8192), Plan::Inflate { pages: 1808 });
+        l.set_target(0);
+        assert_eq!(l.plan(false, false, 8192), Plan::Deflate { pages: 4096 });
         // 64 KiB pages: 16 frames each, 16 pages per batch.
         let mut l = ledger(100_000, 0, 65536);
         l.set_target(40);

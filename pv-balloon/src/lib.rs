@@ -10,8 +10,8 @@
 //!
 //! - Moves the balloon toward a target (virtio `num_pages`, Xen
 //!   `memory/target`) in bounded steps ([`Plan`]): at most
-//!   [`FRAMES_PER_BATCH`] 4 KiB frames per buffer or reservation call, as
-//!   Linux does; never beyond the floor the glue sets ([`Limits`]); a guest
+//!   [`Limits::batch_frames`] 4 KiB frames per buffer or reservation call
+//!   ([`FRAMES_PER_BATCH`] by default, as Linux does); never beyond the floor the glue sets ([`Limits`]); a guest
 //!   page bigger than 4 KiB is always several frames, moved whole.
 //! - Tells the device (or Xen) before giving pages back on deflate.
 //! - The device and the host are untrusted: targets beyond guest memory are
@@ -92,6 +92,9 @@ pub mod virtio;
 pub mod xen;
 
 pub use error::BalloonError;
-pub use ledger::{Counters, Event, GuestPage, Limits, Plan, Status, FRAMES_PER_BATCH, FRAME_SIZE};
+pub use ledger::{
+    Counters, Event, GuestPage, Limits, Plan, Status, FRAMES_PER_BATCH, FRAME_SIZE,
+    MAX_BATCH_FRAMES,
+};
 pub use stats::{MemStats, StatTag};
 pub use virtio::{FreeRange, VirtioBalloon, VirtioBalloonConfig, VirtioFeatures};

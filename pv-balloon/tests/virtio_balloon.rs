@@ -180,6 +180,62 @@ fn a_big_guest_page_is_several_consecutive_pfns() {
     assert_eq!(bad, vec![0x1000]);
 }
 
+/// A glue that asks for bigger batches gets one buffer of that many PFNs
+/// each way and never more (Linux's 256 is a default, not a limit of the
+/// spec); a batch beyond the maximum or smaller than a page is refused.
+#[test]
+fn a_larger_batch_is_one_buffer_each_way() {
+    let mut limits = Limits::new(GUEST, FLOOR);
+    limits.batch_frames = 4096;
+    let (mut b, dev) = setup_cfg(all(), VirtioBalloonConfig::new(limits));
+    dev.set_num_pages(5000);
+    poll(&mut b).0.expect("poll");
+    assert_eq!(b.plan(), Plan::Inflate { pages: 4096 });
+    let mut too_many = pages(0x1000, 4097, 4096);
+    assert_eq!(
+        b.inflate(&mut too_many),
+        Err(BalloonError::TooManyPages {
+            given: 4097,
+            max: 4096
+        })
+    );
+    assert_eq!(dev.available(INFLATEQ), 0);
+    let mut p = pages(0x1000, 4096, 4096);
+    assert_eq!(b.inflate(&mut p), Ok(4096));
+    let c = dev.take_chain(INFLATEQ).expect("chain");
+    assert_eq!(c.pfns(), (0x1000..0x2000).collect::<Vec<u32>>());
+    dev.push_used(INFLATEQ, u32::from(c.head), 0);
+    poll(&mut b).0.expect("poll");
+    assert_eq!(dev.actual(), 4096);
+    assert_eq!(b.plan(), Plan::Inflate { pages: 904 });
+
+    dev.set_num_pages(0);
+    poll(&mut b).0.expect("poll");
+    assert_eq!(b.plan(), Plan::Deflate { pages: 4096 });
+    let mut out = Vec::new();
+    assert_eq!(b.deflate(4096, &mut |e| out.push(e)), Ok(4096));
+    assert!(out.is_empty(), "released before the device acknowledged");
+    let c = dev.take_chain(DEFLATEQ).expect("chain");
+    assert_eq!(c.pfns().len(), 4096);
+    dev.push_used(DEFLATEQ, u32::from(c.head), 0);
+    let (r, ev) = poll(&mut b);
+    assert_eq!(r, Ok(()));
+    assert_eq!(released(&ev).len(), 4096);
+    assert_eq!(dev.actual(), 0);
+
+    for (batch, page) in [(pv_balloon::MAX_BATCH_FRAMES + 1, 4096), (8, 65536)] {
+        let mut limits = Limits::new(GUEST, FLOOR);
+        limits.batch_frames = batch;
+        limits.page_size = page;
+        let dev = FakeBalloon::new(all(), 128);
+        assert_eq!(
+            Balloon::new(dev, VirtioBalloonConfig::new(limits)).err(),
+            Some(BalloonError::BadLimits),
+            "batch {batch}, page {page}"
+        );
+    }
+}
+
 #[test]
 fn pages_beyond_32_bit_pfns_are_refused() {
     let (mut b, dev) = setup(all());

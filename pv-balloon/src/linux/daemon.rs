@@ -12,8 +12,9 @@ use pv_linux::pci::{self, PciAddress, PciDevice};
 use pv_linux::poll::AdaptivePoller;
 use pv_linux::signal;
 use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::Transport;
 
-use super::pages::{self, Backing, PinnedPage};
+use super::pages::{self, Backing, PinMethod, PinnedPage};
 use super::procfs::{self, MemInfo, VmStat};
 use super::RuntimeError;
 use crate::{Event, Limits, MemStats, Plan, VirtioBalloon, VirtioBalloonConfig, VirtioFeatures};
@@ -36,7 +37,7 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 /// and the floor's margin covers what others allocate meanwhile.
 const MEMINFO_MAX_AGE: Duration = Duration::from_millis(50);
 /// Most pages pinned ahead of the device during an inflate (16 MiB of
-/// 4 KiB pages): fewer, larger `mlock` calls.
+/// 4 KiB pages), or one batch if that is more: fewer, larger `mmap` calls.
 const STASH_PAGES: usize = 4096;
 /// How often PSI is read (the kernel updates `avg10` every 2 s).
 const PSI_EVERY: Duration = Duration::from_millis(500);
@@ -57,6 +58,15 @@ pub struct Options {
     /// Back the balloon with transparent huge pages where that is safe
     /// (see [`pages`]).
     pub huge_pages: bool,
+    /// How small pages are faulted in and locked (see [`PinMethod`]).
+    pub pin: PinMethod,
+    /// 4 KiB frames per inflate/deflate buffer (see
+    /// [`Limits::batch_frames`]).
+    pub batch_frames: usize,
+    /// Bind the device to `uio_pci_generic` and sleep on its INTx
+    /// interrupt (config changes, stats requests) when idle; `false`, or
+    /// where `uio_pci_generic` is missing: timed polling only.
+    pub irq: bool,
 }
 
 /// Claim the device, drive it until SIGTERM/SIGINT, give it back.
@@ -65,7 +75,12 @@ pub fn run(opts: &Options) -> Result<(), RuntimeError> {
     // Three small queues and their bounce pages fit in one hugepage.
     dma::init(2, 1)?;
     let addr = pick_device(opts)?;
-    let dev = PciDevice::claim(addr)?;
+    let binding = if opts.irq {
+        pci::Binding::UioPciGeneric
+    } else {
+        pci::Binding::Unbound
+    };
+    let dev = PciDevice::claim_with(addr, binding)?;
     info!(
         "claimed {addr} (was bound to {})",
         dev.previous_driver().unwrap_or("no driver")
@@ -282,8 +297,19 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
     // docs/BENCHMARKS.md).
     let _defrag = matches!(backing, Backing::Huge(_))
         .then(|| SysctlGuard::set(THP_DEFRAG, "never", "huge page faults may compact"));
+    let pin_method = match (backing, opts.pin) {
+        (Backing::Small, PinMethod::Populate) => match pages::disable_thp() {
+            Ok(()) => PinMethod::Populate,
+            Err(e) => {
+                warn!("{e}: pinning with madvise + mlock instead");
+                PinMethod::Mlock
+            }
+        },
+        (_, m) => m,
+    };
     let mut limits = Limits::new(guest, floor);
     limits.page_size = page_size as u64;
+    limits.batch_frames = opts.batch_frames;
     let mut cfg = VirtioBalloonConfig::new(limits);
     cfg.refuse = VirtioFeatures::PAGE_REPORTING;
     cfg.initial_stats = read_stats()?;
@@ -291,12 +317,19 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
         VirtioBalloon::new(transport, cfg)?;
     let can_oom = b.negotiated().contains(VirtioFeatures::DEFLATE_ON_OOM);
     info!(
-        "guest RAM {} MiB, MemTotal {} MiB, floor {} MiB (+{} MiB margin), {:?}, features {:?}",
+        "guest RAM {} MiB, MemTotal {} MiB, floor {} MiB (+{} MiB margin), {:?} ({:?}), \
+         interrupts {}, features {:?}",
         guest / MIB,
         total / MIB,
         floor / MIB,
         margin / MIB,
         backing,
+        pin_method,
+        if dev.irq().is_some() {
+            "INTx"
+        } else {
+            "off (polling)"
+        },
         b.negotiated()
     );
     println!("pvballoond: driving {}", dev.address());
@@ -315,6 +348,7 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
     let mut reported: Option<u64> = None;
     let mut spent = Spent::default();
     let mut stash: Vec<PinnedPage> = Vec::new();
+    let mut interrupts: u64 = 0;
     let mut psi_ok = opts.psi_full_pct > 0.0;
     let mut psi_at: Option<Instant> = None;
     let mut psi_high = false;
@@ -447,12 +481,12 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
                             (st.target.saturating_sub(st.held + st.inflating) / per) as usize;
                         let room = (a.saturating_sub(floor + margin) / page_size as u64) as usize;
                         let more = to_target
-                            .min(STASH_PAGES)
+                            .min(STASH_PAGES.max(b.limits().pages_per_batch()))
                             .saturating_sub(stash.len())
                             .min(room);
                         if more > 0 {
                             let t = Instant::now();
-                            match pages::pin(more, page_size, backing) {
+                            match pages::pin(more, page_size, backing, pin_method) {
                                 Ok(v) => {
                                     avail.took((v.len() * page_size) as u64);
                                     stash.extend(v);
@@ -545,6 +579,26 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
         if work {
             spent.since.get_or_insert(looked);
             poller.busy();
+        } else if let Some(irq) = dev.irq() {
+            if let Some(sleep) = poller.spin_or_sleep() {
+                // Unmask INTx and sleep until the device interrupts (a
+                // config change: new target; a used buffer: a stats
+                // request) or the poller's sleep ends: the floor and PSI
+                // are still looked at on time, and a late or lost INTx
+                // wake-up under TCG costs at most one sleep. A line still
+                // raised from earlier completions fires at once: one
+                // spurious look, then the ISR read below lowers it.
+                irq.arm()?;
+                let woken = pv_linux::poll::wait_readable(&[irq.fd()], sleep);
+                if irq.take()?.is_some() {
+                    interrupts += 1;
+                }
+                // Reading the ISR lowers the line; INTx stays masked (the
+                // uio handler masked it) until the next arm. The status is
+                // not needed: the next `poll` looks at everything.
+                b.transport_mut().ack_interrupt();
+                poller.woke(woken);
+            }
         } else {
             poller.idle(&[]);
         }
@@ -552,12 +606,14 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
     pages::release(stash, page_size);
     let c = b.counters();
     info!(
-        "inflated {} MiB, deflated {} MiB, {} deflates under pressure, {} stats reports, {} resets",
+        "inflated {} MiB, deflated {} MiB, {} deflates under pressure, {} stats reports, {} resets, \
+         {} interrupts",
         frame_bytes(c.inflated_frames) / MIB,
         frame_bytes(c.deflated_frames) / MIB,
         c.oom_deflates,
         c.stats_posted,
-        c.resets
+        c.resets,
+        interrupts
     );
     // Dropping the balloon resets the device before its queues are freed.
     drop(b);

@@ -5,12 +5,13 @@
 //!
 //! # What it does
 //!
-//! - **Inflate**: allocates anonymous memory (`MADV_NOHUGEPAGE`, or with
-//!   `--huge-pages` transparent huge pages where that is safe, see
-//!   [`pages`]), `mlock`,
-//!   reads the page frames from `/proc/self/pagemap` and hands them to the
-//!   core (`pages`); the memory is never touched again while the balloon
-//!   holds it. `vm.compact_unevictable_allowed` is 0 while the daemon runs
+//! - **Inflate**: allocates anonymous memory in chunks of up to 16 MiB,
+//!   faulted in and locked by one `mmap(MAP_POPULATE | MAP_LOCKED)` each
+//!   with transparent huge pages off for the daemon (or with `--huge-pages`
+//!   transparent huge pages where that is safe; see [`pages`]), reads the
+//!   page frames from `/proc/self/pagemap` and hands them to the core
+//!   (`pages`); the memory is never touched again while the balloon holds
+//!   it. `vm.compact_unevictable_allowed` is 0 while the daemon runs
 //!   (restored on exit), so compaction does not migrate the pinned pages.
 //! - **Deflate**: the core tells the device first; the pages come back as
 //!   [`Event::Released`](crate::Event::Released) and are `munmap`ped.
@@ -38,10 +39,14 @@
 //!   `MemTotal` does not shrink (the kernel driver lowers it); the balloon
 //!   shows as `Mlocked` and `Unevictable` memory instead, and `MemAvailable`
 //!   drops by its size.
-//! - No interrupts: with the kernel driver unbound nothing delivers the
-//!   device's config-change interrupt to userspace, so the target is polled
-//!   (every `--interval-ms` when idle, continuously while moving). INTx is
-//!   disabled in the command register while the daemon holds the device.
+//! - Interrupts only through `uio_pci_generic` (`--irq intx`, the
+//!   default): the device is bound to it and the idle daemon sleeps on its
+//!   INTx (config change: a new target; a used stats buffer: a stats
+//!   request), still waking every `--interval-ms` at the latest for the
+//!   floor and PSI (and because INTx wake-ups under TCG can come late).
+//!   Without the module (or with `--irq off`) the target is polled every
+//!   `--interval-ms` when idle; INTx stays disabled in the command
+//!   register. While moving the daemon does not sleep either way.
 //! - The OOM killer does not know the balloon is elastic: the daemon has to
 //!   deflate before the kernel runs out, which the floor's margin is for.
 //!   Its own memory is small and its pages are locked, and the kernel may
@@ -75,8 +80,13 @@ pub enum RuntimeError {
     /// A system call failed.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] std::io::Error),
-    /// pagemap gave no frame for a page (not root?).
-    #[error("no page frame for {vaddr:#x} in /proc/self/pagemap (need root / CAP_SYS_ADMIN)")]
+    /// pagemap gave no frame for a page: not present (an
+    /// `mmap(MAP_POPULATE)` that could not fault everything in) or hidden
+    /// (not root).
+    #[error(
+        "no page frame for {vaddr:#x} in /proc/self/pagemap (not faulted in, or not root / \
+         CAP_SYS_ADMIN)"
+    )]
     NoFrame {
         /// The page's address in this process.
         vaddr: usize,

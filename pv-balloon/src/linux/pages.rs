@@ -71,9 +71,44 @@ pub enum Backing {
     Huge(usize),
 }
 
+/// How [`pin`] faults in and locks small pages ([`Backing::Small`]; huge
+/// pages always take the `Mlock` path, which has to advise before the
+/// faults). Every method ends with the same pages present, locked and out of
+/// transparent huge pages; they differ in system calls per chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinMethod {
+    /// `mmap`, `madvise(MADV_NOHUGEPAGE)`, `mlock` (which faults the pages
+    /// in): three calls per chunk.
+    Mlock,
+    /// One `mmap(MAP_POPULATE | MAP_LOCKED)` per chunk. Needs transparent
+    /// huge pages off for the whole process ([`disable_thp`]), since no
+    /// advice can come between the mapping and its faults.
+    Populate,
+    /// `mmap`, `madvise(MADV_NOHUGEPAGE)`, `madvise(MADV_POPULATE_WRITE)`
+    /// (Linux 5.14+), `mlock` (of pages already present).
+    PopulateWrite,
+}
+
+/// Turn transparent huge pages off for this process (`PR_SET_THP_DISABLE`,
+/// inherited by children): no fault builds a huge page and khugepaged skips
+/// the process, whatever a mapping's advice. [`PinMethod::Populate`] relies
+/// on it.
+pub fn disable_thp() -> Result<(), RuntimeError> {
+    // SAFETY: a prctl that only sets a flag on this process's mm.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        return Err(RuntimeError::last_os("prctl(PR_SET_THP_DISABLE)"));
+    }
+    Ok(())
+}
+
 /// Map, pin and look up `n` pages of `page_size` bytes. All or nothing:
 /// on error every page mapped here is unmapped again.
-pub fn pin(n: usize, page_size: usize, backing: Backing) -> Result<Vec<PinnedPage>, RuntimeError> {
+pub fn pin(
+    n: usize,
+    page_size: usize,
+    backing: Backing,
+    method: PinMethod,
+) -> Result<Vec<PinnedPage>, RuntimeError> {
     if n == 0 {
         return Ok(Vec::new());
     }
@@ -88,6 +123,17 @@ pub fn pin(n: usize, page_size: usize, backing: Backing) -> Result<Vec<PinnedPag
         Backing::Huge(h) if h.is_power_of_two() && h > page_size && len >= h => h,
         _ => page_size,
     };
+    let huge = align > page_size;
+    let method = if huge { PinMethod::Mlock } else { method };
+    // MAP_POPULATE with MAP_LOCKED faults every page in and locks it inside
+    // the mmap call (`mm_populate`, as `mlock` does). mmap ignores a failed
+    // population: a page it could not fault in shows as absent in pagemap,
+    // which `lookup` refuses.
+    let populate = if method == PinMethod::Populate {
+        libc::MAP_POPULATE | libc::MAP_LOCKED
+    } else {
+        0
+    };
     // Map `align - page_size` more than needed, to cut an aligned `len` out.
     let slack = align - page_size;
     let map_len = len.checked_add(slack).ok_or_else(overflow)?;
@@ -99,7 +145,7 @@ pub fn pin(n: usize, page_size: usize, backing: Backing) -> Result<Vec<PinnedPag
             std::ptr::null_mut(),
             map_len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | populate,
             -1,
             0,
         )
@@ -133,18 +179,25 @@ pub fn pin(n: usize, page_size: usize, backing: Backing) -> Result<Vec<PinnedPag
         }
         Ok(())
     };
-    let huge = align > page_size;
-    let first = if huge {
-        advise(libc::MADV_HUGEPAGE, "madvise(MADV_HUGEPAGE)")
-    } else {
-        advise(libc::MADV_NOHUGEPAGE, "madvise(MADV_NOHUGEPAGE)")
-    };
-    if let Err(e) = first {
-        return fail(e);
-    }
-    // SAFETY: as above; `mlock` faults the pages in (zeroed) and pins them.
-    if unsafe { libc::mlock(p, len) } != 0 {
-        return fail(RuntimeError::last_os("mlock balloon pages"));
+    if method != PinMethod::Populate {
+        let first = if huge {
+            advise(libc::MADV_HUGEPAGE, "madvise(MADV_HUGEPAGE)")
+        } else {
+            advise(libc::MADV_NOHUGEPAGE, "madvise(MADV_NOHUGEPAGE)")
+        };
+        if let Err(e) = first {
+            return fail(e);
+        }
+        if method == PinMethod::PopulateWrite {
+            if let Err(e) = advise(libc::MADV_POPULATE_WRITE, "madvise(MADV_POPULATE_WRITE)") {
+                return fail(e);
+            }
+        }
+        // SAFETY: as above; `mlock` faults the pages in (zeroed) and pins
+        // them.
+        if unsafe { libc::mlock(p, len) } != 0 {
+            return fail(RuntimeError::last_os("mlock balloon pages"));
+        }
     }
     if huge {
         // From now on no huge page is built over it (khugepaged copies).
@@ -247,20 +300,49 @@ mod tests {
         assert_eq!(pagemap_frame(&raw, 3), None);
     }
 
-    /// Pins 8 MiB both ways and checks every page got a distinct, aligned
+    /// This process's locked memory (`VmLck` in /proc/self/status), KiB.
+    fn vm_lck_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("VmLck:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Pins 8 MiB every way and checks every page got a distinct, aligned
     /// frame (needs root for pagemap frames: skipped otherwise).
     #[test]
     fn pin_small_and_huge() {
-        for backing in [Backing::Small, Backing::Huge(2 << 20)] {
-            let v = match pin(2048, 4096, backing) {
+        // Populate last: it turns THP off for the whole test process.
+        for (backing, method) in [
+            (Backing::Huge(2 << 20), PinMethod::Mlock),
+            (Backing::Small, PinMethod::Mlock),
+            (Backing::Small, PinMethod::PopulateWrite),
+            (Backing::Small, PinMethod::Populate),
+        ] {
+            if method == PinMethod::Populate {
+                if let Err(e) = disable_thp() {
+                    std::eprintln!("Populate skipped: {e}");
+                    continue;
+                }
+            }
+            let locked_before = vm_lck_kib();
+            let v = match pin(2048, 4096, backing, method) {
                 Ok(v) => v,
                 Err(RuntimeError::NoFrame { .. }) => {
                     std::eprintln!("skipped: no pagemap frames (not root)");
                     return;
                 }
-                Err(e) => panic!("{backing:?}: {e}"),
+                Err(e) => panic!("{backing:?} {method:?}: {e}"),
             };
             assert_eq!(v.len(), 2048);
+            assert!(
+                vm_lck_kib() >= locked_before + 8192,
+                "{method:?}: the pages are locked"
+            );
             if let Backing::Huge(h) = backing {
                 assert_eq!(v[0].vaddr() % h, 0, "huge mapping is PMD-aligned");
             }

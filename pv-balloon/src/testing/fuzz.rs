@@ -79,10 +79,14 @@ pub fn virtio(data: &[u8]) {
     let mut s = Bytes(data);
     let features = VirtioFeatures::from_bits_retain(u64::from(s.u16().unwrap_or(0)))
         | VirtioFeatures::VERSION_1;
-    let big = s.u8().unwrap_or(0) & 1 == 1;
+    let knobs = s.u8().unwrap_or(0);
     let mut limits = Limits::new(GUEST, 8 << 20);
-    if big {
+    if knobs & 1 == 1 {
         limits.page_size = 16384;
+    }
+    if knobs & 2 == 2 {
+        // A glue asking for larger buffers than Linux's 256 frames.
+        limits.batch_frames = 1024;
     }
     let page = limits.page_size;
     let dev = FakeBalloon::new(features, 64);

@@ -4,7 +4,9 @@
 //! # Queues
 //!
 //! - `inflateq` (0) and `deflateq` (1): one device-readable buffer of le32
-//!   4 KiB page-frame numbers, at most [`FRAMES_PER_BATCH`] of them.
+//!   4 KiB page-frame numbers, at most [`Limits::batch_frames`] of them
+//!   ([`FRAMES_PER_BATCH`], Linux's 256, unless the glue asks for more: the
+//!   spec sets no limit per buffer and QEMU's device takes any length).
 //! - `statsq` (2, with `STATS_VQ`): one device-readable buffer of 10-byte
 //!   entries (`tag` le16, `val` le64). The driver posts it at start; the
 //!   device *returns* it to ask for fresh stats; the driver refills and
@@ -70,6 +72,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 use virtio_drivers::Hal;
 
+#[cfg(doc)]
 use crate::ledger::FRAMES_PER_BATCH;
 use crate::ledger::{Counters, Event, GuestPage, Ledger, Limits, Plan, Status, FRAME_SIZE};
 use crate::stats::{MemStats, StatTag, STATS_MAX_BYTES};
@@ -396,8 +399,11 @@ impl<H: Hal, T: Transport, P: GuestPage> VirtioBalloon<H, T, P> {
                 .map_err(|_| BalloonError::Transport)?;
         }
         let t = &mut self.transport;
-        self.inflate = Some(Slot::new(t, INFLATEQ, 4 * FRAMES_PER_BATCH)?);
-        self.deflate = Some(Slot::new(t, DEFLATEQ, 4 * FRAMES_PER_BATCH)?);
+        // Sized once for the batch of the limits validated in `new`
+        // (`set_floor` keeps the batch).
+        let batch = self.ledger.limits.batch_frames;
+        self.inflate = Some(Slot::new(t, INFLATEQ, 4 * batch)?);
+        self.deflate = Some(Slot::new(t, DEFLATEQ, 4 * batch)?);
         let mut next = STATSQ;
         self.stats = if f.contains(VirtioFeatures::STATS_VQ) {
             next += 1;
@@ -693,7 +699,7 @@ impl<H: Hal, T: Transport, P: GuestPage> VirtioBalloon<H, T, P> {
                 let Some(dst) = slot.buf.get_mut(off..off + 4) else {
                     return Err(BalloonError::TooManyPages {
                         given: pages.len(),
-                        max: FRAMES_PER_BATCH / per as usize,
+                        max: slot.buf.len() / 4 / per as usize,
                     });
                 };
                 dst.copy_from_slice(&pfn.to_le_bytes());
