@@ -38,7 +38,7 @@
 //!
 //! # Against a hostile device
 //!
-//! `VirtQueue` trusts the device more than we do (see `pv_blk::virtio::queue`
+//! `VirtQueue` trusts the device more than we do (see `xenbus::virtq`
 //! for the list: ids truncated to 16 bits, no view of the used index, a
 //! double fetch of the used element). This driver stays safe with it by
 //! keeping **at most one buffer outstanding per queue** and checking every
