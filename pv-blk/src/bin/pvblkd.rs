@@ -76,7 +76,7 @@ const DEFAULT_MAX_DISCARD_SECTORS: u32 = 1 << 22;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "pv-blk guest runtime: drive a virtio-blk PCI device from userspace and export it as /dev/nbdN"
+    about = "pv-blk guest runtime: drive a virtio-blk PCI device from userspace and export it as /dev/ublkbN (ublk) or /dev/nbdN (NBD)"
 )]
 struct Cli {
     /// PCI address of the virtio-blk device (DDDD:BB:DD.F); default: the
