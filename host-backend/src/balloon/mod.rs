@@ -216,6 +216,11 @@ impl Manager {
                         );
                         g.conn = Some(c);
                         g.target = None;
+                        // Statistics QEMU holds from before we watched this
+                        // guest (e.g. the buffer the driver fills at probe,
+                        // when the guest had just booted) describe another
+                        // guest: only figures received after now count.
+                        g.changed_at = unix_now();
                         g.last_error = None;
                         self.metrics.set(name, G::Connected, 1);
                     }
@@ -398,6 +403,16 @@ mod tests {
 
     impl FakeQemu {
         fn start(path: &Path, ram: u64, available: u64) -> Self {
+            Self::start_inner(path, ram, available, false)
+        }
+
+        /// As [`FakeQemu::start`], but every statistic QEMU reports is
+        /// old: received long before the manager connected.
+        fn start_stale(path: &Path, ram: u64, available: u64) -> Self {
+            Self::start_inner(path, ram, available, true)
+        }
+
+        fn start_inner(path: &Path, ram: u64, available: u64, stale: bool) -> Self {
             let _ = std::fs::remove_file(path);
             let listener = UnixListener::bind(path).expect("bind");
             listener.set_nonblocking(true).expect("nonblocking");
@@ -439,7 +454,8 @@ mod tests {
                             "qom-get" => json!({"stats": {
                                 "stat-available-memory": available.min(*a),
                                 "stat-total-memory": *a,
-                                "stat-major-faults": 0}, "last-update": stamp}),
+                                "stat-major-faults": 0},
+                                "last-update": if stale { 1_000 } else { stamp }}),
                             "balloon" => {
                                 *a = v["arguments"]["value"].as_u64().expect("value");
                                 json!({})
@@ -539,6 +555,52 @@ mod tests {
         m.round();
         m.round();
         assert_eq!(qemu.actual(), 960 * MIB, "dry run changes nothing");
+        drop(m);
+        qemu.stop();
+    }
+
+    /// The stale-statistics race `vm_balloon_mgr` hit: QEMU still held
+    /// the statistics the guest driver reported at boot (much memory
+    /// free), so the first round reclaimed from a guest that was by then
+    /// under pressure. Figures older than the connection are ignored.
+    #[test]
+    fn statistics_from_before_the_connection_drive_no_decision() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sock = dir.path().join("vm.qmp");
+        let host = dir.path().join("host");
+        std::fs::write(&host, "100").expect("host file");
+        let qemu = FakeQemu::start_stale(&sock, 1024 * MIB, 900 * MIB);
+        let mut registry = Registry::default();
+        let metrics = Arc::new(BalloonMetrics::register(&mut registry));
+        let cfg = BalloonConfig {
+            enabled: true,
+            step_mib: 64,
+            host_available_file: Some(host),
+            qmp_timeout_secs: 5,
+            guests: vec![config::parse_guest_spec(&format!(
+                "name=vm,qmp={},min=512",
+                sock.display()
+            ))
+            .expect("spec")],
+            ..BalloonConfig::default()
+        };
+        let mut m = Manager::new(cfg, metrics);
+        m.round();
+        m.round();
+        assert_eq!(
+            qemu.actual(),
+            1024 * MIB,
+            "a host shortage, but only stale statistics: no change"
+        );
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains(r#"pvbackend_balloon_connected{guest="vm"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"pvbackend_balloon_decisions_total{guest="vm""#),
+            "{text}"
+        );
         drop(m);
         qemu.stop();
     }
