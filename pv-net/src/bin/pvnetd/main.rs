@@ -83,14 +83,14 @@ use clap::Parser;
 use log::{debug, error, info, warn};
 use pv_linux::dma::{self, LinuxHal};
 use pv_linux::pci::{self, PciAddress, PciDevice, UioIrq};
-use pv_linux::poll::{wait_events, AdaptivePoller};
+use pv_linux::poll::{wait_ready, AdaptivePoller};
 use pv_linux::signal;
 use pv_net::frontend::max_frame;
 use pv_net::tap_hdr::{rx_hdr_of, tx_csum_of};
 use pv_net::virtio::{VirtioNet, VirtioNetConfig, HDR_LEN};
 use pv_net::{NetError, NetFrontend, RxRefill};
 use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::Transport;
+use virtio_drivers::transport::{InterruptStatus, Transport};
 
 use tap::Tap;
 
@@ -318,13 +318,14 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     let c = pump.counters;
     let ps = pump.poller.stats;
     info!(
-        "to TAP {} frames ({} write errors), from TAP {} frames ({} refused); {} interrupts, poller {:?}; core {:?}",
+        "to TAP {} frames ({} write errors), from TAP {} frames ({} refused); {} interrupts, poller {:?}; wake-ups {:?}; core {:?}",
         c.to_tap,
         c.tap_write_errors,
         c.from_tap,
         c.tap_refused,
         c.interrupts,
         ps,
+        pump.wakeups,
         nic.stats()
     );
     // Carrier off and down before the device goes: the stack stops using
@@ -363,6 +364,30 @@ struct Counters {
     interrupts: u64,
 }
 
+/// How the INTx sleeps ended (`--irq intx`), for the exit log: a sleep
+/// that ran to its timeout although work was already there when it ended
+/// is a late or lost wake-up.
+#[derive(Debug, Default, Clone, Copy)]
+struct Wakeups {
+    /// Sleeps ended by the uio fd (an INTx was taken).
+    irq: u64,
+    /// Sleeps ended by the TAP only.
+    tap: u64,
+    /// Sleeps that ran to their timeout.
+    timeout: u64,
+    /// Of those, the armed queue already had completions when the sleep
+    /// ended (the device did not interrupt, or the interrupt did not get
+    /// through).
+    timeout_ring: u64,
+    /// Of those, the ISR had the queue bit set: the device raised INTx
+    /// but it never reached the uio fd.
+    timeout_isr: u64,
+    /// Timed-out sleeps after which the TAP had a frame.
+    timeout_tap: u64,
+    /// Sleeps not started because the re-check after arming found work.
+    recheck: u64,
+}
+
 /// The loop moving frames between the device and the TAP.
 struct Pump<'a> {
     nic: &'a mut VirtioNet<LinuxHal, PciTransport>,
@@ -383,6 +408,7 @@ struct Pump<'a> {
     /// One frame read from the TAP (header included).
     buf: Vec<u8>,
     counters: Counters,
+    wakeups: Wakeups,
 }
 
 impl<'a> Pump<'a> {
@@ -410,6 +436,7 @@ impl<'a> Pump<'a> {
             // so a read is never truncated.
             buf: vec![0u8; HDR_LEN + 65536],
             counters: Counters::default(),
+            wakeups: Wakeups::default(),
         }
     }
 
@@ -470,6 +497,7 @@ impl<'a> Pump<'a> {
             Ok(true) => {
                 // Work arrived between the last look and arming: serve it.
                 self.nic.disable_interrupts();
+                self.wakeups.recheck += 1;
                 self.poller.busy();
                 return Ok(());
             }
@@ -479,17 +507,35 @@ impl<'a> Pump<'a> {
         irq.arm().map_err(|e| e.to_string())?;
         let irq_ev = (irq.fd(), libc::POLLIN);
         let tap_ev = (tap_fd, libc::POLLIN);
-        let woken = if tx_blocked {
-            wait_events(&[irq_ev], timeout)
+        let ready = if tx_blocked {
+            wait_ready(&[irq_ev], timeout)
         } else {
-            wait_events(&[irq_ev, tap_ev], timeout)
+            wait_ready(&[irq_ev, tap_ev], timeout)
         };
+        let woken = ready != 0;
         if irq.take().map_err(|e| e.to_string())?.is_some() {
             self.counters.interrupts += 1;
         }
+        if !woken {
+            // Was the work already there? (Re-arming re-checks the ring.)
+            self.wakeups.timeout += 1;
+            if matches!(self.nic.enable_interrupts_on(true, tx_blocked), Ok(true)) {
+                self.wakeups.timeout_ring += 1;
+            }
+            if !tx_blocked && wait_ready(&[tap_ev], Duration::ZERO) != 0 {
+                self.wakeups.timeout_tap += 1;
+            }
+        } else if ready & 1 != 0 {
+            self.wakeups.irq += 1;
+        } else {
+            self.wakeups.tap += 1;
+        }
         // Lower the line (the ISR read); INTx stays masked until the next
         // arm, and the device is asked not to interrupt while we poll.
-        self.nic.transport_mut().ack_interrupt();
+        let isr = self.nic.transport_mut().ack_interrupt();
+        if !woken && isr.contains(InterruptStatus::QUEUE_INTERRUPT) {
+            self.wakeups.timeout_isr += 1;
+        }
         self.nic.disable_interrupts();
         self.poller.woke(woken);
         // The next turn reads the TAP (it may be what woke us).
