@@ -94,6 +94,9 @@ use virtio_drivers::transport::{InterruptStatus, Transport};
 
 use tap::Tap;
 
+/// Sleeps at least this long count as long in [`Wakeups`].
+const LONG_SLEEP: Duration = Duration::from_micros(500);
+
 /// How often the device's link state is read (a config-space read).
 const LINK_CHECK: Duration = Duration::from_millis(200);
 
@@ -375,12 +378,19 @@ struct Wakeups {
     tap: u64,
     /// Sleeps that ran to their timeout.
     timeout: u64,
+    /// Of those, sleeps of at least `LONG_SLEEP`.
+    timeout_long: u64,
     /// Of those, the armed queue already had completions when the sleep
     /// ended (the device did not interrupt, or the interrupt did not get
     /// through).
     timeout_ring: u64,
-    /// Of those, the ISR had the queue bit set: the device raised INTx
-    /// but it never reached the uio fd.
+    /// Of those, the sleep was at least `LONG_SLEEP` long (a completion
+    /// that landed in the last microseconds of a short sleep is a race
+    /// with the timeout, not a lost interrupt; one found after a long
+    /// sleep most likely waited for it).
+    timeout_ring_long: u64,
+    /// Timed-out sleeps after which the ISR had the queue bit set (the
+    /// device raised INTx; a few microseconds later than `timeout_ring`).
     timeout_isr: u64,
     /// Timed-out sleeps after which the TAP had a frame.
     timeout_tap: u64,
@@ -513,14 +523,23 @@ impl<'a> Pump<'a> {
             wait_ready(&[irq_ev, tap_ev], timeout)
         };
         let woken = ready != 0;
+        // First thing after a timeout, before any system call or device
+        // access widens the window: was a completion already published?
+        let ring_at_timeout = !woken && self.nic.completions_pending(true, tx_blocked);
         if irq.take().map_err(|e| e.to_string())?.is_some() {
             self.counters.interrupts += 1;
         }
         if !woken {
             // Was the work already there? (Re-arming re-checks the ring.)
             self.wakeups.timeout += 1;
-            if matches!(self.nic.enable_interrupts_on(true, tx_blocked), Ok(true)) {
+            if timeout >= LONG_SLEEP {
+                self.wakeups.timeout_long += 1;
+            }
+            if ring_at_timeout {
                 self.wakeups.timeout_ring += 1;
+                if timeout >= LONG_SLEEP {
+                    self.wakeups.timeout_ring_long += 1;
+                }
             }
             if !tx_blocked && wait_ready(&[tap_ev], Duration::ZERO) != 0 {
                 self.wakeups.timeout_tap += 1;
