@@ -166,6 +166,10 @@ struct Cli {
     /// Most 2 MiB hugepages for DMA memory (rings and bounce buffers).
     #[arg(long, default_value_t = 8)]
     hugepages: usize,
+    /// Also log the wake-up and TAP counters every this many seconds (0:
+    /// only at exit), e.g. for a benchmark that never stops this daemon.
+    #[arg(long, default_value_t = 0)]
+    stats_every_s: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = pv_linux::logger::parse_level)]
     log_level: log::LevelFilter,
@@ -317,6 +321,7 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     pump.tap_every = cli.spin_tap_every.max(1);
     pump.warm = Duration::from_millis(cli.warm_ms);
     pump.cold_sleep = Duration::from_micros(cli.max_sleep_us);
+    pump.stats_every = (cli.stats_every_s > 0).then(|| Duration::from_secs(cli.stats_every_s));
     let served = pump.run();
     let c = pump.counters;
     let ps = pump.poller.stats;
@@ -419,6 +424,9 @@ struct Pump<'a> {
     buf: Vec<u8>,
     counters: Counters,
     wakeups: Wakeups,
+    /// Periodic counter log (`--stats-every-s`).
+    stats_every: Option<Duration>,
+    last_stats: Instant,
 }
 
 impl<'a> Pump<'a> {
@@ -447,6 +455,8 @@ impl<'a> Pump<'a> {
             buf: vec![0u8; HDR_LEN + 65536],
             counters: Counters::default(),
             wakeups: Wakeups::default(),
+            stats_every: None,
+            last_stats: Instant::now(),
         }
     }
 
@@ -642,6 +652,16 @@ impl<'a> Pump<'a> {
         }
         if self.last_link_check.elapsed() >= LINK_CHECK {
             self.last_link_check = Instant::now();
+            if self
+                .stats_every
+                .is_some_and(|every| self.last_stats.elapsed() >= every)
+            {
+                self.last_stats = self.last_link_check;
+                info!(
+                    "stats: {} interrupts, {:?}, wake-ups {:?}",
+                    self.counters.interrupts, self.poller.stats, self.wakeups
+                );
+            }
             let link = self.nic.link_up();
             if link != self.link {
                 self.link = link;
