@@ -166,6 +166,11 @@ struct Cli {
     /// Most 2 MiB hugepages for DMA memory (rings and bounce buffers).
     #[arg(long, default_value_t = 8)]
     hugepages: usize,
+    /// Diagnostics only (delays service): with INTx, sleep in slices of
+    /// this many microseconds and time how late the interrupt comes after
+    /// a completion is visible (`probe_*` in the wake-up counters). 0: off.
+    #[arg(long, default_value_t = 0)]
+    probe_slice_us: u64,
     /// Also log the wake-up and TAP counters every this many seconds (0:
     /// only at exit), e.g. for a benchmark that never stops this daemon.
     #[arg(long, default_value_t = 0)]
@@ -321,6 +326,7 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     pump.tap_every = cli.spin_tap_every.max(1);
     pump.warm = Duration::from_millis(cli.warm_ms);
     pump.cold_sleep = Duration::from_micros(cli.max_sleep_us);
+    pump.probe_slice = (cli.probe_slice_us > 0).then(|| Duration::from_micros(cli.probe_slice_us));
     pump.stats_every = (cli.stats_every_s > 0).then(|| Duration::from_secs(cli.stats_every_s));
     let served = pump.run();
     let c = pump.counters;
@@ -401,6 +407,12 @@ struct Wakeups {
     timeout_tap: u64,
     /// Sleeps not started because the re-check after arming found work.
     recheck: u64,
+    /// `--probe-slice-us`: completions seen at the end of a slice with no
+    /// interrupt yet; of those, the interrupt (or the TAP) came a whole
+    /// slice or more later; the longest such wait.
+    probe_seen: u64,
+    probe_late_slice: u64,
+    probe_late_max_us: u64,
 }
 
 /// The loop moving frames between the device and the TAP.
@@ -424,6 +436,8 @@ struct Pump<'a> {
     buf: Vec<u8>,
     counters: Counters,
     wakeups: Wakeups,
+    /// `--probe-slice-us`.
+    probe_slice: Option<Duration>,
     /// Periodic counter log (`--stats-every-s`).
     stats_every: Option<Duration>,
     last_stats: Instant,
@@ -456,6 +470,7 @@ impl<'a> Pump<'a> {
             counters: Counters::default(),
             wakeups: Wakeups::default(),
             stats_every: None,
+            probe_slice: None,
             last_stats: Instant::now(),
         }
     }
@@ -527,10 +542,14 @@ impl<'a> Pump<'a> {
         irq.arm().map_err(|e| e.to_string())?;
         let irq_ev = (irq.fd(), libc::POLLIN);
         let tap_ev = (tap_fd, libc::POLLIN);
-        let ready = if tx_blocked {
-            wait_ready(&[irq_ev], timeout)
+        let evs: &[(RawFd, i16)] = if tx_blocked {
+            &[irq_ev]
         } else {
-            wait_ready(&[irq_ev, tap_ev], timeout)
+            &[irq_ev, tap_ev]
+        };
+        let ready = match self.probe_slice {
+            None => wait_ready(evs, timeout),
+            Some(slice) => self.probe_sleep(evs, timeout, slice, tx_blocked),
         };
         let woken = ready != 0;
         // First thing after a timeout, before any system call or device
@@ -570,6 +589,42 @@ impl<'a> Pump<'a> {
         // The next turn reads the TAP (it may be what woke us).
         self.idle_turns = 0;
         Ok(())
+    }
+
+    /// `--probe-slice-us` (diagnostics only: it delays service): sleep in
+    /// slices, peeking at the armed rings between them, and time how long
+    /// an interrupt takes to arrive once a completion is visible.
+    fn probe_sleep(
+        &mut self,
+        evs: &[(RawFd, i16)],
+        timeout: Duration,
+        slice: Duration,
+        tx_blocked: bool,
+    ) -> u32 {
+        let deadline = Instant::now() + timeout;
+        let mut seen: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break 0;
+            }
+            let ready = wait_ready(evs, slice.min(deadline - now));
+            if ready != 0 {
+                if let Some(t) = seen {
+                    let late = t.elapsed();
+                    self.wakeups.probe_late_max_us =
+                        self.wakeups.probe_late_max_us.max(late.as_micros() as u64);
+                    if late >= slice {
+                        self.wakeups.probe_late_slice += 1;
+                    }
+                }
+                break ready;
+            }
+            if seen.is_none() && self.nic.completions_pending(true, tx_blocked) {
+                seen = Some(Instant::now());
+                self.wakeups.probe_seen += 1;
+            }
+        }
     }
 
     /// A device fault stopped the core: reset and carry on, or give up.
