@@ -50,6 +50,13 @@
 //! in flight the TAP is left out of the `ppoll` (it would stay readable)
 //! and a transmit completion wakes us instead.
 //!
+//! How the sleeps ended is counted (`Wakeups`, in the exit log and, with
+//! `--stats-every-s`, periodically): a sleep that timed out with a
+//! completion already on the armed ring would be a lost or late
+//! interrupt. Measured (docs/BENCHMARKS.md, "pvnetd wake-ups: none
+//! lost"): none lost; under TCG on a loaded host an INTx can come up to a
+//! few milliseconds late, which the timeout caps.
+//!
 //! With `--irq off` (or without `uio_pci_generic`) there are no interrupts
 //! and the old timed sleeps serve: warm for `--warm-ms` after the last
 //! frame (sleeps doubling from `--min-sleep-us` to `--warm-sleep-us`), then
