@@ -116,6 +116,13 @@ pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> bool {
 /// `libc::POLLOUT`, ...) with a microsecond timeout; true if any is ready
 /// (or hung up). Interrupted by signals (returns false).
 pub fn wait_events(fds: &[(RawFd, i16)], timeout: Duration) -> bool {
+    wait_ready(fds, timeout) != 0
+}
+
+/// Like [`wait_events`], but says which: bit `i` of the result is set if
+/// `fds[i]` is ready (or hung up); 0 on timeout or signal. Only the first
+/// 32 descriptors are reported.
+pub fn wait_ready(fds: &[(RawFd, i16)], timeout: Duration) -> u32 {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&(fd, events)| libc::pollfd {
@@ -138,7 +145,14 @@ pub fn wait_events(fds: &[(RawFd, i16)], timeout: Duration) -> bool {
             std::ptr::null(),
         )
     };
-    n > 0
+    if n <= 0 {
+        return 0;
+    }
+    pfds.iter()
+        .take(32)
+        .enumerate()
+        .filter(|(_, p)| p.revents != 0)
+        .fold(0, |m, (i, _)| m | (1 << i))
 }
 
 #[cfg(test)]
@@ -176,6 +190,15 @@ mod tests {
         let t = Instant::now();
         assert!(p.idle(&[fds[0]]));
         assert!(t.elapsed() < Duration::from_secs(4));
+        // Which descriptor: the write end is never readable, the read end is.
+        assert_eq!(
+            wait_ready(
+                &[(fds[1], libc::POLLIN), (fds[0], libc::POLLIN)],
+                Duration::from_secs(5)
+            ),
+            0b10
+        );
+        assert_eq!(wait_ready(&[(fds[1], libc::POLLIN)], Duration::ZERO), 0);
         for fd in fds {
             // SAFETY: closes descriptors this test owns.
             unsafe { libc::close(fd) };

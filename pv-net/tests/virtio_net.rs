@@ -427,6 +427,27 @@ fn interrupts_armed_per_queue() {
 }
 
 #[test]
+fn completions_pending_looks_without_consuming() {
+    let (mut nic, dev) = nic(F::all());
+    let f = frame(60, 1);
+    nic.disable_interrupts();
+    assert!(!nic.completions_pending(true, true), "nothing yet");
+    assert!(dev.deliver(&f, NetHdr::default()));
+    assert!(nic.completions_pending(true, false), "rx completion seen");
+    assert!(!nic.completions_pending(false, true), "tx has none");
+    // Looking twice consumes nothing; polling does.
+    assert!(nic.completions_pending(true, false));
+    assert_eq!(rx_all(&mut nic).len(), 1);
+    assert!(!nic.completions_pending(true, true));
+    nic.send(&f, None).expect("send");
+    assert!(dev.take_tx().is_some());
+    assert!(nic.completions_pending(false, true), "tx completion seen");
+    assert!(!nic.completions_pending(true, false));
+    assert_eq!(nic.poll_tx().expect("reclaim"), 1);
+    assert!(!nic.completions_pending(true, true));
+}
+
+#[test]
 fn control_commands() {
     let (mut nic, dev) = nic(F::all());
     nic.set_promisc(true).expect("promisc");

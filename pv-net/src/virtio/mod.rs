@@ -427,6 +427,16 @@ impl<H: Hal, T: Transport> VirtioNet<H, T> {
         Ok(rx_pending || tx_pending)
     }
 
+    /// Completions published on the receive / transmit queue and not yet
+    /// polled: a plain look at the used indices (no fence, no device
+    /// access), for diagnostics such as "was work already there when the
+    /// sleep timed out?". Not validated: the next poll does that.
+    pub fn completions_pending(&self, rx: bool, tx: bool) -> bool {
+        self.rings
+            .as_ref()
+            .is_some_and(|r| (rx && r.rx.has_used()) || (tx && r.tx.has_used()))
+    }
+
     /// RX buffers posted to the device now.
     pub fn rx_posted(&self) -> u16 {
         self.rings.as_ref().map_or(0, |r| r.rx.in_flight())

@@ -175,7 +175,7 @@ fn parse(console: &str) -> Figures {
 fn iface_up(ip: &str, runtime: Option<&str>) -> String {
     if let Some(args) = runtime {
         format!(
-            "pvnetd --ifname pvnet0 {args} > /tmp/pvnetd.log 2>&1 &\n\
+            "pvnetd --ifname pvnet0 --stats-every-s 2 {args} > /tmp/pvnetd.log 2>&1 &\n\
              i=0; while [ \"$(cat /sys/class/net/pvnet0/carrier 2>/dev/null)\" != 1 ]; do \
              i=$((i+1)); [ $i -le 300 ] || {{ cat /tmp/pvnetd.log; exit 1; }}; sleep 0.2; done\n\
              ip addr add {ip}/16 dev pvnet0\n"
@@ -186,8 +186,15 @@ fn iface_up(ip: &str, runtime: Option<&str>) -> String {
 }
 
 fn server_script(ip: &str, runtime: Option<&str>) -> String {
+    // With our runtime, its periodic counters go to the console (the
+    // server is never stopped cleanly, so there is no exit log).
+    let stats = if runtime.is_some() {
+        "(while sleep 2; do grep 'stats:' /tmp/pvnetd.log | tail -n 1; done) &\n"
+    } else {
+        ""
+    };
     format!(
-        "{}echo pvbench: server up\nexec pvrr server\n",
+        "{}{stats}echo pvbench: server up\nexec pvrr server\n",
         iface_up(ip, runtime)
     )
 }
@@ -265,6 +272,10 @@ fn run_pair(
         .map_err(|e| e.to_string())?;
     let c = client.start().map_err(|e| e.to_string())?;
     let out = c.wait();
+    // The server's last periodic pvnetd counters (runtime cases).
+    if let Some(l) = s.drain_console().lines().rfind(|l| l.contains("stats:")) {
+        eprintln!("pvbench-net: server {l}");
+    }
     drop(s);
     if !out.passed() {
         return Err(out.failure_report());

@@ -50,6 +50,13 @@
 //! in flight the TAP is left out of the `ppoll` (it would stay readable)
 //! and a transmit completion wakes us instead.
 //!
+//! How the sleeps ended is counted (`Wakeups`, in the exit log and, with
+//! `--stats-every-s`, periodically): a sleep that timed out with a
+//! completion already on the armed ring would be a lost or late
+//! interrupt. Measured (docs/BENCHMARKS.md, "pvnetd wake-ups: none
+//! lost"): none lost; under TCG on a loaded host an INTx can come up to a
+//! few milliseconds late, which the timeout caps.
+//!
 //! With `--irq off` (or without `uio_pci_generic`) there are no interrupts
 //! and the old timed sleeps serve: warm for `--warm-ms` after the last
 //! frame (sleeps doubling from `--min-sleep-us` to `--warm-sleep-us`), then
@@ -83,16 +90,19 @@ use clap::Parser;
 use log::{debug, error, info, warn};
 use pv_linux::dma::{self, LinuxHal};
 use pv_linux::pci::{self, PciAddress, PciDevice, UioIrq};
-use pv_linux::poll::{wait_events, AdaptivePoller};
+use pv_linux::poll::{wait_ready, AdaptivePoller};
 use pv_linux::signal;
 use pv_net::frontend::max_frame;
 use pv_net::tap_hdr::{rx_hdr_of, tx_csum_of};
 use pv_net::virtio::{VirtioNet, VirtioNetConfig, HDR_LEN};
 use pv_net::{NetError, NetFrontend, RxRefill};
 use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::Transport;
+use virtio_drivers::transport::{InterruptStatus, Transport};
 
 use tap::Tap;
+
+/// Sleeps at least this long count as long in [`Wakeups`].
+const LONG_SLEEP: Duration = Duration::from_micros(500);
 
 /// How often the device's link state is read (a config-space read).
 const LINK_CHECK: Duration = Duration::from_millis(200);
@@ -163,6 +173,15 @@ struct Cli {
     /// Most 2 MiB hugepages for DMA memory (rings and bounce buffers).
     #[arg(long, default_value_t = 8)]
     hugepages: usize,
+    /// Diagnostics only (delays service): with INTx, sleep in slices of
+    /// this many microseconds and time how late the interrupt comes after
+    /// a completion is visible (`probe_*` in the wake-up counters). 0: off.
+    #[arg(long, default_value_t = 0)]
+    probe_slice_us: u64,
+    /// Also log the wake-up and TAP counters every this many seconds (0:
+    /// only at exit), e.g. for a benchmark that never stops this daemon.
+    #[arg(long, default_value_t = 0)]
+    stats_every_s: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info", value_parser = pv_linux::logger::parse_level)]
     log_level: log::LevelFilter,
@@ -314,17 +333,20 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     pump.tap_every = cli.spin_tap_every.max(1);
     pump.warm = Duration::from_millis(cli.warm_ms);
     pump.cold_sleep = Duration::from_micros(cli.max_sleep_us);
+    pump.probe_slice = (cli.probe_slice_us > 0).then(|| Duration::from_micros(cli.probe_slice_us));
+    pump.stats_every = (cli.stats_every_s > 0).then(|| Duration::from_secs(cli.stats_every_s));
     let served = pump.run();
     let c = pump.counters;
     let ps = pump.poller.stats;
     info!(
-        "to TAP {} frames ({} write errors), from TAP {} frames ({} refused); {} interrupts, poller {:?}; core {:?}",
+        "to TAP {} frames ({} write errors), from TAP {} frames ({} refused); {} interrupts, poller {:?}; wake-ups {:?}; core {:?}",
         c.to_tap,
         c.tap_write_errors,
         c.from_tap,
         c.tap_refused,
         c.interrupts,
         ps,
+        pump.wakeups,
         nic.stats()
     );
     // Carrier off and down before the device goes: the stack stops using
@@ -363,6 +385,43 @@ struct Counters {
     interrupts: u64,
 }
 
+/// How the INTx sleeps ended (`--irq intx`), for the exit log: a sleep
+/// that ran to its timeout although work was already there when it ended
+/// is a late or lost wake-up.
+#[derive(Debug, Default, Clone, Copy)]
+struct Wakeups {
+    /// Sleeps ended by the uio fd (an INTx was taken).
+    irq: u64,
+    /// Sleeps ended by the TAP only.
+    tap: u64,
+    /// Sleeps that ran to their timeout.
+    timeout: u64,
+    /// Of those, sleeps of at least `LONG_SLEEP`.
+    timeout_long: u64,
+    /// Of those, the armed queue already had completions when the sleep
+    /// ended (the device did not interrupt, or the interrupt did not get
+    /// through).
+    timeout_ring: u64,
+    /// Of those, the sleep was at least `LONG_SLEEP` long (a completion
+    /// that landed in the last microseconds of a short sleep is a race
+    /// with the timeout, not a lost interrupt; one found after a long
+    /// sleep most likely waited for it).
+    timeout_ring_long: u64,
+    /// Timed-out sleeps after which the ISR had the queue bit set (the
+    /// device raised INTx; a few microseconds later than `timeout_ring`).
+    timeout_isr: u64,
+    /// Timed-out sleeps after which the TAP had a frame.
+    timeout_tap: u64,
+    /// Sleeps not started because the re-check after arming found work.
+    recheck: u64,
+    /// `--probe-slice-us`: completions seen at the end of a slice with no
+    /// interrupt yet; of those, the interrupt (or the TAP) came a whole
+    /// slice or more later; the longest such wait.
+    probe_seen: u64,
+    probe_late_slice: u64,
+    probe_late_max_us: u64,
+}
+
 /// The loop moving frames between the device and the TAP.
 struct Pump<'a> {
     nic: &'a mut VirtioNet<LinuxHal, PciTransport>,
@@ -383,6 +442,12 @@ struct Pump<'a> {
     /// One frame read from the TAP (header included).
     buf: Vec<u8>,
     counters: Counters,
+    wakeups: Wakeups,
+    /// `--probe-slice-us`.
+    probe_slice: Option<Duration>,
+    /// Periodic counter log (`--stats-every-s`).
+    stats_every: Option<Duration>,
+    last_stats: Instant,
 }
 
 impl<'a> Pump<'a> {
@@ -410,6 +475,10 @@ impl<'a> Pump<'a> {
             // so a read is never truncated.
             buf: vec![0u8; HDR_LEN + 65536],
             counters: Counters::default(),
+            wakeups: Wakeups::default(),
+            stats_every: None,
+            probe_slice: None,
+            last_stats: Instant::now(),
         }
     }
 
@@ -470,6 +539,7 @@ impl<'a> Pump<'a> {
             Ok(true) => {
                 // Work arrived between the last look and arming: serve it.
                 self.nic.disable_interrupts();
+                self.wakeups.recheck += 1;
                 self.poller.busy();
                 return Ok(());
             }
@@ -479,22 +549,89 @@ impl<'a> Pump<'a> {
         irq.arm().map_err(|e| e.to_string())?;
         let irq_ev = (irq.fd(), libc::POLLIN);
         let tap_ev = (tap_fd, libc::POLLIN);
-        let woken = if tx_blocked {
-            wait_events(&[irq_ev], timeout)
+        let evs: &[(RawFd, i16)] = if tx_blocked {
+            &[irq_ev]
         } else {
-            wait_events(&[irq_ev, tap_ev], timeout)
+            &[irq_ev, tap_ev]
         };
+        let ready = match self.probe_slice {
+            None => wait_ready(evs, timeout),
+            Some(slice) => self.probe_sleep(evs, timeout, slice, tx_blocked),
+        };
+        let woken = ready != 0;
+        // First thing after a timeout, before any system call or device
+        // access widens the window: was a completion already published?
+        let ring_at_timeout = !woken && self.nic.completions_pending(true, tx_blocked);
         if irq.take().map_err(|e| e.to_string())?.is_some() {
             self.counters.interrupts += 1;
         }
+        if !woken {
+            // Was the work already there? (Re-arming re-checks the ring.)
+            self.wakeups.timeout += 1;
+            if timeout >= LONG_SLEEP {
+                self.wakeups.timeout_long += 1;
+            }
+            if ring_at_timeout {
+                self.wakeups.timeout_ring += 1;
+                if timeout >= LONG_SLEEP {
+                    self.wakeups.timeout_ring_long += 1;
+                }
+            }
+            if !tx_blocked && wait_ready(&[tap_ev], Duration::ZERO) != 0 {
+                self.wakeups.timeout_tap += 1;
+            }
+        } else if ready & 1 != 0 {
+            self.wakeups.irq += 1;
+        } else {
+            self.wakeups.tap += 1;
+        }
         // Lower the line (the ISR read); INTx stays masked until the next
         // arm, and the device is asked not to interrupt while we poll.
-        self.nic.transport_mut().ack_interrupt();
+        let isr = self.nic.transport_mut().ack_interrupt();
+        if !woken && isr.contains(InterruptStatus::QUEUE_INTERRUPT) {
+            self.wakeups.timeout_isr += 1;
+        }
         self.nic.disable_interrupts();
         self.poller.woke(woken);
         // The next turn reads the TAP (it may be what woke us).
         self.idle_turns = 0;
         Ok(())
+    }
+
+    /// `--probe-slice-us` (diagnostics only: it delays service): sleep in
+    /// slices, peeking at the armed rings between them, and time how long
+    /// an interrupt takes to arrive once a completion is visible.
+    fn probe_sleep(
+        &mut self,
+        evs: &[(RawFd, i16)],
+        timeout: Duration,
+        slice: Duration,
+        tx_blocked: bool,
+    ) -> u32 {
+        let deadline = Instant::now() + timeout;
+        let mut seen: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break 0;
+            }
+            let ready = wait_ready(evs, slice.min(deadline - now));
+            if ready != 0 {
+                if let Some(t) = seen {
+                    let late = t.elapsed();
+                    self.wakeups.probe_late_max_us =
+                        self.wakeups.probe_late_max_us.max(late.as_micros() as u64);
+                    if late >= slice {
+                        self.wakeups.probe_late_slice += 1;
+                    }
+                }
+                break ready;
+            }
+            if seen.is_none() && self.nic.completions_pending(true, tx_blocked) {
+                seen = Some(Instant::now());
+                self.wakeups.probe_seen += 1;
+            }
+        }
     }
 
     /// A device fault stopped the core: reset and carry on, or give up.
@@ -577,6 +714,16 @@ impl<'a> Pump<'a> {
         }
         if self.last_link_check.elapsed() >= LINK_CHECK {
             self.last_link_check = Instant::now();
+            if self
+                .stats_every
+                .is_some_and(|every| self.last_stats.elapsed() >= every)
+            {
+                self.last_stats = self.last_link_check;
+                info!(
+                    "stats: {} interrupts, {:?}, wake-ups {:?}",
+                    self.counters.interrupts, self.poller.stats, self.wakeups
+                );
+            }
             let link = self.nic.link_up();
             if link != self.link {
                 self.link = link;
