@@ -41,6 +41,7 @@ pub mod kernel;
 pub mod modules;
 pub mod peers;
 pub mod process;
+pub mod pvblkd_scenario;
 pub mod qmp;
 pub mod vhost_user;
 
