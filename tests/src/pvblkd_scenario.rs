@@ -222,6 +222,47 @@ echo "pvtest: handback done"
     }
 }
 
+impl Export {
+    /// [`Export::scenario`] on two QEMU built-in virtio-blk disks, then
+    /// the host checks. `extra` are console lines the export must show.
+    pub fn run_on_qemu_virtio_blk(self, name: &str, seed: u64, extra: &[&str]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data_img, fs_img) = make_images(dir.path());
+        let out = self
+            .guest(name)
+            .virtio_blk_disk(&data_img)
+            .virtio_blk_disk(&fs_img)
+            .script(&self.scenario(seed))
+            .run()
+            .expect("harness");
+        out.expect_pass();
+        assert!(out.console_has("pvtest: runtime scenario done"));
+        assert!(out.console_has(&format!("pvblkd: serving /dev/{}", self.dev(0))));
+        assert!(out.console_has("device cache flushed"));
+        for needle in extra {
+            assert!(out.console_has(needle), "{needle:?} not on the console");
+        }
+        check_images(&data_img, &fs_img, seed);
+    }
+
+    /// [`Export::sigterm_scenario`] on one QEMU built-in virtio-blk disk:
+    /// the device ends up back under `virtio-pci` with the data intact.
+    pub fn run_sigterm_under_load(self, name: &str, seed: u64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data_img, _) = make_images(dir.path());
+        let out = self
+            .guest(name)
+            .virtio_blk_disk(&data_img)
+            .script(&self.sigterm_scenario(seed))
+            .run()
+            .expect("harness");
+        out.expect_pass();
+        assert!(out.console_has("pvtest: handback done"));
+        assert!(out.console_has("is back as /dev/vd"));
+        assert!(out.console_has("(virtio-pci)"));
+    }
+}
+
 /// The data and filesystem images, sparse, in `dir`.
 pub fn make_images(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data.img");

@@ -12,21 +12,7 @@ use pvtest::pvblkd_scenario::{check_images, make_images, Export};
 
 #[test]
 fn runtime_on_qemu_virtio_blk() {
-    const SEED: u64 = 0x9B1C_0001;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data_img, fs_img) = make_images(dir.path());
-    let out = Export::Nbd
-        .guest("pvblk-runtime-qemu")
-        .virtio_blk_disk(&data_img)
-        .virtio_blk_disk(&fs_img)
-        .script(&Export::Nbd.scenario(SEED))
-        .run()
-        .expect("harness");
-    out.expect_pass();
-    assert!(out.console_has("pvtest: runtime scenario done"));
-    assert!(out.console_has("pvblkd: serving /dev/nbd0"));
-    assert!(out.console_has("device cache flushed"));
-    check_images(&data_img, &fs_img, SEED);
+    Export::Nbd.run_on_qemu_virtio_blk("pvblk-runtime-qemu", 0x9B1C_0001, &[]);
 }
 
 #[test]
@@ -95,18 +81,5 @@ fn runtime_on_our_vhost_user_backend() {
 /// back with the data written before intact.
 #[test]
 fn sigterm_hands_the_device_back() {
-    const SEED: u64 = 0x9B1C_0003;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data_img, _) = make_images(dir.path());
-    let script = Export::Nbd.sigterm_scenario(SEED);
-    let out = Export::Nbd
-        .guest("pvblk-runtime-sigterm")
-        .virtio_blk_disk(&data_img)
-        .script(&script)
-        .run()
-        .expect("harness");
-    out.expect_pass();
-    assert!(out.console_has("pvtest: handback done"));
-    assert!(out.console_has("is back as /dev/vd"));
-    assert!(out.console_has("(virtio-pci)"));
+    Export::Nbd.run_sigterm_under_load("pvblk-runtime-sigterm", 0x9B1C_0003);
 }

@@ -6,29 +6,13 @@
 
 use std::time::Duration;
 
-use pvtest::pvblkd_scenario::{check_images, make_images, Export};
+use pvtest::pvblkd_scenario::Export;
 use pvtest::{Guest, KernelChoice};
 
 /// The NBD test's scenario, through /dev/ublkb0 and /dev/ublkb1.
 #[test]
 fn ublk_export_on_qemu_virtio_blk() {
-    const SEED: u64 = 0x0B1C_0001;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data_img, fs_img) = make_images(dir.path());
-    let script = Export::Ublk.scenario(SEED);
-    let out = Export::Ublk
-        .guest("pvblk-ublk-qemu")
-        .virtio_blk_disk(&data_img)
-        .virtio_blk_disk(&fs_img)
-        .script(&script)
-        .run()
-        .expect("harness");
-    out.expect_pass();
-    assert!(out.console_has("pvtest: runtime scenario done"));
-    assert!(out.console_has("pvblkd: serving /dev/ublkb0"));
-    assert!(out.console_has("ublk device 0 deleted"));
-    assert!(out.console_has("device cache flushed"));
-    check_images(&data_img, &fs_img, SEED);
+    Export::Ublk.run_on_qemu_virtio_blk("pvblk-ublk-qemu", 0x0B1C_0001, &["ublk device 0 deleted"]);
 }
 
 /// SIGTERM with readers busy on the export: STOP_DEV drains while the
@@ -36,20 +20,7 @@ fn ublk_export_on_qemu_virtio_blk() {
 /// back with the data intact, and the device can be exported again.
 #[test]
 fn ublk_sigterm_under_load_hands_the_device_back() {
-    const SEED: u64 = 0x0B1C_0003;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (data_img, _) = make_images(dir.path());
-    let script = Export::Ublk.sigterm_scenario(SEED);
-    let out = Export::Ublk
-        .guest("pvblk-ublk-sigterm")
-        .virtio_blk_disk(&data_img)
-        .script(&script)
-        .run()
-        .expect("harness");
-    out.expect_pass();
-    assert!(out.console_has("pvtest: handback done"));
-    assert!(out.console_has("is back as /dev/vd"));
-    assert!(out.console_has("(virtio-pci)"));
+    Export::Ublk.run_sigterm_under_load("pvblk-ublk-sigterm", 0x0B1C_0003);
 }
 
 /// The 6.12 kernel boots under the harness and `ublk_drv` (with its
