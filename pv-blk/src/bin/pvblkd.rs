@@ -441,6 +441,45 @@ fn set_sndbuf(sock: &UnixStream, bytes: libc::c_int) {
 }
 
 /// Flush the device cache and wait (bounded) for the answer.
+/// The sleep both exports take once the poller's spin budget is spent:
+/// until `fd` is ready for its events, or (with `irq`) the device's INTx
+/// fires, or `sleep` passes. The interrupt is asked for only when no
+/// completion is already there (then it returns at once, busy), and its
+/// line is lowered after the wait. True when an interrupt was taken.
+fn sleep_on_device(
+    blk: &mut VirtioBlk<LinuxHal, PciTransport>,
+    irq: Option<&pci::UioIrq>,
+    poller: &mut AdaptivePoller,
+    fd: (std::os::unix::io::RawFd, i16),
+    sleep: Duration,
+) -> Result<bool, String> {
+    let Some(irq) = irq else {
+        let woken = pv_linux::poll::wait_events(&[fd], sleep);
+        poller.woke(woken);
+        return Ok(false);
+    };
+    match blk.prepare_wait() {
+        Ok(true) => {
+            poller.busy();
+            return Ok(false);
+        }
+        Ok(false) => {}
+        // The fault surfaces (and is handled) in the next reap.
+        Err(_) => return Ok(false),
+    }
+    irq.arm().map_err(|e| e.to_string())?;
+    // The interrupt normally ends the sleep; the poller's backoff still
+    // bounds it, because under TCG some INTx wake-ups arrive late (measured:
+    // a 20 ms floor here cost most of the run).
+    let woken = pv_linux::poll::wait_events(&[fd, (irq.fd(), libc::POLLIN)], sleep);
+    let taken = irq.take().map_err(|e| e.to_string())?.is_some();
+    // Lower the line (reading the ISR); INTx stays masked until the next
+    // arm.
+    blk.transport_mut().ack_interrupt();
+    poller.woke(woken);
+    Ok(taken)
+}
+
 fn flush_device(blk: &mut VirtioBlk<LinuxHal, PciTransport>) -> Result<(), String> {
     if !blk.info().features.flush || blk.fault().is_some() {
         return Ok(());
@@ -655,35 +694,10 @@ impl<'a> Server<'a> {
         } else {
             libc::POLLIN | libc::POLLOUT
         };
-        let Some(irq) = self.irq.filter(|_| !self.in_flight.is_empty()) else {
-            let woken = pv_linux::poll::wait_events(&[(sock, sock_ev)], sleep);
-            self.poller.woke(woken);
-            return Ok(());
-        };
-        // Ask for an interrupt at the next completion; if one is already
-        // there, go and reap it.
-        match self.blk.prepare_wait() {
-            Ok(true) => {
-                self.poller.busy();
-                return Ok(());
-            }
-            Ok(false) => {}
-            // The fault surfaces (and is handled) in the next reap.
-            Err(_) => return Ok(()),
-        }
-        irq.arm().map_err(|e| e.to_string())?;
-        // The interrupt normally ends the sleep; the poller's backoff still
-        // bounds it, because under TCG some INTx wake-ups arrive late or not
-        // at all (measured: a 20 ms floor here cost most of the run).
-        let woken =
-            pv_linux::poll::wait_events(&[(sock, sock_ev), (irq.fd(), libc::POLLIN)], sleep);
-        if irq.take().map_err(|e| e.to_string())?.is_some() {
+        let irq = self.irq.filter(|_| !self.in_flight.is_empty());
+        if sleep_on_device(self.blk, irq, &mut self.poller, (sock, sock_ev), sleep)? {
             self.interrupts += 1;
         }
-        // Lower the line (reading the ISR); INTx stays masked until the
-        // next arm.
-        self.blk.transport_mut().ack_interrupt();
-        self.poller.woke(woken);
         Ok(())
     }
 

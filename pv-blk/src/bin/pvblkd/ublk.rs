@@ -36,7 +36,6 @@ use pv_linux::signal;
 use pv_linux::ublk::wire::{self, DevInfo, IoRequest, Params};
 use pv_linux::ublk::{Control, Event, Queue};
 use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::Transport;
 
 use super::{Cli, DEFAULT_MAX_DISCARD_SECTORS};
 
@@ -486,28 +485,15 @@ impl Server<'_> {
             }
         };
         let ring = q.ring_fd();
-        let Some(irq) = self.irq else {
-            let woken = pv_linux::poll::wait_events(&[(ring, libc::POLLIN)], sleep);
-            self.poller.woke(woken);
-            return Ok(());
-        };
-        match self.blk.prepare_wait() {
-            Ok(true) => {
-                self.poller.busy();
-                return Ok(());
-            }
-            Ok(false) => {}
-            // The fault surfaces (and is handled) in the next reap.
-            Err(_) => return Ok(()),
-        }
-        irq.arm().map_err(|e| e.to_string())?;
-        let woken =
-            pv_linux::poll::wait_events(&[(ring, libc::POLLIN), (irq.fd(), libc::POLLIN)], sleep);
-        if irq.take().map_err(|e| e.to_string())?.is_some() {
+        if super::sleep_on_device(
+            self.blk,
+            self.irq,
+            &mut self.poller,
+            (ring, libc::POLLIN),
+            sleep,
+        )? {
             self.interrupts += 1;
         }
-        self.blk.transport_mut().ack_interrupt();
-        self.poller.woke(woken);
         Ok(())
     }
 
