@@ -59,3 +59,19 @@ pub fn init(name: &'static str, level: LevelFilter) {
     let _ = log::set_logger(l);
     log::set_max_level(level);
 }
+
+/// How a guest daemon's `main` ends: logs `stopped cleanly` or the error
+/// (under the daemon's own `name` as log target, as its other lines) and
+/// turns that into the exit status.
+pub fn finish<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => {
+            log::info!(target: name, "stopped cleanly");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!(target: name, "{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

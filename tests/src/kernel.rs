@@ -108,27 +108,35 @@ pub fn parse_candidate(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A local kernel named by the environment: the image in `image_var` and
+/// its `lib/modules/<release>` directory in `modules_var` (both set, or
+/// neither counts).
+fn from_env(image_var: &str, modules_var: &str) -> Result<Option<Kernel>, HarnessError> {
+    let (Some(img), Some(mods)) = (std::env::var_os(image_var), std::env::var_os(modules_var))
+    else {
+        return Ok(None);
+    };
+    let modules_dir = PathBuf::from(mods);
+    let release = modules_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            HarnessError::Setup(format!("{modules_var} must name lib/modules/<release>"))
+        })?;
+    Ok(Some(Kernel {
+        release,
+        package_version: "local".into(),
+        vmlinuz: img.into(),
+        modules_dir,
+    }))
+}
+
 /// Resolves and returns the current cloud kernel, downloading and unpacking
 /// it on first use. When apt cannot answer (no package lists, no network),
 /// falls back to the newest kernel already in the cache, with a warning.
 pub fn current() -> Result<Kernel, HarnessError> {
-    if let (Some(img), Some(mods)) = (
-        std::env::var_os("PVTEST_KERNEL"),
-        std::env::var_os("PVTEST_MODULES"),
-    ) {
-        let modules_dir = PathBuf::from(mods);
-        let release = modules_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                HarnessError::Setup("PVTEST_MODULES must name lib/modules/<release>".into())
-            })?;
-        return Ok(Kernel {
-            release,
-            package_version: "local".into(),
-            vmlinuz: img.into(),
-            modules_dir,
-        });
+    if let Some(k) = from_env("PVTEST_KERNEL", "PVTEST_MODULES")? {
+        return Ok(k);
     }
     let kdir = cache::root()?.join("kernel");
     match resolve_from_apt(&[]) {
@@ -148,25 +156,8 @@ pub fn current() -> Result<Kernel, HarnessError> {
 /// (like `PVTEST_KERNEL` for [`current`]). Falls back to the newest cached
 /// backports kernel when apt cannot answer.
 pub fn backports() -> Result<Kernel, HarnessError> {
-    if let (Some(img), Some(mods)) = (
-        std::env::var_os("PVTEST_BACKPORTS_KERNEL"),
-        std::env::var_os("PVTEST_BACKPORTS_MODULES"),
-    ) {
-        let modules_dir = PathBuf::from(mods);
-        let release = modules_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                HarnessError::Setup(
-                    "PVTEST_BACKPORTS_MODULES must name lib/modules/<release>".into(),
-                )
-            })?;
-        return Ok(Kernel {
-            release,
-            package_version: "local".into(),
-            vmlinuz: img.into(),
-            modules_dir,
-        });
+    if let Some(k) = from_env("PVTEST_BACKPORTS_KERNEL", "PVTEST_BACKPORTS_MODULES")? {
+        return Ok(k);
     }
     let root = cache::root()?;
     let kdir = root.join("kernel-backports");

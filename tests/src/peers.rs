@@ -103,6 +103,23 @@ impl PvBackend {
         Self::start_with(disk_specs, &[], extra_args, log)
     }
 
+    /// A switch with two ports, `a` and `b`, on `a.sock` and `b.sock` in
+    /// `dir` (log `dir/backend.log`, info level, metrics on an ephemeral
+    /// port): the set-up of the two-guest network tests.
+    pub fn two_port_switch(dir: &Path) -> Result<(Self, PathBuf, PathBuf), HarnessError> {
+        let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
+        let backend = Self::start_with(
+            &[],
+            &[
+                format!("socket={},name=a", a.display()),
+                format!("socket={},name=b", b.display()),
+            ],
+            &["--log-level", "info", "--metrics", "127.0.0.1:0"],
+            &dir.join("backend.log"),
+        )?;
+        Ok((backend, a, b))
+    }
+
     /// Like [`PvBackend::start`], with switch ports (`--net-port` specs)
     /// as well as disks.
     pub fn start_with(

@@ -253,17 +253,7 @@ fn runtime_on_qemu_virtio_net_stream() {
 #[test]
 fn runtime_on_our_switch() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (sock_a, sock_b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
-    let backend = PvBackend::start_with(
-        &[],
-        &[
-            format!("socket={},name=a", sock_a.display()),
-            format!("socket={},name=b", sock_b.display()),
-        ],
-        &["--log-level", "info", "--metrics", "127.0.0.1:0"],
-        &dir.path().join("backend.log"),
-    )
-    .expect("backend");
+    let (backend, sock_a, sock_b) = PvBackend::two_port_switch(dir.path()).expect("backend");
     let a = runtime_guest("pvnet-runtime-switch-a")
         .vhost_user_net(&sock_a, MAC_A)
         .start()

@@ -43,17 +43,7 @@ fn sha_line<'a>(console: &'a str, tag: &str) -> Option<&'a str> {
 #[test]
 fn kernel_virtio_net_through_our_switch() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (sock_a, sock_b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
-    let backend = PvBackend::start_with(
-        &[],
-        &[
-            format!("socket={},name=a", sock_a.display()),
-            format!("socket={},name=b", sock_b.display()),
-        ],
-        &["--log-level", "info", "--metrics", "127.0.0.1:0"],
-        &dir.path().join("backend.log"),
-    )
-    .expect("backend");
+    let (backend, sock_a, sock_b) = PvBackend::two_port_switch(dir.path()).expect("backend");
 
     // A: receiver. Its listener is up before its address, so once B's
     // ping gets an answer the port is open.

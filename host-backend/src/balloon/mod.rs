@@ -489,19 +489,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn manager_reclaims_reconnects_and_honours_dry_run() {
-        let dir = tempfile::tempdir().expect("dir");
-        let sock = dir.path().join("vm.qmp");
-        let host = dir.path().join("host");
+    /// One configured guest `vm` (min 512 MiB) on `sock`, 64 MiB steps,
+    /// the host's available memory read from a file that says 100 MiB (a
+    /// shortage).
+    fn one_guest_in_a_shortage(dir: &Path, sock: &Path) -> BalloonConfig {
+        let host = dir.join("host");
         std::fs::write(&host, "100").expect("host file");
-        let qemu = FakeQemu::start(&sock, 1024 * MIB, 900 * MIB);
-        let mut registry = Registry::default();
-        let metrics = Arc::new(BalloonMetrics::register(&mut registry));
-        let mut cfg = BalloonConfig {
+        BalloonConfig {
             enabled: true,
             step_mib: 64,
-            host_available_file: Some(host.clone()),
+            host_available_file: Some(host),
             qmp_timeout_secs: 5,
             guests: vec![config::parse_guest_spec(&format!(
                 "name=vm,qmp={},min=512",
@@ -509,7 +506,17 @@ mod tests {
             ))
             .expect("spec")],
             ..BalloonConfig::default()
-        };
+        }
+    }
+
+    #[test]
+    fn manager_reclaims_reconnects_and_honours_dry_run() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sock = dir.path().join("vm.qmp");
+        let qemu = FakeQemu::start(&sock, 1024 * MIB, 900 * MIB);
+        let mut registry = Registry::default();
+        let metrics = Arc::new(BalloonMetrics::register(&mut registry));
+        let mut cfg = one_guest_in_a_shortage(dir.path(), &sock);
         let mut m = Manager::new(cfg.clone(), metrics.clone());
         m.round();
         assert_eq!(qemu.actual(), 960 * MIB, "one step reclaimed");
@@ -567,23 +574,10 @@ mod tests {
     fn statistics_from_before_the_connection_drive_no_decision() {
         let dir = tempfile::tempdir().expect("dir");
         let sock = dir.path().join("vm.qmp");
-        let host = dir.path().join("host");
-        std::fs::write(&host, "100").expect("host file");
         let qemu = FakeQemu::start_stale(&sock, 1024 * MIB, 900 * MIB);
         let mut registry = Registry::default();
         let metrics = Arc::new(BalloonMetrics::register(&mut registry));
-        let cfg = BalloonConfig {
-            enabled: true,
-            step_mib: 64,
-            host_available_file: Some(host),
-            qmp_timeout_secs: 5,
-            guests: vec![config::parse_guest_spec(&format!(
-                "name=vm,qmp={},min=512",
-                sock.display()
-            ))
-            .expect("spec")],
-            ..BalloonConfig::default()
-        };
+        let cfg = one_guest_in_a_shortage(dir.path(), &sock);
         let mut m = Manager::new(cfg, metrics);
         m.round();
         m.round();

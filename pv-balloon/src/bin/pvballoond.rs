@@ -164,14 +164,5 @@ fn main() -> ExitCode {
         irq: cli.irq == Irq::Intx,
         batch_frames: cli.batch_frames as usize,
     };
-    match daemon::run(&opts) {
-        Ok(()) => {
-            log::info!("stopped cleanly");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    pv_linux::logger::finish("pvballoond", daemon::run(&opts))
 }

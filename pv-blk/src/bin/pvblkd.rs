@@ -222,16 +222,7 @@ enum Irq {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     pv_linux::logger::init("pvblkd", cli.log_level);
-    match run(&cli) {
-        Ok(()) => {
-            info!("stopped cleanly");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    pv_linux::logger::finish("pvblkd", run(&cli))
 }
 
 /// `--pci`, or the first virtio-blk function nobody claimed.
@@ -245,7 +236,7 @@ fn pick_device(cli: &Cli) -> Result<PciAddress, String> {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
-    set_timer_slack();
+    pv_linux::poll::set_min_timer_slack();
     set_nice(cli.nice);
     if let Some(cpu) = cli.cpu {
         set_cpu(cpu)?;
@@ -375,17 +366,6 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     let flushed = flush_device(&mut blk);
     drop(blk);
     served.and(flushed)
-}
-
-/// Timed sleeps (the poller's) end when asked, not up to the default 50 µs
-/// timer slack later.
-fn set_timer_slack() {
-    // SAFETY: PR_SET_TIMERSLACK takes an integer argument; no memory is
-    // passed.
-    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
-    if rc != 0 {
-        warn!("PR_SET_TIMERSLACK: {}", std::io::Error::last_os_error());
-    }
 }
 
 /// Niceness of the calling thread (Linux: `setpriority` on thread id 0).

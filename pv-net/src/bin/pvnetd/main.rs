@@ -210,16 +210,7 @@ enum Irq {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     pv_linux::logger::init("pvnetd", cli.log_level);
-    match run(&cli) {
-        Ok(()) => {
-            info!("stopped cleanly");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    pv_linux::logger::finish("pvnetd", run(&cli))
 }
 
 /// First virtio-net function with no `driver_override` (nobody claimed it).
@@ -234,9 +225,7 @@ fn pick_device(cli: &Cli) -> Result<PciAddress, String> {
 
 fn run(cli: &Cli) -> Result<(), String> {
     signal::install().map_err(|e| e.to_string())?;
-    // SAFETY: prctl(PR_SET_TIMERSLACK) takes plain integers and only
-    // changes this thread's timer slack.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    pv_linux::poll::set_min_timer_slack();
     dma::init(cli.hugepages, 1).map_err(|e| e.to_string())?;
     let addr = pick_device(cli)?;
     let binding = match cli.irq {
