@@ -23,6 +23,8 @@ PKGS_REST=(
   gcc libc6-dev             # C conformance peers and static guest binaries
   dpdk-dev                  # dpdk-testpmd, the peer of pvbench-switch
   xz-utils                  # unpacks the 6.12 guest kernel's .ko.xz modules (ublk tests)
+  lld-22                    # lld-link: links the Windows drivers (.sys) off Windows
+  osslsigncode openssl      # test-signs the .sys (Authenticode) and verifies the signature
 )
 KERNEL_META=linux-image-cloud-amd64
 
