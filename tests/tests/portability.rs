@@ -9,7 +9,7 @@
 //! fixture crate that leaks std proves the check catches it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const TARGETS: [&str; 2] = ["x86_64-pc-windows-msvc", "x86_64-unknown-none"];
 const SYSTEM_CARGO: &str = "/usr/bin/cargo";
@@ -70,7 +70,7 @@ fn build_std(manifest_dir: &Path, target_dir: &Path, packages: &[String]) -> Out
             "{tool} missing: install Debian's rustc-web cargo-web rust-web-src (the README's test command does)"
         );
     }
-    let mut cmd = Command::new(SYSTEM_CARGO);
+    let mut cmd = pvtest::windows::system_cargo();
     cmd.current_dir(manifest_dir)
         .args([
             "build",
@@ -79,22 +79,7 @@ fn build_std(manifest_dir: &Path, target_dir: &Path, packages: &[String]) -> Out
             "-Zbuild-std=core,alloc",
         ])
         .arg("--target-dir")
-        .arg(target_dir)
-        .env("RUSTC", SYSTEM_RUSTC)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_PROFILE_DEV_PANIC", "abort")
-        .env("CARGO_PROFILE_RELEASE_PANIC", "abort");
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "RUSTDOCFLAGS",
-    ] {
-        cmd.env_remove(var);
-    }
+        .arg(target_dir);
     for t in TARGETS {
         cmd.args(["--target", t]);
     }
