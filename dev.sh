@@ -24,6 +24,7 @@ PKGS_REST=(
   dpdk-dev                  # dpdk-testpmd, the peer of pvbench-switch
   xz-utils                  # unpacks the 6.12 guest kernel's .ko.xz modules (ublk tests)
   lld-22                    # lld-link: links the Windows drivers (.sys) off Windows
+  python3 python3-venv      # the venv speakeasy (Windows driver emulation) installs into
   osslsigncode openssl      # test-signs the .sys (Authenticode) and verifies the signature
 )
 KERNEL_META=linux-image-cloud-amd64

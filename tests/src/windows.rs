@@ -197,3 +197,54 @@ pub fn verify(signed: &Path, cert: &Path) -> Result<String, String> {
         Err(text)
     }
 }
+
+/// The speakeasy release the emulated runs are written against.
+pub const SPEAKEASY: &str = "speakeasy-emulator==1.5.11";
+
+/// A Python with speakeasy (`SPEAKEASY`) in a venv under the cache root
+/// (`<cache>/speakeasy-1.5.11/venv`), made on first use with `python3 -m
+/// venv` and `pip install` (network needed once), under the cache's lock.
+pub fn speakeasy_python() -> Result<PathBuf, String> {
+    let dir = crate::cache::root()
+        .map_err(|e| e.to_string())?
+        .join("speakeasy-1.5.11");
+    let _lock = crate::cache::DirLock::acquire(&dir).map_err(|e| e.to_string())?;
+    let python = dir.join("venv/bin/python");
+    let works = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import speakeasy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if python.exists() && works(&python) {
+        return Ok(python);
+    }
+    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let _ = std::fs::remove_dir_all(dir.join("venv"));
+    run(
+        Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(dir.join("venv")),
+        "python3 -m venv (Debian: python3-venv)",
+    )?;
+    run(
+        Command::new(dir.join("venv/bin/pip")).args(["install", "-q", SPEAKEASY]),
+        "pip install speakeasy-emulator",
+    )?;
+    if works(&python) {
+        Ok(python)
+    } else {
+        Err("speakeasy installed but does not import".into())
+    }
+}
