@@ -196,7 +196,9 @@ fn balloon_driver_is_test_signed_and_the_signature_verifies() {
 /// host asks for 300 pages, asks for stats, then shrinks to 100. The
 /// harness checks the frame numbers the device received are pages the
 /// driver allocated with MmAllocatePagesForMdlEx, that exactly the
-/// deflated ones were freed, `actual`, and the kernel figures in the stats.
+/// deflated ones were freed, `actual`, and the kernel figures in the stats;
+/// then IRP_MN_REMOVE_DEVICE must reset the device, free every page still
+/// in the balloon, unmap the BAR and detach and delete the FDO.
 #[test]
 fn balloon_driver_inflates_and_deflates_under_emulation() {
     let (sys, _) = build(BALLOON);
@@ -210,7 +212,8 @@ fn balloon_driver_inflates_and_deflates_under_emulation() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success()
-            && stdout.contains("emulated: start, inflate 300, stats, deflate to 100: OK"),
+            && stdout.contains("emulated: start, inflate 300, stats, deflate to 100: OK")
+            && stdout.contains("emulated: remove gives every page back: OK"),
         "emulated run failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );

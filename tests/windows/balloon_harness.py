@@ -15,12 +15,14 @@
 4. The worker thread PsCreateSystemThread was asked for runs; each
    KeWaitForSingleObject is a tick in which the script plays the host:
    num_pages = 300, a stats request, num_pages = 100, then stop.
+5. IRP_MN_REMOVE_DEVICE.
 
 Checks: the device's balloon holds exactly 300 frames, all handed out by
 the hooked MmAllocatePagesForMdlEx; after the deflate it holds 100 of
 them and the 200 others were freed with MmFreePagesFromMdl; `actual` is
 100; the stats buffer carries MEMTOT and AVAIL from the hooked
-ZwQuerySystemInformation.
+ZwQuerySystemInformation; on remove the device is reset, every page comes
+back, BAR0 is unmapped and the FDO detached and deleted.
 
 What speakeasy lacks is hooked here (ExAllocatePool2, the Mm* memory calls,
 IoBuildSynchronousFsdRequest, __chkstk, ...). No IRQL, no concurrency, no
@@ -337,7 +339,8 @@ def start_and_balloon(se, hook, calls, drv, fdo, pnp):
 
     hook('__chkstk', lambda e, p: e.reg_read('rax'))
     hook('MmMapIoSpaceEx', lambda e, p: bar_virt if p[0] == BAR and p[1] <= BAR_LEN else 0, argc=3)
-    hook('MmUnmapIoSpace', 0, argc=2)
+    unmapped = []
+    hook('MmUnmapIoSpace', lambda e, p: unmapped.append(p[0]) or 0, argc=2)
 
     def contiguous(e, p):
         size = (p[0] + 0xFFF) & ~0xFFF
@@ -488,6 +491,31 @@ def start_and_balloon(se, hook, calls, drv, fdo, pnp):
     if not ok:
         sys.exit(1)
     print('emulated: start, inflate 300, stats, deflate to 100: OK')
+
+    # IRP_MN_REMOVE_DEVICE: the worker is joined (its routine returned
+    # above), the balloon dropped: the device is reset and every page it
+    # still held goes back to the kernel; the BAR is unmapped, the FDO
+    # detached and deleted.
+    hook('IoDetachDevice', 0, argc=1)
+    hook('IoDeleteDevice', 0, argc=1)
+    emu.mem_write(cur, bytes([0x1B, 0x02]) + b'\0' * 38)
+    emu.mem_write(irp + 0x43, bytes([2]))
+    emu.mem_write(irp + 0xB8, struct.pack('<Q', cur))
+    calls.clear()
+    se.call(pnp, [fdo, irp])
+    last = se.get_report()['entry_points'][-1]
+    if last.get('error'):
+        sys.exit('REMOVE_DEVICE crashed: %s' % str(last['error'])[:600])
+    print('REMOVE_DEVICE calls', calls)
+    if sorted(freed) != sorted(inflated):
+        sys.exit('FAIL: after remove, freed %d of the %d pages' % (len(freed), len(inflated)))
+    if dev.status != 0:
+        sys.exit('FAIL: device not reset on remove (status %#x)' % dev.status)
+    if unmapped != [bar_virt]:
+        sys.exit('FAIL: BAR not unmapped: %s' % unmapped)
+    if 'ntoskrnl.IoDeleteDevice' not in calls or 'ntoskrnl.IoDetachDevice' not in calls:
+        sys.exit('FAIL: FDO not detached and deleted')
+    print('emulated: remove gives every page back: OK')
     return 0
 
 
