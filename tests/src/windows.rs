@@ -121,8 +121,12 @@ pub fn build_driver(package: &str, sys_name: &str) -> Result<PathBuf, String> {
         .join(TARGET)
         .join("release")
         .join(format!("{lib}.dll"));
+    // Tests run as parallel processes that all build and read the image:
+    // copy then rename, so no reader sees a half-written file.
     let sys = target_dir().join(sys_name);
-    std::fs::copy(&dll, &sys).map_err(|e| format!("copy {}: {e}", dll.display()))?;
+    let tmp = target_dir().join(format!("{sys_name}.{}", std::process::id()));
+    std::fs::copy(&dll, &tmp).map_err(|e| format!("copy {}: {e}", dll.display()))?;
+    std::fs::rename(&tmp, &sys).map_err(|e| format!("rename {}: {e}", tmp.display()))?;
     Ok(sys)
 }
 
