@@ -43,6 +43,7 @@ verify_direct() {
   vd_blocks=$(echo "$vd_out" | sed -n 's/^pvio: verified \([0-9]*\) blocks.*/\1/p')
   [ -n "$vd_blocks" ] && [ $vd_done -ge $vd_blocks ] || {
     echo "pvtest: verifying $vd_blocks blocks of $vd_dev took only $vd_done device reads"; return 1; }
+  echo "pvtest: $vd_dev completed $vd_done reads for $vd_blocks blocks verified"
 }
 "#;
 
