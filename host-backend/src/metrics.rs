@@ -15,6 +15,10 @@
 //! | `pvbackend_blk_resets_total` | counter | disk | device resets after a panic in a queue worker (`errors{kind="worker_panic"}`) or an I/O thread (`errors{kind="io_panic"}`): the connection is dropped and QEMU's `reconnect=` resubmits the unfinished requests |
 //!
 //! Every data-path error that is logged also increments an error counter.
+//! The `errors` series of the kinds in [`PRESET_ERROR_KINDS`] (the
+//! daemon's own failures) exist from the disk's start, at 0, so a scrape
+//! tells "no error" from "no such series"; the guest-mistake kinds appear
+//! with their first occurrence.
 
 use std::sync::Arc;
 
@@ -47,6 +51,10 @@ struct DiskQueueLabels {
     disk: String,
     queue: String,
 }
+
+/// The `errors` kinds created at 0 for every disk (see the module docs).
+pub const PRESET_ERROR_KINDS: [&str; 5] =
+    ["io", "dropped_chain", "worker_panic", "io_panic", "signal"];
 
 fn latency_histogram() -> Histogram {
     // 10 us .. ~2.6 s in 19 doubling buckets.
@@ -208,6 +216,13 @@ impl BlkFamilies {
             .collect();
         let connections = counter(&self.connections, &d);
         let resets = counter(&self.resets, &d);
+        for kind in PRESET_ERROR_KINDS {
+            let labels = DiskKindLabels {
+                disk: disk.to_owned(),
+                kind: kind.to_owned(),
+            };
+            counter(&self.errors, &labels);
+        }
         Arc::new(DiskMetrics {
             disk: disk.to_owned(),
             requests,
@@ -378,6 +393,8 @@ mod tests {
             r#"pvbackend_blk_interrupts_total{disk="vm1",queue="1"} 1"#,
             r#"pvbackend_blk_request_duration_seconds_count{disk="vm1",op="read"} 1"#,
             r#"pvbackend_blk_inflight{disk="vm1"} 0"#,
+            r#"pvbackend_blk_errors_total{disk="vm1",kind="io"} 0"#,
+            r#"pvbackend_blk_errors_total{disk="vm1",kind="worker_panic"} 0"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }

@@ -133,15 +133,24 @@ struct Range {
     /// Number of blocks (default: up to the end of the device).
     #[arg(long)]
     count: Option<u64>,
-    /// Bypass the page cache (O_DIRECT): every block is one device request,
-    /// acknowledged by the device before the next is issued.
+    /// Bypass the page cache (O_DIRECT) for writes and reads alike: every
+    /// block is one device request, completed by the device before the
+    /// next is issued (a verify reads what the device holds, never a cached
+    /// copy). The block size must then be a multiple of 512.
     #[arg(long)]
     direct: bool,
 }
 
-/// Opens `r.path` for the range commands, with O_DIRECT when asked.
+/// Opens `r.path` for the range commands (write and verify), with O_DIRECT
+/// when asked.
 fn open_range(r: &Range, write: bool) -> Result<File, String> {
     use std::os::unix::fs::OpenOptionsExt;
+    if r.direct && (r.block_size < 512 || !r.block_size.is_multiple_of(512)) {
+        return Err(format!(
+            "--direct needs a block size that is a multiple of 512, not {}",
+            r.block_size
+        ));
+    }
     let mut o = OpenOptions::new();
     o.read(true).write(write);
     if r.direct {
@@ -278,18 +287,18 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify(r) => {
-            let mut f =
-                File::open(&r.path).map_err(|e| format!("open {}: {e}", r.path.display()))?;
+            let mut f = open_range(&r, false)?;
             let size = device_size(&mut f).map_err(|e| e.to_string())?;
             let count = blocks_in(&r, size)?;
-            let mut buf = vec![0u8; r.block_size];
+            let mut aligned = AlignedBuf::new(r.block_size);
+            let buf = aligned.get();
             f.seek(SeekFrom::Start(r.start * r.block_size as u64))
                 .map_err(|e| e.to_string())?;
             let mut bad = 0u64;
             for i in r.start..r.start + count {
-                f.read_exact(&mut buf)
+                f.read_exact(buf)
                     .map_err(|e| format!("read block {i}: {e}"))?;
-                if let Err(e) = pattern::verify(&buf, r.seed, i) {
+                if let Err(e) = pattern::verify(buf, r.seed, i) {
                     if bad < 10 {
                         println!("pvio: block {i}: {e}");
                     }
