@@ -4,15 +4,16 @@
 //! direction, and (for UNMAP and WRITE SAME) the parameter data the driver
 //! copied once out of the data buffer; it validates every field before
 //! anything reaches the device, and answers with block requests to submit,
-//! data produced here, GOOD, or CHECK CONDITION with sense. Sections cited
-//! are SPC-4 (r37) and SBC-3 (r36); README.md lists them per command.
+//! data produced here, GOOD, or CHECK CONDITION with sense. The standards
+//! followed are SPC-4 and SBC-3, cited by command and field name;
+//! README.md lists them per command.
 
 use crate::disk::{Disk, MAX_UNMAP_DESCRIPTORS};
 use crate::pages;
 use crate::sense::Sense;
 use pv_blk::{IoBuf, Request};
 
-/// Operation codes (SPC-4 Annex E.3, SBC-3 §5).
+/// Operation codes (SPC-4 and SBC-3 operation code lists).
 #[allow(missing_docs)]
 pub mod op {
     pub const TEST_UNIT_READY: u8 = 0x00;
@@ -311,7 +312,7 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// CDB length an operation code's group implies (SPC-4 §4.2.5.1); `None`
+/// CDB length an operation code's group implies (SPC-4); `None`
 /// for the reserved and vendor groups.
 fn group_len(opcode: u8) -> Option<usize> {
     match opcode >> 5 {
@@ -370,7 +371,7 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
         return Err(Sense::invalid_opcode());
     };
     // Unsupported opcodes (and opcodes whose UNMAP / WRITE SAME the device
-    // does not offer) first: SPC-4 §4.5.2 answers them 20/00 whatever else
+    // does not offer) first: SPC-4 answers them 20/00 whatever else
     // the CDB says.
     let offered = match opcode {
         op::UNMAP => disk.can_unmap(),
@@ -385,7 +386,7 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
         // carry the rest is missing.
         return Err(Sense::invalid_cdb(req.cdb.len() as u16, None));
     };
-    // CONTROL byte (SAM-5 §5.2): NACA and the obsolete LINK are not
+    // CONTROL byte (SAM-5): NACA and the obsolete LINK are not
     // supported (standard INQUIRY reports NORMACA = 0).
     let control = cdb[len - 1];
     if control & 0x04 != 0 {
@@ -398,14 +399,14 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
     match opcode {
         op::TEST_UNIT_READY => Ok(Decision::Good),
         op::REQUEST_SENSE => {
-            // SPC-4 §6.29: DESC = 1 needs descriptor format, not supported.
+            // SPC-4: DESC = 1 needs descriptor format, not supported.
             if cdb[1] & 0x01 != 0 {
                 return Err(Sense::invalid_cdb(1, Some(0)));
             }
             Ok(r.reply(pages::request_sense(), u32::from(cdb[4])))
         }
         op::READ_6 | op::WRITE_6 => {
-            // SBC-3 §5.15 / §5.38: 21-bit LBA, length 0 means 256.
+            // SBC-3: 21-bit LBA, length 0 means 256.
             let lba = u64::from(be32(cdb, 0) & 0x001F_FFFF);
             let blocks = match cdb[4] {
                 0 => 256,
@@ -444,7 +445,7 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
             )
         }
         op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => {
-            // SBC-3 §5.33-5.35: BYTCHK = 0 only (no data compared); the
+            // SBC-3: BYTCHK = 0 only (no data compared); the
             // medium "verification" of a virtual disk is a range check.
             check_protect(cdb)?;
             if cdb[1] & 0x06 != 0 {
@@ -459,7 +460,7 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
             Ok(Decision::Good)
         }
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
-            // SBC-3 §5.22/5.23: the range is checked; the core flushes the
+            // SBC-3: the range is checked; the core flushes the
             // whole cache, a superset. IMMED is accepted: status after the
             // flush is stronger than required. No volatile cache: GOOD.
             let (lba, blocks) = if opcode == op::SYNCHRONIZE_CACHE_10 {
@@ -481,7 +482,7 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
         }
         op::UNMAP => r.unmap(cdb),
         op::INQUIRY => {
-            // SPC-4 §6.6: CMDDT (obsolete) must be 0; PAGE CODE only with
+            // SPC-4: CMDDT (obsolete) must be 0; PAGE CODE only with
             // EVPD.
             if cdb[1] & 0x02 != 0 {
                 return Err(Sense::invalid_cdb(1, Some(1)));
@@ -519,7 +520,7 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
             Ok(r.reply(data, alloc))
         }
         op::READ_CAPACITY_10 => {
-            // SBC-3 §5.16: with PMI = 0 the LBA field must be 0. No
+            // SBC-3: with PMI = 0 the LBA field must be 0. No
             // allocation length: the buffer bounds the 8 bytes.
             if cdb[8] & 0x01 == 0 && be32(cdb, 2) != 0 {
                 return Err(Sense::invalid_cdb(2, None));
@@ -533,7 +534,7 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
             Ok(r.reply(pages::read_capacity_16(disk)?, be32(cdb, 10)))
         }
         op::REPORT_LUNS => {
-            // SPC-4 §6.33: SELECT REPORT 0-2; allocation length at least 16.
+            // SPC-4: SELECT REPORT 0-2; allocation length at least 16.
             if cdb[2] > 2 {
                 return Err(Sense::invalid_cdb(2, None));
             }
@@ -544,7 +545,7 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
             Ok(r.reply(pages::report_luns(), alloc))
         }
         op::START_STOP_UNIT => {
-            // SBC-3 §5.25: a fixed disk has nothing to load or eject. A
+            // SBC-3: a fixed disk has nothing to load or eject. A
             // stop (START = 0, no power condition) makes the cache durable
             // first; everything else is accepted as a no-op.
             if cdb[4] & 0x02 != 0 {
@@ -561,7 +562,7 @@ fn decide_inner(disk: &Disk, req: &ScsiRequest<'_>) -> Decided {
 }
 
 /// RDPROTECT / WRPROTECT / VRPROTECT (byte 1 bits 7-5) must be 0: standard
-/// INQUIRY reports PROTECT = 0 (SBC-3 §4.18.2).
+/// INQUIRY reports PROTECT = 0 (SBC-3).
 fn check_protect(cdb: &[u8]) -> Result<(), Sense> {
     if cdb[1] & 0xE0 != 0 {
         return Err(Sense::invalid_cdb(1, Some(7)));
@@ -604,7 +605,7 @@ impl<'d, 'r> Rw<'d, 'r> {
         }
     }
 
-    /// LBA + length within capacity (SBC-3 §4.5), without overflow.
+    /// LBA + length within capacity (SBC-3), without overflow.
     fn range(&self, lba: u64, blocks: u64) -> Result<(), Sense> {
         match lba.checked_add(blocks) {
             Some(end) if end <= self.disk.capacity_blocks() => Ok(()),
@@ -618,7 +619,7 @@ impl<'d, 'r> Rw<'d, 'r> {
 
     fn rw(&self, write: bool, lba: u64, blocks: u32, fua: bool, len_at: u16) -> Decided {
         if blocks > self.disk.max_transfer_blocks {
-            // SBC-3 §6.5.3: beyond MAXIMUM TRANSFER LENGTH.
+            // SBC-3: beyond MAXIMUM TRANSFER LENGTH.
             return Err(Sense::invalid_cdb(len_at, None));
         }
         if write && self.disk.info.features.read_only {
@@ -626,7 +627,7 @@ impl<'d, 'r> Rw<'d, 'r> {
         }
         self.range(lba, u64::from(blocks))?;
         if blocks == 0 {
-            // SBC-3 §5.16/5.38: zero blocks is not an error.
+            // SBC-3: zero blocks is not an error.
             return Ok(Decision::Good);
         }
         let bytes = u64::from(blocks) * u64::from(self.disk.block_bytes());
@@ -644,7 +645,7 @@ impl<'d, 'r> Rw<'d, 'r> {
         let transfer = bytes as u32;
         if write {
             let mut plan = Plan::one(Command::Write, transfer, Part::Write { sector, sectors });
-            // FUA (SBC-3 §5.38): durable before GOOD. The core has no FUA;
+            // FUA (SBC-3): durable before GOOD. The core has no FUA;
             // a flush after the write gives it when the cache is volatile.
             if fua && self.disk.write_cache() {
                 plan.push(Part::Flush);
@@ -660,7 +661,7 @@ impl<'d, 'r> Rw<'d, 'r> {
         }
     }
 
-    /// WRITE SAME (SBC-3 §5.41/5.42): only zeroes, which the core writes
+    /// WRITE SAME (SBC-3): only zeroes, which the core writes
     /// with write-zeroes; UNMAP = 1 lets the device deallocate.
     fn write_same(&self, cdb: &[u8], lba: u64, blocks: u32, len_at: u16, ndob: bool) -> Decided {
         check_protect(cdb)?;
@@ -709,7 +710,7 @@ impl<'d, 'r> Rw<'d, 'r> {
         )))
     }
 
-    /// UNMAP (SBC-3 §5.28): every descriptor checked before any is sent.
+    /// UNMAP (SBC-3): every descriptor checked before any is sent.
     fn unmap(&self, cdb: &[u8]) -> Decided {
         if cdb[1] & 0x01 != 0 {
             return Err(Sense::invalid_cdb(1, Some(0)));
@@ -728,7 +729,7 @@ impl<'d, 'r> Rw<'d, 'r> {
             return Err(Sense::param_list_length());
         };
         // Descriptors that are not wholly inside both the parameter list
-        // and the BLOCK DESCRIPTOR DATA LENGTH are ignored (§5.28.2).
+        // and the BLOCK DESCRIPTOR DATA LENGTH are ignored.
         let bd_len = usize::from(be16(p, 2)).min(plen - 8);
         let count = bd_len / 16;
         if count > MAX_UNMAP_DESCRIPTORS {

@@ -19,8 +19,8 @@ pub struct Serial {
 
 impl Serial {
     /// From the [`ID_BYTES`] a GET_ID returned (device-written: untrusted).
-    /// The id ends at the first NUL (virtio-blk §5.2.6: NUL-padded when
-    /// shorter); bytes that are not printable ASCII (SPC-4 §4.3.1 requires
+    /// The id ends at the first NUL (virtio 1.2, device ID: NUL-padded when
+    /// shorter); bytes that are not printable ASCII (SPC-4 requires
     /// ASCII for the PRODUCT SERIAL NUMBER) become `_`. `None` when empty.
     pub fn from_get_id(id: &[u8; ID_BYTES]) -> Option<Self> {
         let len = id.iter().position(|&b| b == 0).unwrap_or(ID_BYTES);
@@ -43,8 +43,8 @@ impl Serial {
     }
 }
 
-/// Identity strings of standard INQUIRY (SPC-4 §6.6.2) and the T10 vendor
-/// designator (§7.8.6.4); space padded.
+/// Identity strings of standard INQUIRY (SPC-4) and the T10 vendor
+/// designator; space padded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// T10 VENDOR IDENTIFICATION.

@@ -9,7 +9,7 @@ use crate::sense::{Asc, FieldPointer, Sense, SenseKey};
 /// VPD pages served, in the order of the Supported VPD Pages page.
 pub const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
 
-/// Standard INQUIRY data (SPC-4 §6.6.2), 36 bytes.
+/// Standard INQUIRY data (SPC-4), 36 bytes.
 pub fn standard_inquiry(disk: &Disk) -> Reply {
     let id = &disk.identity;
     let mut r = Reply::new();
@@ -28,12 +28,12 @@ pub fn standard_inquiry(disk: &Disk) -> Reply {
     r
 }
 
-/// A VPD page (SPC-4 §7.8), or `None` when not served.
+/// A VPD page (SPC-4), or `None` when not served.
 pub fn vpd(disk: &Disk, page: u8) -> Option<Reply> {
     let mut r = Reply::new();
     r.put(&[0x00, page, 0, 0]);
     match page {
-        // §7.8.16 Supported VPD Pages.
+        // Supported VPD Pages.
         0x00 => {
             for p in VPD_PAGES {
                 if p != 0x80 || disk.identity.serial.is_some() {
@@ -41,10 +41,10 @@ pub fn vpd(disk: &Disk, page: u8) -> Option<Reply> {
                 }
             }
         }
-        // §7.8.18 Unit Serial Number, from virtio-blk GET_ID.
+        // Unit Serial Number, from virtio-blk GET_ID.
         0x80 => r.put(disk.identity.serial?.as_bytes()),
-        // §7.8.6 Device Identification: one T10 vendor ID based designator
-        // (§7.8.6.4), ASCII, associated with the logical unit: vendor +
+        // Device Identification: one T10 vendor ID based designator
+        //, ASCII, associated with the logical unit: vendor +
         // product + serial. Without a serial it names the product only.
         0x83 => {
             let serial = disk.identity.serial;
@@ -55,7 +55,7 @@ pub fn vpd(disk: &Disk, page: u8) -> Option<Reply> {
             r.put(&disk.identity.product);
             r.put(sn);
         }
-        // SBC-3 §6.5.3 Block Limits.
+        // SBC-3 Block Limits.
         0xB0 => {
             let mut p = [0u8; 0x3C];
             p[0] = 0x01; // WSNZ: WRITE SAME of 0 blocks refused
@@ -71,13 +71,13 @@ pub fn vpd(disk: &Disk, page: u8) -> Option<Reply> {
             }
             r.put(&p);
         }
-        // SBC-3 §6.5.2 Block Device Characteristics.
+        // SBC-3 Block Device Characteristics.
         0xB1 => {
             let mut p = [0u8; 0x3C];
             p[0..2].copy_from_slice(&disk.identity.rotation_rate.to_be_bytes());
             r.put(&p);
         }
-        // SBC-3 §6.5.4 Logical Block Provisioning. LBPRZ = 0: the core's
+        // SBC-3 Logical Block Provisioning. LBPRZ = 0: the core's
         // discard does not promise zeroes on read.
         0xB2 => {
             let mut b = 0u8;
@@ -114,8 +114,8 @@ pub struct ModeSense {
     pub subpage: u8,
 }
 
-/// MODE SENSE(6)/(10) (SPC-4 §6.11/6.12): header, one block descriptor
-/// unless DBD, and the Caching mode page (SBC-3 §6.4.5) for page 08h or
+/// MODE SENSE(6)/(10) (SPC-4): header, one block descriptor
+/// unless DBD, and the Caching mode page (SBC-3) for page 08h or
 /// 3Fh (all pages). WCE reports the volatile cache; nothing is changeable
 /// (no MODE SELECT), saved values are not supported.
 pub fn mode_sense(disk: &Disk, m: ModeSense) -> Result<Reply, Sense> {
@@ -143,7 +143,7 @@ pub fn mode_sense(disk: &Disk, m: ModeSense) -> Result<Reply, Sense> {
         (false, true) => 16,
         (false, false) => 8,
     };
-    // DEVICE-SPECIFIC PARAMETER (SBC-3 §6.4.1): WP, DPOFUA (FUA honoured).
+    // DEVICE-SPECIFIC PARAMETER (SBC-3): WP, DPOFUA (FUA honoured).
     let dsp = 0x10
         | if disk.info.features.read_only {
             0x80
@@ -191,7 +191,7 @@ fn no_medium(disk: &Disk) -> Result<u64, Sense> {
     }
 }
 
-/// READ CAPACITY(10) (SBC-3 §5.16): last LBA (FFFFFFFFh when it does not
+/// READ CAPACITY(10) (SBC-3): last LBA (FFFFFFFFh when it does not
 /// fit: use READ CAPACITY(16)) and block length. A disk of zero blocks has
 /// no last LBA: NOT READY, MEDIUM NOT PRESENT.
 pub fn read_capacity_10(disk: &Disk) -> Result<Reply, Sense> {
@@ -202,7 +202,7 @@ pub fn read_capacity_10(disk: &Disk) -> Result<Reply, Sense> {
     Ok(r)
 }
 
-/// READ CAPACITY(16) (SBC-3 §5.17), 32 bytes; LBPME when UNMAP is offered.
+/// READ CAPACITY(16) (SBC-3), 32 bytes; LBPME when UNMAP is offered.
 pub fn read_capacity_16(disk: &Disk) -> Result<Reply, Sense> {
     let last = no_medium(disk)?;
     let mut r = Reply::new();
@@ -215,7 +215,7 @@ pub fn read_capacity_16(disk: &Disk) -> Result<Reply, Sense> {
     Ok(r)
 }
 
-/// REPORT LUNS (SPC-4 §6.33): LUN 0 only.
+/// REPORT LUNS (SPC-4): LUN 0 only.
 pub fn report_luns() -> Reply {
     let mut r = Reply::new();
     r.put(&8u32.to_be_bytes());
@@ -223,7 +223,7 @@ pub fn report_luns() -> Reply {
     r
 }
 
-/// REQUEST SENSE (SPC-4 §6.29): errors are reported by autosense, so there
+/// REQUEST SENSE (SPC-4): errors are reported by autosense, so there
 /// is never a pending one: NO SENSE.
 pub fn request_sense() -> Reply {
     let mut r = Reply::new();

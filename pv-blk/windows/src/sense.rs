@@ -1,5 +1,5 @@
-//! Fixed-format sense data (SPC-4 §4.5.3) and the sense keys and additional
-//! sense codes this miniport reports (SPC-4 Table 28, Annex D).
+//! Fixed-format sense data (SPC-4) and the sense keys and additional
+//! sense codes this miniport reports (SPC-4 ASC/ASCQ assignments).
 //!
 //! Every error the miniport reports through SCSI carries one [`Sense`]: the
 //! driver copies [`Sense::to_fixed`] into the SRB's sense buffer (truncated
@@ -7,10 +7,10 @@
 //! [`crate::srb::Completion`].
 
 /// Bytes of the fixed-format sense data this crate produces: 8 header bytes
-/// plus an ADDITIONAL SENSE LENGTH of 10 (SPC-4 §4.5.3).
+/// plus an ADDITIONAL SENSE LENGTH of 10 (SPC-4).
 pub const FIXED_SENSE_LEN: usize = 18;
 
-/// Sense keys (SPC-4 §4.5.6, Table 27) used here.
+/// Sense keys (SPC-4) used here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum SenseKey {
@@ -30,7 +30,7 @@ pub enum SenseKey {
     AbortedCommand = 0xB,
 }
 
-/// An additional sense code and qualifier (ASC/ASCQ, SPC-4 Annex D).
+/// An additional sense code and qualifier (ASC/ASCQ, SPC-4 ASC/ASCQ assignments).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Asc(pub u8, pub u8);
 
@@ -66,7 +66,7 @@ impl Asc {
 }
 
 /// Where the offending field is, for the sense-key specific FIELD POINTER
-/// (SPC-4 §4.5.2.4.2): which byte and, optionally, which bit.
+/// (SPC-4): which byte and, optionally, which bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FieldPointer {
     /// True: the byte is in the CDB (C/D = 1); false: in the parameter list.

@@ -60,7 +60,7 @@ pub mod status {
     pub const AUTOSENSE_VALID: u8 = 0x80;
 }
 
-/// SCSI status bytes (SAM-5 §5.3).
+/// SCSI status bytes (SAM-5).
 #[allow(missing_docs)]
 pub mod scsi_status {
     pub const GOOD: u8 = 0x00;
@@ -301,8 +301,8 @@ pub fn immediate(d: &Decision, sense_room: u32, srb_flags: u32) -> Option<Comple
     }
 }
 
-/// The sense for a block-core failure of a plan's part (SBC-3 §4.14 /
-/// SPC-4 Annex D), or `None` when the SRB ends with a plain status:
+/// The sense for a block-core failure of a plan's part (SBC-3 /
+/// SPC-4 ASC/ASCQ assignments), or `None` when the SRB ends with a plain status:
 /// `Aborted` (a reset took it: BUS_RESET), `QueueFull` / `Stopped` (BUSY:
 /// StorPort retries once the driver has recovered).
 pub fn failure(command: Command, part: OpKind, e: &BlkError) -> Result<Sense, u8> {
