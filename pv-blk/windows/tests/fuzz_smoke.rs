@@ -43,8 +43,12 @@ fn inputs(seed: u64, n: usize) -> Vec<Vec<u8>> {
             if v.len() > 64 && next() % 2 == 0 {
                 let (op, n) = OPS[(next() % 16) as usize];
                 v[0] &= 0x7F; // capacity modulo 8192 sectors
-                              // The fake's discard limit; half the disks have 512-byte
-                              // blocks (those run through the core).
+                if next() % 2 == 0 {
+                    // A tiny disk: small LBAs and lengths meet its end.
+                    v[4..12].copy_from_slice(&(next() % 24).to_le_bytes());
+                }
+                // The fake's discard limit; half the disks have 512-byte
+                // blocks (those run through the core).
                 v[1] = 0x04 | (next() % 4) as u8;
                 v[2] = n;
                 // Both directions allowed, mostly.
