@@ -144,3 +144,43 @@ impl Disk {
         self.info.features.write_zeroes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_from_get_id_is_cut_at_nul_and_printable() {
+        let mut id = [0u8; ID_BYTES];
+        id[..6].copy_from_slice(b"ab\x01c\xffd");
+        let s = Serial::from_get_id(&id).expect("serial");
+        assert_eq!(s.as_bytes(), b"ab_c_d");
+        // All 20 bytes used: no NUL needed.
+        let full = [b'x'; ID_BYTES];
+        assert_eq!(
+            Serial::from_get_id(&full).map(|s| s.as_bytes().len()),
+            Some(ID_BYTES)
+        );
+        // An empty id is no serial.
+        assert_eq!(Serial::from_get_id(&[0u8; ID_BYTES]), None);
+    }
+
+    #[test]
+    fn limits_follow_the_block_size_and_the_device() {
+        let info = DeviceInfo {
+            capacity_sectors: 8 * 1001, // a partial 4K block at the end
+            block_size: 4096,
+            max_discard_sectors: 0,
+            ..DeviceInfo::default()
+        };
+        let d = Disk::new(info, Identity::default(), 1000);
+        assert_eq!(d.capacity_blocks(), 1001);
+        assert_eq!(d.block_bytes(), 4096);
+        assert_eq!(d.max_transfer_blocks, 1, "at least one block");
+        assert_eq!(
+            d.max_unmap_blocks(),
+            u32::MAX / 8,
+            "sectors fit the core's u32"
+        );
+    }
+}
