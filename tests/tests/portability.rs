@@ -89,6 +89,19 @@ fn build_std(manifest_dir: &Path, target_dir: &Path, packages: &[String]) -> Out
     cmd.output().expect("run /usr/bin/cargo")
 }
 
+/// The package name of the member at `member` (a path: `pv-blk/windows` is
+/// package `pv-blk-windows`), which `cargo -p` needs.
+fn package_name(member: &str) -> String {
+    let text = std::fs::read_to_string(root().join(member).join("Cargo.toml"))
+        .unwrap_or_else(|e| panic!("read {member}/Cargo.toml: {e}"));
+    let t: toml::Table = text.parse().expect("parse member Cargo.toml");
+    t.get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or_else(|| panic!("{member}/Cargo.toml has no package name"))
+        .to_owned()
+}
+
 #[test]
 fn every_no_std_crate_is_listed_as_a_core() {
     let m = manifest();
@@ -125,7 +138,8 @@ fn every_no_std_crate_is_listed_as_a_core() {
 
 #[test]
 fn cores_build_for_windows_kernel_and_bare_metal() {
-    let out = build_std(&root(), &root().join("target/portable"), &cores());
+    let packages: Vec<String> = cores().iter().map(|c| package_name(c)).collect();
+    let out = build_std(&root(), &root().join("target/portable"), &packages);
     assert!(
         out.status.success(),
         "a no_std core does not build for {TARGETS:?}:\n{}",
