@@ -1,15 +1,18 @@
 //! The pvdrivers host backend daemon.
 //!
-//! Today: vhost-user-blk disks for QEMU ([`blk`]), configured from a TOML
-//! file or the command line ([`config`]), served by [`daemon`], with a
-//! Prometheus endpoint ([`metrics`], where every series is documented); the
-//! host memory-balance manager for guests' virtio-balloons ([`balloon`]);
-//! the vhost-user-net L2 switch ([`net`]). Xen backends arrive with their
-//! issue.
+//! Today: vhost-user-blk disks for QEMU ([`blk`]); the host memory-balance
+//! manager for guests' virtio-balloons ([`balloon`]); the vhost-user-net L2
+//! switch ([`net`]). Each device owns its config, server and metrics
+//! (every series is documented in the device's `metrics` module). Xen
+//! backends arrive with their issue.
+//!
+//! Daemon-wide: the configuration file that gathers every device's tables
+//! ([`config`]), the daemon that starts and stops the devices ([`daemon`]),
+//! and the Prometheus endpoint ([`metrics_server`]).
 
 pub mod balloon;
 pub mod blk;
 pub mod config;
 pub mod daemon;
-pub mod metrics;
+pub mod metrics_server;
 pub mod net;

@@ -522,7 +522,7 @@ mod tests {
         assert_eq!(qemu.actual(), 960 * MIB, "one step reclaimed");
         m.round();
         assert_eq!(qemu.actual(), 896 * MIB, "and another");
-        let text = crate::metrics::render(&registry);
+        let text = crate::metrics_server::render(&registry);
         for needle in [
             r#"pvbackend_balloon_target_bytes{guest="vm"} 939524096"#,
             r#"pvbackend_balloon_connected{guest="vm"} 1"#,
@@ -536,7 +536,7 @@ mod tests {
         // when a QEMU is back on the same socket.
         qemu.stop();
         m.round();
-        let text = crate::metrics::render(&registry);
+        let text = crate::metrics_server::render(&registry);
         assert!(
             text.contains(r#"pvbackend_balloon_connected{guest="vm"} 0"#),
             "{text}"
@@ -547,12 +547,12 @@ mod tests {
             "{text}"
         );
         m.round();
-        assert!(crate::metrics::render(&registry)
+        assert!(crate::metrics_server::render(&registry)
             .contains(r#"pvbackend_balloon_errors_total{guest="vm",kind="connect"}"#));
         let qemu = FakeQemu::start(&sock, 1024 * MIB, 900 * MIB);
         m.round();
         assert_eq!(qemu.actual(), 960 * MIB, "reconnected and acting again");
-        assert!(crate::metrics::render(&registry)
+        assert!(crate::metrics_server::render(&registry)
             .contains(r#"pvbackend_balloon_connected{guest="vm"} 1"#));
         drop(m);
 
@@ -586,7 +586,7 @@ mod tests {
             1024 * MIB,
             "a host shortage, but only stale statistics: no change"
         );
-        let text = crate::metrics::render(&registry);
+        let text = crate::metrics_server::render(&registry);
         assert!(
             text.contains(r#"pvbackend_balloon_connected{guest="vm"} 1"#),
             "{text}"
@@ -620,7 +620,7 @@ mod tests {
         );
         m.round();
         assert_eq!(m.guest_names(), vec!["a".to_owned()]);
-        let text = crate::metrics::render(&registry);
+        let text = crate::metrics_server::render(&registry);
         assert!(
             text.contains(r#"pvbackend_balloon_actual_bytes{guest="a"} 1073741824"#),
             "{text}"
@@ -633,7 +633,7 @@ mod tests {
         qemu.stop();
         m.round();
         assert!(m.guest_names().is_empty(), "socket gone, guest dropped");
-        let text = crate::metrics::render(&registry);
+        let text = crate::metrics_server::render(&registry);
         assert!(
             !text.contains(r#"pvbackend_balloon_actual_bytes{guest="a"}"#),
             "{text}"

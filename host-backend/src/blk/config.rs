@@ -1,99 +1,22 @@
-//! Daemon configuration: a TOML file, command-line disks, or both.
-//!
-//! ```toml
-//! [daemon]
-//! log_level = "info"            # error | warn | info | debug | trace
-//! shutdown_timeout_secs = 10    # SIGTERM: longest wait for in-flight requests
-//! metrics_listen = "127.0.0.1:9977"  # Prometheus endpoint (GET /metrics); omit to disable
-//!
-//! [[disk]]
-//! name = "vm1-root"             # used in logs (default: the socket's file name)
-//! path = "/var/lib/pvdrivers/vm1-root.img"   # raw image file or block device
-//! socket = "/run/pvdrivers/vm1-root.sock"    # vhost-user socket QEMU connects to
-//! read_only = false
-//! serial = "vm1-root"           # GET_ID string, at most 20 bytes
-//! num_queues = 4                # at least QEMU's num-queues (its default: one per vCPU)
-//! queue_size = 256              # power of two, at least QEMU's queue-size
-//! poll_us = 50                  # busy-poll an emptied queue this long before sleeping (0: never)
-//! io_mode = "hybrid"            # sync | pool | hybrid (see host_backend::blk::io)
-//! io_threads = 4                # I/O threads of the disk (pool and hybrid modes), 1..=256
-//!
-//! [switch]                      # the L2 switch joining every [[net_port]]
-//! name = "switch0"
-//! # uplink_tap = "pvtap0"       # join the host through this TAP (needs CAP_NET_ADMIN or a persistent TAP)
-//! mac_aging_secs = 300          # forget a MAC not seen for this long
-//!
-//! [[net_port]]
-//! name = "vm1-eth0"             # used in logs and metrics (default: the socket's file name)
-//! socket = "/run/pvdrivers/vm1-eth0.sock"    # vhost-user-net socket (QEMU: -netdev vhost-user)
-//! mac = "52:54:00:00:00:01"     # offered in the config space (optional)
-//! mtu = 1500                    # 68..=9000; larger frames are dropped
-//! rate_mbps = 0                 # ingress token bucket in Mbit/s (0: unlimited)
-//! poll_us = 0                   # watch the TX ring this long after a burst (0: never; <= 1000)
-//! ```
-//!
-//! The `[balloon]` table (memory-balance manager) is documented in
-//! [`crate::balloon::config`].
+//! The `[[disk]]` table and the `--disk` spec. The whole configuration
+//! file, with an example of every table, is documented in [`crate::config`].
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::blk::IoMode;
+use super::io::IoMode;
 
-/// Configuration errors, each naming the place to fix.
+/// Configuration errors of a disk, each naming the place to fix.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path}, line {line}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+pub enum BlkConfigError {
     #[error("--disk '{spec}': {message}")]
-    DiskSpec { spec: String, message: String },
+    Spec { spec: String, message: String },
     #[error("disk '{disk}': {message}")]
     Invalid { disk: String, message: String },
-    #[error("nothing to serve: give --config FILE with [[disk]] or [[net_port]] tables or a [balloon] table, or --disk path=...,socket=..., --net-port socket=..., --balloon-guest/--balloon-watch")]
-    NothingToServe,
-    #[error("{0}")]
-    Balloon(String),
-    #[error(transparent)]
-    Net(#[from] crate::net::NetConfigError),
 }
 
-/// `[daemon]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DaemonConfig {
-    #[serde(default)]
-    pub log_level: Option<String>,
-    #[serde(default = "default_shutdown_timeout")]
-    pub shutdown_timeout_secs: u64,
-    #[serde(default)]
-    pub metrics_listen: Option<String>,
-}
-
-impl Default for DaemonConfig {
-    fn default() -> Self {
-        Self {
-            log_level: None,
-            shutdown_timeout_secs: default_shutdown_timeout(),
-            metrics_listen: None,
-        }
-    }
-}
-
-fn default_shutdown_timeout() -> u64 {
-    10
-}
 fn default_num_queues() -> u16 {
     4
 }
@@ -148,98 +71,52 @@ impl DiskConfig {
     }
 }
 
-/// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    #[serde(default)]
-    pub daemon: DaemonConfig,
-    #[serde(default, rename = "disk")]
-    pub disks: Vec<DiskConfig>,
-    /// `[balloon]`: the memory-balance manager (see [`crate::balloon::config`]).
-    #[serde(default)]
-    pub balloon: crate::balloon::BalloonConfig,
-    /// Switch ports (see [`crate::net`]).
-    #[serde(default, rename = "net_port")]
-    pub net_ports: Vec<crate::net::NetPortConfig>,
-    #[serde(default)]
-    pub switch: crate::net::SwitchConfig,
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-impl Config {
-    /// Parses TOML text; errors carry the 1-based line number.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            line: e.span().map_or(0, |s| line_of(text, s.start)),
-            message: e.message().to_owned(),
-        })
-    }
-
-    /// Reads and parses a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
-    /// Checks every disk and the set as a whole.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.balloon.validate().map_err(ConfigError::Balloon)?;
-        if self.disks.is_empty() && self.net_ports.is_empty() && !self.balloon.serves() {
-            return Err(ConfigError::NothingToServe);
+/// Checks every disk and the set as a whole; returns the sockets the disks
+/// take (no other device may use them).
+pub fn validate(disks: &[DiskConfig]) -> Result<BTreeSet<PathBuf>, BlkConfigError> {
+    let mut sockets = BTreeSet::new();
+    for d in disks {
+        let bad = |message: String| BlkConfigError::Invalid {
+            disk: d.display_name(),
+            message,
+        };
+        if !d.queue_size.is_power_of_two() || d.queue_size < 2 || d.queue_size > 32768 {
+            return Err(bad(format!(
+                "queue_size {} is not a power of two in 2..=32768",
+                d.queue_size
+            )));
         }
-        let mut sockets = BTreeSet::new();
-        for d in &self.disks {
-            let bad = |message: String| ConfigError::Invalid {
-                disk: d.display_name(),
-                message,
-            };
-            if !d.queue_size.is_power_of_two() || d.queue_size < 2 || d.queue_size > 32768 {
-                return Err(bad(format!(
-                    "queue_size {} is not a power of two in 2..=32768",
-                    d.queue_size
-                )));
-            }
-            if d.poll_us > 10_000 {
-                return Err(bad(format!("poll_us {} is above 10000", d.poll_us)));
-            }
-            if d.io_threads == 0 || d.io_threads > 256 {
-                return Err(bad(format!(
-                    "io_threads {} is not in 1..=256",
-                    d.io_threads
-                )));
-            }
-            if d.num_queues == 0 || d.num_queues > 64 {
-                return Err(bad(format!("num_queues {} is not in 1..=64", d.num_queues)));
-            }
-            if d.serial().len() > 20 {
-                return Err(bad(format!(
-                    "serial '{}' is longer than 20 bytes",
-                    d.serial()
-                )));
-            }
-            if !sockets.insert(d.socket.clone()) {
-                return Err(bad(format!(
-                    "socket {} is used by another disk",
-                    d.socket.display()
-                )));
-            }
+        if d.poll_us > 10_000 {
+            return Err(bad(format!("poll_us {} is above 10000", d.poll_us)));
         }
-        crate::net::config::validate(&self.net_ports, &self.switch, &sockets)?;
-        Ok(())
+        if d.io_threads == 0 || d.io_threads > 256 {
+            return Err(bad(format!(
+                "io_threads {} is not in 1..=256",
+                d.io_threads
+            )));
+        }
+        if d.num_queues == 0 || d.num_queues > 64 {
+            return Err(bad(format!("num_queues {} is not in 1..=64", d.num_queues)));
+        }
+        if d.serial().len() > 20 {
+            return Err(bad(format!(
+                "serial '{}' is longer than 20 bytes",
+                d.serial()
+            )));
+        }
+        if !sockets.insert(d.socket.clone()) {
+            return Err(bad(format!(
+                "socket {} is used by another disk",
+                d.socket.display()
+            )));
+        }
     }
+    Ok(sockets)
 }
 
 /// Parses a `--disk` spec: `path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N][,io=MODE][,io-threads=N]`.
-pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, ConfigError> {
-    let err = |message: String| ConfigError::DiskSpec {
+pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
+    let err = |message: String| BlkConfigError::Spec {
         spec: spec.to_owned(),
         message,
     };
@@ -309,65 +186,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn documented_example_parses() {
-        let text = include_str!("config.rs")
-            .lines()
-            .skip_while(|l| !l.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let c = Config::parse(&text, Path::new("example.toml")).expect("example parses");
-        c.validate().expect("example is valid");
-        assert_eq!(c.disks.len(), 1);
-        assert_eq!(c.net_ports.len(), 1);
-        assert_eq!(c.switch.mac_aging_secs, 300);
-        assert_eq!(c.disks[0].num_queues, 4);
-        assert_eq!(c.daemon.shutdown_timeout_secs, 10);
-    }
-
-    #[test]
-    fn errors_carry_line_numbers() {
-        let text = "[daemon]\nlog_level = \"info\"\n\n[[disk]]\npath = \"/a\"\nsocket = \"/s\"\nqueue_sise = 4\n";
-        let e = Config::parse(text, Path::new("c.toml")).expect_err("typo");
-        let msg = e.to_string();
-        assert!(msg.contains("line 7"), "{msg}");
-        assert!(msg.contains("queue_sise"), "{msg}");
-    }
-
-    #[test]
     fn invalid_values_are_refused() {
-        let mut c = Config {
-            disks: vec![parse_disk_spec("path=/a,socket=/s,queue-size=100").expect("spec")],
-            ..Config::default()
-        };
-        assert!(c
-            .validate()
+        let one = [parse_disk_spec("path=/a,socket=/s,queue-size=100").expect("spec")];
+        assert!(validate(&one)
             .expect_err("size")
             .to_string()
             .contains("power of two"));
-        c.disks = vec![
+        let two = [
             parse_disk_spec("path=/a,socket=/s").expect("spec"),
             parse_disk_spec("path=/b,socket=/s").expect("spec"),
         ];
-        assert!(c
-            .validate()
+        assert!(validate(&two)
             .expect_err("dup")
             .to_string()
             .contains("used by another disk"));
-        assert!(Config::default()
-            .validate()
-            .expect_err("empty")
-            .to_string()
-            .contains("nothing to serve"));
-        // The balloon manager alone is something to serve.
-        let balloon_only =
-            "[balloon]\nenabled = true\n[[balloon.guest]]\nname = \"vm\"\nqmp = \"/run/vm.qmp\"\n";
-        Config::parse(balloon_only, Path::new("b.toml"))
-            .expect("parses")
-            .validate()
-            .expect("balloon only is valid");
         assert!(parse_disk_spec("path=/a").is_err());
         assert!(parse_disk_spec("path=/a,socket=/s,colour=red").is_err());
         let d = parse_disk_spec("path=/a,socket=/run/x.sock,readonly,serial=abc,queues=2")

@@ -10,11 +10,8 @@
 //! removed. A deadline bounds the whole stop; the daemon never hangs on it.
 //!
 //! The same path serves a device reset after a panic (see
-//! [`crate::blk::io`]): the connection ends, the pool drains, and the disk
+//! [`super::io`]): the connection ends, the pool drains, and the disk
 //! waits for QEMU's next connection while the other disks carry on.
-//!
-//! The balloon manager ([`crate::balloon`]), when configured, runs on its
-//! own thread and stops with the rest.
 
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -25,20 +22,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
+use prometheus_client::registry::Registry;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::blk::{BlkBackend, BlkParams, Disk, DiskError, IoMode, IoPool};
-use crate::config::{Config, ConfigError, DiskConfig};
-use crate::metrics::{BlkFamilies, DiskMetrics, MetricsServer};
-use prometheus_client::registry::Registry;
+use super::config::DiskConfig;
+use super::fault::Faults;
+use super::metrics::{BlkFamilies, DiskMetrics};
+use super::{BlkBackend, BlkParams, Disk, DiskError, IoMode, IoPool};
 
-/// Why the daemon could not start.
+/// Why the disks could not be served.
 #[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
+pub enum BlkError {
     #[error("disk '{name}': {source}")]
     Disk {
         name: String,
@@ -53,10 +49,6 @@ pub enum DaemonError {
         path: PathBuf,
         message: String,
     },
-    #[error("{0}")]
-    Metrics(String),
-    #[error(transparent)]
-    Net(#[from] crate::net::NetError),
     #[error("cannot start thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -73,10 +65,10 @@ struct DiskServer {
     conn: Mutex<Option<BlkBackend>>,
 }
 
-fn bind(name: &str, path: &Path) -> Result<Listener, DaemonError> {
+fn bind(name: &str, path: &Path) -> Result<Listener, BlkError> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::SocketInUse {
+            return Err(BlkError::SocketInUse {
                 name: name.to_owned(),
                 path: path.to_owned(),
             });
@@ -84,7 +76,7 @@ fn bind(name: &str, path: &Path) -> Result<Listener, DaemonError> {
         // A stale socket from a previous run (killed before cleaning up).
         let _ = std::fs::remove_file(path);
     }
-    Listener::new(path, false).map_err(|e| DaemonError::Listen {
+    Listener::new(path, false).map_err(|e| BlkError::Listen {
         name: name.to_owned(),
         path: path.to_owned(),
         message: e.to_string(),
@@ -170,119 +162,89 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
     }
 }
 
-/// Runs the daemon until `stop` becomes true, then stops within the
-/// configured deadline. Returns an error only for start-up problems.
-pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
-    config.validate()?;
-    let faults = crate::blk::fault::Faults::get();
-    if faults.armed() {
-        warn!("TEST FAULT INJECTION ARMED (PVBACKEND_FAULT_*): {faults:?}");
+/// The disks being served: one thread per disk.
+pub struct BlkService {
+    disks: Vec<(Arc<DiskServer>, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for BlkService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlkService")
+            .field("disks", &self.disks.len())
+            .finish()
     }
-    let mut registry = Registry::default();
-    let families = BlkFamilies::register(&mut registry);
-    let balloon_metrics = Arc::new(crate::balloon::metrics::BalloonMetrics::register(
-        &mut registry,
-    ));
-    let mut servers = Vec::new();
-    for d in &config.disks {
-        servers.push(open_disk(d, &families)?);
-    }
-    let net = crate::net::NetService::start(
-        &config.net_ports,
-        &config.switch,
-        &mut registry,
-        stop.clone(),
-    )?;
-    let metrics = match &config.daemon.metrics_listen {
-        Some(addr) => {
-            let m = MetricsServer::start(addr, Arc::new(registry)).map_err(DaemonError::Metrics)?;
-            info!("metrics on http://{}/metrics", m.addr());
-            Some(m)
+}
+
+impl BlkService {
+    /// Registers the block metrics, opens every disk, binds its socket and
+    /// starts its thread.
+    pub fn start(
+        disks: &[DiskConfig],
+        registry: &mut Registry,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, BlkError> {
+        let faults = Faults::get();
+        if faults.armed() {
+            warn!("TEST FAULT INJECTION ARMED (PVBACKEND_FAULT_*): {faults:?}");
         }
-        None => None,
-    };
-    let mut threads: Vec<(Arc<DiskServer>, JoinHandle<()>)> = Vec::new();
-    for (server, listener) in servers {
-        let stop = stop.clone();
-        let s = server.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("disk-{}", server.name))
-            .spawn(move || serve_disk(s, listener, stop))
-            .map_err(DaemonError::Thread)?;
-        threads.push((server, handle));
-    }
-    let balloon = if config.balloon.serves() {
-        Some(
-            crate::balloon::spawn(config.balloon.clone(), balloon_metrics, stop.clone())
-                .map_err(DaemonError::Thread)?,
-        )
-    } else {
-        None
-    };
-    info!(
-        "ready: {} disk(s), {} net port(s), balloon manager {}",
-        threads.len(),
-        net.as_ref().map_or(0, crate::net::NetService::port_count),
-        if balloon.is_some() { "on" } else { "off" }
-    );
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let deadline = Instant::now() + Duration::from_secs(config.daemon.shutdown_timeout_secs);
-    info!(
-        "stopping (deadline {} s)",
-        config.daemon.shutdown_timeout_secs
-    );
-    for (server, _) in &threads {
-        if let Some(b) = server.conn.lock().ok().and_then(|s| s.clone()) {
-            b.disconnect();
+        let families = BlkFamilies::register(registry);
+        let mut servers = Vec::new();
+        for d in disks {
+            servers.push(open_disk(d, &families)?);
         }
+        let mut threads: Vec<(Arc<DiskServer>, JoinHandle<()>)> = Vec::new();
+        for (server, listener) in servers {
+            let stop = stop.clone();
+            let s = server.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("disk-{}", server.name))
+                .spawn(move || serve_disk(s, listener, stop))
+                .map_err(BlkError::Thread)?;
+            threads.push((server, handle));
+        }
+        Ok(Self { disks: threads })
     }
-    for (server, handle) in threads {
-        while !handle.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if handle.is_finished() {
-            let _ = handle.join();
-        } else {
-            warn!(
-                "disk '{}': still busy at the deadline; leaving it",
-                server.name
-            );
-        }
-        if let Err(e) = server.disk.flush() {
-            error!("disk '{}': final flush failed: {e}", server.name);
-        }
-        let _ = std::fs::remove_file(&server.socket);
+
+    /// Disks served.
+    pub fn disk_count(&self) -> usize {
+        self.disks.len()
     }
-    if let Some(n) = net {
-        n.stop(deadline);
-    }
-    if let Some(b) = balloon {
-        // The manager checks `stop` every 100 ms; a QMP command in hand is
-        // bounded by its timeout.
-        while !b.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+
+    /// Disconnects every frontend (the `stop` flag must already be set),
+    /// waits for the threads until `deadline`, flushes every disk, removes
+    /// the sockets.
+    pub fn stop(self, deadline: Instant) {
+        for (server, _) in &self.disks {
+            if let Some(b) = server.conn.lock().ok().and_then(|s| s.clone()) {
+                b.disconnect();
+            }
         }
-        if b.is_finished() {
-            let _ = b.join();
-        } else {
-            warn!("balloon manager still busy at the deadline; leaving it");
+        for (server, handle) in self.disks {
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                warn!(
+                    "disk '{}': still busy at the deadline; leaving it",
+                    server.name
+                );
+            }
+            if let Err(e) = server.disk.flush() {
+                error!("disk '{}': final flush failed: {e}", server.name);
+            }
+            let _ = std::fs::remove_file(&server.socket);
         }
     }
-    if let Some(m) = metrics {
-        m.stop();
-    }
-    info!("stopped");
-    Ok(())
 }
 
 fn open_disk(
     d: &DiskConfig,
     families: &BlkFamilies,
-) -> Result<(Arc<DiskServer>, Listener), DaemonError> {
+) -> Result<(Arc<DiskServer>, Listener), BlkError> {
     let name = d.display_name();
-    let disk = Disk::open(&d.path, d.read_only).map_err(|source| DaemonError::Disk {
+    let disk = Disk::open(&d.path, d.read_only).map_err(|source| BlkError::Disk {
         name: name.clone(),
         source,
     })?;
@@ -292,7 +254,7 @@ fn open_disk(
         IoMode::Sync => 0,
         IoMode::Pool | IoMode::Hybrid => usize::from(d.io_threads),
     };
-    let pool = IoPool::new(&name, threads, metrics.clone()).map_err(DaemonError::Thread)?;
+    let pool = IoPool::new(&name, threads, metrics.clone()).map_err(BlkError::Thread)?;
     info!(
         "disk '{name}': io mode {}, {threads} I/O thread(s)",
         d.io_mode.name()

@@ -1,0 +1,196 @@
+//! Daemon configuration: a TOML file, command-line devices, or both.
+//!
+//! ```toml
+//! [daemon]
+//! log_level = "info"            # error | warn | info | debug | trace
+//! shutdown_timeout_secs = 10    # SIGTERM: longest wait for in-flight requests
+//! metrics_listen = "127.0.0.1:9977"  # Prometheus endpoint (GET /metrics); omit to disable
+//!
+//! [[disk]]
+//! name = "vm1-root"             # used in logs (default: the socket's file name)
+//! path = "/var/lib/pvdrivers/vm1-root.img"   # raw image file or block device
+//! socket = "/run/pvdrivers/vm1-root.sock"    # vhost-user socket QEMU connects to
+//! read_only = false
+//! serial = "vm1-root"           # GET_ID string, at most 20 bytes
+//! num_queues = 4                # at least QEMU's num-queues (its default: one per vCPU)
+//! queue_size = 256              # power of two, at least QEMU's queue-size
+//! poll_us = 50                  # busy-poll an emptied queue this long before sleeping (0: never)
+//! io_mode = "hybrid"            # sync | pool | hybrid (see host_backend::blk::io)
+//! io_threads = 4                # I/O threads of the disk (pool and hybrid modes), 1..=256
+//!
+//! [switch]                      # the L2 switch joining every [[net_port]]
+//! name = "switch0"
+//! # uplink_tap = "pvtap0"       # join the host through this TAP (needs CAP_NET_ADMIN or a persistent TAP)
+//! mac_aging_secs = 300          # forget a MAC not seen for this long
+//!
+//! [[net_port]]
+//! name = "vm1-eth0"             # used in logs and metrics (default: the socket's file name)
+//! socket = "/run/pvdrivers/vm1-eth0.sock"    # vhost-user-net socket (QEMU: -netdev vhost-user)
+//! mac = "52:54:00:00:00:01"     # offered in the config space (optional)
+//! mtu = 1500                    # 68..=9000; larger frames are dropped
+//! rate_mbps = 0                 # ingress token bucket in Mbit/s (0: unlimited)
+//! poll_us = 0                   # watch the TX ring this long after a burst (0: never; <= 1000)
+//! ```
+//!
+//! Each device defines its own tables and checks them: `[[disk]]` in
+//! [`crate::blk::config`], `[switch]` and `[[net_port]]` in
+//! [`crate::net::config`], and the `[balloon]` table (memory-balance
+//! manager), documented in [`crate::balloon::config`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Configuration errors, each naming the place to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error(transparent)]
+    Blk(#[from] crate::blk::BlkConfigError),
+    #[error("nothing to serve: give --config FILE with [[disk]] or [[net_port]] tables or a [balloon] table, or --disk path=...,socket=..., --net-port socket=..., --balloon-guest/--balloon-watch")]
+    NothingToServe,
+    #[error("{0}")]
+    Balloon(String),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetConfigError),
+}
+
+/// `[daemon]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            log_level: None,
+            shutdown_timeout_secs: default_shutdown_timeout(),
+            metrics_listen: None,
+        }
+    }
+}
+
+fn default_shutdown_timeout() -> u64 {
+    10
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Disks (see [`crate::blk::config`]).
+    #[serde(default, rename = "disk")]
+    pub disks: Vec<crate::blk::DiskConfig>,
+    /// `[balloon]`: the memory-balance manager (see [`crate::balloon::config`]).
+    #[serde(default)]
+    pub balloon: crate::balloon::BalloonConfig,
+    /// Switch ports (see [`crate::net`]).
+    #[serde(default, rename = "net_port")]
+    pub net_ports: Vec<crate::net::NetPortConfig>,
+    #[serde(default)]
+    pub switch: crate::net::SwitchConfig,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Config {
+    /// Parses TOML text; errors carry the 1-based line number.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: e.span().map_or(0, |s| line_of(text, s.start)),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks every device and the set as a whole.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.balloon.validate().map_err(ConfigError::Balloon)?;
+        if self.disks.is_empty() && self.net_ports.is_empty() && !self.balloon.serves() {
+            return Err(ConfigError::NothingToServe);
+        }
+        let sockets = crate::blk::config::validate(&self.disks)?;
+        crate::net::config::validate(&self.net_ports, &self.switch, &sockets)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_example_parses() {
+        let text = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(&text, Path::new("example.toml")).expect("example parses");
+        c.validate().expect("example is valid");
+        assert_eq!(c.disks.len(), 1);
+        assert_eq!(c.net_ports.len(), 1);
+        assert_eq!(c.switch.mac_aging_secs, 300);
+        assert_eq!(c.disks[0].num_queues, 4);
+        assert_eq!(c.daemon.shutdown_timeout_secs, 10);
+    }
+
+    #[test]
+    fn errors_carry_line_numbers() {
+        let text = "[daemon]\nlog_level = \"info\"\n\n[[disk]]\npath = \"/a\"\nsocket = \"/s\"\nqueue_sise = 4\n";
+        let e = Config::parse(text, Path::new("c.toml")).expect_err("typo");
+        let msg = e.to_string();
+        assert!(msg.contains("line 7"), "{msg}");
+        assert!(msg.contains("queue_sise"), "{msg}");
+    }
+
+    #[test]
+    fn nothing_to_serve_is_refused() {
+        assert!(Config::default()
+            .validate()
+            .expect_err("empty")
+            .to_string()
+            .contains("nothing to serve"));
+        // The balloon manager alone is something to serve.
+        let balloon_only =
+            "[balloon]\nenabled = true\n[[balloon.guest]]\nname = \"vm\"\nqmp = \"/run/vm.qmp\"\n";
+        Config::parse(balloon_only, Path::new("b.toml"))
+            .expect("parses")
+            .validate()
+            .expect("balloon only is valid");
+    }
+}
