@@ -8,11 +8,13 @@
 //!
 //! Daemon-wide: the configuration file that gathers every device's tables
 //! ([`config`]), the daemon that starts and stops the devices ([`daemon`]),
-//! and the Prometheus endpoint ([`metrics_server`]).
+//! the Prometheus endpoint ([`metrics_server`]), and the helper every
+//! device's server binds and polls its socket with ([`listener`]).
 
 pub mod balloon;
 pub mod blk;
 pub mod config;
 pub mod daemon;
+pub mod listener;
 pub mod metrics_server;
 pub mod net;

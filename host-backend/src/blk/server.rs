@@ -13,9 +13,7 @@
 //! [`super::io`]): the connection ends, the pool drains, and the disk
 //! waits for QEMU's next connection while the other disks carry on.
 
-use std::os::unix::io::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,6 +29,7 @@ use super::config::DiskConfig;
 use super::fault::Faults;
 use super::metrics::{BlkFamilies, DiskMetrics};
 use super::{BlkBackend, BlkParams, Disk, DiskError, IoMode, IoPool};
+use crate::listener::{self, ListenError};
 
 /// Why the disks could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +40,11 @@ pub enum BlkError {
         #[source]
         source: DiskError,
     },
-    #[error("disk '{name}': socket {path} is in use by another process")]
-    SocketInUse { name: String, path: PathBuf },
-    #[error("disk '{name}': cannot listen on {path}: {message}")]
+    #[error("disk '{name}': {source}")]
     Listen {
         name: String,
-        path: PathBuf,
-        message: String,
+        #[source]
+        source: ListenError,
     },
     #[error("cannot start thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -65,37 +62,6 @@ struct DiskServer {
     conn: Mutex<Option<BlkBackend>>,
 }
 
-fn bind(name: &str, path: &Path) -> Result<Listener, BlkError> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(BlkError::SocketInUse {
-                name: name.to_owned(),
-                path: path.to_owned(),
-            });
-        }
-        // A stale socket from a previous run (killed before cleaning up).
-        let _ = std::fs::remove_file(path);
-    }
-    Listener::new(path, false).map_err(|e| BlkError::Listen {
-        name: name.to_owned(),
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
-}
-
-/// Waits up to `timeout` for the listener to have a pending connection.
-fn readable(listener: &Listener, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: poll(2) on one pollfd that lives on this stack frame for the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    n > 0 && pfd.revents & libc::POLLIN != 0
-}
-
 fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicBool>) {
     info!(
         "disk '{}': serving {} on {}",
@@ -104,7 +70,7 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
         server.socket.display()
     );
     while !stop.load(Ordering::Acquire) {
-        if !readable(&listener, Duration::from_millis(200)) {
+        if !listener::readable(&listener, Duration::from_millis(200)) {
             continue;
         }
         let backend = BlkBackend::new(
@@ -248,7 +214,10 @@ fn open_disk(
         name: name.clone(),
         source,
     })?;
-    let listener = bind(&name, &d.socket)?;
+    let listener = listener::bind(&d.socket).map_err(|source| BlkError::Listen {
+        name: name.clone(),
+        source,
+    })?;
     let metrics = families.disk(&d.display_name(), d.num_queues);
     let threads = match d.io_mode {
         IoMode::Sync => 0,
