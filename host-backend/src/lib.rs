@@ -8,8 +8,9 @@
 //!
 //! Daemon-wide: the configuration file that gathers every device's tables
 //! ([`config`]), the daemon that starts and stops the devices ([`daemon`]),
-//! the Prometheus endpoint ([`metrics_server`]), and the helper every
-//! device's server binds and polls its socket with ([`listener`]).
+//! the Prometheus endpoint ([`metrics_server`]), and the two helpers every
+//! device's server uses: its socket ([`listener`]) and its threads, named,
+//! with panics turned into a device reset ([`worker`]).
 
 pub mod balloon;
 pub mod blk;
@@ -18,3 +19,4 @@ pub mod daemon;
 pub mod listener;
 pub mod metrics_server;
 pub mod net;
+pub mod worker;

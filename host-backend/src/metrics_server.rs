@@ -41,28 +41,26 @@ impl MetricsServer {
         let bound = server.server_addr().to_string();
         let server = Arc::new(server);
         let s = server.clone();
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                for req in s.incoming_requests() {
-                    let resp = if req.url() == "/metrics" {
-                        let body = render(&registry);
-                        let header = tiny_http::Header::from_bytes(
-                            &b"Content-Type"[..],
-                            &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
-                        );
-                        let mut r = tiny_http::Response::from_string(body);
-                        if let Ok(h) = header {
-                            r = r.with_header(h);
-                        }
-                        r
-                    } else {
-                        tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
-                    };
-                    let _ = req.respond(resp);
-                }
-            })
-            .map_err(|e| format!("metrics thread: {e}"))?;
+        let thread = crate::worker::spawn("metrics".into(), move || {
+            for req in s.incoming_requests() {
+                let resp = if req.url() == "/metrics" {
+                    let body = render(&registry);
+                    let header = tiny_http::Header::from_bytes(
+                        &b"Content-Type"[..],
+                        &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+                    );
+                    let mut r = tiny_http::Response::from_string(body);
+                    if let Ok(h) = header {
+                        r = r.with_header(h);
+                    }
+                    r
+                } else {
+                    tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+                };
+                let _ = req.respond(resp);
+            }
+        })
+        .map_err(|e| format!("metrics thread: {e}"))?;
         Ok(Self {
             server,
             thread: Some(thread),

@@ -356,31 +356,29 @@ pub fn spawn(
     metrics: Arc<BalloonMetrics>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("balloon".into())
-        .spawn(move || {
-            let every = Duration::from_secs(cfg.interval_secs.max(1));
-            let dry = cfg.dry_run;
-            let mut m = Manager::new(cfg, metrics);
-            info!(
-                "balloon: manager started ({} configured guest(s), round every {} s{})",
-                m.guests.len(),
-                every.as_secs(),
-                if dry { ", dry run" } else { "" }
-            );
-            while !stop.load(Ordering::Acquire) {
-                let started = Instant::now();
-                // A panic in one round (a bug) must not end the manager.
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.round()));
-                if r.is_err() {
-                    log::error!("balloon: round panicked; continuing");
-                }
-                while !stop.load(Ordering::Acquire) && started.elapsed() < every {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+    crate::worker::spawn("balloon".into(), move || {
+        let every = Duration::from_secs(cfg.interval_secs.max(1));
+        let dry = cfg.dry_run;
+        let mut m = Manager::new(cfg, metrics);
+        info!(
+            "balloon: manager started ({} configured guest(s), round every {} s{})",
+            m.guests.len(),
+            every.as_secs(),
+            if dry { ", dry run" } else { "" }
+        );
+        while !stop.load(Ordering::Acquire) {
+            let started = Instant::now();
+            // A panic in one round (a bug) must not end the manager.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.round()));
+            if r.is_err() {
+                log::error!("balloon: round panicked; continuing");
             }
-            info!("balloon: manager stopped");
-        })
+            while !stop.load(Ordering::Acquire) && started.elapsed() < every {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        info!("balloon: manager stopped");
+    })
 }
 
 #[cfg(test)]

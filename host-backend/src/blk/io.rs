@@ -263,9 +263,10 @@ impl IoPool {
         for i in 0..threads {
             let inner = inner.clone();
             let metrics = metrics.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("io-{name}-{i}"))
-                .spawn(move || worker(&inner, &metrics))?;
+            // Jobs reset their own device; a panic outside a job (a bug
+            // of the pool) ends only this thread.
+            let h =
+                crate::worker::spawn(format!("io-{name}-{i}"), move || worker(&inner, &metrics))?;
             handles.push(h);
         }
         Ok(Self {

@@ -30,6 +30,7 @@ use super::fault::Faults;
 use super::metrics::{BlkFamilies, DiskMetrics};
 use super::{BlkBackend, BlkParams, Disk, DiskError, IoMode, IoPool};
 use crate::listener::{self, ListenError};
+use crate::worker;
 
 /// Why the disks could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,16 @@ struct DiskServer {
     pool: Arc<IoPool>,
     /// The backend of the connection being served, if any.
     conn: Mutex<Option<BlkBackend>>,
+}
+
+impl DiskServer {
+    /// Ends the connection being served, if any (stop, or a reset after a
+    /// panic of the disk's thread).
+    fn disconnect(&self) {
+        if let Some(b) = self.conn.lock().ok().and_then(|s| s.clone()) {
+            b.disconnect();
+        }
+    }
 }
 
 fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicBool>) {
@@ -161,11 +172,13 @@ impl BlkService {
         let mut threads: Vec<(Arc<DiskServer>, JoinHandle<()>)> = Vec::new();
         for (server, listener) in servers {
             let stop = stop.clone();
-            let s = server.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("disk-{}", server.name))
-                .spawn(move || serve_disk(s, listener, stop))
-                .map_err(BlkError::Thread)?;
+            let (s, r) = (server.clone(), server.clone());
+            let handle = worker::spawn_with_reset(
+                format!("disk-{}", server.name),
+                move || r.disconnect(),
+                move || serve_disk(s, listener, stop),
+            )
+            .map_err(BlkError::Thread)?;
             threads.push((server, handle));
         }
         Ok(Self { disks: threads })
@@ -181,9 +194,7 @@ impl BlkService {
     /// the sockets.
     pub fn stop(self, deadline: Instant) {
         for (server, _) in &self.disks {
-            if let Some(b) = server.conn.lock().ok().and_then(|s| s.clone()) {
-                b.disconnect();
-            }
+            server.disconnect();
         }
         for (server, handle) in self.disks {
             while !handle.is_finished() && Instant::now() < deadline {

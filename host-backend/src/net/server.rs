@@ -24,6 +24,7 @@ use super::port::{lock, Attachment, Port, Switch};
 use super::proxy;
 use super::tap::{Tap, TapError};
 use crate::listener::{self, ListenError};
+use crate::worker;
 
 /// Why the switch could not start.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +146,16 @@ fn serve_port(
     }
 }
 
+/// After a panic of a port's thread: the port is left as a disconnect
+/// leaves it (connection shut down, detached, its MACs forgotten).
+fn reset_port(switch: &Switch, server: &PortServer) {
+    if let Some(h) = lock(&server.conn).take() {
+        h.shutdown();
+    }
+    server.port.detach();
+    switch.forget(server.port.id);
+}
+
 fn serve_uplink(switch: Arc<Switch>, id: usize, stop: Arc<AtomicBool>) {
     let Some(port) = switch.port(id).cloned() else {
         return;
@@ -242,19 +253,20 @@ impl NetService {
                 conn: Mutex::new(None),
             });
             let (sw, s, st) = (switch.clone(), server.clone(), stop.clone());
-            let h = std::thread::Builder::new()
-                .name(format!("net-{}", port.name))
-                .spawn(move || serve_port(sw, s, listener, st))
-                .map_err(NetError::Thread)?;
+            let (rsw, rs) = (switch.clone(), server.clone());
+            let h = worker::spawn_with_reset(
+                format!("net-{}", port.name),
+                move || reset_port(&rsw, &rs),
+                move || serve_port(sw, s, listener, st),
+            )
+            .map_err(NetError::Thread)?;
             threads.push((server, h));
         }
         let uplink = match uplink_id {
             Some(id) => {
                 let (sw, st) = (switch.clone(), stop.clone());
                 Some(
-                    std::thread::Builder::new()
-                        .name("net-uplink".into())
-                        .spawn(move || serve_uplink(sw, id, st))
+                    worker::spawn("net-uplink".into(), move || serve_uplink(sw, id, st))
                         .map_err(NetError::Thread)?,
                 )
             }
