@@ -209,7 +209,7 @@ pub fn run(addr: &str, every: Duration, once: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balloon::guest::GuestStats;
+    use crate::balloon::device::GuestStats;
     use crate::balloon::metrics::{BalloonMetrics, G};
     use prometheus_client::registry::Registry;
     use std::sync::Arc;

@@ -1,38 +1,7 @@
-//! The host memory-balance manager: watches every guest's virtio-balloon
-//! through QEMU's QMP socket and moves memory between the host and the
-//! guests (issue 7, host half).
-//!
-//! Each round (every `interval_secs`) the manager
-//! 1. picks up guests: the configured `[[balloon.guest]]` list, plus every
-//!    `*.qmp` socket in `watch_dir` (new ones are added, vanished ones
-//!    dropped with their gauges);
-//! 2. (re)connects to any guest it has no connection to — a QEMU that went
-//!    away and came back on the same socket is picked up again — finds its
-//!    balloon device, turns on QEMU's statistics polling, and reads
-//!    `query-balloon` and `guest-stats` ([`guest`]);
-//! 3. reads the host's available memory (`/proc/meminfo` `MemAvailable`,
-//!    or `host_available_file` holding a number of MiB, which tests use to
-//!    simulate a shortage deterministically);
-//! 4. runs the pure [`policy::decide`] and applies its targets with QMP
-//!    `balloon` (or only logs them in dry-run mode);
-//! 5. publishes every figure on the metrics endpoint ([`metrics`]), which
-//!    `pvbackend guests` ([`cli`]) shows as a table.
-//!
-//! A guest's statistics are only used when QEMU received them after the
-//! manager last changed that guest's target, so a decision never rests on
-//! figures from before the previous one. QEMU's QMP monitor serves one
-//! client at a time: give each VM a QMP socket for the manager alone.
-//!
-//! What it refuses: targets outside a guest's `[min, max]` (max defaults to
-//! the guest's RAM, min to `default_min_mib`), changes larger than
-//! `step_mib` per round, and changes below `noise_floor_mib`.
-
-pub mod cli;
-pub mod config;
-pub mod guest;
-pub mod metrics;
-pub mod policy;
-pub mod qmp;
+//! Running the manager: [`Manager`] holds every managed guest and runs
+//! one policy round ([`Manager::round`]); [`spawn`] runs the rounds on the
+//! daemon's `balloon` thread until asked to stop. What a round does is
+//! described in [`super`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 
-pub use config::{BalloonConfig, BalloonGuestConfig};
-use guest::{GuestConn, GuestSample};
-use metrics::{BalloonMetrics, G};
-use policy::{GuestInput, HostInput, PolicyConfig};
+use super::config::BalloonConfig;
+use super::device::{GuestConn, GuestSample};
+use super::metrics::{BalloonMetrics, G};
+use super::policy::{self, GuestInput, HostInput, PolicyConfig};
 
 const MIB: u64 = 1 << 20;
 
@@ -498,7 +467,7 @@ mod tests {
             step_mib: 64,
             host_available_file: Some(host),
             qmp_timeout_secs: 5,
-            guests: vec![config::parse_guest_spec(&format!(
+            guests: vec![crate::balloon::config::parse_guest_spec(&format!(
                 "name=vm,qmp={},min=512",
                 sock.display()
             ))
