@@ -2,9 +2,14 @@
 //!
 //! Today: vhost-user-blk disks for QEMU ([`blk`]); the host memory-balance
 //! manager for guests' virtio-balloons ([`balloon`]); the vhost-user-net L2
-//! switch ([`net`]). Each device owns its config, server and metrics
-//! (every series is documented in the device's `metrics` module). Xen
-//! backends arrive with their issue.
+//! switch ([`net`]). Xen backends arrive with their issue.
+//!
+//! Every device is a folder with the same file roles: `mod.rs` says what it
+//! is for and what it refuses; `config` holds its tables and command-line
+//! spec; `device` what it serves (the vhost-user backend of one connection;
+//! for the balloon manager, one guest's balloon seen through QMP); `server`
+//! its threads, started and stopped by the daemon; `metrics` its series,
+//! each documented there. A new device copies this shape.
 //!
 //! Daemon-wide: the configuration file that gathers every device's tables
 //! ([`config`]), the daemon that starts and stops the devices ([`daemon`]),
