@@ -82,12 +82,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     if let Some(b) = balloon {
         // The manager checks `stop` every 100 ms; a QMP command in hand is
         // bounded by its timeout.
-        while !b.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if b.is_finished() {
-            let _ = b.join();
-        } else {
+        if !crate::worker::join_until(b, deadline) {
             warn!("balloon manager still busy at the deadline; leaving it");
         }
     }

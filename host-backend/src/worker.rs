@@ -10,6 +10,7 @@
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use log::error;
 
@@ -31,6 +32,21 @@ where
     R: FnOnce() + Send + 'static,
 {
     start(name, Some(Box::new(reset)), body)
+}
+
+/// Waits for the thread until `deadline`: joins it and returns true when it
+/// ended, else leaves it running and returns false (a thread blocked in the
+/// kernel on a dead device must not hang the daemon's stop).
+pub fn join_until(handle: JoinHandle<()>, deadline: Instant) -> bool {
+    while !handle.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if handle.is_finished() {
+        let _ = handle.join();
+        true
+    } else {
+        false
+    }
 }
 
 type Reset = Box<dyn FnOnce() + Send>;
@@ -61,7 +77,6 @@ where
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::Duration;
 
     #[test]
     fn a_panic_resets_the_device_on_the_named_thread() {
@@ -91,5 +106,19 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the reset hook ran without a panic");
         let h = spawn("plain".into(), || panic!("deliberate")).expect("spawn");
         assert!(h.join().is_ok(), "the panic does not escape the thread");
+    }
+
+    #[test]
+    fn join_until_leaves_a_busy_thread_at_the_deadline() {
+        let (tx, rx) = mpsc::channel::<()>();
+        let busy = spawn("busy".into(), move || {
+            let _ = rx.recv();
+        })
+        .expect("spawn");
+        assert!(!join_until(busy, Instant::now()), "still blocked");
+        drop(tx);
+        let done = spawn("done".into(), || {}).expect("spawn");
+        let far = Instant::now() + Duration::from_secs(60);
+        assert!(join_until(done, far), "an ended thread is joined");
     }
 }

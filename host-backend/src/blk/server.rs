@@ -197,12 +197,7 @@ impl BlkService {
             server.disconnect();
         }
         for (server, handle) in self.disks {
-            while !handle.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            } else {
+            if !worker::join_until(handle, deadline) {
                 warn!(
                     "disk '{}': still busy at the deadline; leaving it",
                     server.name

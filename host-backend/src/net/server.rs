@@ -293,12 +293,7 @@ impl NetService {
             }
         }
         for (server, handle) in self.ports {
-            while !handle.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            } else {
+            if !worker::join_until(handle, deadline) {
                 warn!(
                     "net port '{}': still busy at the deadline; leaving it",
                     server.port.name
@@ -307,12 +302,7 @@ impl NetService {
             let _ = std::fs::remove_file(&server.socket);
         }
         if let Some(h) = self.uplink {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if h.is_finished() {
-                let _ = h.join();
-            }
+            worker::join_until(h, deadline);
         }
     }
 }
