@@ -30,8 +30,8 @@ use vmm_sys_util::event::{
 use super::disk::{Disk, NoWait};
 use super::fault::Faults;
 use super::io::{lock, IoMode, IoPool, Window};
+use super::metrics::{BlkOp, DiskMetrics};
 use super::request::{self, Desc, Limits, Op, RequestError, S_IOERR, S_OK};
-use crate::metrics::{BlkOp, DiskMetrics};
 
 type Mem = GuestMemoryMmap<()>;
 
