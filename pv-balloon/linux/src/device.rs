@@ -1,10 +1,8 @@
-//! The daemon loop (see the module docs of [`super`] for what it does and
-//! refuses, and the crate docs for the loop the core expects).
+//! The device side of `pvballoond`: claim the virtio-balloon PCI function
+//! and run the daemon loop (see the crate docs for what it does and
+//! refuses, and `pv_balloon`'s for the loop the core expects).
 
-use std::println;
-use std::string::String;
 use std::time::{Duration, Instant};
-use std::vec::Vec;
 
 use log::{error, info, warn};
 use pv_linux::dma::{self, LinuxHal};
@@ -14,10 +12,14 @@ use pv_linux::signal;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::Transport;
 
-use super::pages::{self, Backing, PinMethod, PinnedPage};
-use super::procfs::{self, MemInfo, VmStat};
-use super::RuntimeError;
-use crate::{Event, Limits, MemStats, Plan, VirtioBalloon, VirtioBalloonConfig, VirtioFeatures};
+use pv_balloon::{
+    BalloonError, Event, Limits, MemStats, Plan, VirtioBalloon, VirtioBalloonConfig, VirtioFeatures,
+};
+
+use crate::config::Options;
+use crate::pages::{self, Backing, PinMethod, PinnedPage};
+use crate::procfs::{self, MemInfo, VmStat};
+use crate::Error;
 
 /// PCI device ids of virtio-balloon: transitional and modern.
 pub const VIRTIO_BALLOON_IDS: [u16; 2] = [0x1002, 0x1045];
@@ -44,33 +46,8 @@ const PSI_EVERY: Duration = Duration::from_millis(500);
 /// Least time between two PSI-driven deflates (PSI averages lag by 10 s).
 const PSI_DEFLATE_EVERY: Duration = Duration::from_secs(1);
 
-/// What the command line sets.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// PCI address of the device; `None`: the first unclaimed one.
-    pub pci: Option<String>,
-    /// Free-memory floor in MiB; `None`: max(64 MiB, 5 % of MemTotal).
-    pub floor_mib: Option<u64>,
-    /// Longest sleep between looks at the device when idle.
-    pub interval: Duration,
-    /// PSI `full avg10` percentage counted as memory pressure (0: off).
-    pub psi_full_pct: f64,
-    /// Back the balloon with transparent huge pages where that is safe
-    /// (see [`pages`]).
-    pub huge_pages: bool,
-    /// How small pages are faulted in and locked (see [`PinMethod`]).
-    pub pin: PinMethod,
-    /// 4 KiB frames per inflate/deflate buffer (see
-    /// [`Limits::batch_frames`]).
-    pub batch_frames: usize,
-    /// Bind the device to `uio_pci_generic` and sleep on its INTx
-    /// interrupt (config changes, stats requests) when idle; `false`, or
-    /// where `uio_pci_generic` is missing: timed polling only.
-    pub irq: bool,
-}
-
 /// Claim the device, drive it until SIGTERM/SIGINT, give it back.
-pub fn run(opts: &Options) -> Result<(), RuntimeError> {
+pub fn run(opts: &Options) -> Result<(), Error> {
     signal::install()?;
     // Three small queues and their bounce pages fit in one hugepage.
     dma::init(2, 1)?;
@@ -80,40 +57,33 @@ pub fn run(opts: &Options) -> Result<(), RuntimeError> {
     } else {
         pci::Binding::Unbound
     };
-    let dev = PciDevice::claim_with(addr, binding)?;
-    info!(
-        "claimed {addr} (was bound to {})",
-        dev.previous_driver().unwrap_or("no driver")
-    );
-    let compaction = SysctlGuard::set(
-        COMPACT_UNEVICTABLE,
-        "0",
-        "pinned pages may be migrated by compaction",
-    );
-    let result = set_intx_disabled(&dev, true).and_then(|()| drive(opts, &dev));
-    if let Err(e) = set_intx_disabled(&dev, false) {
-        warn!("re-enabling INTx: {e}");
-    }
-    drop(compaction);
-    // The core (and the transport, which points into the BARs) is gone.
-    let released = dev.release().map_err(RuntimeError::from);
-    result.and(released)
+    pci::serve_claimed(addr, binding, |dev| {
+        let compaction = SysctlGuard::set(
+            COMPACT_UNEVICTABLE,
+            "0",
+            "pinned pages may be migrated by compaction",
+        );
+        let result = set_intx_disabled(dev, true).and_then(|()| drive(opts, dev));
+        if let Err(e) = set_intx_disabled(dev, false) {
+            warn!("re-enabling INTx: {e}");
+        }
+        drop(compaction);
+        result
+    })
 }
 
-fn pick_device(opts: &Options) -> Result<PciAddress, RuntimeError> {
-    if let Some(a) = &opts.pci {
-        return Ok(a.parse()?);
-    }
-    pci::find(pci::VIRTIO_VENDOR, &VIRTIO_BALLOON_IDS)?
-        .into_iter()
-        .find(|i| i.driver_override.is_none())
-        .map(|i| i.address)
-        .ok_or(RuntimeError::NoDevice)
+fn pick_device(opts: &Options) -> Result<PciAddress, Error> {
+    Ok(pci::pick_unclaimed(
+        opts.pci.as_deref(),
+        pci::VIRTIO_VENDOR,
+        &VIRTIO_BALLOON_IDS,
+        "virtio-balloon",
+    )?)
 }
 
 /// Nothing handles the device's INTx line while we hold it (the kernel
 /// driver is unbound): keep it from asserting an interrupt nobody clears.
-fn set_intx_disabled(dev: &PciDevice, off: bool) -> Result<(), RuntimeError> {
+fn set_intx_disabled(dev: &PciDevice, off: bool) -> Result<(), Error> {
     let c = dev.config_access();
     let cmd = u16::from_le_bytes(c.read_bytes::<2>(4)?);
     let new = if off {
@@ -188,17 +158,17 @@ fn pick_backing(want: bool, page_size: usize, mi: &MemInfo) -> Backing {
     }
 }
 
-fn read_meminfo() -> Result<MemInfo, RuntimeError> {
+fn read_meminfo() -> Result<MemInfo, Error> {
     std::fs::read_to_string("/proc/meminfo")
         .map(|t| MemInfo::parse(&t))
-        .map_err(|e| RuntimeError::Io("/proc/meminfo", e))
+        .map_err(|e| Error::Io("/proc/meminfo", e))
 }
 
-fn read_stats() -> Result<MemStats, RuntimeError> {
+fn read_stats() -> Result<MemStats, Error> {
     let mi = read_meminfo()?;
     let vm = std::fs::read_to_string("/proc/vmstat")
         .map(|t| VmStat::parse(&t))
-        .map_err(|e| RuntimeError::Io("/proc/vmstat", e))?;
+        .map_err(|e| Error::Io("/proc/vmstat", e))?;
     Ok(procfs::mem_stats(&mi, &vm))
 }
 
@@ -246,11 +216,11 @@ struct Available {
 }
 
 impl Available {
-    fn get(&mut self) -> Result<u64, RuntimeError> {
+    fn get(&mut self) -> Result<u64, Error> {
         if self.at.is_none_or(|t| t.elapsed() > MEMINFO_MAX_AGE) {
             self.bytes = read_meminfo()?
                 .available()
-                .ok_or(RuntimeError::Parse("/proc/meminfo"))?;
+                .ok_or(Error::Parse("/proc/meminfo"))?;
             self.at = Some(Instant::now());
         }
         Ok(self.bytes)
@@ -269,12 +239,10 @@ impl Available {
     }
 }
 
-fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
+fn drive(opts: &Options, dev: &PciDevice) -> Result<(), Error> {
     let transport = dev.virtio_transport()?;
     let mi = read_meminfo()?;
-    let total = mi
-        .get("MemTotal")
-        .ok_or(RuntimeError::Parse("/proc/meminfo"))?;
+    let total = mi.get("MemTotal").ok_or(Error::Parse("/proc/meminfo"))?;
     let guest = std::fs::read_to_string("/proc/iomem")
         .ok()
         .and_then(|t| procfs::system_ram_bytes(&t))
@@ -454,7 +422,7 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), RuntimeError> {
                             last_psi_deflate = Some(Instant::now());
                         }
                     }
-                    Ok(_) | Err(crate::BalloonError::Busy) => {}
+                    Ok(_) | Err(BalloonError::Busy) => {}
                     Err(e) => warn!("deflate under pressure: {e}"),
                 }
             }

@@ -1,7 +1,17 @@
-//! The Linux guest runtime (`pvballoond`): the balloon core driving QEMU's
-//! virtio-balloon PCI device from a normal root process, through
-//! `pv-linux` (PCI claim, sysfs BARs and config space, DMA memory for the
-//! queues).
+//! The pv-balloon Linux guest runtime (`pvballoond`): the balloon core
+//! driving QEMU's virtio-balloon PCI device from a normal root process,
+//! through `pv-linux` (PCI claim, sysfs BARs and config space, DMA memory
+//! for the queues); and `pvmemhog`, the memory-pressure load of its tests.
+//!
+//! # Layout
+//!
+//! The same file roles as the other runtimes (`pv-blk/linux`,
+//! `pv-net/linux`): [`config`] (the command line), [`device`] (claim the
+//! PCI function and drive the core until stopped), [`error`]; and this
+//! device's own kernel interfaces: [`pages`] (pinned anonymous memory and
+//! its page frames) and [`procfs`] (the `/proc` parsers, host-testable and
+//! fuzzed in `fuzz/`). The binaries in `src/bin/` are thin: parse, log,
+//! run.
 //!
 //! # What it does
 //!
@@ -14,7 +24,7 @@
 //!   it. `vm.compact_unevictable_allowed` is 0 while the daemon runs
 //!   (restored on exit), so compaction does not migrate the pinned pages.
 //! - **Deflate**: the core tells the device first; the pages come back as
-//!   [`Event::Released`](crate::Event::Released) and are `munmap`ped.
+//!   [`Event::Released`](pv_balloon::Event::Released) and are `munmap`ped.
 //! - **Stats**: every standard tag, from `/proc/meminfo` and `/proc/vmstat`
 //!   ([`procfs::mem_stats`]), whenever the device asks.
 //! - **Free-memory floor**: never inflates while `MemAvailable` would fall
@@ -22,7 +32,7 @@
 //!   64 MiB and 5 % of `MemTotal`; margin half the floor). Below the floor
 //!   (or with PSI `full avg10` above `--psi-full-pct`, where the kernel
 //!   exposes `/proc/pressure/memory`) it deflates under `DEFLATE_ON_OOM`
-//!   ([`VirtioBalloon::oom_deflate`](crate::VirtioBalloon::oom_deflate))
+//!   ([`VirtioBalloon::oom_deflate`](pv_balloon::VirtioBalloon::oom_deflate))
 //!   and holds inflation off until `MemAvailable` is back above floor plus
 //!   margin. Without `DEFLATE_ON_OOM` (QEMU's `deflate-on-oom=off`, its
 //!   default) the spec does not let the driver take pages back below the
@@ -54,61 +64,14 @@
 //!   balloon page back at once).
 //! - Devices behind an IOMMU are refused (see `pv-linux`).
 
-//!
-//! The `/proc` parsers ([`procfs`]) need only the `std` feature (host tests
-//! and the fuzz target use them); the rest needs `linux`.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-#[cfg(feature = "linux")]
-pub mod daemon;
-#[cfg(feature = "linux")]
+pub mod config;
+pub mod device;
+pub mod error;
 pub mod pages;
 pub mod procfs;
 
-/// Errors of the Linux runtime, named after what failed.
-#[cfg(feature = "linux")]
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    /// The PCI or DMA plumbing failed (claim, BARs, hugepages).
-    #[error(transparent)]
-    Linux(#[from] pv_linux::Error),
-    /// The balloon core failed (device fault, set-up refused).
-    #[error("virtio-balloon: {0}")]
-    Balloon(crate::BalloonError),
-    /// A file under /proc or /sys could not be read or written.
-    #[error("{0}: {1}")]
-    Io(&'static str, #[source] std::io::Error),
-    /// A system call failed.
-    #[error("{0}: {1}")]
-    Sys(&'static str, #[source] std::io::Error),
-    /// pagemap gave no frame for a page: not present (an
-    /// `mmap(MAP_POPULATE)` that could not fault everything in) or hidden
-    /// (not root).
-    #[error(
-        "no page frame for {vaddr:#x} in /proc/self/pagemap (not faulted in, or not root / \
-         CAP_SYS_ADMIN)"
-    )]
-    NoFrame {
-        /// The page's address in this process.
-        vaddr: usize,
-    },
-    /// No virtio-balloon PCI function is free to claim.
-    #[error("no unclaimed virtio-balloon PCI device")]
-    NoDevice,
-    /// A kernel file did not have the documented format.
-    #[error("{0}: unexpected contents")]
-    Parse(&'static str),
-}
-
-#[cfg(feature = "linux")]
-impl RuntimeError {
-    pub(crate) fn last_os(what: &'static str) -> Self {
-        Self::Sys(what, std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(feature = "linux")]
-impl From<crate::BalloonError> for RuntimeError {
-    fn from(e: crate::BalloonError) -> Self {
-        Self::Balloon(e)
-    }
-}
+pub use config::Cli;
+pub use device::run;
+pub use error::{Error, Result};

@@ -34,11 +34,11 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::vec::Vec;
+use std::time::Instant;
 
-use crate::ledger::GuestPage;
+use pv_balloon::GuestPage;
 
-use super::RuntimeError;
+use crate::Error;
 
 /// One pinned page: where this process maps it and its guest-physical
 /// address.
@@ -93,10 +93,10 @@ pub enum PinMethod {
 /// inherited by children): no fault builds a huge page and khugepaged skips
 /// the process, whatever a mapping's advice. [`PinMethod::Populate`] relies
 /// on it.
-pub fn disable_thp() -> Result<(), RuntimeError> {
+pub fn disable_thp() -> Result<(), Error> {
     // SAFETY: a prctl that only sets a flag on this process's mm.
     if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
-        return Err(RuntimeError::last_os("prctl(PR_SET_THP_DISABLE)"));
+        return Err(Error::last_os("prctl(PR_SET_THP_DISABLE)"));
     }
     Ok(())
 }
@@ -108,12 +108,12 @@ pub fn pin(
     page_size: usize,
     backing: Backing,
     method: PinMethod,
-) -> Result<Vec<PinnedPage>, RuntimeError> {
+) -> Result<Vec<PinnedPage>, Error> {
     if n == 0 {
         return Ok(Vec::new());
     }
     let overflow = || {
-        RuntimeError::Sys(
+        Error::Sys(
             "mmap size overflows",
             std::io::Error::from_raw_os_error(libc::EINVAL),
         )
@@ -151,7 +151,7 @@ pub fn pin(
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(RuntimeError::last_os("mmap balloon pages"));
+        return Err(Error::last_os("mmap balloon pages"));
     }
     let start = p as usize;
     let base = start.next_multiple_of(align);
@@ -165,7 +165,7 @@ pub fn pin(
         }
     }
     let p = base as *mut libc::c_void;
-    let fail = |e: RuntimeError| {
+    let fail = |e: Error| {
         // SAFETY: `base..base+len` is the mapping made above; nothing
         // refers to it yet.
         unsafe { libc::munmap(base as *mut libc::c_void, len) };
@@ -175,7 +175,7 @@ pub fn pin(
         // SAFETY: advice on our own fresh mapping; it changes no memory any
         // Rust object refers to.
         if unsafe { libc::madvise(p, len, advice) } != 0 {
-            return Err(RuntimeError::last_os(what));
+            return Err(Error::last_os(what));
         }
         Ok(())
     };
@@ -196,7 +196,7 @@ pub fn pin(
         // SAFETY: as above; `mlock` faults the pages in (zeroed) and pins
         // them.
         if unsafe { libc::mlock(p, len) } != 0 {
-            return fail(RuntimeError::last_os("mlock balloon pages"));
+            return fail(Error::last_os("mlock balloon pages"));
         }
     }
     if huge {
@@ -221,25 +221,25 @@ pub fn pin(
 /// Guest-physical addresses of `n` pages from `base`, from one read of
 /// `/proc/self/pagemap` (8 bytes per 4 KiB page: bit 63 present, bits 0-54
 /// the frame; frames read as 0 without `CAP_SYS_ADMIN`).
-fn lookup(base: usize, n: usize, page_size: usize) -> Result<Vec<u64>, RuntimeError> {
+fn lookup(base: usize, n: usize, page_size: usize) -> Result<Vec<u64>, Error> {
     const PATH: &str = "/proc/self/pagemap";
     const FRAME: usize = 4096;
-    let f = File::open(PATH).map_err(|e| RuntimeError::Io(PATH, e))?;
+    let f = File::open(PATH).map_err(|e| Error::Io(PATH, e))?;
     let frames = n * (page_size / FRAME);
     let mut raw = std::vec![0u8; frames * 8];
     f.read_exact_at(&mut raw, (base / FRAME * 8) as u64)
-        .map_err(|e| RuntimeError::Io(PATH, e))?;
+        .map_err(|e| Error::Io(PATH, e))?;
     let per = page_size / FRAME;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let first = pagemap_frame(&raw, i * per).ok_or(RuntimeError::NoFrame {
+        let first = pagemap_frame(&raw, i * per).ok_or(Error::NoFrame {
             vaddr: base + i * page_size,
         })?;
         // A page bigger than a frame must be physically contiguous: each of
         // its frames must follow the first.
         for j in 1..per {
             if pagemap_frame(&raw, i * per + j) != Some(first + j as u64) {
-                return Err(RuntimeError::NoFrame {
+                return Err(Error::NoFrame {
                     vaddr: base + i * page_size,
                 });
             }
@@ -282,6 +282,53 @@ pub fn release(mut pages: Vec<PinnedPage>, page_size: usize) {
     if let Some(r) = run {
         unmap(r);
     }
+}
+
+/// `--pin-bench`: the methods interleaved round by round (so load from
+/// elsewhere falls on all alike), pinning then releasing each chunk as the
+/// daemon does; prints each round and the medians in MiB/s.
+pub fn bench(mib: usize, rounds: usize) -> Result<(), Error> {
+    const CHUNK: usize = 4096;
+    // Populate needs THP off for the process; the other methods ask for
+    // small pages per mapping anyway, so all run under the same setting.
+    disable_thp()?;
+    let methods = [
+        PinMethod::Mlock,
+        PinMethod::PopulateWrite,
+        PinMethod::Populate,
+    ];
+    let total = mib * 256;
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); methods.len()];
+    for r in 0..rounds {
+        for k in 0..methods.len() {
+            let k = (k + r) % methods.len();
+            let m = methods[k];
+            let mut held = Vec::with_capacity(total);
+            let t = Instant::now();
+            while held.len() < total {
+                let n = CHUNK.min(total - held.len());
+                held.extend(pin(n, 4096, Backing::Small, m)?);
+            }
+            let pin = t.elapsed();
+            let t = Instant::now();
+            release(held, 4096);
+            let release = t.elapsed();
+            let rate = mib as f64 / pin.as_secs_f64();
+            println!(
+                "pin-bench round {} {m:?}: pin {mib} MiB in {} ms ({rate:.1} MiB/s), release in {} ms",
+                r + 1,
+                pin.as_millis(),
+                release.as_millis()
+            );
+            rates[k].push(rate);
+        }
+    }
+    for (m, mut v) in methods.iter().zip(rates) {
+        v.sort_by(f64::total_cmp);
+        let med = v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+        println!("pin-bench median {m:?}: {med:.1} MiB/s");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -332,7 +379,7 @@ mod tests {
             let locked_before = vm_lck_kib();
             let v = match pin(2048, 4096, backing, method) {
                 Ok(v) => v,
-                Err(RuntimeError::NoFrame { .. }) => {
+                Err(Error::NoFrame { .. }) => {
                     std::eprintln!("skipped: no pagemap frames (not root)");
                     return;
                 }

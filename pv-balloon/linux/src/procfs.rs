@@ -5,9 +5,8 @@
 //! `Documentation/filesystems/proc.rst` and `accounting/psi.rst`.
 
 use std::collections::HashMap;
-use std::string::String;
 
-use crate::stats::{MemStats, StatTag};
+use pv_balloon::{MemStats, StatTag};
 
 /// `/proc/meminfo` as key → bytes (values given in kB are converted; the
 /// few unitless ones, e.g. `HugePages_Total`, are kept as they are).

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pv_balloon::linux::procfs::{self, MemInfo, VmStat};
+use pv_balloon_linux::procfs::{self, MemInfo, VmStat};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

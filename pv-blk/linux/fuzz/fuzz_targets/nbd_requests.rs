@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pv_linux::nbd::wire::{check_range, parse_request, Command, Decoder, REQUEST_LEN};
+use pv_blk_linux::nbd::wire::{check_range, parse_request, Command, Decoder, REQUEST_LEN};
 
 const MAX_PAYLOAD: u32 = 64 * 1024;
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pv_linux::ublk::wire::{decode, IoDesc, IoRequest};
+use pv_blk_linux::ublk::wire::{decode, IoDesc, IoRequest};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 12 {

@@ -13,6 +13,7 @@
 //! [`NbdKernel::finish`] joins the thread and clears the socket
 //! (`NBD_CLEAR_SOCK`).
 
+pub mod server;
 pub mod wire;
 
 use std::fs::{File, OpenOptions};
@@ -173,13 +174,10 @@ impl NbdKernel {
         )?;
         let dev = Arc::new(dev);
         let d2 = Arc::clone(&dev);
-        let thread = crate::signal::spawn_blocked(&format!("nbd{index}-do-it"), move || {
+        let thread = pv_linux::signal::spawn_blocked(&format!("nbd{index}-do-it"), move || {
             ioctl(&d2, NBD_DO_IT, 0, "NBD_DO_IT")
         })
-        .map_err(|e| Error::Sys {
-            what: "spawn the NBD_DO_IT thread",
-            source: e,
-        })?;
+        .map_err(|e| Error::sys("spawn the NBD_DO_IT thread", e))?;
         Ok(Self {
             dev,
             path,

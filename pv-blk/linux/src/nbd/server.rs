@@ -1,14 +1,5 @@
-//! `pvblkd`: the pv-blk Linux guest runtime. Claims a virtio-blk PCI
-//! device from the kernel, drives it from userspace with the pv-blk core
-//! (`pv_blk::virtio`), and exports it back to the guest kernel, so guest
-//! filesystems and tools work unchanged: as `/dev/ublkbN` through the
-//! kernel's ublk driver where the kernel has it (io_uring commands, no
-//! socket hop: see `pvblkd/ublk.rs`), else as `/dev/nbdN` through the
-//! kernel NBD driver over a socketpair (`--export` picks; the rest of this
-//! page describes the NBD export, and the ublk one follows the same
-//! polling, failure and stopping rules).
-//!
-//! # How it runs
+//! The NBD export of `pvblkd`: `/dev/nbdN` through the kernel NBD driver
+//! over a socketpair, where the kernel has no ublk.
 //!
 //! One thread serves everything: it reads NBD requests from the socket,
 //! splits them into device requests (data in 256 KiB hugepage DMA buffers,
@@ -16,277 +7,45 @@
 //! flight on the core's queue, and answers each NBD request when all its
 //! parts completed (the kernel keeps up to 128 NBD requests outstanding, so
 //! the device sees real queue depth). A second thread only sits in the
-//! kernel's `NBD_DO_IT` ioctl.
-//!
-//! Completions are found by adaptive polling (`pv_linux::poll`): spin for
-//! `--spin-us` after the last work, then sleep with the sleep doubling from
-//! `--min-sleep-us` to `--max-sleep-us`. By default (`--irq intx`) the
-//! device is bound to `uio_pci_generic` while we hold it, and a sleep also
-//! ends on the device's INTx interrupt (`/dev/uioN`, armed after
-//! `prepare_wait` asks the device for an interrupt at the next completion);
-//! new NBD requests and room in the socket end it too. When uio is missing
-//! (or `--irq off`) sleeps are timed only. With nothing in flight the thread
-//! blocks on the socket.
-//!
-//! # Failure handling
-//!
-//! A device the core stops trusting (bad completion, index overrun) is
-//! reset: requests in flight fail with EIO to the kernel and service goes
-//! on. A reset that fails, or a broken NBD stream, ends the daemon (exit
-//! 1) after giving the device back.
-//!
-//! # Stopping
+//! kernel's `NBD_DO_IT` ioctl. The polling is the shared loop's
+//! ([`crate::server`]); new NBD requests and room in the socket end its
+//! sleeps too, and with nothing in flight it blocks on the socket.
 //!
 //! SIGTERM/SIGINT: `NBD_DISCONNECT` (the kernel sends its disconnect after
-//! the requests already sent), finish every request in flight, flush the
-//! device cache, reset the device, and hand it back to the kernel driver
-//! (`drivers_probe`: `virtio-pci`, then `virtio_blk`, and `/dev/vdX`
-//! reappears). Exit 0.
+//! the requests already sent), then every request in flight is finished;
+//! the caller flushes and resets the device and hands it back.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use log::{error, info, warn};
-use pv_blk::virtio::{VirtioBlk, VirtioBlkConfig};
-use pv_blk::{BlkError, BlockFrontend, DeviceInfo, IoBuf, Op, Request, Token, SECTOR_SIZE};
-use pv_linux::dma::{self, DmaBuf, LinuxHal};
-use pv_linux::nbd::wire::{self, errno, Command, Decoder};
-use pv_linux::nbd::{self, ExportConfig, NbdKernel};
-use pv_linux::pci::{self, PciAddress, PciDevice};
+use pv_blk::{BlkError, BlockFrontend, DeviceInfo, IoBuf, Op, Request, SECTOR_SIZE};
+use pv_linux::dma::DmaBuf;
+use pv_linux::pci::PciDevice;
 use pv_linux::poll::AdaptivePoller;
 use pv_linux::signal;
-use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::Transport;
 
-#[path = "pvblkd/ublk.rs"]
-mod ublk;
+use super::wire::{self, errno, Command, Decoder};
+use super::{ExportConfig, NbdKernel};
+use crate::config::Cli;
+use crate::server::{self, discard_limit, Blk, Completion, DeviceSide, Export};
+use crate::{Error, Result};
 
 /// Largest data buffer of one device request.
 const CHUNK: usize = 256 * 1024;
 /// Largest NBD write accepted (the kernel's own limit for nbd is 32 MiB).
 const MAX_PAYLOAD: u32 = 32 << 20;
-/// Largest discard / write-zeroes part when the device states no limit.
-const DEFAULT_MAX_DISCARD_SECTORS: u32 = 1 << 22;
 
-#[derive(Parser, Debug)]
-#[command(
-    version,
-    about = "pv-blk guest runtime: drive a virtio-blk PCI device from userspace and export it as /dev/ublkbN (ublk) or /dev/nbdN (NBD)"
-)]
-struct Cli {
-    /// PCI address of the virtio-blk device (DDDD:BB:DD.F); default: the
-    /// first virtio-blk function nobody has claimed.
-    #[arg(long)]
-    pci: Option<String>,
-    /// How to export the disk: `ublk` (/dev/ublkbN; kernel 6.0+ with
-    /// ublk_drv), `nbd` (/dev/nbdN), or `auto`: ublk when
-    /// /dev/ublk-control exists or `modprobe ublk_drv` makes it, else nbd.
-    #[arg(long, value_enum, default_value_t = Export::Auto)]
-    export: Export,
-    /// ublk device id (/dev/ublkbN); default: the kernel picks the first
-    /// free one.
-    #[arg(long)]
-    ublk_id: Option<u32>,
-    /// ublk queue depth (tags; each has a `--ublk-buf-kb` DMA buffer);
-    /// capped at the device's queue depth.
-    #[arg(long, default_value_t = 128)]
-    ublk_depth: u16,
-    /// Set the ublk queue's io_uring up with COOP_TASKRUN: the driver's
-    /// hand-over of a request sets a flag the spinning loop polls, instead
-    /// of interrupting it (an IPI to the serving vCPU).
-    #[arg(long)]
-    ublk_coop: bool,
-    /// Largest ublk request in KiB (each tag's DMA buffer; at most 2048,
-    /// one hugepage).
-    #[arg(long, default_value_t = 256)]
-    ublk_buf_kb: u32,
-    /// NBD device index to export on (/dev/nbdN; needs `modprobe nbd`).
-    #[arg(long, default_value_t = 0)]
-    nbd: u32,
-    /// Entries per virtqueue (the device may offer fewer).
-    #[arg(long, default_value_t = 256)]
-    queue_size: u16,
-    /// Logical block size of the export (512 or 4096; 4096 needs a
-    /// capacity that is a multiple of it).
-    #[arg(long, default_value_t = 4096)]
-    block_size: u32,
-    /// Busy-poll the used ring this long after the last work (requests in
-    /// flight) before sleeping. Default: 200 (NBD), 5000 (ublk: a sleep
-    /// there costs a halted-vCPU wake-up, milliseconds under TCG; measured
-    /// QD1 p50 5.7 ms with 200 against 243 us with 5000).
-    #[arg(long)]
-    spin_us: Option<u64>,
-    /// With nothing in flight, keep looking at the socket this long after
-    /// the last reply before blocking on it (a synchronous reader's next
-    /// request follows its reply closely, and waking a halted vCPU is slow
-    /// under emulation).
-    /// Default: 200 (NBD), 5000 (ublk, as for `--spin-us`).
-    #[arg(long)]
-    idle_spin_us: Option<u64>,
-    /// Largest request the kernel sends (`max_sectors_kb` of the export):
-    /// bigger requests mean fewer round trips for sequential I/O. 0 keeps
-    /// the kernel's default.
-    #[arg(long, default_value_t = 1024)]
-    max_request_kb: u32,
-    /// Set the export's `queue/rq_affinity` (0: complete requests on the
-    /// CPU that reads the reply, 1: on the submitter's CPU group, 2: on the
-    /// submitting CPU); unset keeps the kernel's default (1).
-    #[arg(long)]
-    rq_affinity: Option<u8>,
-    /// First sleep when idle with requests in flight.
-    #[arg(long, default_value_t = 20)]
-    min_sleep_us: u64,
-    /// Longest sleep when idle with requests in flight.
-    #[arg(long, default_value_t = 1000)]
-    max_sleep_us: u64,
-    /// Wait for completions on the device's INTx interrupt (through
-    /// uio_pci_generic, which must be loaded) once the spin budget is spent;
-    /// `off`, or when uio is unavailable: timed sleeps only.
-    #[arg(long, value_enum, default_value_t = Irq::Intx)]
-    irq: Irq,
-    /// Scheduling niceness of the serving thread (-20..19): the guest's
-    /// own I/O threads share its vCPUs, and a time slice lost to them is
-    /// milliseconds of service time for every request in flight.
-    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
-    nice: i32,
-    /// Run on this CPU only (`sched_setaffinity`). Under TCG a reply
-    /// written to the socket from another vCPU than the kernel's NBD
-    /// receive worker costs milliseconds per `write` (measured: p50 6 ms
-    /// for a 4 KiB reply), so pin pvblkd, the client and the unbound
-    /// workqueues (`/sys/devices/virtual/workqueue/cpumask`) to one vCPU.
-    #[arg(long)]
-    cpu: Option<usize>,
-    /// Most 2 MiB hugepages for DMA memory.
-    #[arg(long, default_value_t = 64)]
-    hugepages: usize,
-    /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info", value_parser = pv_linux::logger::parse_level)]
-    log_level: log::LevelFilter,
-}
-
-/// The kernel interface the disk is exported through.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Export {
-    /// ublk when the kernel has it, else NBD.
-    Auto,
-    /// The kernel's ublk driver: /dev/ublkbN.
-    Ublk,
-    /// The kernel's NBD driver over a socketpair: /dev/nbdN.
-    Nbd,
-}
-
-/// Resolves `--export auto` (loading ublk_drv if it is a module).
-fn choose_export(asked: Export) -> Export {
-    if asked != Export::Auto {
-        info!("export: {asked:?} (asked)");
-        return asked;
-    }
-    if !pv_linux::ublk::available() {
-        let _ = std::process::Command::new("modprobe")
-            .arg("ublk_drv")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-    let chosen = if pv_linux::ublk::available() {
-        Export::Ublk
-    } else {
-        Export::Nbd
-    };
-    info!(
-        "export: {chosen:?} ({} {})",
-        pv_linux::ublk::CONTROL,
-        if chosen == Export::Ublk {
-            "present"
-        } else {
-            "absent"
-        }
-    );
-    chosen
-}
-
-/// How idle waits for completions end.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Irq {
-    /// INTx through uio_pci_generic.
-    Intx,
-    /// Timed sleeps.
-    Off,
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    pv_linux::logger::init("pvblkd", cli.log_level);
-    pv_linux::logger::finish("pvblkd", run(&cli))
-}
-
-/// `--pci`, or the first virtio-blk function nobody claimed.
-fn pick_device(cli: &Cli) -> Result<PciAddress, String> {
-    pci::pick_unclaimed(
-        cli.pci.as_deref(),
-        pci::VIRTIO_VENDOR,
-        &pci::VIRTIO_BLK_IDS,
-        "virtio-blk",
-    )
-}
-
-fn run(cli: &Cli) -> Result<(), String> {
-    pv_linux::poll::set_min_timer_slack();
-    set_nice(cli.nice);
-    if let Some(cpu) = cli.cpu {
-        set_cpu(cpu)?;
-    }
-    signal::install().map_err(|e| e.to_string())?;
-    dma::init(cli.hugepages, 1).map_err(|e| e.to_string())?;
-    let addr = pick_device(cli)?;
-    let binding = match cli.irq {
-        Irq::Intx => pci::Binding::UioPciGeneric,
-        Irq::Off => pci::Binding::Unbound,
-    };
-    let dev = PciDevice::claim_with(addr, binding).map_err(|e| format!("claim {addr}: {e}"))?;
-    info!(
-        "claimed {addr} (was bound to {})",
-        dev.previous_driver().unwrap_or("no driver")
-    );
-    let result = serve_device(cli, &dev);
-    // The core (and with it the transport, which points into the BARs) is
-    // gone by now; give the device back.
-    let released = dev.release().map_err(|e| e.to_string());
-    result.and(released)
-}
-
-fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
-    let transport = dev.virtio_transport().map_err(|e| e.to_string())?;
-    let cfg = VirtioBlkConfig {
-        queue_size: cli.queue_size,
-        ..VirtioBlkConfig::default()
-    };
-    let mut blk: VirtioBlk<LinuxHal, PciTransport> =
-        VirtioBlk::new(transport, cfg).map_err(|e| format!("virtio-blk init: {e}"))?;
+/// Serves `blk` as `/dev/nbdN` (`--nbd`) until SIGTERM or the kernel drops
+/// the connection (or a fatal error), in `block_size` blocks. The caller
+/// flushes and resets `blk`.
+pub(crate) fn serve(cli: &Cli, blk: &mut Blk, dev: &PciDevice, block_size: u32) -> Result<()> {
     let di = blk.info();
-    info!(
-        "device: {} sectors, block {} B, queue depth {}, {} segments, features {:?}",
-        di.capacity_sectors, di.block_size, di.queue_depth, di.max_segments, di.features
-    );
-
+    let bs = block_size;
     let size_bytes = di.capacity_sectors * SECTOR_SIZE as u64;
-    let mut bs = cli.block_size.max(di.block_size);
-    if !size_bytes.is_multiple_of(u64::from(bs)) {
-        warn!("capacity is not a multiple of {bs}; exporting 512-byte blocks");
-        bs = di.block_size.max(SECTOR_SIZE as u32);
-    }
-    if choose_export(cli.export) == Export::Ublk {
-        let served = ublk::serve(cli, &mut blk, dev.irq(), bs);
-        // Flush the device cache, then reset it (drop).
-        let flushed = flush_device(&mut blk);
-        drop(blk);
-        return served.and(flushed);
-    }
     let mut flags = 0;
     if di.features.read_only {
         flags |= wire::flags::READ_ONLY;
@@ -300,8 +59,9 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     if di.features.write_zeroes {
         flags |= wire::flags::SEND_WRITE_ZEROES;
     }
-    let (sock, kernel_end) = nbd::socketpair().map_err(|e| e.to_string())?;
-    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let (sock, kernel_end) = super::socketpair()?;
+    sock.set_nonblocking(true)
+        .map_err(|e| Error::sys("NBD socket: O_NONBLOCK", e))?;
     // Room for a whole large read reply in the socket, so replies rarely
     // wait for the kernel's receiver (best effort: the kernel caps it at
     // net.core.wmem_max unless we are root, which we are).
@@ -314,16 +74,15 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
             block_size: bs,
             flags,
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if cli.max_request_kb > 0 {
-        match nbd::set_max_request_kb(cli.nbd, cli.max_request_kb) {
+        match super::set_max_request_kb(cli.nbd, cli.max_request_kb) {
             Ok(kb) => info!("largest NBD request: {kb} KiB"),
             Err(e) => warn!("max_sectors_kb: {e}"),
         }
     }
     if let Some(a) = cli.rq_affinity {
-        match nbd::set_queue_attr(cli.nbd, "rq_affinity", &a.to_string()) {
+        match super::set_queue_attr(cli.nbd, "rq_affinity", &a.to_string()) {
             Ok(v) => info!("rq_affinity: {v}"),
             Err(e) => warn!("rq_affinity: {e}"),
         }
@@ -345,14 +104,17 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
         Duration::from_micros(cli.max_sleep_us),
     );
     let mut server = Server::new(
-        &mut blk,
+        DeviceSide::new(
+            blk,
+            dev.irq(),
+            poller,
+            Duration::from_micros(cli.idle_spin_us.unwrap_or(200)),
+        ),
         sock,
         di,
-        poller,
-        Duration::from_micros(cli.idle_spin_us.unwrap_or(200)),
-        dev.irq(),
+        &kernel,
     );
-    let served = server.serve(&kernel);
+    let served = server::serve(&mut server);
     let stats = server.finish();
     info!(
         "served {} NBD requests ({} errors); core {:?}",
@@ -362,42 +124,7 @@ fn serve_device(cli: &Cli, dev: &PciDevice) -> Result<(), String> {
     if let Err(e) = kernel.finish() {
         warn!("nbd finish: {e}");
     }
-    // Flush the device cache, then reset it (drop).
-    let flushed = flush_device(&mut blk);
-    drop(blk);
-    served.and(flushed)
-}
-
-/// Niceness of the calling thread (Linux: `setpriority` on thread id 0).
-fn set_nice(nice: i32) {
-    // SAFETY: setpriority takes integers only.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice.clamp(-20, 19)) };
-    if rc != 0 {
-        warn!("setpriority {nice}: {}", std::io::Error::last_os_error());
-    }
-}
-
-/// Pin the calling thread (and the threads it starts later) to `cpu`.
-fn set_cpu(cpu: usize) -> Result<(), String> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(format!("--cpu {cpu}: above the CPU set size"));
-    }
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), so CPU_SET stays
-    // inside `set`.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: sched_setaffinity reads `size_of::<cpu_set_t>()` bytes from
-    // a live local for the call's duration.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(format!(
-            "--cpu {cpu}: sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    info!("pinned to CPU {cpu}");
-    Ok(())
+    served
 }
 
 fn set_sndbuf(sock: &UnixStream, bytes: libc::c_int) {
@@ -417,75 +144,6 @@ fn set_sndbuf(sock: &UnixStream, bytes: libc::c_int) {
             "SO_SNDBUFFORCE {bytes}: {}",
             std::io::Error::last_os_error()
         );
-    }
-}
-
-/// Flush the device cache and wait (bounded) for the answer.
-/// The sleep both exports take once the poller's spin budget is spent:
-/// until `fd` is ready for its events, or (with `irq`) the device's INTx
-/// fires, or `sleep` passes. The interrupt is asked for only when no
-/// completion is already there (then it returns at once, busy), and its
-/// line is lowered after the wait. True when an interrupt was taken.
-fn sleep_on_device(
-    blk: &mut VirtioBlk<LinuxHal, PciTransport>,
-    irq: Option<&pci::UioIrq>,
-    poller: &mut AdaptivePoller,
-    fd: (std::os::unix::io::RawFd, i16),
-    sleep: Duration,
-) -> Result<bool, String> {
-    let Some(irq) = irq else {
-        let woken = pv_linux::poll::wait_events(&[fd], sleep);
-        poller.woke(woken);
-        return Ok(false);
-    };
-    match blk.prepare_wait() {
-        Ok(true) => {
-            poller.busy();
-            return Ok(false);
-        }
-        Ok(false) => {}
-        // The fault surfaces (and is handled) in the next reap.
-        Err(_) => return Ok(false),
-    }
-    irq.arm().map_err(|e| e.to_string())?;
-    // The interrupt normally ends the sleep; the poller's backoff still
-    // bounds it, because under TCG some INTx wake-ups arrive late (measured:
-    // a 20 ms floor here cost most of the run).
-    let woken = pv_linux::poll::wait_events(&[fd, (irq.fd(), libc::POLLIN)], sleep);
-    let taken = irq.take().map_err(|e| e.to_string())?.is_some();
-    // Lower the line (reading the ISR); INTx stays masked until the next
-    // arm.
-    blk.transport_mut().ack_interrupt();
-    poller.woke(woken);
-    Ok(taken)
-}
-
-fn flush_device(blk: &mut VirtioBlk<LinuxHal, PciTransport>) -> Result<(), String> {
-    if !blk.info().features.flush || blk.fault().is_some() {
-        return Ok(());
-    }
-    let tok = blk.flush().map_err(|e| format!("final flush: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut result = None;
-    while result.is_none() {
-        blk.poll_completions(&mut |t, r| {
-            if t == tok {
-                result = Some(r);
-            }
-        })
-        .map_err(|e| format!("final flush: {e}"))?;
-        if Instant::now() > deadline {
-            return Err("final flush: no answer within 60 s".into());
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    match result {
-        Some(Ok(_)) => {
-            info!("device cache flushed");
-            Ok(())
-        }
-        Some(Err(e)) => Err(format!("final flush: {e}")),
-        None => Ok(()),
     }
 }
 
@@ -513,17 +171,12 @@ struct Parent {
 }
 
 struct Server<'a> {
-    blk: &'a mut VirtioBlk<LinuxHal, PciTransport>,
-    irq: Option<&'a pci::UioIrq>,
-    /// Interrupts taken (for the exit log).
-    interrupts: u64,
+    dev: DeviceSide<'a>,
+    kernel: &'a NbdKernel,
     sock: Option<UnixStream>,
+    /// The socket's fd (the sleeps wait on it).
+    fd: RawFd,
     info: DeviceInfo,
-    poller: AdaptivePoller,
-    /// How long to look at an idle socket before blocking on it.
-    idle_spin: Duration,
-    /// Since when nothing was in flight and no work was found.
-    idle_since: Option<Instant>,
     decoder: Decoder,
     out: Vec<u8>,
     backlog: VecDeque<Part>,
@@ -565,24 +218,108 @@ impl std::fmt::Debug for Server<'_> {
     }
 }
 
+impl<'a> Export<'a> for Server<'a> {
+    fn device(&mut self) -> &mut DeviceSide<'a> {
+        &mut self.dev
+    }
+
+    fn control(&mut self) -> Result<()> {
+        if signal::stop_requested() && !self.disconnect_sent {
+            info!(
+                "stop requested: disconnecting {}",
+                self.kernel.path().display()
+            );
+            self.disconnect_sent = true;
+            if let Err(e) = self.kernel.disconnect() {
+                warn!("NBD_DISCONNECT: {e}");
+                self.client_gone = true;
+            }
+        }
+        if !self.kernel.running() && !self.client_gone {
+            info!("NBD_DO_IT ended: the kernel dropped the connection");
+            self.client_gone = true;
+        }
+        Ok(())
+    }
+
+    fn take_requests(&mut self) -> Result<bool> {
+        if self.client_gone {
+            return Ok(false);
+        }
+        let read = self.read_socket()?;
+        Ok(read | self.decode_requests()?)
+    }
+
+    fn submit_backlog(&mut self) -> Result<bool> {
+        Ok(self.submit_parts())
+    }
+
+    fn complete(&mut self, (t, r): Completion) -> Result<()> {
+        match self.in_flight.remove(&t.raw()) {
+            Some((part, since, alone)) => {
+                let v = if alone {
+                    &mut self.device_alone_us
+                } else {
+                    &mut self.device_us
+                };
+                if v.len() < 1 << 22 {
+                    let us = since.elapsed().as_micros();
+                    v.push(u32::try_from(us).unwrap_or(u32::MAX));
+                }
+                self.complete_part(part, r)
+            }
+            None => warn!("completion for unknown token {:#x}", t.raw()),
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<bool> {
+        self.write_socket()
+    }
+
+    fn finished(&mut self) -> bool {
+        if self.client_gone && self.in_flight.is_empty() && self.backlog.is_empty() {
+            // Best effort: deliver the last replies.
+            let _ = self.write_socket();
+            return true;
+        }
+        false
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.is_empty() && self.out.is_empty()
+    }
+
+    fn block(&mut self) -> Result<()> {
+        self.dev.poller.wait(&[self.fd], Duration::from_millis(100));
+        Ok(())
+    }
+
+    fn pause(&mut self) {
+        std::hint::spin_loop();
+    }
+
+    /// The socket readable (new requests), and writable while replies
+    /// wait for room in it; the interrupt only while parts are on the
+    /// device.
+    fn wake_on(&self) -> ((RawFd, i16), bool) {
+        let sock_ev = if self.out.is_empty() {
+            libc::POLLIN
+        } else {
+            libc::POLLIN | libc::POLLOUT
+        };
+        ((self.fd, sock_ev), !self.in_flight.is_empty())
+    }
+}
+
 impl<'a> Server<'a> {
-    fn new(
-        blk: &'a mut VirtioBlk<LinuxHal, PciTransport>,
-        sock: UnixStream,
-        info: DeviceInfo,
-        poller: AdaptivePoller,
-        idle_spin: Duration,
-        irq: Option<&'a pci::UioIrq>,
-    ) -> Self {
+    fn new(dev: DeviceSide<'a>, sock: UnixStream, info: DeviceInfo, kernel: &'a NbdKernel) -> Self {
         Self {
-            blk,
-            irq,
-            interrupts: 0,
+            dev,
+            kernel,
+            fd: sock.as_raw_fd(),
             sock: Some(sock),
             info,
-            poller,
-            idle_spin,
-            idle_since: None,
             decoder: Decoder::new(MAX_PAYLOAD),
             out: Vec::with_capacity(1 << 20),
             backlog: VecDeque::new(),
@@ -603,84 +340,6 @@ impl<'a> Server<'a> {
         }
     }
 
-    fn serve(&mut self, kernel: &NbdKernel) -> Result<(), String> {
-        let fd = self.sock.as_ref().map(|s| s.as_raw_fd()).unwrap_or(-1);
-        loop {
-            if signal::stop_requested() && !self.disconnect_sent {
-                info!("stop requested: disconnecting {}", kernel.path().display());
-                self.disconnect_sent = true;
-                if let Err(e) = kernel.disconnect() {
-                    warn!("NBD_DISCONNECT: {e}");
-                    self.client_gone = true;
-                }
-            }
-            if !kernel.running() && !self.client_gone {
-                info!("NBD_DO_IT ended: the kernel dropped the connection");
-                self.client_gone = true;
-            }
-            let mut work = false;
-            if !self.client_gone {
-                work |= self.read_socket()?;
-                work |= self.take_requests()?;
-            }
-            work |= self.submit_backlog();
-            work |= self.reap()?;
-            work |= self.write_socket()?;
-            if self.client_gone && self.in_flight.is_empty() && self.backlog.is_empty() {
-                // Best effort: deliver the last replies.
-                let _ = self.write_socket();
-                return Ok(());
-            }
-            if work {
-                self.poller.busy();
-                self.idle_since = None;
-            } else if self.in_flight.is_empty() && self.out.is_empty() {
-                // Idle: keep looking at the socket for `idle_spin` (the
-                // next request of a synchronous reader follows a reply
-                // closely, and a vCPU that halts is slow to wake under TCG),
-                // then block on it.
-                let since = *self.idle_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.idle_spin {
-                    self.poller.wait(&[fd], Duration::from_millis(100));
-                } else {
-                    std::hint::spin_loop();
-                }
-            } else {
-                self.wait_for_device(fd)?;
-            }
-        }
-    }
-
-    /// Requests in flight and nothing to do: spin within the budget, then
-    /// sleep until the socket is readable, the device interrupts (when bound
-    /// to uio), or the poller's sleep passes.
-    fn wait_for_device(&mut self, sock: std::os::unix::io::RawFd) -> Result<(), String> {
-        // Spin on the used ring alone (no system calls, which cost tens of
-        // microseconds each under TCG) until a completion or the budget's end.
-        let sleep = loop {
-            match self.poller.spin_or_sleep() {
-                None => {
-                    if self.reap()? {
-                        self.poller.busy();
-                        return Ok(());
-                    }
-                }
-                Some(s) => break s,
-            }
-        };
-        // Replies waiting for room in the socket: wake when it drains.
-        let sock_ev = if self.out.is_empty() {
-            libc::POLLIN
-        } else {
-            libc::POLLIN | libc::POLLOUT
-        };
-        let irq = self.irq.filter(|_| !self.in_flight.is_empty());
-        if sleep_on_device(self.blk, irq, &mut self.poller, (sock, sock_ev), sleep)? {
-            self.interrupts += 1;
-        }
-        Ok(())
-    }
-
     /// Close our end of the socket; returns (requests, errors, core stats).
     /// Requests still in flight (after an error) are taken back from the
     /// device by a reset first, so their buffers are not freed under it.
@@ -691,7 +350,7 @@ impl<'a> Server<'a> {
                 "{} requests still in flight: resetting the device",
                 self.in_flight.len()
             );
-            if let Err(e) = self.blk.reset(&mut |_, _| {}) {
+            if let Err(e) = self.dev.blk.reset(&mut |_, _| {}) {
                 error!("reset: {e}; leaking the buffers still in flight");
                 for (_, part) in self.in_flight.drain() {
                     std::mem::forget(part);
@@ -707,8 +366,8 @@ impl<'a> Server<'a> {
                 "device service time (NBD request decoded to reply queued): p50 {} us, p99 {} us; poller {:?}; {} interrupts; {} socket writes blocked",
                 pct(0.5),
                 pct(0.99),
-                self.poller.stats,
-                self.interrupts,
+                self.dev.poller.stats,
+                self.dev.interrupts,
                 self.write_blocked
             );
         }
@@ -758,10 +417,10 @@ impl<'a> Server<'a> {
                 big.iter().map(|&u| u64::from(u)).sum::<u64>()
             );
         }
-        (self.requests, self.errors, self.blk.stats())
+        (self.requests, self.errors, self.dev.blk.stats())
     }
 
-    fn read_socket(&mut self) -> Result<bool, String> {
+    fn read_socket(&mut self) -> Result<bool> {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(false);
         };
@@ -784,12 +443,12 @@ impl<'a> Server<'a> {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(got),
                 Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(got),
-                Err(e) => return Err(format!("read from the NBD socket: {e}")),
+                Err(source) => return Err(Error::sys("read from the NBD socket", source)),
             }
         }
     }
 
-    fn write_socket(&mut self) -> Result<bool, String> {
+    fn write_socket(&mut self) -> Result<bool> {
         if self.out.is_empty() {
             return Ok(false);
         }
@@ -813,7 +472,7 @@ impl<'a> Server<'a> {
                     self.out.clear();
                     return Ok(true);
                 }
-                Err(e) => return Err(format!("write to the NBD socket: {e}")),
+                Err(source) => return Err(Error::sys("write to the NBD socket", source)),
             }
         }
         if done > 0 && self.write_us.len() < 1 << 22 {
@@ -842,13 +501,13 @@ impl<'a> Server<'a> {
     }
 
     /// Turn every whole request in the decoder into parts on the backlog.
-    fn take_requests(&mut self) -> Result<bool, String> {
+    fn decode_requests(&mut self) -> Result<bool> {
         let mut any = false;
         loop {
             let (req, payload) = match self.decoder.next_request() {
                 Ok(Some((r, p))) => (r, p),
                 Ok(None) => return Ok(any),
-                Err(e) => return Err(format!("NBD stream: {e}")),
+                Err(e) => return Err(Error::NbdStream(e)),
             };
             any = true;
             if let Some(t) = self.idle_from.take() {
@@ -906,13 +565,8 @@ impl<'a> Server<'a> {
                     if (zero && !f.write_zeroes) || (!zero && !f.discard) {
                         return Err(errno::ENOTSUP);
                     }
-                    let max = match self.info.max_discard_sectors {
-                        0 => DEFAULT_MAX_DISCARD_SECTORS,
-                        m => m,
-                    };
                     // Whole logical blocks per part.
-                    let per_block = (self.info.block_size / SECTOR_SIZE as u32).max(1);
-                    let max = (max / per_block * per_block).max(per_block);
+                    let max = discard_limit(&self.info, self.info.block_size);
                     let mut sector = req.offset / SECTOR_SIZE as u64;
                     let mut left = u64::from(req.len) / SECTOR_SIZE as u64;
                     while left > 0 {
@@ -973,7 +627,7 @@ impl<'a> Server<'a> {
     }
 
     /// Submit queued parts until the queue is full.
-    fn submit_backlog(&mut self) -> bool {
+    fn submit_parts(&mut self) -> bool {
         let mut any = false;
         while let Some(part) = self.backlog.pop_front() {
             let bufs: Vec<IoBuf> = part
@@ -990,7 +644,7 @@ impl<'a> Server<'a> {
             // `in_flight` and stays there (its memory does not move with it)
             // until the token completes or a reset aborts it; nothing reads or
             // writes it meanwhile.
-            match unsafe { self.blk.submit(&req) } {
+            match unsafe { self.dev.blk.submit(&req) } {
                 Ok(tok) => {
                     let alone = self.in_flight.is_empty();
                     self.in_flight
@@ -1003,7 +657,7 @@ impl<'a> Server<'a> {
                 }
                 Err(e) => {
                     warn!("submit {:?} at {}: {e}", part.op, part.sector);
-                    self.complete(part, Err(e));
+                    self.complete_part(part, Err(e));
                     any = true;
                 }
             }
@@ -1011,39 +665,7 @@ impl<'a> Server<'a> {
         any
     }
 
-    /// Collect completions (resetting the device on a fault).
-    fn reap(&mut self) -> Result<bool, String> {
-        let mut done: Vec<(Token, Result<usize, BlkError>)> = Vec::new();
-        let r = self.blk.poll_completions(&mut |t, r| done.push((t, r)));
-        if let Err(fault) = r {
-            error!("device fault: {fault}; resetting the device");
-            self.blk
-                .reset(&mut |t, r| done.push((t, r)))
-                .map_err(|e| format!("device reset failed: {e}"))?;
-            info!("device reset done; {} requests aborted", done.len());
-        }
-        let any = !done.is_empty();
-        for (t, r) in done {
-            match self.in_flight.remove(&t.raw()) {
-                Some((part, since, alone)) => {
-                    let v = if alone {
-                        &mut self.device_alone_us
-                    } else {
-                        &mut self.device_us
-                    };
-                    if v.len() < 1 << 22 {
-                        let us = since.elapsed().as_micros();
-                        v.push(u32::try_from(us).unwrap_or(u32::MAX));
-                    }
-                    self.complete(part, r)
-                }
-                None => warn!("completion for unknown token {:#x}", t.raw()),
-            }
-        }
-        Ok(any)
-    }
-
-    fn complete(&mut self, part: Part, r: Result<usize, BlkError>) {
+    fn complete_part(&mut self, part: Part, r: Result<usize, BlkError>) {
         let Some(p) = self.parents.get_mut(&part.parent) else {
             return;
         };

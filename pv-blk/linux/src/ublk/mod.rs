@@ -22,6 +22,7 @@
 //! pending fetch completes with [`wire::IO_RES_ABORT`]; close the queue,
 //! then DEL_DEV.
 
+pub mod server;
 pub mod wire;
 
 use std::fs::{File, OpenOptions};
@@ -43,7 +44,7 @@ pub fn available() -> bool {
 }
 
 fn sys(what: &'static str, source: std::io::Error) -> Error {
-    Error::Sys { what, source }
+    Error::sys(what, source)
 }
 
 /// The control ring on `/dev/ublk-control`.
@@ -65,11 +66,7 @@ impl Control {
             .read(true)
             .write(true)
             .open(CONTROL)
-            .map_err(|source| Error::Io {
-                what: "open ublk control",
-                path: CONTROL.into(),
-                source,
-            })?;
+            .map_err(|source| Error::io("open ublk control", CONTROL, source))?;
         let ring = IoUring::builder()
             .build(4)
             .map_err(|e| sys("io_uring_setup (ublk control)", e))?;
@@ -179,7 +176,7 @@ impl Control {
     where
         F: FnOnce(&mut Control) -> Result<()> + Send + 'static,
     {
-        crate::signal::spawn_blocked(name, move || {
+        pv_linux::signal::spawn_blocked(name, move || {
             let mut c = Control::open()?;
             f(&mut c)
         })
@@ -233,13 +230,7 @@ impl Queue {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err(source) => {
-                    return Err(Error::Io {
-                        what: "open ublk char device",
-                        path,
-                        source,
-                    })
-                }
+                Err(source) => return Err(Error::io("open ublk char device", path, source)),
             }
         };
         let page = 4096;

@@ -26,23 +26,23 @@ use std::collections::{HashMap, VecDeque};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::os::unix::io::RawFd;
+
 use log::{error, info, warn};
-use pv_blk::virtio::VirtioBlk;
-use pv_blk::{BlkError, BlockFrontend, DeviceInfo, IoBuf, Op, Request, Token, SECTOR_SIZE};
-use pv_linux::dma::{DmaBuf, LinuxHal};
+use pv_blk::{BlkError, BlockFrontend, DeviceInfo, IoBuf, Op, Request, SECTOR_SIZE};
+use pv_linux::dma::DmaBuf;
 use pv_linux::pci;
 use pv_linux::poll::AdaptivePoller;
 use pv_linux::signal;
-use pv_linux::ublk::wire::{self, DevInfo, IoRequest, Params};
-use pv_linux::ublk::{Control, Event, Queue};
-use virtio_drivers::transport::pci::PciTransport;
 
-use super::{Cli, DEFAULT_MAX_DISCARD_SECTORS};
+use super::wire::{self, DevInfo, IoRequest, Params};
+use super::{Control, Event, Queue};
+use crate::config::Cli;
+use crate::server::{self, discard_limit, Blk, Completion, DeviceSide, Export};
+use crate::{Error, Result};
 
 /// Default spin budgets (µs) of the ublk export: see `--spin-us`.
 const SPIN_US: u64 = 5000;
-
-type Blk = VirtioBlk<LinuxHal, PciTransport>;
 
 /// How long the daemon waits for the tags to come back aborted after
 /// STOP_DEV returned, before closing the queue anyway (closing cancels
@@ -77,13 +77,8 @@ fn params(info: &DeviceInfo, block_size: u32, buf_bytes: u32) -> Params {
         discard: wire::ParamDiscard::default(),
     };
     if (f.discard || f.write_zeroes) && !f.read_only {
-        let max = match info.max_discard_sectors {
-            0 => DEFAULT_MAX_DISCARD_SECTORS,
-            m => m,
-        };
         // Whole logical blocks per request.
-        let per_block = (block_size / SECTOR_SIZE as u32).max(1);
-        let max = (max / per_block * per_block).max(per_block);
+        let max = discard_limit(info, block_size);
         p.types |= wire::PARAM_TYPE_DISCARD;
         p.discard = wire::ParamDiscard {
             discard_alignment: 0,
@@ -100,29 +95,27 @@ fn params(info: &DeviceInfo, block_size: u32, buf_bytes: u32) -> Params {
 /// Serves `blk` as `/dev/ublkbN` until SIGTERM (or a fatal error). The
 /// ublk device is deleted before this returns; the caller flushes and
 /// resets `blk`.
-pub(super) fn serve(
+pub(crate) fn serve(
     cli: &Cli,
     blk: &mut Blk,
     irq: Option<&pci::UioIrq>,
     block_size: u32,
-) -> Result<(), String> {
+) -> Result<()> {
     let di = blk.info();
     let depth = cli
         .ublk_depth
         .min(u16::try_from(di.queue_depth).unwrap_or(u16::MAX))
         .max(1);
     let buf_bytes = cli.ublk_buf_kb.clamp(4, 2048) * 1024;
-    let mut ctrl = Control::open().map_err(|e| e.to_string())?;
-    let added = ctrl
-        .add_dev(&DevInfo {
-            nr_hw_queues: 1,
-            queue_depth: depth,
-            max_io_buf_bytes: buf_bytes,
-            dev_id: cli.ublk_id.unwrap_or(u32::MAX),
-            flags: wire::F_CMD_IOCTL_ENCODE,
-            ..DevInfo::default()
-        })
-        .map_err(|e| e.to_string())?;
+    let mut ctrl = Control::open()?;
+    let added = ctrl.add_dev(&DevInfo {
+        nr_hw_queues: 1,
+        queue_depth: depth,
+        max_io_buf_bytes: buf_bytes,
+        dev_id: cli.ublk_id.unwrap_or(u32::MAX),
+        flags: wire::F_CMD_IOCTL_ENCODE,
+        ..DevInfo::default()
+    })?;
     let dev_id = added.dev_id;
     info!(
         "ublk device {dev_id} added: queue depth {}, {} KiB per request",
@@ -130,33 +123,32 @@ pub(super) fn serve(
         added.max_io_buf_bytes / 1024
     );
     let served = (|| {
-        ctrl.set_params(dev_id, &params(&di, block_size, buf_bytes))
-            .map_err(|e| e.to_string())?;
+        ctrl.set_params(dev_id, &params(&di, block_size, buf_bytes))?;
         let mut bufs = Vec::with_capacity(usize::from(depth));
         for _ in 0..depth {
-            bufs.push(DmaBuf::new(buf_bytes as usize).map_err(|e| e.to_string())?);
+            bufs.push(DmaBuf::new(buf_bytes as usize)?);
         }
-        let mut queue = Queue::open(dev_id, 0, depth, cli.ublk_coop).map_err(|e| e.to_string())?;
+        let mut queue = Queue::open(dev_id, 0, depth, cli.ublk_coop)?;
         for (tag, b) in bufs.iter().enumerate() {
-            queue
-                .fetch(tag as u16, b.as_ptr().as_ptr() as u64)
-                .map_err(|e| e.to_string())?;
+            queue.fetch(tag as u16, b.as_ptr().as_ptr() as u64)?;
         }
-        queue.submit().map_err(|e| e.to_string())?;
-        let starter = Control::spawn("ublk-start", move |c| c.start_dev(dev_id))
-            .map_err(|e| e.to_string())?;
+        queue.submit()?;
+        let starter = Control::spawn("ublk-start", move |c| c.start_dev(dev_id))?;
         let poller = AdaptivePoller::new(
             Duration::from_micros(cli.spin_us.unwrap_or(SPIN_US)),
             Duration::from_micros(cli.min_sleep_us),
             Duration::from_micros(cli.max_sleep_us),
         );
         let mut server = Server {
-            blk,
-            irq,
+            dev: DeviceSide::new(
+                blk,
+                irq,
+                poller,
+                Duration::from_micros(cli.idle_spin_us.unwrap_or(SPIN_US)),
+            ),
+            q: &mut queue,
+            bufs: &bufs,
             info: di,
-            poller,
-            idle_spin: Duration::from_micros(cli.idle_spin_us.unwrap_or(SPIN_US)),
-            idle_since: None,
             dev_id,
             live: usize::from(depth),
             on_device: HashMap::new(),
@@ -166,10 +158,8 @@ pub(super) fn serve(
             stop: Stop::NotAsked,
             requests: 0,
             errors: 0,
-            interrupts: 0,
-            resets: 0,
         };
-        let r = server.serve(&mut queue, &bufs);
+        let r = server::serve(&mut server);
         let device_idle = server.finish();
         // Close the ring and the char device before the buffers go and
         // before DEL_DEV (which waits for the char device to be closed).
@@ -184,8 +174,7 @@ pub(super) fn serve(
     })();
     let deleted = ctrl
         .del_dev(dev_id)
-        .map(|()| info!("ublk device {dev_id} deleted"))
-        .map_err(|e| e.to_string());
+        .map(|()| info!("ublk device {dev_id} deleted"));
     served.and(deleted)
 }
 
@@ -193,18 +182,18 @@ pub(super) fn serve(
 enum Stop {
     NotAsked,
     /// STOP_DEV running on its helper thread.
-    Stopping(JoinHandle<pv_linux::Result<()>>),
+    Stopping(JoinHandle<Result<()>>),
     /// STOP_DEV returned at this time.
     Stopped(Instant),
 }
 
 struct Server<'a> {
-    blk: &'a mut Blk,
-    irq: Option<&'a pci::UioIrq>,
+    dev: DeviceSide<'a>,
+    /// The queue's ring and descriptors.
+    q: &'a mut Queue,
+    /// Each tag's data buffer, by tag.
+    bufs: &'a [DmaBuf],
     info: DeviceInfo,
-    poller: AdaptivePoller,
-    idle_spin: Duration,
-    idle_since: Option<Instant>,
     dev_id: u32,
     /// Tags whose fetch has not come back aborted.
     live: usize,
@@ -213,12 +202,10 @@ struct Server<'a> {
     /// Validated requests waiting for room on the device.
     backlog: VecDeque<(u16, IoRequest)>,
     events: Vec<Event>,
-    starter: Option<JoinHandle<pv_linux::Result<()>>>,
+    starter: Option<JoinHandle<Result<()>>>,
     stop: Stop,
     requests: u64,
     errors: u64,
-    interrupts: u64,
-    resets: u64,
 }
 
 /// One step of the idle spin (nothing on the device): give the vCPU to any
@@ -242,57 +229,96 @@ fn errno_of(e: &BlkError) -> i32 {
     }
 }
 
-impl Server<'_> {
-    fn serve(&mut self, q: &mut Queue, bufs: &[DmaBuf]) -> Result<(), String> {
-        loop {
-            self.control_threads()?;
-            // Runs deferred driver work (COOP_TASKRUN) when flagged.
-            q.has_completions();
-            let mut work = self.take_requests(q, bufs)?;
-            work |= self.submit_backlog(q, bufs)?;
-            work |= self.reap(q, bufs)?;
-            q.submit().map_err(|e| e.to_string())?;
-            if self.live == 0 && self.on_device.is_empty() && self.backlog.is_empty() {
-                return Ok(());
+impl<'a> Export<'a> for Server<'a> {
+    fn device(&mut self) -> &mut DeviceSide<'a> {
+        &mut self.dev
+    }
+
+    fn control(&mut self) -> Result<()> {
+        self.control_threads()?;
+        // Runs deferred driver work (COOP_TASKRUN) when flagged.
+        self.q.has_completions();
+        Ok(())
+    }
+
+    fn take_requests(&mut self) -> Result<bool> {
+        self.take_tags()
+    }
+
+    fn submit_backlog(&mut self) -> Result<bool> {
+        self.submit_tags()
+    }
+
+    fn complete(&mut self, (t, r): Completion) -> Result<()> {
+        let Some((tag, ok)) = self.on_device.remove(&t.raw()) else {
+            warn!("completion for unknown token {:#x}", t.raw());
+            return Ok(());
+        };
+        let result = match r {
+            Ok(_) => ok,
+            Err(e) => {
+                warn!("tag {tag}: {e}");
+                errno_of(&e)
             }
-            if let Stop::Stopped(t) = self.stop {
-                if t.elapsed() > ABORT_GRACE && self.on_device.is_empty() {
-                    warn!(
-                        "{} tags not aborted {} s after STOP_DEV; closing the queue",
-                        self.live,
-                        ABORT_GRACE.as_secs()
-                    );
-                    return Ok(());
-                }
+        };
+        self.commit(tag, result)
+    }
+
+    /// Commits go out with the next submission of the ring.
+    fn flush(&mut self) -> Result<bool> {
+        self.q.submit()?;
+        Ok(false)
+    }
+
+    fn finished(&mut self) -> bool {
+        if self.live == 0 && self.on_device.is_empty() && self.backlog.is_empty() {
+            return true;
+        }
+        if let Stop::Stopped(t) = self.stop {
+            if t.elapsed() > ABORT_GRACE && self.on_device.is_empty() {
+                warn!(
+                    "{} tags not aborted {} s after STOP_DEV; closing the queue",
+                    self.live,
+                    ABORT_GRACE.as_secs()
+                );
+                return true;
             }
-            if work {
-                self.poller.busy();
-                self.idle_since = None;
-            } else if self.on_device.is_empty() {
-                // Idle: look at the completion queue for `idle_spin` (a
-                // synchronous reader's next request follows closely), then
-                // block in io_uring_enter (a signal ends it).
-                let since = *self.idle_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.idle_spin {
-                    q.wait(Duration::from_millis(100))
-                        .map_err(|e| e.to_string())?;
-                } else if !q.has_completions() {
-                    spin_pause();
-                }
-            } else {
-                self.wait_for_device(q, bufs)?;
-            }
+        }
+        false
+    }
+
+    fn idle(&self) -> bool {
+        self.on_device.is_empty()
+    }
+
+    /// Blocks in io_uring_enter (a signal ends it).
+    fn block(&mut self) -> Result<()> {
+        self.q.wait(Duration::from_millis(100))?;
+        Ok(())
+    }
+
+    fn pause(&mut self) {
+        if !self.q.has_completions() {
+            spin_pause();
         }
     }
 
+    fn kernel_ready(&mut self) -> bool {
+        self.q.has_completions()
+    }
+
+    fn wake_on(&self) -> ((RawFd, i16), bool) {
+        ((self.q.ring_fd(), libc::POLLIN), true)
+    }
+}
+
+impl Server<'_> {
     /// Starts STOP_DEV on SIGTERM; reports START_DEV's and STOP_DEV's ends.
-    fn control_threads(&mut self) -> Result<(), String> {
+    fn control_threads(&mut self) -> Result<()> {
         if signal::stop_requested() && matches!(self.stop, Stop::NotAsked) {
             info!("stop requested: stopping /dev/ublkb{}", self.dev_id);
             let id = self.dev_id;
-            self.stop = Stop::Stopping(
-                Control::spawn("ublk-stop", move |c| c.stop_dev(id)).map_err(|e| e.to_string())?,
-            );
+            self.stop = Stop::Stopping(Control::spawn("ublk-stop", move |c| c.stop_dev(id))?);
         }
         if self.starter.as_ref().is_some_and(JoinHandle::is_finished) {
             if let Some(h) = self.starter.take() {
@@ -301,8 +327,8 @@ impl Server<'_> {
                         info!("serving /dev/ublkb{}", self.dev_id);
                         println!("pvblkd: serving /dev/ublkb{}", self.dev_id);
                     }
-                    Ok(Err(e)) => return Err(format!("ublk START_DEV: {e}")),
-                    Err(_) => return Err("ublk START_DEV thread panicked".into()),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(Error::ControlPanicked("START_DEV")),
                 }
             }
         }
@@ -322,8 +348,8 @@ impl Server<'_> {
 
     /// Takes the ring's completions: new requests go to the backlog
     /// (validated), aborted tags are counted out.
-    fn take_requests(&mut self, q: &mut Queue, bufs: &[DmaBuf]) -> Result<bool, String> {
-        q.reap(&mut self.events);
+    fn take_tags(&mut self) -> Result<bool> {
+        self.q.reap(&mut self.events);
         if self.events.is_empty() {
             return Ok(false);
         }
@@ -332,13 +358,13 @@ impl Server<'_> {
             match ev {
                 Event::Request(tag) => {
                     self.requests += 1;
-                    let Some(d) = q.desc(tag) else { continue };
-                    let buf_bytes = bufs.get(usize::from(tag)).map_or(0, DmaBuf::len);
+                    let Some(d) = self.q.desc(tag) else { continue };
+                    let buf_bytes = self.bufs.get(usize::from(tag)).map_or(0, DmaBuf::len);
                     match wire::decode(&d, capacity, buf_bytes) {
                         Ok(req) => self.backlog.push_back((tag, req)),
                         Err(e) => {
                             warn!("tag {tag}: {e}");
-                            self.commit(q, bufs, tag, e.errno())?;
+                            self.commit(tag, e.errno())?;
                         }
                     }
                 }
@@ -355,29 +381,24 @@ impl Server<'_> {
         Ok(true)
     }
 
-    fn commit(
-        &mut self,
-        q: &mut Queue,
-        bufs: &[DmaBuf],
-        tag: u16,
-        result: i32,
-    ) -> Result<(), String> {
+    fn commit(&mut self, tag: u16, result: i32) -> Result<()> {
         if result < 0 {
             self.errors += 1;
         }
-        let addr = bufs
+        let addr = self
+            .bufs
             .get(usize::from(tag))
             .map_or(0, |b| b.as_ptr().as_ptr() as u64);
-        q.commit(tag, result, addr).map_err(|e| e.to_string())
+        self.q.commit(tag, result, addr)
     }
 
     /// Puts backlog requests on the device until its queue is full.
-    fn submit_backlog(&mut self, q: &mut Queue, bufs: &[DmaBuf]) -> Result<bool, String> {
+    fn submit_tags(&mut self) -> Result<bool> {
         let f = self.info.features;
         let mut any = false;
         while let Some((tag, req)) = self.backlog.pop_front() {
             any = true;
-            let Some(buf) = bufs.get(usize::from(tag)) else {
+            let Some(buf) = self.bufs.get(usize::from(tag)) else {
                 continue;
             };
             let (op, sector, data_len) = match req {
@@ -389,7 +410,7 @@ impl Server<'_> {
                 }
                 IoRequest::Flush if !f.flush => {
                     // No volatile cache: nothing to flush.
-                    self.commit(q, bufs, tag, 0)?;
+                    self.commit(tag, 0)?;
                     continue;
                 }
                 IoRequest::Flush => (Op::Flush, 0, 0),
@@ -420,7 +441,7 @@ impl Server<'_> {
             // does not touch it while the tag's request is ours (between the
             // fetch completion and our commit), and nothing else in this
             // process does until the token completes or a reset aborts it.
-            match unsafe { self.blk.submit(&r) } {
+            match unsafe { self.dev.blk.submit(&r) } {
                 Ok(tok) => {
                     let ok = i32::try_from(data_len).unwrap_or(i32::MAX);
                     self.on_device.insert(tok.raw(), (tag, ok));
@@ -431,70 +452,11 @@ impl Server<'_> {
                 }
                 Err(e) => {
                     warn!("submit {op:?} at {sector}: {e}");
-                    self.commit(q, bufs, tag, errno_of(&e))?;
+                    self.commit(tag, errno_of(&e))?;
                 }
             }
         }
         Ok(any)
-    }
-
-    /// Collects device completions and commits them (resetting the device
-    /// on a fault: the tags on it fail with EIO).
-    fn reap(&mut self, q: &mut Queue, bufs: &[DmaBuf]) -> Result<bool, String> {
-        let mut done: Vec<(Token, Result<usize, BlkError>)> = Vec::new();
-        if let Err(fault) = self.blk.poll_completions(&mut |t, r| done.push((t, r))) {
-            error!("device fault: {fault}; resetting the device");
-            self.blk
-                .reset(&mut |t, r| done.push((t, r)))
-                .map_err(|e| format!("device reset failed: {e}"))?;
-            self.resets += 1;
-            info!("device reset done; {} requests aborted", done.len());
-        }
-        let any = !done.is_empty();
-        for (t, r) in done {
-            let Some((tag, ok)) = self.on_device.remove(&t.raw()) else {
-                warn!("completion for unknown token {:#x}", t.raw());
-                continue;
-            };
-            let result = match r {
-                Ok(_) => ok,
-                Err(e) => {
-                    warn!("tag {tag}: {e}");
-                    errno_of(&e)
-                }
-            };
-            self.commit(q, bufs, tag, result)?;
-        }
-        Ok(any)
-    }
-
-    /// Requests on the device and nothing to do: spin within the budget
-    /// (used ring and completion queue, no system calls), then sleep until
-    /// the device interrupts, the ring has a completion, or the poller's
-    /// sleep passes.
-    fn wait_for_device(&mut self, q: &mut Queue, bufs: &[DmaBuf]) -> Result<(), String> {
-        let sleep = loop {
-            match self.poller.spin_or_sleep() {
-                None => {
-                    if self.reap(q, bufs)? || q.has_completions() {
-                        self.poller.busy();
-                        return Ok(());
-                    }
-                }
-                Some(s) => break s,
-            }
-        };
-        let ring = q.ring_fd();
-        if super::sleep_on_device(
-            self.blk,
-            self.irq,
-            &mut self.poller,
-            (ring, libc::POLLIN),
-            sleep,
-        )? {
-            self.interrupts += 1;
-        }
-        Ok(())
     }
 
     /// Takes requests still on the device back (after an error) so their
@@ -507,7 +469,7 @@ impl Server<'_> {
                 "{} requests still on the device: resetting it",
                 self.on_device.len()
             );
-            if let Err(e) = self.blk.reset(&mut |_, _| {}) {
+            if let Err(e) = self.dev.blk.reset(&mut |_, _| {}) {
                 error!("reset: {e}; leaking the tag buffers");
                 idle = false;
             }
@@ -517,10 +479,10 @@ impl Server<'_> {
             "served {} ublk requests ({} errors, {} device resets, {} interrupts); poller {:?}; core {:?}",
             self.requests,
             self.errors,
-            self.resets,
-            self.interrupts,
-            self.poller.stats,
-            self.blk.stats()
+            self.dev.resets,
+            self.dev.interrupts,
+            self.dev.poller.stats,
+            self.dev.blk.stats()
         );
         idle
     }
