@@ -110,7 +110,7 @@ fuzz_smoke() {
   local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t logf out root
   root=$(pwd)
   mkdir -p target/fuzz-logs
-  for dir in */fuzz; do
+  for dir in */fuzz */*/fuzz; do
     [ -f "$dir/Cargo.toml" ] || continue
     for t in $(cd "$dir" && cargo +nightly fuzz list); do
       logf="target/fuzz-logs/${dir%%/*}-$t.log"
