@@ -4,8 +4,8 @@
 //! p50/p99/p99.9) or `pvrr stream` (a TCP bulk transfer, reporting MB/s).
 //! Output is one `pvrr: key=value ...` line for scripts to parse.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{self, Read, Write};
+use std::net::{AddrParseError, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,40 @@ enum Cmd {
 
 const UDP_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What a `pvrr` run can fail with.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    /// The user asked for a request size UDP cannot carry in one frame.
+    #[error("size {0} is not in 1..=1400")]
+    BadSize(usize),
+    /// The user named a server address that does not parse.
+    #[error("bad address {server}: {source}")]
+    BadAddress {
+        server: String,
+        #[source]
+        source: AddrParseError,
+    },
+    /// The server could not listen on its port.
+    #[error("listen: {0}")]
+    Listen(#[source] io::Error),
+    /// The server could not be reached.
+    #[error("connect {to}: {source}")]
+    Connect {
+        to: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// A socket call failed mid-run.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// Every round trip was lost.
+    #[error("no round trip completed")]
+    NoRoundTrip,
+    /// The server received another byte count than was sent.
+    #[error("server counted {got} bytes of {sent}")]
+    ShortCount { got: u64, sent: u64 },
+}
+
 fn serve_udp(port: u16) -> std::io::Result<()> {
     let s = UdpSocket::bind(("0.0.0.0", port))?;
     let mut buf = [0u8; 2048];
@@ -96,13 +130,13 @@ fn serve_tcp_conn(mut c: TcpStream) -> std::io::Result<()> {
     }
 }
 
-fn server(port: u16) -> Result<(), String> {
+fn server(port: u16) -> Result<(), Error> {
     std::thread::spawn(move || {
         if let Err(e) = serve_udp(port) {
             eprintln!("pvrr: udp server: {e}");
         }
     });
-    let l = TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("listen: {e}"))?;
+    let l = TcpListener::bind(("0.0.0.0", port)).map_err(Error::Listen)?;
     println!("pvrr: server listening on port {port}");
     for c in l.incoming() {
         match c {
@@ -125,10 +159,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn addr(server: &str, port: u16) -> Result<SocketAddr, String> {
+fn addr(server: &str, port: u16) -> Result<SocketAddr, Error> {
     format!("{server}:{port}")
         .parse()
-        .map_err(|e| format!("bad address {server}: {e}"))
+        .map_err(|source| Error::BadAddress {
+            server: server.into(),
+            source,
+        })
 }
 
 fn rr(
@@ -138,35 +175,34 @@ fn rr(
     count: usize,
     warmup: usize,
     tcp: bool,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if !(1..=1400).contains(&size) {
-        return Err(format!("size {size} is not in 1..=1400"));
+        return Err(Error::BadSize(size));
     }
     let to = addr(server, port)?;
     let mut lat = Vec::with_capacity(count);
     let mut lost = 0usize;
     let start = Instant::now();
     if tcp {
-        let mut c = TcpStream::connect(to).map_err(|e| format!("connect {to}: {e}"))?;
-        c.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut c = TcpStream::connect(to).map_err(|source| Error::Connect { to, source })?;
+        c.set_nodelay(true)?;
         let mut hello = vec![b'R'];
         hello.extend_from_slice(&(size as u32).to_le_bytes());
-        c.write_all(&hello).map_err(|e| e.to_string())?;
+        c.write_all(&hello)?;
         let req = vec![0x5au8; size];
         let mut resp = vec![0u8; size];
         for i in 0..warmup + count {
             let t = Instant::now();
-            c.write_all(&req).map_err(|e| e.to_string())?;
-            c.read_exact(&mut resp).map_err(|e| e.to_string())?;
+            c.write_all(&req)?;
+            c.read_exact(&mut resp)?;
             if i >= warmup {
                 lat.push(t.elapsed().as_secs_f64() * 1e6);
             }
         }
     } else {
-        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        s.connect(to).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(UDP_TIMEOUT))
-            .map_err(|e| e.to_string())?;
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(to)?;
+        s.set_read_timeout(Some(UDP_TIMEOUT))?;
         let mut req = vec![0x5au8; size.max(4)];
         let mut resp = [0u8; 2048];
         for i in 0..warmup + count {
@@ -174,7 +210,7 @@ fn rr(
             let n = size.min(4);
             req[..n].copy_from_slice(&seq[..n]);
             let t = Instant::now();
-            s.send(&req[..size]).map_err(|e| e.to_string())?;
+            s.send(&req[..size])?;
             // Skip late answers to earlier (timed-out) requests.
             let ok = loop {
                 match s.recv(&mut resp) {
@@ -210,29 +246,28 @@ fn rr(
         (warmup + count) as f64 / secs
     );
     if lat.is_empty() {
-        return Err("no round trip completed".into());
+        return Err(Error::NoRoundTrip);
     }
     Ok(())
 }
 
-fn stream(server: &str, port: u16, bytes: u64) -> Result<(), String> {
+fn stream(server: &str, port: u16, bytes: u64) -> Result<(), Error> {
     let to = addr(server, port)?;
-    let mut c = TcpStream::connect(to).map_err(|e| format!("connect {to}: {e}"))?;
+    let mut c = TcpStream::connect(to).map_err(|source| Error::Connect { to, source })?;
     let mut hello = vec![b'S'];
     hello.extend_from_slice(&0u32.to_le_bytes());
-    c.write_all(&hello).map_err(|e| e.to_string())?;
+    c.write_all(&hello)?;
     let buf = vec![0xa5u8; 65536];
     let start = Instant::now();
     let mut left = bytes;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
-        c.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        c.write_all(&buf[..n])?;
         left -= n as u64;
     }
-    c.shutdown(std::net::Shutdown::Write)
-        .map_err(|e| e.to_string())?;
+    c.shutdown(std::net::Shutdown::Write)?;
     let mut total = [0u8; 8];
-    c.read_exact(&mut total).map_err(|e| e.to_string())?;
+    c.read_exact(&mut total)?;
     let secs = start.elapsed().as_secs_f64();
     let got = u64::from_le_bytes(total);
     println!(
@@ -240,7 +275,7 @@ fn stream(server: &str, port: u16, bytes: u64) -> Result<(), String> {
         got as f64 / secs / 1e6
     );
     if got != bytes {
-        return Err(format!("server counted {got} bytes of {bytes}"));
+        return Err(Error::ShortCount { got, sent: bytes });
     }
     Ok(())
 }
