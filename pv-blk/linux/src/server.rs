@@ -1,8 +1,8 @@
 //! The serving loop both exports share. An export (NBD: [`crate::nbd::server`],
 //! ublk: [`crate::ublk::server`]) is the kernel half: it takes requests from
 //! the kernel, turns them into device requests and answers the kernel; the
-//! device half ([`DeviceSide`]: the core, its interrupt, the poller) and the
-//! loop ([`serve`]) that alternates between them are written once here.
+//! device half (`DeviceSide`: the core, its interrupt, the poller) and the
+//! loop (`serve`) that alternates between them are written once here.
 //!
 //! One turn of the loop: the export's control work (stop requests, helper
 //! threads), new requests from the kernel, the backlog onto the device,

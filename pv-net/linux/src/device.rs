@@ -1,5 +1,5 @@
 //! The device side of `pvnetd`: claim the virtio-net PCI function, start
-//! the core on it, set the TAP up after it, run the [`Pump`] and hand
+//! the core on it, set the TAP up after it, run the `Pump` and hand
 //! everything back.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The loop of `pvnetd` moving frames between the device and the TAP
-//! ([`Pump`]), with its counters; the crate docs say how it polls and
+//! (`Pump`), with its counters; the crate docs say how it polls and
 //! sleeps.
 
 use std::os::unix::io::RawFd;
