@@ -113,7 +113,7 @@ fuzz_smoke() {
   local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir name t logf out root
   root=$(pwd)
   mkdir -p target/fuzz-logs
-  # Crate folders and OS-glue folders beside a core (pv-blk/windows/fuzz).
+  # Crate folders and OS-glue folders beside a core (pv-blk/linux/fuzz).
   for dir in */fuzz */*/fuzz; do
     [ -f "$dir/Cargo.toml" ] || continue
     name=${dir%/fuzz}
