@@ -111,6 +111,21 @@ pub struct Config {
     pub switch: crate::net::SwitchConfig,
 }
 
+/// A socket-served device's name for logs and metrics: its `name`, else
+/// the socket's file stem (`/run/vm1.sock` is `vm1`), else the whole path.
+/// Every device table with a `name` and a `socket` names itself this way.
+pub fn device_name(name: Option<&str>, socket: &Path) -> String {
+    name.map_or_else(
+        || {
+            socket.file_stem().map_or_else(
+                || socket.display().to_string(),
+                |s| s.to_string_lossy().into_owned(),
+            )
+        },
+        str::to_owned,
+    )
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }

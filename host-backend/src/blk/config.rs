@@ -55,14 +55,9 @@ pub struct DiskConfig {
 }
 
 impl DiskConfig {
-    /// Name for logs: `name`, else the socket's file name.
+    /// Name for logs and metrics ([`crate::config::device_name`]).
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            self.socket.file_stem().map_or_else(
-                || self.socket.display().to_string(),
-                |s| s.to_string_lossy().into_owned(),
-            )
-        })
+        crate::config::device_name(self.name.as_deref(), &self.socket)
     }
 
     /// GET_ID string: `serial`, else the name.

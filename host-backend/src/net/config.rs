@@ -52,14 +52,9 @@ pub struct NetPortConfig {
 }
 
 impl NetPortConfig {
-    /// Name for logs and metrics: `name`, else the socket's file stem.
+    /// Name for logs and metrics ([`crate::config::device_name`]).
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            self.socket.file_stem().map_or_else(
-                || self.socket.display().to_string(),
-                |s| s.to_string_lossy().into_owned(),
-            )
-        })
+        crate::config::device_name(self.name.as_deref(), &self.socket)
     }
 
     /// The configured MAC, parsed (validate() has checked it).
