@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use pv_blk::pattern;
+use pv_blk_linux::error::PvioError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -143,21 +144,20 @@ struct Range {
 
 /// Opens `r.path` for the range commands (write and verify), with O_DIRECT
 /// when asked.
-fn open_range(r: &Range, write: bool) -> Result<File, String> {
+fn open_range(r: &Range, write: bool) -> Result<File, PvioError> {
     use std::os::unix::fs::OpenOptionsExt;
     if r.direct && (r.block_size < 512 || !r.block_size.is_multiple_of(512)) {
-        return Err(format!(
-            "--direct needs a block size that is a multiple of 512, not {}",
-            r.block_size
-        ));
+        return Err(PvioError::DirectBlockSize(r.block_size));
     }
     let mut o = OpenOptions::new();
     o.read(true).write(write);
     if r.direct {
         o.custom_flags(libc::O_DIRECT);
     }
-    o.open(&r.path)
-        .map_err(|e| format!("open {}: {e}", r.path.display()))
+    o.open(&r.path).map_err(|source| PvioError::Open {
+        path: r.path.clone(),
+        source,
+    })
 }
 
 /// A zeroed buffer of `len` bytes aligned to 4096 (O_DIRECT needs it).
@@ -196,24 +196,23 @@ fn device_size(f: &mut File) -> std::io::Result<u64> {
     Ok(size)
 }
 
-fn blocks_in(r: &Range, size: u64) -> Result<u64, String> {
+fn blocks_in(r: &Range, size: u64) -> Result<u64, PvioError> {
     let bs = r.block_size as u64;
     let avail = (size / bs).saturating_sub(r.start);
     match r.count {
-        Some(c) if c > avail => Err(format!(
-            "{} has {} blocks of {} bytes after block {}, {} asked",
-            r.path.display(),
+        Some(c) if c > avail => Err(PvioError::RangeTooLong {
+            path: r.path.clone(),
             avail,
-            bs,
-            r.start,
-            c
-        )),
+            block_size: bs,
+            start: r.start,
+            asked: c,
+        }),
         Some(c) => Ok(c),
         None => Ok(avail),
     }
 }
 
-fn run(cmd: Cmd) -> Result<ExitCode, String> {
+fn run(cmd: Cmd) -> Result<ExitCode, PvioError> {
     match cmd {
         Cmd::Randread {
             path,
@@ -243,43 +242,48 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             let f = OpenOptions::new()
                 .write(true)
                 .open(&path)
-                .map_err(|e| format!("open {}: {e}", path.display()))?;
+                .map_err(|source| PvioError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
             let range = [offset, len];
             // SAFETY: BLKZEROOUT reads a u64[2] through the pointer, which
             // points to a live local array for the duration of the call.
             let rc = unsafe { libc::ioctl(f.as_raw_fd(), BLKZEROOUT, range.as_ptr()) };
             if rc != 0 {
-                return Err(format!(
-                    "BLKZEROOUT {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                ));
+                return Err(PvioError::ZeroOut {
+                    path,
+                    source: std::io::Error::last_os_error(),
+                });
             }
             println!("pvio: zeroed {len} bytes at {offset}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Size { path } => {
-            let mut f = File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
-            let size =
-                device_size(&mut f).map_err(|e| format!("size of {}: {e}", path.display()))?;
+            let mut f = File::open(&path).map_err(|source| PvioError::Open {
+                path: path.clone(),
+                source,
+            })?;
+            let size = device_size(&mut f).map_err(|source| PvioError::Size { path, source })?;
             println!("{size}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Write(r) => {
             let mut f = open_range(&r, true)?;
-            let size = device_size(&mut f).map_err(|e| e.to_string())?;
+            let size = device_size(&mut f)?;
             let count = blocks_in(&r, size)?;
             let mut aligned = AlignedBuf::new(r.block_size);
             let buf = aligned.get();
-            f.seek(SeekFrom::Start(r.start * r.block_size as u64))
-                .map_err(|e| e.to_string())?;
+            f.seek(SeekFrom::Start(r.start * r.block_size as u64))?;
             for i in r.start..r.start + count {
-                pattern::stamp(buf, r.seed, i).map_err(|e| e.to_string())?;
+                pattern::stamp(buf, r.seed, i).map_err(PvioError::Stamp)?;
                 f.write_all(buf)
-                    .map_err(|e| format!("write block {i}: {e}"))?;
+                    .map_err(|source| PvioError::Write { block: i, source })?;
             }
-            f.sync_all()
-                .map_err(|e| format!("fsync {}: {e}", r.path.display()))?;
+            f.sync_all().map_err(|source| PvioError::Fsync {
+                path: r.path.clone(),
+                source,
+            })?;
             println!(
                 "pvio: wrote {count} blocks of {} bytes (seed {})",
                 r.block_size, r.seed
@@ -288,16 +292,15 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Verify(r) => {
             let mut f = open_range(&r, false)?;
-            let size = device_size(&mut f).map_err(|e| e.to_string())?;
+            let size = device_size(&mut f)?;
             let count = blocks_in(&r, size)?;
             let mut aligned = AlignedBuf::new(r.block_size);
             let buf = aligned.get();
-            f.seek(SeekFrom::Start(r.start * r.block_size as u64))
-                .map_err(|e| e.to_string())?;
+            f.seek(SeekFrom::Start(r.start * r.block_size as u64))?;
             let mut bad = 0u64;
             for i in r.start..r.start + count {
                 f.read_exact(buf)
-                    .map_err(|e| format!("read block {i}: {e}"))?;
+                    .map_err(|source| PvioError::Read { block: i, source })?;
                 if let Err(e) = pattern::verify(buf, r.seed, i) {
                     if bad < 10 {
                         println!("pvio: block {i}: {e}");
@@ -327,27 +330,30 @@ fn randread(
     jobs: u32,
     bs: usize,
     seed: u64,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, PvioError> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use std::time::{Duration, Instant};
     if bs < 512 || !bs.is_multiple_of(512) {
-        return Err(format!("block size {bs} is not a multiple of 512"));
+        return Err(PvioError::BlockSize(bs));
     }
-    let mut probe = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    let blocks = device_size(&mut probe).map_err(|e| e.to_string())? / bs as u64;
+    let mut probe = File::open(path).map_err(|source| PvioError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let blocks = device_size(&mut probe)? / bs as u64;
     if blocks == 0 {
-        return Err(format!("{} is smaller than one block", path.display()));
+        return Err(PvioError::SmallerThanOneBlock(path.to_owned()));
     }
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let handles: Vec<_> = (0..jobs)
         .map(|j| {
             let path = path.to_owned();
-            std::thread::spawn(move || -> Result<Vec<u32>, String> {
+            std::thread::spawn(move || -> Result<Vec<u32>, PvioError> {
                 let f = OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_DIRECT)
                     .open(&path)
-                    .map_err(|e| format!("open {}: {e}", path.display()))?;
+                    .map_err(|source| PvioError::Open { path, source })?;
                 let mut buf = AlignedBuf::new(bs);
                 let mut x = seed ^ (u64::from(j) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let mut lat = Vec::with_capacity(1 << 16);
@@ -359,7 +365,10 @@ fn randread(
                     let off = (x % blocks) * bs as u64;
                     let t = Instant::now();
                     f.read_exact_at(buf.get(), off)
-                        .map_err(|e| format!("read at {off}: {e}"))?;
+                        .map_err(|source| PvioError::ReadAt {
+                            offset: off,
+                            source,
+                        })?;
                     lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                 }
                 Ok(lat)
@@ -368,13 +377,10 @@ fn randread(
         .collect();
     let mut all = Vec::new();
     for h in handles {
-        all.extend(
-            h.join()
-                .map_err(|_| "a reader thread panicked".to_owned())??,
-        );
+        all.extend(h.join().map_err(|_| PvioError::ReaderPanicked)??);
     }
     if all.is_empty() {
-        return Err("no read completed".into());
+        return Err(PvioError::NoReadCompleted);
     }
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
@@ -390,20 +396,23 @@ fn randread(
 
 /// Sequential O_DIRECT reads for `seconds`; prints `pvio: seqread bs=B
 /// mib_s=M iops=N`.
-fn seqread(path: &std::path::Path, seconds: u64, bs: usize) -> Result<ExitCode, String> {
+fn seqread(path: &std::path::Path, seconds: u64, bs: usize) -> Result<ExitCode, PvioError> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     use std::time::{Duration, Instant};
     if bs < 512 || !bs.is_multiple_of(512) {
-        return Err(format!("block size {bs} is not a multiple of 512"));
+        return Err(PvioError::BlockSize(bs));
     }
     let mut f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
-        .map_err(|e| format!("open {}: {e}", path.display()))?;
-    let blocks = device_size(&mut f).map_err(|e| e.to_string())? / bs as u64;
+        .map_err(|source| PvioError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    let blocks = device_size(&mut f)? / bs as u64;
     if blocks == 0 {
-        return Err(format!("{} is smaller than one block", path.display()));
+        return Err(PvioError::SmallerThanOneBlock(path.to_owned()));
     }
     let mut buf = AlignedBuf::new(bs);
     let start = Instant::now();
@@ -412,7 +421,10 @@ fn seqread(path: &std::path::Path, seconds: u64, bs: usize) -> Result<ExitCode, 
     while Instant::now() < deadline {
         let off = (n % blocks) * bs as u64;
         f.read_exact_at(buf.get(), off)
-            .map_err(|e| format!("read at {off}: {e}"))?;
+            .map_err(|source| PvioError::ReadAt {
+                offset: off,
+                source,
+            })?;
         n += 1;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -433,6 +445,7 @@ mod direct {
 
     use pv_blk::virtio::{VirtioBlk, VirtioBlkConfig};
     use pv_blk::{BlockFrontend, IoBuf, Request, SECTOR_SIZE};
+    use pv_blk_linux::error::PvioError;
     use pv_linux::dma::{self, DmaBuf, LinuxHal};
     use pv_linux::pci::{PciAddress, PciDevice};
     use virtio_drivers::transport::pci::PciTransport;
@@ -447,17 +460,15 @@ mod direct {
         bs: usize,
         seed: u64,
         touch: bool,
-    ) -> Result<ExitCode, String> {
+    ) -> Result<ExitCode, PvioError> {
         if bs < 512 || !bs.is_multiple_of(512) || bs > dma::HUGEPAGE_SIZE {
-            return Err(format!(
-                "block size {bs}: want a multiple of 512 up to 2 MiB"
-            ));
+            return Err(PvioError::DmaBlockSize(bs));
         }
-        let addr: PciAddress = pci.parse().map_err(|e: pv_linux::Error| e.to_string())?;
-        dma::init(64, 1).map_err(|e| e.to_string())?;
-        let dev = PciDevice::claim(addr).map_err(|e| format!("claim {addr}: {e}"))?;
+        let addr: PciAddress = pci.parse()?;
+        dma::init(64, 1)?;
+        let dev = PciDevice::claim(addr).map_err(|source| PvioError::Claim { addr, source })?;
         let r = bench(&dev, mode, seconds, qd, bs, seed, touch);
-        dev.release().map_err(|e| e.to_string())?;
+        dev.release()?;
         r
     }
 
@@ -469,29 +480,27 @@ mod direct {
         bs: usize,
         seed: u64,
         touch: bool,
-    ) -> Result<ExitCode, String> {
+    ) -> Result<ExitCode, PvioError> {
         let mut copy = if touch { vec![0u8; bs] } else { Vec::new() };
         // Declared before the frontend so that they are dropped after it on
         // every path: dropping the frontend resets the device, which then no
         // longer touches them.
         let mut bufs = (0..qd)
             .map(|_| DmaBuf::new(bs))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let transport = dev.virtio_transport().map_err(|e| e.to_string())?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let transport = dev.virtio_transport()?;
         let mut blk: VirtioBlk<LinuxHal, PciTransport> =
-            VirtioBlk::new(transport, VirtioBlkConfig::default())
-                .map_err(|e| format!("virtio-blk init: {e}"))?;
+            VirtioBlk::new(transport, VirtioBlkConfig::default()).map_err(PvioError::Init)?;
         let info = blk.info();
         let blocks = info.capacity_sectors * SECTOR_SIZE as u64 / bs as u64;
         if blocks == 0 {
-            return Err("device smaller than one block".into());
+            return Err(PvioError::DeviceTooSmall);
         }
         if qd > info.queue_depth {
-            return Err(format!(
-                "qd {qd} above the queue depth {}",
-                info.queue_depth
-            ));
+            return Err(PvioError::QdAboveDepth {
+                qd,
+                depth: info.queue_depth,
+            });
         }
         let mut x = seed | 1;
         let mut seq = 0u64;
@@ -514,7 +523,7 @@ mod direct {
                       bufs: &mut [DmaBuf],
                       slot: usize,
                       block: u64|
-         -> Result<(u32, Instant), String> {
+         -> Result<(u32, Instant), PvioError> {
             let b = &mut bufs[slot];
             let io = [IoBuf::new(b.as_ptr(), b.len())];
             let req = Request::read(block * sectors_per_block, &io);
@@ -525,7 +534,7 @@ mod direct {
             // token completes (the slot is only resubmitted after that), and
             // the buffers outlive the frontend's use of them: they are
             // dropped after `blk`, whose drop resets the device first.
-            let t = unsafe { blk.submit(&req) }.map_err(|e| format!("submit: {e}"))?;
+            let t = unsafe { blk.submit(&req) }.map_err(PvioError::Submit)?;
             Ok((t.raw(), at))
         };
         let start = Instant::now();
@@ -542,7 +551,7 @@ mod direct {
         while !in_flight.is_empty() {
             done.clear();
             blk.poll_completions(&mut |t, r| done.push((t.raw(), r.is_ok())))
-                .map_err(|e| format!("device fault: {e}"))?;
+                .map_err(PvioError::DeviceFault)?;
             let now = Instant::now();
             let running = now < deadline;
             if !running && end.is_none() {
@@ -573,7 +582,7 @@ mod direct {
                 in_flight.insert(t2, (slot, at2));
             }
             if now > drain_deadline {
-                return Err(format!("{} requests never completed", in_flight.len()));
+                return Err(PvioError::NeverCompleted(in_flight.len()));
             }
             if done.is_empty() {
                 std::hint::spin_loop();
@@ -582,10 +591,10 @@ mod direct {
         drop(blk);
         drop(bufs);
         if errors > 0 {
-            return Err(format!("{errors} reads failed"));
+            return Err(PvioError::ReadsFailed(errors));
         }
         if lat.is_empty() {
-            return Err("no read completed".into());
+            return Err(PvioError::NoReadCompleted);
         }
         let secs = end.unwrap_or(deadline).duration_since(start).as_secs_f64();
         let n = lat.len();
