@@ -16,7 +16,8 @@
 //! serving loop both exports share), [`error`]; and this device's own
 //! kernel interfaces: [`nbd`] and [`ublk`] (the kernel side, the wire
 //! codecs, host-testable and fuzzed in `fuzz/`, and each export's half of
-//! the server). The binaries in `src/bin/` are thin: parse, log, run.
+//! the server); and [`pvio`], the guest I/O tool's commands. The binaries
+//! in `src/bin/` are thin: parse, log, run.
 //!
 //! # How it runs
 //!
@@ -53,6 +54,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod nbd;
+pub mod pvio;
 pub mod server;
 pub mod ublk;
 

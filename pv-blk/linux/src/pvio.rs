@@ -1,9 +1,12 @@
-//! `pvio`: the guest I/O tool. Writes and verifies self-describing block
-//! stamps (see `pv_blk::pattern`) on a block device or file, so a test can
-//! check data end to end: in the guest, or on the host image afterwards.
+//! The guest I/O tool `pvio` (its binary, `src/bin/pvio.rs`, parses and
+//! calls [`run`]). Writes and verifies self-describing block stamps (see
+//! `pv_blk::pattern`) on a block device or file, so a test can check data
+//! end to end: in the guest, or on the host image afterwards; and measures
+//! reads, through the kernel or on a claimed device with the pv-blk core.
 //!
 //! Runs inside test guests as a static binary; exits 0 on success, 1 when
-//! verification finds a bad block, 2 on usage or I/O errors.
+//! verification finds a bad block, 2 on usage or I/O errors
+//! ([`PvioError`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -12,14 +15,16 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use pv_blk::pattern;
-use pv_blk_linux::error::PvioError;
 
+use crate::error::PvioError;
+
+/// The command line of `pvio`.
 #[derive(Parser, Debug)]
 #[command(
     version,
     about = "pvdrivers guest I/O tool: stamp and verify blocks end to end"
 )]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -178,17 +183,6 @@ impl AlignedBuf {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli.cmd) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("pvio: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
 fn device_size(f: &mut File) -> std::io::Result<u64> {
     // Works for block devices as well as regular files.
     let size = f.seek(SeekFrom::End(0))?;
@@ -212,8 +206,10 @@ fn blocks_in(r: &Range, size: u64) -> Result<u64, PvioError> {
     }
 }
 
-fn run(cmd: Cmd) -> Result<ExitCode, PvioError> {
-    match cmd {
+/// Runs the command: `Ok` with exit code 0, or 1 when a verify found bad
+/// blocks (printed); `Err` for a usage, I/O or device error.
+pub fn run(cli: Cli) -> Result<ExitCode, PvioError> {
+    match cli.cmd {
         Cmd::Randread {
             path,
             seconds,
@@ -443,9 +439,9 @@ mod direct {
     use std::process::ExitCode;
     use std::time::{Duration, Instant};
 
+    use crate::error::PvioError;
     use pv_blk::virtio::{VirtioBlk, VirtioBlkConfig};
     use pv_blk::{BlockFrontend, IoBuf, Request, SECTOR_SIZE};
-    use pv_blk_linux::error::PvioError;
     use pv_linux::dma::{self, DmaBuf, LinuxHal};
     use pv_linux::pci::{PciAddress, PciDevice};
     use virtio_drivers::transport::pci::PciTransport;
