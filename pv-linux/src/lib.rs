@@ -58,7 +58,7 @@
 //! ```
 //!
 //! `pvballoond` (`pv-balloon/linux/src/device.rs`) is the worked example;
-//! `pvio direct` (`pv-blk/linux/src/bin/pvio.rs`) the minimal one.
+//! `pvio direct` (`pv-blk/linux/src/pvio.rs`) the minimal one.
 //!
 //! # What it refuses
 //!
