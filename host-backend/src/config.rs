@@ -185,6 +185,14 @@ mod tests {
     }
 
     #[test]
+    fn device_name_is_name_else_socket_stem_else_path() {
+        let sock = Path::new("/run/pvdrivers/vm1-root.sock");
+        assert_eq!(device_name(Some("root"), sock), "root");
+        assert_eq!(device_name(None, sock), "vm1-root");
+        assert_eq!(device_name(None, Path::new("/")), "/");
+    }
+
+    #[test]
     fn errors_carry_line_numbers() {
         let text = "[daemon]\nlog_level = \"info\"\n\n[[disk]]\npath = \"/a\"\nsocket = \"/s\"\nqueue_sise = 4\n";
         let e = Config::parse(text, Path::new("c.toml")).expect_err("typo");
