@@ -3,7 +3,8 @@
 //! its QEMU quits, a new QEMU restores it (`-incoming`), and the guest
 //! carries on: every block verifies in the guest (first through the page
 //! cache the save left behind, then from the disk) and in the image on the
-//! host.
+//! host. A second run adds a switch NIC, and the guest pings a peer guest
+//! on the switch before the save and after the restore.
 //!
 //! The guest tells the two QEMU processes apart by a `fw_cfg` string that
 //! only the command line sets (`fw_cfg` contents are not part of the saved
@@ -57,6 +58,22 @@ fn save(qmp: &mut Qmp, state: &Path) -> Duration {
 
 #[test]
 fn disk_guest_is_saved_and_restored_in_a_new_qemu() {
+    save_and_restore("lifecycle-save-restore", false);
+}
+
+/// The same with a switch NIC as well: before the save the guest pings a
+/// peer guest on the switch, after the restore it pings it again (the
+/// NIC's rings were saved with the guest and the port serves the new
+/// QEMU), then tells the peer it is done.
+#[test]
+fn disk_and_switch_nic_guest_is_saved_and_restored() {
+    save_and_restore("lifecycle-save-restore-net", true);
+}
+
+const IP_GUEST: &str = "169.254.20.1";
+const IP_PEER: &str = "169.254.20.2";
+
+fn save_and_restore(name: &str, with_nic: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("disk.img");
     fs::File::create(&image)
@@ -64,16 +81,69 @@ fn disk_guest_is_saved_and_restored_in_a_new_qemu() {
         .expect("image");
     let sock = dir.path().join("disk.sock");
     let state = dir.path().join("guest.state");
-    let backend = PvBackend::start(
+    let (port_a, port_b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let ports: Vec<String> = if with_nic {
+        [&port_a, &port_b]
+            .iter()
+            .zip(["a", "b"])
+            .map(|(s, n)| format!("socket={},name={n}", s.display()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let backend = PvBackend::start_with(
         &[format!(
             "path={},socket={},serial=pv-lifecycle",
             image.display(),
             sock.display()
         )],
+        &ports,
         &["--log-level", "info"],
         &dir.path().join("backend.log"),
     )
     .expect("backend");
+    // The peer: up until the saved guest connects to its port 5001.
+    let peer = with_nic.then(|| {
+        Guest::builder(&format!("{name}-peer"))
+            .memory_mib(256)
+            .modules(["virtio_pci", "virtio_net"])
+            .vhost_user_net(&port_b, "52:54:00:00:14:02")
+            .script(&format!(
+                r#"
+nc -l -p 5001 > /tmp/bye &
+BYE=$!
+until grep -q ':1389 [0-9A-F]*:0000 0A' /proc/net/tcp /proc/net/tcp6; do sleep 0.2; done
+ip link set eth0 up
+ip addr add {IP_PEER}/16 dev eth0
+wait $BYE
+echo "pvtest: told $(cat /tmp/bye)"
+"#
+            ))
+            .timeout(Duration::from_secs(1200))
+            .start()
+            .expect("start peer")
+    });
+    let (net_up, net_after) = if with_nic {
+        (
+            format!(
+                r#"
+ip link set eth0 up
+ip addr add {IP_GUEST}/16 dev eth0
+n=0; until ping -c 1 -W 1 {IP_PEER} >/dev/null; do n=$((n+1)); [ $n -lt 240 ] || exit 1; done
+echo "pvtest: peer answers"
+"#
+            ),
+            format!(
+                r#"
+ping -c 3 -W 10 {IP_PEER}
+echo "pvtest: peer answers after the restore"
+echo bye | nc {IP_PEER} 5001
+"#
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
 
     // Each pass stamps the disk with a new seed (O_DIRECT), drops the page
     // cache and reads it all back through the cache: the backend copies
@@ -84,6 +154,7 @@ fn disk_guest_is_saved_and_restored_in_a_new_qemu() {
         r#"
 phase() {{ cat /sys/firmware/qemu_fw_cfg/by_name/{FW_CFG}/raw; }}
 [ "$(phase)" = original ]
+{net_up}
 i=0
 seed={SEED}
 while [ "$(phase)" = original ]; do
@@ -101,12 +172,12 @@ pvio verify /dev/vda --seed $seed --count {BLOCKS}
 echo 3 > /proc/sys/vm/drop_caches
 pvio verify /dev/vda --seed $seed --count {BLOCKS} --direct
 echo "pvtest: every block verified"
-"#
+{net_after}"#
     );
     // One machine, booted with one fw_cfg phase and restored with the
     // other (same length: the guest sized the entry when it booted).
     let machine = |phase: &str| -> GuestBuilder {
-        Guest::builder("lifecycle-save-restore")
+        let b = Guest::builder(name)
             .memory_mib(256)
             .modules(["virtio_pci", "virtio_blk", "qemu_fw_cfg"])
             // The kernel zeroes every page it allocates by default: a CPU
@@ -119,7 +190,13 @@ echo "pvtest: every block verified"
             .qmp()
             .qemu_args(["-fw_cfg", &format!("name={FW_CFG},string={phase}")])
             .script(&script)
-            .timeout(Duration::from_secs(1200))
+            .timeout(Duration::from_secs(1200));
+        if with_nic {
+            b.module("virtio_net")
+                .vhost_user_net(&port_a, "52:54:00:00:14:01")
+        } else {
+            b
+        }
     };
 
     let mut first = machine("original").start().expect("boot");
@@ -161,6 +238,18 @@ echo "pvtest: every block verified"
         );
     }
     assert!(out.console_has("pvtest: every block verified"));
+    if let Some(peer) = peer {
+        assert!(out.console_has("pvtest: peer answers after the restore"));
+        let p = peer.wait();
+        if !p.passed() {
+            panic!(
+                "{}\n--- backend log ---\n{}",
+                p.failure_report(),
+                backend.log()
+            );
+        }
+        assert!(p.console_has("pvtest: told bye"), "{}", p.console);
+    }
     let seed = out
         .console
         .lines()
