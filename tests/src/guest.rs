@@ -151,6 +151,19 @@ pub struct GuestBuilder {
     cmdline: Vec<String>,
     echo: bool,
     kernel: KernelChoice,
+    incoming: Option<Incoming>,
+}
+
+/// What a restored guest takes over from the guest that was saved: its
+/// initramfs (QEMU loads it again before the saved RAM replaces it) and its
+/// console markers (the scenario's end marker is in that RAM), and where
+/// the saved state is.
+#[derive(Debug, Clone)]
+struct Incoming {
+    initramfs: Vec<u8>,
+    begin_marker: String,
+    end_marker: String,
+    state: PathBuf,
 }
 
 /// A running guest. Dropping it kills QEMU.
@@ -168,6 +181,7 @@ pub struct Guest {
     timeout: Duration,
     boot_to_scenario: Option<Duration>,
     qmp_socket: Option<PathBuf>,
+    initrd: PathBuf,
     _workdir: tempfile::TempDir,
 }
 
@@ -191,6 +205,7 @@ impl Guest {
             cmdline: Vec::new(),
             echo: std::env::var_os("PVTEST_ECHO").is_some(),
             kernel: KernelChoice::Current,
+            incoming: None,
         }
     }
 
@@ -499,6 +514,25 @@ impl GuestBuilder {
         self
     }
 
+    /// Instead of booting, restore `saved`'s scenario from `state`, a file
+    /// its QEMU wrote with QMP `migrate` to `exec:cat > FILE` (QEMU runs
+    /// with `-incoming exec:cat FILE` and the guest continues where it was
+    /// saved). The builder must describe the same machine as `saved`'s (the
+    /// same devices, in the same order: build both from one builder).
+    /// `saved`'s QEMU should have quit; the new guest's console and
+    /// outcome are the rest of `saved`'s scenario.
+    pub fn restore(mut self, saved: &Guest, state: &Path) -> Result<Self, HarnessError> {
+        let initramfs = fs::read(&saved.initrd)
+            .map_err(|e| HarnessError::io(format!("read {}", saved.initrd.display()), e))?;
+        self.incoming = Some(Incoming {
+            initramfs,
+            begin_marker: saved.begin_marker.clone(),
+            end_marker: saved.end_marker.clone(),
+            state: state.to_owned(),
+        });
+        Ok(self)
+    }
+
     fn dev_id(&mut self, kind: &str) -> String {
         self.next_dev += 1;
         format!("{kind}{}", self.next_dev)
@@ -695,13 +729,23 @@ impl GuestBuilder {
     pub fn start(self) -> Result<Guest, HarnessError> {
         let kernel = self.kernel.resolve()?;
         let suffix = unique_suffix();
-        let begin = format!("PVTEST-{suffix}-BEGIN");
-        let end = format!("PVTEST-{suffix}-END");
         let workdir = tempfile::Builder::new()
             .prefix(&format!("pvtest-{}-", sanitize(&self.name)))
             .tempdir()
             .map_err(|e| HarnessError::io("create guest work dir".into(), e))?;
-        let (image, _order) = self.build_initramfs(&kernel, &begin, &end)?;
+        let (begin, end, image) = match &self.incoming {
+            Some(i) => (
+                i.begin_marker.clone(),
+                i.end_marker.clone(),
+                i.initramfs.clone(),
+            ),
+            None => {
+                let begin = format!("PVTEST-{suffix}-BEGIN");
+                let end = format!("PVTEST-{suffix}-END");
+                let (image, _order) = self.build_initramfs(&kernel, &begin, &end)?;
+                (begin, end, image)
+            }
+        };
         let initrd = workdir.path().join("initramfs.cpio");
         fs::write(&initrd, image)
             .map_err(|e| HarnessError::io(format!("write {}", initrd.display()), e))?;
@@ -767,6 +811,11 @@ impl GuestBuilder {
         } else {
             None
         };
+        if let Some(i) = &self.incoming {
+            // exec: runs through /bin/sh -c; the path is quoted for it.
+            let state = i.state.display().to_string().replace('\'', r"'\''");
+            cmd.arg("-incoming").arg(format!("exec:cat '{state}'"));
+        }
         cmd.args(&self.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -850,6 +899,7 @@ impl GuestBuilder {
             timeout: self.timeout,
             boot_to_scenario: None,
             qmp_socket,
+            initrd,
             _workdir: workdir,
         })
     }

@@ -103,20 +103,35 @@ impl PvBackend {
         Self::start_with(disk_specs, &[], extra_args, log)
     }
 
-    /// A switch with two ports, `a` and `b`, on `a.sock` and `b.sock` in
+    /// A switch with one port per name in `names`, port `n` on `n.sock` in
     /// `dir` (log `dir/backend.log`, info level, metrics on an ephemeral
-    /// port): the set-up of the two-guest network tests.
-    pub fn two_port_switch(dir: &Path) -> Result<(Self, PathBuf, PathBuf), HarnessError> {
-        let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
+    /// port): the set-up of the multi-guest network tests. Returns the
+    /// sockets in the order of `names`.
+    pub fn switch(dir: &Path, names: &[&str]) -> Result<(Self, Vec<PathBuf>), HarnessError> {
+        let sockets: Vec<PathBuf> = names
+            .iter()
+            .map(|n| dir.join(format!("{n}.sock")))
+            .collect();
+        let specs: Vec<String> = names
+            .iter()
+            .zip(&sockets)
+            .map(|(n, s)| format!("socket={},name={n}", s.display()))
+            .collect();
         let backend = Self::start_with(
             &[],
-            &[
-                format!("socket={},name=a", a.display()),
-                format!("socket={},name=b", b.display()),
-            ],
+            &specs,
             &["--log-level", "info", "--metrics", "127.0.0.1:0"],
             &dir.join("backend.log"),
         )?;
+        Ok((backend, sockets))
+    }
+
+    /// [`PvBackend::switch`] with two ports, `a` and `b`.
+    pub fn two_port_switch(dir: &Path) -> Result<(Self, PathBuf, PathBuf), HarnessError> {
+        let (backend, sockets) = Self::switch(dir, &["a", "b"])?;
+        let [a, b]: [PathBuf; 2] = sockets
+            .try_into()
+            .map_err(|_| HarnessError::Setup("two ports asked, other count made".into()))?;
         Ok((backend, a, b))
     }
 

@@ -425,3 +425,114 @@ fn burst_run(event_idx: bool, port_opts: &str) {
         assert_eq!(windows, 0.0, "polling without poll-us\n{m}");
     }
 }
+
+const MAC_C: [u8; 6] = [0x52, 0x54, 0, 0, 0xcc, 3];
+
+/// Receives the next frames on `port` and checks they are exactly
+/// `frames`, in order.
+fn expect_frames(port: &str, d: &mut NativeNetDriver, frames: &[&[u8]]) {
+    for (i, want) in frames.iter().enumerate() {
+        let got = d
+            .recv(WAIT)
+            .expect("recv")
+            .unwrap_or_else(|| panic!("port {port}: frame {i} never arrived"));
+        assert_eq!(
+            got.frame, *want,
+            "port {port}: frame {i} is not the one expected (a frame that should not reach it?)"
+        );
+    }
+}
+
+/// Three ports: a broadcast reaches both other ports and never the
+/// ingress one, and unicast to a learned MAC reaches only that MAC's port.
+///
+/// Every step waits until its frames arrived before the next is sent, so
+/// each port's receive order is fixed; a unicast that leaked to the third
+/// port, or a broadcast copied back to its sender, shows up as an
+/// unexpected frame in that order (each sender follows its unicast with a
+/// broadcast marker, which a leaked copy would precede). The counters,
+/// read once the last marker arrived (so every worker has finished every
+/// frame before it), must match the deliveries exactly.
+#[test]
+fn three_ports_unicast_stays_private_and_broadcast_skips_the_ingress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (backend, socks) = PvBackend::switch(dir.path(), &["a", "b", "c"]).expect("backend");
+    let [mut a, mut b, mut c] =
+        [0, 1, 2].map(|i| NativeNetDriver::connect(&socks[i], 64).expect("connect"));
+
+    // Each port says hello with a broadcast: learned, flooded to the other
+    // two.
+    let hb = frame(BCAST, MAC_B, b"hello from b");
+    b.send(&hb).expect("send");
+    expect_frames("a", &mut a, &[&hb]);
+    expect_frames("c", &mut c, &[&hb]);
+    let hc = frame(BCAST, MAC_C, b"hello from c");
+    c.send(&hc).expect("send");
+    expect_frames("a", &mut a, &[&hc]);
+    expect_frames("b", &mut b, &[&hc]);
+    let ha = frame(BCAST, MAC_A, b"hello from a");
+    a.send(&ha).expect("send");
+    expect_frames("b", &mut b, &[&ha]);
+    expect_frames("c", &mut c, &[&ha]);
+
+    // A -> B unicast, then a broadcast marker from A.
+    let u_ab = frame(MAC_B, MAC_A, &[0xab; 1000]);
+    let ma = frame(BCAST, MAC_A, b"marker a");
+    a.send(&u_ab).expect("send");
+    a.send(&ma).expect("send");
+    expect_frames("b", &mut b, &[&u_ab, &ma]);
+    expect_frames("c", &mut c, &[&ma]);
+    // B -> A unicast, then a broadcast marker from B.
+    let u_ba = frame(MAC_A, MAC_B, &[0xba; 1000]);
+    let mb = frame(BCAST, MAC_B, b"marker b");
+    b.send(&u_ba).expect("send");
+    b.send(&mb).expect("send");
+    expect_frames("a", &mut a, &[&u_ba, &mb]);
+    expect_frames("c", &mut c, &[&mb]);
+    for d in [&mut a, &mut b, &mut c] {
+        d.wait_tx_done(WAIT).expect("tx done");
+    }
+
+    // Every frame the switch delivered was received above: a broadcast
+    // copied back to its sender or a leaked unicast would be counted here
+    // even if it arrived after the checks.
+    let m = backend.fetch_metrics().expect("metrics");
+    let v = |s: &str| PvBackend::metric(&m, s).unwrap_or(-1.0);
+    for (port, rx, tx, flooded) in [
+        ("a", 3.0, 4.0, 2.0),
+        ("b", 3.0, 4.0, 2.0),
+        ("c", 1.0, 4.0, 1.0),
+    ] {
+        assert_eq!(
+            v(&format!(
+                "pvbackend_net_rx_packets_total{{port=\"{port}\"}}"
+            )),
+            rx,
+            "{port}: {m}"
+        );
+        assert_eq!(
+            v(&format!(
+                "pvbackend_net_tx_packets_total{{port=\"{port}\"}}"
+            )),
+            tx,
+            "{port}: {m}"
+        );
+        assert_eq!(
+            v(&format!("pvbackend_net_flooded_total{{port=\"{port}\"}}")),
+            flooded,
+            "{port}: {m}"
+        );
+        assert_eq!(
+            v(&format!("pvbackend_net_learned_macs{{port=\"{port}\"}}")),
+            1.0,
+            "{port}: {m}"
+        );
+    }
+    for d in [&mut a, &mut b, &mut c] {
+        assert_eq!(
+            d.recv(Duration::ZERO).expect("recv"),
+            None,
+            "a frame left over"
+        );
+    }
+}

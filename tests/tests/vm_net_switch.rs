@@ -2,7 +2,8 @@
 //! the Linux kernel's own virtio-net driver (a real peer): ping both ways
 //! over link-local addresses, a 4 MiB TCP transfer whose checksum is
 //! computed at the far end, and MAC learning seen in the metrics while
-//! both guests are up.
+//! both guests are up. Then three guests: a unicast stream between two of
+//! them stays off the third's port, and a broadcast reaches both others.
 
 use std::time::Duration;
 
@@ -23,15 +24,28 @@ fn ping(peer: &str) -> String {
     )
 }
 
-/// Configures eth0 with `ip`/16 and prints the MAC the kernel uses.
+/// Configures eth0 with `ip`/16 (and its broadcast address) and prints the MAC the kernel uses.
 fn net_up(ip: &str) -> String {
     format!(
         r#"
 ip link set eth0 up
-ip addr add {ip}/16 dev eth0
+ip addr add {ip}/16 brd + dev eth0
 echo "pvtest: eth0 $(cat /sys/class/net/eth0/address) $(cat /sys/class/net/eth0/mtu)"
 "#
     )
+}
+
+/// Boots a guest running `script` with its NIC (the kernel's virtio-net
+/// driver) on the switch port at `sock`.
+fn switch_guest(name: &str, sock: &std::path::Path, mac: &str, script: &str) -> Guest {
+    Guest::builder(name)
+        .memory_mib(256)
+        .modules(["virtio_pci", "virtio_net"])
+        .vhost_user_net(sock, mac)
+        .script(script)
+        .timeout(Duration::from_secs(900))
+        .start()
+        .expect("start guest")
 }
 
 fn sha_line<'a>(console: &'a str, tag: &str) -> Option<&'a str> {
@@ -79,18 +93,8 @@ echo "pvtest: b sent"
         up = net_up(IP_B),
         ping = ping(IP_A),
     );
-    let guest = |name: &str, sock: &std::path::Path, mac: &str, script: &str| {
-        Guest::builder(name)
-            .memory_mib(256)
-            .modules(["virtio_pci", "virtio_net"])
-            .vhost_user_net(sock, mac)
-            .script(script)
-            .timeout(Duration::from_secs(900))
-            .start()
-            .expect("start guest")
-    };
-    let mut a = guest("net-switch-a", &sock_a, MAC_A, &script_a);
-    let b = guest("net-switch-b", &sock_b, MAC_B, &script_b);
+    let mut a = switch_guest("net-switch-a", &sock_a, MAC_A, &script_a);
+    let b = switch_guest("net-switch-b", &sock_b, MAC_B, &script_b);
 
     // Both pings done means both MACs were learned; the guests are still
     // up (A waits for the transfer), so their ports are connected.
@@ -173,5 +177,120 @@ echo "pvtest: b sent"
     assert!(
         !sock_a.exists() && !sock_b.exists(),
         "sockets removed on stop"
+    );
+}
+
+const MAC_C: &str = "52:54:00:00:0c:03";
+const IP_C: &str = "169.254.10.3";
+const BROADCAST: &str = "169.254.255.255";
+
+/// Three guests on three ports. A streams 4 MiB to B over TCP (unicast
+/// between learned MACs both ways), then pings the broadcast address,
+/// which B and C both answer; then tells B and C it is done. The switch
+/// must have sent port c fewer frames than the stream alone needs: had the
+/// stream (or its ACKs) been flooded, c would have been offered every one
+/// of its frames.
+#[test]
+fn three_guests_unicast_stays_off_the_third_port() {
+    const STREAM: u64 = 4 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (backend, socks) = PvBackend::switch(dir.path(), &["a", "b", "c"]).expect("backend");
+
+    // B and C answer broadcast pings, and stay up until A connects to
+    // their port 5001 (their listeners are up before their addresses).
+    let bystander = |ip: &str, extra: &str| {
+        format!(
+            r#"
+echo 0 > /proc/sys/net/ipv4/icmp_echo_ignore_broadcasts
+nc -l -p 5001 > /tmp/bye &
+BYE=$!
+{extra}
+until grep -q ':1389 [0-9A-F]*:0000 0A' /proc/net/tcp /proc/net/tcp6; do sleep 0.2; done
+{up}
+wait $BYE
+echo "pvtest: told $(cat /tmp/bye)"
+"#,
+            up = net_up(ip),
+        )
+    };
+    let script_b = bystander(
+        IP_B,
+        r#"mkfifo /tmp/in
+nc -l -p 5000 < /tmp/in > /tmp/recv &
+NC=$!
+exec 3> /tmp/in
+until grep -q ':1388 [0-9A-F]*:0000 0A' /proc/net/tcp /proc/net/tcp6; do sleep 0.2; done"#,
+    ) + r#"
+wait $NC || true
+exec 3>&-
+echo "pvtest: b received $(wc -c < /tmp/recv) bytes"
+"#;
+    let script_c = bystander(IP_C, "");
+    let script_a = format!(
+        r#"
+dd if=/dev/urandom of=/tmp/data bs=64k count={blocks} 2>/dev/null
+{up}
+{ping_b}{ping_c}nc {IP_B} 5000 < /tmp/data
+echo "pvtest: a sent"
+ping -c 3 -W 10 {BROADCAST} > /tmp/bping || true
+cat /tmp/bping
+grep -q "from {IP_B}" /tmp/bping
+grep -q "from {IP_C}" /tmp/bping
+echo "pvtest: broadcast answered by b and c"
+echo bye | nc {IP_B} 5001
+echo bye | nc {IP_C} 5001
+"#,
+        blocks = STREAM / 65536,
+        up = net_up(IP_A),
+        ping_b = ping(IP_B),
+        ping_c = ping(IP_C),
+    );
+    let b = switch_guest("net-switch3-b", &socks[1], MAC_B, &script_b);
+    let c = switch_guest("net-switch3-c", &socks[2], MAC_C, &script_c);
+    let a = switch_guest("net-switch3-a", &socks[0], MAC_A, &script_a);
+    let outs = [a.wait(), b.wait(), c.wait()];
+    for out in &outs {
+        if !out.passed() {
+            panic!(
+                "{}\n--- backend log ---\n{}",
+                out.failure_report(),
+                backend.log()
+            );
+        }
+    }
+    assert!(outs[0].console_has("pvtest: broadcast answered by b and c"));
+    assert!(
+        outs[1].console_has(&format!("pvtest: b received {STREAM} bytes")),
+        "{}",
+        outs[1].console
+    );
+
+    // Every guest is gone: the counters are final.
+    let m = backend.fetch_metrics().expect("metrics");
+    let v = |s: &str| PvBackend::metric(&m, s).unwrap_or(0.0);
+    // Frames the switch sent towards c: delivered, or dropped at c.
+    let to_c = v(r#"pvbackend_net_tx_packets_total{port="c"}"#)
+        + ["no_rx_buffer", "rx_chain", "oversized"]
+            .iter()
+            .map(|r| {
+                v(&format!(
+                    "pvbackend_net_drops_total{{port=\"c\",reason=\"{r}\"}}"
+                ))
+            })
+            .sum::<f64>();
+    // A frame carries at most 1514 bytes here (MTU 1500), so the stream
+    // took at least this many frames from a to b.
+    let stream_frames = (STREAM / 1514) as f64;
+    eprintln!(
+        "pvtest: frames to b {}, to c {to_c}, stream at least {stream_frames}",
+        v(r#"pvbackend_net_tx_packets_total{port="b"}"#)
+    );
+    assert!(
+        v(r#"pvbackend_net_tx_packets_total{port="b"}"#) >= stream_frames,
+        "b got fewer frames than the stream:\n{m}"
+    );
+    assert!(
+        to_c < stream_frames,
+        "port c was offered {to_c} frames, the a-to-b stream alone is {stream_frames}:\n{m}"
     );
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
@@ -18,9 +19,10 @@ use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use virtio_queue::QueueT;
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryLoadGuard,
-    GuestMemoryMmap, Permissions,
+    GuestMemoryMmap, Permissions, VolatileSlice,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -33,7 +35,11 @@ use super::io::{lock, IoMode, IoPool, Window};
 use super::metrics::{BlkOp, DiskMetrics};
 use super::request::{self, Desc, Limits, Op, RequestError, S_IOERR, S_OK};
 
-type Mem = GuestMemoryMmap<()>;
+/// Guest memory with QEMU's dirty log behind every region (see
+/// [`GuestIovecs`] and the `LOG_SHMFD` protocol feature).
+type Mem = GuestMemoryMmap<BitmapMmapRegion>;
+/// A vring over [`Mem`] (the framework's default is memory without a log).
+type VringRwLock = vhost_user_backend::VringRwLock<GuestMemoryAtomic<Mem>>;
 
 /// Log target of the lines that say where requests sit in the ring: at
 /// info, one line per queue when a connection starts it (`queue Q started
@@ -491,12 +497,13 @@ impl BlkBackend {
         } else {
             Permissions::Write
         };
-        let (iovs, _guards) = guest_iovecs(mem, data, access)?;
+        let io = guest_iovecs(mem, data, access)?;
         // SAFETY: the iovecs come from `get_slices` on guest memory that
-        // stays mapped while `mem` is held, and `_guards` keep the slices'
-        // pointers valid for the call; reads write into guest-writable
-        // buffers, writes only read theirs.
-        match unsafe { self.shared.disk.try_rw_nowait(offset, &iovs, write) } {
+        // stays mapped while `mem` is held, and `io`'s guards keep the
+        // slices' pointers valid for the call; reads write into
+        // guest-writable buffers (marked dirty when `io` drops), writes only
+        // read theirs.
+        match unsafe { self.shared.disk.try_rw_nowait(offset, &io.iovs, write) } {
             Ok(NoWait::Done) => {
                 let m = &self.shared.metrics;
                 if write {
@@ -595,14 +602,16 @@ impl BlkBackend {
             Op::Read { offset, len, data } => {
                 disk.faults.on_read(offset, len);
                 faults.delay();
-                let Some((mut iovs, _guards)) = guest_iovecs(mem, &data, Permissions::Write) else {
+                let Some(mut io) = guest_iovecs(mem, &data, Permissions::Write) else {
                     m.error("guest_memory");
                     return (S_IOERR, 0);
                 };
                 // SAFETY: the iovecs come from `get_slices` on guest memory
                 // that stays mapped while `mem` (a load guard) is held, and
-                // `_guards` keep the slices' pointers valid for the call.
-                let s = io_result(unsafe { disk.read_at(offset, &mut iovs) }, "read");
+                // `io`'s guards keep the slices' pointers valid for the call.
+                // The buffers are marked dirty when `io` drops, before the
+                // status byte and the used entry are written.
+                let s = io_result(unsafe { disk.read_at(offset, &mut io.iovs) }, "read");
                 if s == S_OK {
                     m.read_bytes(len);
                     // len <= max_transfer, far below u32::MAX.
@@ -613,12 +622,12 @@ impl BlkBackend {
             }
             Op::Write { offset, len, data } => {
                 faults.delay();
-                let Some((mut iovs, _guards)) = guest_iovecs(mem, &data, Permissions::Read) else {
+                let Some(mut io) = guest_iovecs(mem, &data, Permissions::Read) else {
                     m.error("guest_memory");
                     return (S_IOERR, 0);
                 };
                 // SAFETY: as for reads; pwritev only reads the buffers.
-                let s = io_result(unsafe { disk.write_at(offset, &mut iovs) }, "write");
+                let s = io_result(unsafe { disk.write_at(offset, &mut io.iovs) }, "write");
                 if s == S_OK {
                     m.written_bytes(len);
                 }
@@ -701,18 +710,45 @@ fn op_kind(op: &Op) -> BlkOp {
     }
 }
 
+/// Guest buffers as iovecs over the mapped guest memory, for system calls
+/// that move data straight between the disk and the guest.
+///
+/// Data the kernel copies into guest memory through raw iovecs bypasses
+/// vm-memory, so nothing marks those pages in QEMU's dirty log during a
+/// migration: a page sent before a disk read landed in it would arrive
+/// stale. Buffers taken for the device to write (`Permissions::Write`) are
+/// therefore marked dirty when this drops: after the system call, whatever
+/// it returned (a failed or short read may have written part of them), and
+/// before the request's status byte and used entry are written.
+struct GuestIovecs<'m> {
+    iovs: Vec<libc::iovec>,
+    _guards: Vec<vm_memory::volatile_memory::PtrGuardMut>,
+    /// The slices the device writes into, to mark on drop (empty when it
+    /// only reads them).
+    written: Vec<VolatileSlice<'m, BitmapMmapRegion>>,
+}
+
+impl Drop for GuestIovecs<'_> {
+    fn drop(&mut self) {
+        for s in &self.written {
+            s.bitmap().mark_dirty(0, s.len());
+        }
+    }
+}
+
 /// Turns guest segments into iovecs over the mapped guest memory. `None`
 /// when a segment is not entirely inside guest RAM.
-fn guest_iovecs(
-    mem: &Mem,
+fn guest_iovecs<'m>(
+    mem: &'m Mem,
     data: &[request::Segment],
     access: Permissions,
-) -> Option<(
-    Vec<libc::iovec>,
-    Vec<vm_memory::volatile_memory::PtrGuardMut>,
-)> {
-    let mut iovs = Vec::with_capacity(data.len());
-    let mut guards = Vec::with_capacity(data.len());
+) -> Option<GuestIovecs<'m>> {
+    let mut io = GuestIovecs {
+        iovs: Vec::with_capacity(data.len()),
+        _guards: Vec::with_capacity(data.len()),
+        written: Vec::new(),
+    };
+    let device_writes = access == Permissions::Write;
     for seg in data {
         for slice in mem
             .get_slices(GuestAddress(seg.addr), seg.len as usize, access)
@@ -720,18 +756,21 @@ fn guest_iovecs(
         {
             let slice = slice.ok()?;
             let guard = slice.ptr_guard_mut();
-            iovs.push(libc::iovec {
+            io.iovs.push(libc::iovec {
                 iov_base: guard.as_ptr().cast(),
                 iov_len: slice.len(),
             });
-            guards.push(guard);
+            io._guards.push(guard);
+            if device_writes {
+                io.written.push(slice);
+            }
         }
     }
-    Some((iovs, guards))
+    Some(io)
 }
 
 impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
+    type Bitmap = BitmapMmapRegion;
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
@@ -751,7 +790,11 @@ impl VhostUserBackend for BlkBackend {
             | (1u64 << VIRTIO_BLK_F_BLK_SIZE)
             | (1u64 << VIRTIO_BLK_F_FLUSH)
             | (1u64 << VIRTIO_BLK_F_MQ)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            // Dirty logging for migration: every write into guest memory is
+            // marked (vm-memory for rings, status and GET_ID bytes,
+            // `GuestIovecs` for data read from the disk).
+            | VhostUserVirtioFeatures::LOG_ALL.bits();
         if self.shared.disk.read_only() {
             f |= 1u64 << VIRTIO_BLK_F_RO;
         } else {
@@ -762,10 +805,14 @@ impl VhostUserBackend for BlkBackend {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // No STATUS (see the module docs) and no INFLIGHT_SHMFD (the
-        // framework does not implement it).
+        // framework does not implement it). LOG_SHMFD: QEMU hands over its
+        // dirty log (SET_LOG_BASE) so guests on this disk can be saved and
+        // migrated. The framework keeps marking after logging is switched
+        // off (it has no way to drop the log), which costs time only.
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     fn reset_device(&self) {

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use log::error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
@@ -45,7 +46,7 @@ use vmm_sys_util::event::{
 };
 
 use super::frame::{self, DropReason};
-use super::port::{lock, Mem, Port, Switch};
+use super::port::{lock, Mem, Port, Switch, VringRwLock};
 
 /// RX queue index.
 pub const RX_QUEUE: u16 = 0;
@@ -287,7 +288,7 @@ impl NetBackend {
 }
 
 impl VhostUserBackend for NetBackend {
-    type Bitmap = ();
+    type Bitmap = BitmapMmapRegion;
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
@@ -304,7 +305,11 @@ impl VhostUserBackend for NetBackend {
             | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1u64 << VIRTIO_NET_F_MTU)
             | (1u64 << VIRTIO_NET_F_STATUS)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            // Dirty logging for migration: the switch writes guest memory
+            // only through vm-memory (RX frames, used rings), which marks
+            // every byte in QEMU's log.
+            | VhostUserVirtioFeatures::LOG_ALL.bits();
         if self.shared.port.mac.is_some() {
             f |= 1u64 << VIRTIO_NET_F_MAC;
         }
@@ -317,8 +322,12 @@ impl VhostUserBackend for NetBackend {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // No STATUS (QEMU 7.2 resets before GET_VRING_BASE with it), no MQ
-        // (one queue pair).
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
+        // (one queue pair). LOG_SHMFD: QEMU's dirty log, so guests on the
+        // switch can be saved and migrated (marking goes on after logging
+        // is switched off: the framework cannot drop the log; time only).
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     fn reset_device(&self) {

@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::warn;
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -31,7 +32,11 @@ use super::metrics::PortMetrics;
 use super::switch::{decide, Decision, Learned, MacTable, PollBudget, TokenBucket};
 use super::tap::Tap;
 
-pub(crate) type Mem = GuestMemoryMmap<()>;
+/// Guest memory with QEMU's dirty log behind every region: every write
+/// through vm-memory (RX frames, used entries) is marked for migration.
+pub(crate) type Mem = GuestMemoryMmap<BitmapMmapRegion>;
+/// A vring over [`Mem`] (the framework's default is memory without a log).
+pub(crate) type VringRwLock = vhost_user_backend::VringRwLock<GuestMemoryAtomic<Mem>>;
 
 /// Frames kept per port while its guest has no RX buffer.
 pub const BACKLOG: usize = 256;

@@ -21,12 +21,44 @@ use std::time::Duration;
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::vhost_user::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::{VhostBackend, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VringConfigData};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::ram::{GuestRam, RamError, RAM_BASE};
 use super::split::{QueueError, QueueLayout, SplitQueue};
+
+/// Bytes of guest memory one bit of a dirty log stands for
+/// (`VHOST_LOG_PAGE`).
+pub const LOG_PAGE: u64 = 4096;
+
+/// A dirty log shared with the backend (see
+/// [`VhostUserDevice::start_dirty_log`]): bit n of the file is the page at
+/// guest-physical n * [`LOG_PAGE`]. Read with `pread`: the backend sets
+/// bits concurrently, and a read only ever sees bits set or not yet set.
+#[derive(Debug)]
+pub struct DirtyLog {
+    file: std::fs::File,
+}
+
+impl DirtyLog {
+    /// Whether the page holding guest-physical `addr` is marked.
+    pub fn is_dirty(&self, addr: u64) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let page = addr / LOG_PAGE;
+        let mut byte = [0u8];
+        self.file.read_exact_at(&mut byte, page / 8)?;
+        Ok(byte[0] & (1 << (page % 8)) != 0)
+    }
+
+    /// Clears every mark.
+    pub fn clear(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len = self.file.metadata()?.len();
+        let zeros = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
+        self.file.write_all_at(&zeros, 0)
+    }
+}
 
 /// `VIRTIO_F_VERSION_1`.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
@@ -187,9 +219,12 @@ impl VhostUserDevice {
         // of their messages, and its rings start enabled at SET_FEATURES.
         let has_protocol = offered & proto_bit != 0;
         let features = offered & (opts.wanted_features | opts.required_features | proto_bit);
+        // LOG_SHMFD as QEMU asks for it: agreeing costs nothing until
+        // `start_dirty_log` hands the backend a log.
         let pwanted = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK;
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::LOG_SHMFD;
         let protocol = if has_protocol {
             let poffered = fe
                 .get_protocol_features()
@@ -349,6 +384,34 @@ impl VhostUserDevice {
             .get_config(offset, len, VhostUserConfigFlags::empty(), &buf)
             .map_err(msg("GET_CONFIG"))?;
         Ok(payload)
+    }
+
+    /// Hands the backend a dirty log over all of guest RAM
+    /// (`SET_LOG_BASE` with a memfd, as QEMU does when a migration starts):
+    /// from then on it marks every page it writes.
+    pub fn start_dirty_log(&mut self) -> Result<DirtyLog, FrontendError> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD) {
+            return Err(FrontendError::Missing(
+                "the LOG_SHMFD protocol feature".into(),
+            ));
+        }
+        // One bit per page of guest-physical address space, from 0 to the
+        // end of RAM, in whole pages of log.
+        let pages = (RAM_BASE + self.ram.size()).div_ceil(LOG_PAGE);
+        let bytes = pages.div_ceil(8).div_ceil(4096) * 4096;
+        let file = super::ram::memfd(c"pvtest-dirty-log").map_err(os("dirty log memfd"))?;
+        file.set_len(bytes).map_err(os("dirty log size"))?;
+        self.frontend
+            .set_log_base(
+                0,
+                Some(VhostUserDirtyLogRegion {
+                    mmap_size: bytes,
+                    mmap_offset: 0,
+                    mmap_handle: file.as_raw_fd(),
+                }),
+            )
+            .map_err(msg("SET_LOG_BASE"))?;
+        Ok(DirtyLog { file })
     }
 
     /// Stops queue `q` (`GET_VRING_BASE`) and returns the backend's next

@@ -28,7 +28,7 @@ pub use blk::{
     BlkConfig, BlkQueue, BlkRequest, Completion, DriverError, DriverOptions, DwzRange, Layout,
     NativeBlkDriver, Token,
 };
-pub use frontend::{FrontendError, VhostUserDevice};
+pub use frontend::{DirtyLog, FrontendError, VhostUserDevice};
 pub use net::{NativeNetDriver, NetConfig, NetDriverError, NetOptions, Received};
 pub use ram::GuestRam;
 pub use split::{ChainDesc, Descriptor, Next};

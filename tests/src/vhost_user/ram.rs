@@ -35,7 +35,8 @@ pub struct GuestRam {
     size: u64,
 }
 
-fn memfd(name: &std::ffi::CStr) -> io::Result<File> {
+/// A new memfd (close-on-exec) named `name`.
+pub(crate) fn memfd(name: &std::ffi::CStr) -> io::Result<File> {
     // SAFETY: memfd_create reads a NUL-terminated string that lives for the
     // call and returns a new descriptor or -1; no memory is shared.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };

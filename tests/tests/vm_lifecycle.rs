@@ -1,0 +1,283 @@
+//! Guest lifecycle on pvbackend: a guest whose disk pvbackend serves is
+//! saved to a file with QMP `migrate` while it writes and reads its disk,
+//! its QEMU quits, a new QEMU restores it (`-incoming`), and the guest
+//! carries on: every block verifies in the guest (first through the page
+//! cache the save left behind, then from the disk) and in the image on the
+//! host. A second run adds a switch NIC, and the guest pings a peer guest
+//! on the switch before the save and after the restore.
+//!
+//! The guest tells the two QEMU processes apart by a `fw_cfg` string that
+//! only the command line sets (`fw_cfg` contents are not part of the saved
+//! state): "original" in the first, "restored" in the second.
+//!
+//! Known flake, not pvbackend's: QEMU 7.2 under TCG sometimes restores a
+//! guest whose RAM is a shared memfd (which vhost-user needs) with stale
+//! pages: the restored kernel oopses or finds page-cache blocks holding
+//! other blocks' stamps. The same scenario on QEMU's own virtio-blk failed
+//! 3 of 12 runs with `memory-backend-memfd,share=on` and 0 of 12 with
+//! private RAM; here the disk-only run failed 2 of about 16.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pv_blk::pattern;
+use pvtest::peers::PvBackend;
+use pvtest::qmp::Qmp;
+use pvtest::{Guest, GuestBuilder};
+use serde_json::json;
+
+const BLOCK: usize = 4096;
+/// Blocks stamped in each pass (32 MiB).
+const BLOCKS: u64 = 8192;
+const SEED: u64 = 0x5a7e_0000;
+const FW_CFG: &str = "opt/pvtest/phase";
+
+/// Saves the running guest behind `qmp` to `state` with the bandwidth cap
+/// raised, waits until the migration completes, and returns QEMU's own
+/// figure for its duration (`total-time`).
+fn save(qmp: &mut Qmp, state: &Path) -> Duration {
+    qmp.execute(
+        "migrate-set-parameters",
+        json!({ "max-bandwidth": 1u64 << 30 }),
+    )
+    .expect("raise max-bandwidth");
+    let uri = format!("exec:cat > '{}'", state.display());
+    qmp.execute("migrate", json!({ "uri": uri }))
+        .expect("migrate starts");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let info = qmp
+            .execute("query-migrate", json!({}))
+            .expect("query-migrate");
+        match info["status"].as_str() {
+            Some("completed") => {
+                let ms = info["total-time"].as_u64().unwrap_or(0);
+                return Duration::from_millis(ms);
+            }
+            Some("failed") | Some("cancelled") => panic!("migration did not complete: {info}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "save still running: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn disk_guest_is_saved_and_restored_in_a_new_qemu() {
+    save_and_restore("lifecycle-save-restore", false);
+}
+
+/// The same with a switch NIC as well: before the save the guest pings a
+/// peer guest on the switch, after the restore it pings it again (the
+/// NIC's rings were saved with the guest and the port serves the new
+/// QEMU), then tells the peer it is done.
+#[test]
+fn disk_and_switch_nic_guest_is_saved_and_restored() {
+    save_and_restore("lifecycle-save-restore-net", true);
+}
+
+const IP_GUEST: &str = "169.254.20.1";
+const IP_PEER: &str = "169.254.20.2";
+
+fn save_and_restore(name: &str, with_nic: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("disk.img");
+    fs::File::create(&image)
+        .and_then(|f| f.set_len(BLOCKS * BLOCK as u64))
+        .expect("image");
+    let sock = dir.path().join("disk.sock");
+    let state = dir.path().join("guest.state");
+    let (port_a, port_b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let ports: Vec<String> = if with_nic {
+        [&port_a, &port_b]
+            .iter()
+            .zip(["a", "b"])
+            .map(|(s, n)| format!("socket={},name={n}", s.display()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let backend = PvBackend::start_with(
+        &[format!(
+            "path={},socket={},serial=pv-lifecycle",
+            image.display(),
+            sock.display()
+        )],
+        &ports,
+        &["--log-level", "info"],
+        &dir.path().join("backend.log"),
+    )
+    .expect("backend");
+    // The peer: up until the saved guest connects to its port 5001.
+    let peer = with_nic.then(|| {
+        Guest::builder(&format!("{name}-peer"))
+            .memory_mib(256)
+            .modules(["virtio_pci", "virtio_net"])
+            .vhost_user_net(&port_b, "52:54:00:00:14:02")
+            .script(&format!(
+                r#"
+nc -l -p 5001 > /tmp/bye &
+BYE=$!
+until grep -q ':1389 [0-9A-F]*:0000 0A' /proc/net/tcp /proc/net/tcp6; do sleep 0.2; done
+ip link set eth0 up
+ip addr add {IP_PEER}/16 dev eth0
+wait $BYE
+echo "pvtest: told $(cat /tmp/bye)"
+"#
+            ))
+            .timeout(Duration::from_secs(1200))
+            .start()
+            .expect("start peer")
+    });
+    let (net_up, net_after) = if with_nic {
+        (
+            format!(
+                r#"
+ip link set eth0 up
+ip addr add {IP_GUEST}/16 dev eth0
+n=0; until ping -c 1 -W 1 {IP_PEER} >/dev/null; do n=$((n+1)); [ $n -lt 240 ] || exit 1; done
+echo "pvtest: peer answers"
+"#
+            ),
+            format!(
+                r#"
+ping -c 3 -W 10 {IP_PEER}
+echo "pvtest: peer answers after the restore"
+echo bye | nc {IP_PEER} 5001
+"#
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+
+    // Each pass stamps the disk with a new seed (O_DIRECT), drops the page
+    // cache and reads it all back through the cache: the backend copies
+    // disk data into guest memory throughout the save, and a page the save
+    // sent before such a copy must be sent again. A new seed per pass makes
+    // a page left over from an earlier pass fail the stamp check.
+    let script = format!(
+        r#"
+phase() {{ cat /sys/firmware/qemu_fw_cfg/by_name/{FW_CFG}/raw; }}
+[ "$(phase)" = original ]
+{net_up}
+i=0
+seed={SEED}
+while [ "$(phase)" = original ]; do
+  seed=$(({SEED} + i))
+  pvio write /dev/vda --seed $seed --count {BLOCKS} --direct
+  echo 3 > /proc/sys/vm/drop_caches
+  echo "pvtest: pass $i reading"
+  pvio verify /dev/vda --seed $seed --count {BLOCKS}
+  echo "pvtest: pass $i done"
+  i=$((i + 1))
+done
+echo "pvtest: restored after $i passes, seed $seed"
+# The page cache as the save left it, then the disk itself.
+pvio verify /dev/vda --seed $seed --count {BLOCKS}
+echo 3 > /proc/sys/vm/drop_caches
+pvio verify /dev/vda --seed $seed --count {BLOCKS} --direct
+echo "pvtest: every block verified"
+{net_after}"#
+    );
+    // One machine, booted with one fw_cfg phase and restored with the
+    // other (same length: the guest sized the entry when it booted).
+    let machine = |phase: &str| -> GuestBuilder {
+        let b = Guest::builder(name)
+            .memory_mib(256)
+            .modules(["virtio_pci", "virtio_blk", "qemu_fw_cfg"])
+            // The kernel zeroes every page it allocates by default: a CPU
+            // write QEMU tracks itself, which would re-send most page-cache
+            // pages the device filled and hide a page the device left
+            // unmarked. Off, the device is the only writer of those pages.
+            .kernel_arg("init_on_alloc=0")
+            .binary("pvio")
+            .vhost_user_blk(&sock, 1)
+            .qmp()
+            .qemu_args(["-fw_cfg", &format!("name={FW_CFG},string={phase}")])
+            .script(&script)
+            .timeout(Duration::from_secs(1200));
+        if with_nic {
+            b.module("virtio_net")
+                .vhost_user_net(&port_a, "52:54:00:00:14:01")
+        } else {
+            b
+        }
+    };
+
+    let mut first = machine("original").start().expect("boot");
+    // Save as the guest starts reading its disk into the page cache: the
+    // save runs while the backend copies disk data into guest memory.
+    if let Err(e) = first.wait_for_console("pvtest: pass 0 reading", Duration::from_secs(900)) {
+        panic!(
+            "{e}\n{}\n--- backend log ---\n{}",
+            first.drain_console(),
+            backend.log()
+        );
+    }
+    let qmp_path = first.qmp_socket().expect("qmp socket").to_owned();
+    let mut qmp = Qmp::connect(&qmp_path, Duration::from_secs(30)).expect("qmp");
+    let took = save(&mut qmp, &state);
+    let size = fs::metadata(&state).expect("state file").len();
+    eprintln!(
+        "pvtest: saved in {} ms (QEMU total-time), state {} bytes",
+        took.as_millis(),
+        size
+    );
+    qmp.execute("quit", json!({})).ok();
+    let second = machine("restored")
+        .restore(&first, &state)
+        .expect("restore builder");
+    let out = first.wait();
+    assert!(
+        !out.console_has("pvtest: restored after"),
+        "the first QEMU ran past the save:\n{}",
+        out.console
+    );
+
+    let out = second.start().expect("restore").wait();
+    if !out.passed() {
+        panic!(
+            "{}\n--- backend log ---\n{}",
+            out.failure_report(),
+            backend.log()
+        );
+    }
+    assert!(out.console_has("pvtest: every block verified"));
+    if let Some(peer) = peer {
+        assert!(out.console_has("pvtest: peer answers after the restore"));
+        let p = peer.wait();
+        if !p.passed() {
+            panic!(
+                "{}\n--- backend log ---\n{}",
+                p.failure_report(),
+                backend.log()
+            );
+        }
+        assert!(p.console_has("pvtest: told bye"), "{}", p.console);
+    }
+    let seed = out
+        .console
+        .lines()
+        .find_map(|l| {
+            l.split_once("pvtest: restored after ")?
+                .1
+                .split_once(", seed ")
+        })
+        .and_then(|(_, s)| s.trim().parse::<u64>().ok())
+        .expect("the guest's last seed");
+
+    // The image holds the last pass, every block of it.
+    let status = backend
+        .stop(Duration::from_secs(60))
+        .expect("signal")
+        .expect("backend exits after SIGTERM");
+    assert!(status.success(), "backend exit status {status}");
+    let data = fs::read(&image).expect("read image");
+    for (i, block) in data.chunks(BLOCK).enumerate() {
+        if let Err(e) = pattern::verify(block, seed, i as u64) {
+            panic!("image block {i}: {e:?}");
+        }
+    }
+}
