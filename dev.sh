@@ -104,22 +104,34 @@ ensure_fuzz() {
   fi
 }
 
-# A short run of every cargo-fuzz target in the tree (each crate's fuzz/
-# directory); campaigns are run by hand, see each fuzz/README.md.
+# A short run of every cargo-fuzz target in the tree: each crate's fuzz/
+# directory, at the top (xenbus/fuzz) or one level down (pv-blk/linux/fuzz).
+# A fuzz crate whose targets cannot be listed, or that lists none, fails the
+# run: a smoke run that silently skips a crate proves nothing. Campaigns are
+# run by hand, see each fuzz/README.md.
 fuzz_smoke() {
-  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t logf out root
+  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t name logf out root targets
   root=$(pwd)
   mkdir -p target/fuzz-logs
-  for dir in */fuzz; do
-    [ -f "$dir/Cargo.toml" ] || continue
-    for t in $(cd "$dir" && cargo +nightly fuzz list); do
-      logf="target/fuzz-logs/${dir%%/*}-$t.log"
-      log "fuzz ${dir%%/*}/$t for ${secs}s (log: $logf)"
+  for dir in */fuzz */*/fuzz; do
+    [ -d "$dir" ] || continue
+    [ -f "$dir/Cargo.toml" ] || die "$dir has no Cargo.toml: not a fuzz crate cargo-fuzz can run"
+    name=${dir%/fuzz}
+    name=${name//\//-}
+    logf="target/fuzz-logs/$name-list.log"
+    if ! targets=$(cd "$dir" && cargo +nightly fuzz list 2>"$root/$logf"); then
+      cat "$logf" >&2
+      die "cargo fuzz list failed in $dir (log: $logf)"
+    fi
+    [ -n "$targets" ] || die "$dir lists no fuzz targets"
+    for t in $targets; do
+      logf="target/fuzz-logs/$name-$t.log"
+      log "fuzz $name/$t for ${secs}s (log: $logf)"
       # One target directory for every fuzz crate: libFuzzer and the shared
       # dependencies are built once, not once per crate.
       if ! (cd "$dir" && cargo +nightly fuzz run "$t" --target-dir "$root/target/fuzz" -- -max_total_time="$secs" -max_len=4096) >"$logf" 2>&1; then
         tail -n 60 "$logf" >&2
-        die "fuzz target ${dir%%/*}/$t failed (full log: $logf)"
+        die "fuzz target $name/$t failed (full log: $logf)"
       fi
       out=$(grep -E '^Done [0-9]+ runs' "$logf" | tail -n 1)
       log "  ${out:-no run summary in $logf}"
