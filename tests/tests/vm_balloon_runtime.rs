@@ -278,7 +278,8 @@ fn pvballoond_inflates_deflates_reports_and_hands_back() {
         "qom-set",
         json!({ "path": path, "property": "guest-stats-polling-interval", "value": 0 }),
     );
-    console_wait(&mut guest, "pvtest: handed back", 300);
+    // Past the stop script's own 300 s wait for the rebind, so its report shows.
+    console_wait(&mut guest, "pvtest: handed back", 420);
     let outcome = guest.wait();
     outcome.expect_pass();
     show_log(&outcome.console);
@@ -366,7 +367,8 @@ fn pvballoond_deflates_under_memory_pressure() {
         &mut guest,
         || (actual(&mut qmp) == target).then_some(()),
     );
-    console_wait(&mut guest, "pvtest: handed back", 300);
+    // Past the stop script's own 300 s wait for the rebind, so its report shows.
+    console_wait(&mut guest, "pvtest: handed back", 420);
     let outcome = guest.wait();
     outcome.expect_pass();
     let console = &outcome.console;
