@@ -114,6 +114,8 @@ fuzz_smoke() {
   root=$(pwd)
   mkdir -p target/fuzz-logs
   for dir in */fuzz */*/fuzz; do
+    # target/fuzz is where the fuzz builds go, not a fuzz crate.
+    case $dir in target/*) continue ;; esac
     [ -d "$dir" ] || continue
     [ -f "$dir/Cargo.toml" ] || die "$dir has no Cargo.toml: not a fuzz crate cargo-fuzz can run"
     name=${dir%/fuzz}
