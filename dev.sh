@@ -107,18 +107,29 @@ ensure_fuzz() {
   fi
 }
 
-# A short run of every cargo-fuzz target in the tree (each crate's fuzz/
-# directory); campaigns are run by hand, see each fuzz/README.md.
+# A short run of every cargo-fuzz target in the tree: each crate's fuzz/
+# directory, at the top (xenbus/fuzz) or one level down (pv-blk/linux/fuzz).
+# A fuzz crate whose targets cannot be listed, or that lists none, fails the
+# run: a smoke run that silently skips a crate proves nothing. Campaigns are
+# run by hand, see each fuzz/README.md.
 fuzz_smoke() {
-  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir name t logf out root
+  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t name logf out root targets
   root=$(pwd)
   mkdir -p target/fuzz-logs
-  # Crate folders and OS-glue folders beside a core (pv-blk/linux/fuzz).
   for dir in */fuzz */*/fuzz; do
-    [ -f "$dir/Cargo.toml" ] || continue
+    # target/fuzz is where the fuzz builds go, not a fuzz crate.
+    case $dir in target/*) continue ;; esac
+    [ -d "$dir" ] || continue
+    [ -f "$dir/Cargo.toml" ] || die "$dir has no Cargo.toml: not a fuzz crate cargo-fuzz can run"
     name=${dir%/fuzz}
     name=${name//\//-}
-    for t in $(cd "$dir" && cargo +nightly fuzz list); do
+    logf="target/fuzz-logs/$name-list.log"
+    if ! targets=$(cd "$dir" && cargo +nightly fuzz list 2>"$root/$logf"); then
+      cat "$logf" >&2
+      die "cargo fuzz list failed in $dir (log: $logf)"
+    fi
+    [ -n "$targets" ] || die "$dir lists no fuzz targets"
+    for t in $targets; do
       logf="target/fuzz-logs/$name-$t.log"
       log "fuzz $name/$t for ${secs}s (log: $logf)"
       # One target directory for every fuzz crate: libFuzzer and the shared

@@ -193,14 +193,25 @@ mod tests {
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         // SAFETY: writes one byte from a live buffer to our pipe.
         assert_eq!(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) }, 1);
-        let mut p = AdaptivePoller::new(
-            Duration::ZERO,
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-        );
-        let t = Instant::now();
-        assert!(p.idle(&[fds[0]]));
-        assert!(t.elapsed() < Duration::from_secs(4));
+        // A sleep of a day: only the readable fd can end it. The idle call
+        // runs on its own thread so that a sleep the fd does not end fails
+        // the test (after a generous wait) rather than hanging it.
+        let day = Duration::from_secs(24 * 3600);
+        let mut p = AdaptivePoller::new(Duration::ZERO, day, 2 * day);
+        let read_end = fds[0];
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let woken = p.idle(&[read_end]);
+            let _ = tx.send((woken, p));
+        });
+        let (woken, p) = rx
+            .recv_timeout(Duration::from_secs(600))
+            .expect("a readable fd did not end a day-long sleep");
+        assert!(woken);
+        assert_eq!((p.stats.sleeps, p.stats.woken), (1, 1));
+        // Woken, not timed out: the next sleep is the shortest again, not
+        // doubled.
+        assert_eq!(p.sleep, day);
         // Which descriptor: the write end is never readable, the read end is.
         assert_eq!(
             wait_ready(

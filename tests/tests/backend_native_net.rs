@@ -236,12 +236,20 @@ fn malicious_frames_never_reach_the_other_port() {
     );
 }
 
+/// A 1 Mbit/s port (64 KiB burst, then 125 kB/s), offered more than any
+/// correct limiter could pass: every frame is counted once as passed or
+/// limited, the burst passed, and what passed never exceeds the burst plus
+/// the rate times the span of the limiter's decisions. That span is read
+/// from before the first frame to after the last count, so a slow run
+/// only loosens the bound: no machine speed makes a correct limiter fail,
+/// and one that lets through more than its rate fails on any.
 #[test]
 fn rate_limited_port_drops_and_counts_the_excess() {
+    const RATE_BYTES_PER_SEC: f64 = 125_000.0;
+    const BURST_BYTES: f64 = 65_536.0;
+    const FRAME_BYTES: usize = 1500;
     let dir = tempfile::tempdir().expect("tempdir");
     let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
-    // 1 Mbit/s: a 64 KiB burst, then 125 kB/s. 2000 frames of 1500 bytes
-    // (3 MB) would need over 20 s to pass in full.
     let backend = PvBackend::start_with(
         &[],
         &[
@@ -254,24 +262,52 @@ fn rate_limited_port_drops_and_counts_the_excess() {
     .expect("backend");
     let mut a = NativeNetDriver::connect(&sa, 64).expect("connect a");
     let mut b = NativeNetDriver::connect(&sb, 64).expect("connect b");
-    const N: usize = 2000;
-    for i in 0..N as u32 {
-        a.send(&frame(BCAST, MAC_A, &[i as u8; 1486]))
-            .expect("send");
+    let limited_key = r#"pvbackend_net_drops_total{port="a",reason="rate_limited"}"#;
+    // The bucket is full (it never holds more than the burst) until the
+    // first frame, sent after this clock read: what passes is at most the
+    // burst plus what the rate credits from here to the last count.
+    let first_frame_after = std::time::Instant::now();
+    let allowed = || BURST_BYTES + RATE_BYTES_PER_SEC * first_frame_after.elapsed().as_secs_f64();
+    // Send (at least the 2000 frames, 3 MB, that would take over 20 s to
+    // pass in full) until more was offered than any correct limiter could
+    // have let through by now; a sender slower than 125 kB/s never gets
+    // there, so a generous deadline stops that.
+    let deadline = first_frame_after + Duration::from_secs(600);
+    let mut sent = 0usize;
+    while sent < 2000 || (sent * FRAME_BYTES) as f64 <= allowed() {
+        for _ in 0..200 {
+            a.send(&frame(BCAST, MAC_A, &[sent as u8; FRAME_BYTES - 14]))
+                .expect("send");
+            sent += 1;
+        }
+        a.wait_tx_done(WAIT).expect("tx done");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sent} frames in 600 s never outran a 1 Mbit/s bucket"
+        );
     }
-    a.wait_tx_done(WAIT).expect("tx done");
-    // What passed the limiter reached b (up to its RX ring and backlog).
-    let first = b.recv(WAIT).expect("recv").expect("b got the burst");
-    assert_eq!(first.frame.len(), 1500);
     let m = backend.fetch_metrics().expect("metrics");
+    // Every decision the bucket made was before this.
+    let allowed = allowed();
     let v = |s: &str| PvBackend::metric(&m, s).unwrap_or(-1.0);
     let passed = v(r#"pvbackend_net_rx_packets_total{port="a"}"#);
-    let limited = v(r#"pvbackend_net_drops_total{port="a",reason="rate_limited"}"#);
-    assert_eq!(passed + limited, N as f64, "{m}");
+    let passed_bytes = v(r#"pvbackend_net_rx_bytes_total{port="a"}"#);
+    let limited = v(limited_key);
+    assert_eq!(passed + limited, sent as f64, "{m}");
+    assert_eq!(passed_bytes, passed * FRAME_BYTES as f64, "{m}");
+    // The full bucket lets the first 43 frames through.
     assert!(
-        limited >= 1.0 && passed >= 43.0,
+        passed >= (BURST_BYTES / FRAME_BYTES as f64).floor(),
         "passed {passed}, limited {limited}:\n{m}"
     );
+    assert!(
+        passed_bytes <= allowed,
+        "{passed_bytes} bytes of {sent} frames passed; a 1 Mbit/s bucket allows {allowed:.0} by now:\n{m}"
+    );
+    assert!(limited >= 1.0, "{m}");
+    // What passed the limiter reached b (up to its RX ring and backlog).
+    let first = b.recv(WAIT).expect("recv").expect("b got the burst");
+    assert_eq!(first.frame.len(), FRAME_BYTES);
     // b's ingress is unlimited: it still gets a frame through.
     let back = frame(MAC_A, MAC_B, b"unlimited");
     b.send(&back).expect("send");

@@ -121,7 +121,8 @@ fn wait_until<T>(
 #[test]
 fn kernel_virtio_balloon_under_the_manager() {
     const RAM: u64 = 512;
-    const MIN: u64 = 192;
+    // 256 MiB ballooned, less than the 300 MiB the guest touched.
+    const MIN: u64 = 256;
     let dir = tempfile::tempdir().expect("tempdir");
     let test_qmp = dir.path().join("test.qmp");
     let host_file = dir.path().join("host-available-mib");
@@ -220,8 +221,12 @@ fn kernel_virtio_balloon_under_the_manager() {
         "QEMU RSS {rss_before} MiB -> {rss_low} MiB after ballooning {} MiB",
         RAM - MIN
     );
+    // The guest touched 300 MiB before, more than the balloon takes, so
+    // nearly every ballooned page must leave QEMU (both drivers measured
+    // 253-256 of 256 MiB); a driver that reports pages it does not give up
+    // falls short.
     assert!(
-        released >= (RAM - MIN) / 2,
+        released >= (RAM - MIN) * 9 / 10,
         "ballooning {} MiB released only {released} MiB of QEMU's RSS ({rss_before} -> {rss_low})",
         RAM - MIN
     );
@@ -233,8 +238,13 @@ fn kernel_virtio_balloon_under_the_manager() {
         assert!(from - to <= 64 && *to >= MIN, "step {from} -> {to}:\n{log}");
     }
 
-    // Fresh statistics: QEMU keeps stamping new ones, near the host's now.
+    // Fresh statistics: QEMU keeps stamping new ones with its wall clock
+    // (seconds). An update newer than the one we saw was stamped after we
+    // asked for that one and before we saw it: between the host clock read
+    // before the first query and the one after the second, however slow
+    // the run.
     let path = "/machine/peripheral/balloon1";
+    let asked = unix_now();
     let s1 = guest_stats(&mut qmp, path);
     let t1 = s1["last-update"].as_u64().expect("last-update");
     let t2 = wait_until(
@@ -247,7 +257,11 @@ fn kernel_virtio_balloon_under_the_manager() {
             (t > t1).then_some(t)
         },
     );
-    assert!(unix_now().abs_diff(t2) < 120, "last-update {t2} is stale");
+    let seen = unix_now();
+    assert!(
+        (asked..=seen).contains(&t2),
+        "last-update {t2} is not the time of an update between {asked} and {seen}"
+    );
     let total = guest_stats(&mut qmp, path)["stats"]["stat-total-memory"]
         .as_u64()
         .expect("stat-total-memory");

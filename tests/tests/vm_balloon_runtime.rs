@@ -29,13 +29,17 @@ echo \"pvtest: balloon $bdf bound to $(drv)\"\n\
 mi() { sed -n \"s/^$1: *\\([0-9]*\\).*/\\1/p\" /proc/meminfo; }\n\
 ";
 
-/// SIGTERM, exit status 0, the kernel drivers back on the device.
+/// SIGTERM, exit status 0, the kernel drivers back on the device (waited
+/// for: the kernel binds them after the daemon hands the device back).
 const GUEST_STOP: &str = "\
 kill -TERM $pid\n\
 rc=0; wait $pid || rc=$?\n\
 echo \"pvtest: pvballoond exited $rc\"\n\
 [ $rc -eq 0 ]\n\
-sleep 2\n\
+n=0\n\
+until [ $(drv) = virtio-pci ] && ls /sys/bus/virtio/drivers/virtio_balloon | grep -q virtio; do\n\
+\x20 n=$((n + 1)); [ $n -le 300 ] || break; sleep 1\n\
+done\n\
 echo \"pvtest: after exit $bdf bound to $(drv), virtio_balloon has $(ls /sys/bus/virtio/drivers/virtio_balloon | grep -c virtio)\"\n\
 [ $(drv) = virtio-pci ]\n\
 ls /sys/bus/virtio/drivers/virtio_balloon | grep -q virtio\n\
@@ -189,18 +193,26 @@ fn pvballoond_inflates_deflates_reports_and_hands_back() {
     let rss_low = vm_rss_kib(pid).expect("VmRSS") / 1024;
     let released = rss_before.saturating_sub(rss_low);
     eprintln!("QEMU RSS {rss_before} MiB -> {rss_low} MiB after ballooning {BALLOON} MiB");
+    // The guest touched 300 MiB before, so every page the balloon takes
+    // was resident: nearly all of it must leave QEMU (measured 253-256 of
+    // 256 MiB); a driver that reports pages it does not give up falls short.
     assert!(
-        released >= BALLOON / 2,
+        released >= BALLOON * 9 / 10,
         "ballooning {BALLOON} MiB released only {released} MiB of QEMU's RSS ({rss_before} -> {rss_low})"
     );
 
-    let s1 = wait_until(
+    // QEMU stamps each statistics update with its wall clock (seconds).
+    // An update newer than the one we saw was stamped after we asked for
+    // that one and before we saw it: between the host clock read before
+    // the first query and the one after the second, however slow the run.
+    let (s1, asked) = wait_until(
         Duration::from_secs(120),
         "first guest-stats",
         &mut guest,
         || {
+            let asked = unix_now();
             let s = guest_stats(&mut qmp, path);
-            (s["last-update"].as_u64()? > 0).then_some(s)
+            (s["last-update"].as_u64()? > 0).then_some((s, asked))
         },
     );
     let t1 = s1["last-update"].as_u64().expect("last-update");
@@ -213,8 +225,12 @@ fn pvballoond_inflates_deflates_reports_and_hands_back() {
             (s["last-update"].as_u64()? > t1).then_some(s)
         },
     );
+    let seen = unix_now();
     let t2 = s2["last-update"].as_u64().expect("last-update");
-    assert!(unix_now().abs_diff(t2) < 120, "last-update {t2} is stale");
+    assert!(
+        (asked..=seen).contains(&t2),
+        "last-update {t2} is not the time of an update between {asked} and {seen}"
+    );
     let stats = &s2["stats"];
     eprintln!("guest-stats: {stats}");
     for tag in [
@@ -262,7 +278,8 @@ fn pvballoond_inflates_deflates_reports_and_hands_back() {
         "qom-set",
         json!({ "path": path, "property": "guest-stats-polling-interval", "value": 0 }),
     );
-    console_wait(&mut guest, "pvtest: handed back", 300);
+    // Past the stop script's own 300 s wait for the rebind, so its report shows.
+    console_wait(&mut guest, "pvtest: handed back", 420);
     let outcome = guest.wait();
     outcome.expect_pass();
     show_log(&outcome.console);
@@ -350,7 +367,8 @@ fn pvballoond_deflates_under_memory_pressure() {
         &mut guest,
         || (actual(&mut qmp) == target).then_some(()),
     );
-    console_wait(&mut guest, "pvtest: handed back", 300);
+    // Past the stop script's own 300 s wait for the rebind, so its report shows.
+    console_wait(&mut guest, "pvtest: handed back", 420);
     let outcome = guest.wait();
     outcome.expect_pass();
     let console = &outcome.console;

@@ -11,15 +11,18 @@
 //! (c) the notify rule agrees with `RING_PUSH_*_AND_CHECK_NOTIFY` on a table
 //!     of edge cases and on random triples.
 //!
-//! Without the C peer (not a host Linux build, or no headers) one test prints
-//! why everything else was skipped.
+//! On a Linux host the peer is required: without it (no headers) the one
+//! test left fails and says what to install, so the conformance tests can
+//! never vanish from a green run. On other hosts the peer cannot be built
+//! and this file has no tests (none that would pass without checking).
 
-#[cfg(not(xen_c_peer))]
+#[cfg(all(not(xen_c_peer), target_os = "linux"))]
 #[test]
-fn c_peer_skipped() {
-    eprintln!(
-        "SKIPPED: C conformance peer not built (needs a host Linux build with \
-         /usr/include/xen from libxen-dev: apt-get install libxen-dev)"
+fn c_peer_built() {
+    panic!(
+        "the C conformance peer was not built, so none of the C conformance \
+         tests ran: it needs /usr/include/xen from libxen-dev (apt-get install \
+         libxen-dev, which ./dev.sh setup installs); see build.rs's warning"
     );
 }
 

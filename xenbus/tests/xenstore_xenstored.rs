@@ -339,6 +339,31 @@ fn limits_and_daemon_errors() {
     assert_eq!(c.read("/v").expect("daemon still serves"), b"1");
 }
 
+/// Waits (up to a generous 60 s) until the thread at `task` (a
+/// `/proc/PID/task/TID` directory) sleeps inside `read(2)` or `recvfrom(2)`,
+/// the only calls a client waiting for the daemon makes.
+fn wait_blocked_in_read(task: &Path, what: &str) {
+    let calls = [libc::SYS_read.to_string(), libc::SYS_recvfrom.to_string()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let syscall = fs::read_to_string(task.join("syscall")).unwrap_or_default();
+        let state = fs::read_to_string(task.join("stat")).unwrap_or_default();
+        // The state follows the command name's closing parenthesis.
+        let sleeping = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('S'));
+        let nr = syscall.split_whitespace().next().unwrap_or("");
+        if sleeping && calls.iter().any(|c| c == nr) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never blocked reading its socket (syscall: {syscall:?}, stat: {state:?})"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn dropped_connection_is_a_clean_error() {
     let mut xs = Xenstored::start();
@@ -361,8 +386,17 @@ fn dropped_connection_is_a_clean_error() {
     let mut c = xs.client();
     c.watch("/y", "t").expect("watch");
     let _ = c.next_event(T).expect("initial fire");
-    let waiter = thread::spawn(move || c.next_event(T));
-    thread::sleep(Duration::from_millis(100));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = thread::spawn(move || {
+        // "PID/task/TID": where the test can see this thread block.
+        let me = fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+        tx.send(me).expect("send");
+        c.next_event(T)
+    });
+    let me = rx
+        .recv_timeout(T.expect("timeout"))
+        .expect("waiter started");
+    wait_blocked_in_read(&Path::new("/proc").join(me), "the event waiter");
     drop(xs);
     let r = waiter.join().expect("join");
     assert!(

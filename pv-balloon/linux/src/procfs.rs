@@ -131,7 +131,7 @@ pub fn system_ram_bytes(iomem: &str) -> Option<u64> {
             continue;
         };
         if b > a {
-            total = total.saturating_add(b - a + 1);
+            total = total.saturating_add((b - a).saturating_add(1));
         }
     }
     (total > 0).then_some(total)
@@ -206,6 +206,12 @@ mod tests {
             Some((0x9fbff - 0x1000 + 1) + (0x1ffdffff - 0x100000 + 1))
         );
         assert_eq!(system_ram_bytes("00000000-00000000 : System RAM\n"), None);
+        // A range covering the whole address space: its length does not
+        // fit, so the sum saturates instead of overflowing.
+        assert_eq!(
+            system_ram_bytes("0000000000000000-ffffffffffffffff : System RAM\n"),
+            Some(u64::MAX)
+        );
     }
 
     #[test]
