@@ -1,6 +1,6 @@
 //! A short deterministic run of the fuzz drivers (`pv_net::testing::fuzz`)
 //! over pseudo-random scripts, so every test run exercises the hostile
-//! completion paths of both transports and the shared virtqueue; the
+//! completion paths of both transports; the
 //! cargo-fuzz targets in `pv-net/fuzz/` run the same drivers for real
 //! campaigns.
 
@@ -34,13 +34,6 @@ fn virtio_rx_path_survives_random_devices() {
 fn xen_rx_path_survives_random_backends() {
     for s in scripts(0x5eed_0102, 150) {
         fuzz::xen(&s);
-    }
-}
-
-#[test]
-fn virtq_survives_random_devices() {
-    for s in scripts(0x5eed_0103, 400) {
-        fuzz::virtq(&s);
     }
 }
 

@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 use std::vec;
 use std::vec::Vec;
 
+use pv_virtq::testing::{FakeModel, FakeTransport};
 use virtio_drivers::transport::DeviceType;
-use xenbus::virtq::testing::{FakeModel, FakeTransport};
 
-pub use xenbus::virtq::testing::{Chain, IdentityHal};
+pub use pv_virtq::testing::{Chain, IdentityHal};
 
 use crate::virtio::{config, VirtioFeatures, DEFLATEQ, INFLATEQ, STATSQ};
 
@@ -54,7 +54,7 @@ impl FakeModel for BalloonState {
 #[derive(Debug, Clone)]
 pub struct FakeBalloon(FakeTransport<BalloonState>);
 
-xenbus::fake_transport!(FakeBalloon, BalloonState);
+pv_virtq::fake_transport!(FakeBalloon, BalloonState);
 
 /// Queues the fake creates (inflate, deflate, stats, and two more for the
 /// hint and reporting numbering cases).

@@ -1,6 +1,6 @@
 //! virtio-blk (virtio 1.2 §5.2) on a `virtio-drivers` [`Transport`] and the
 //! validated split virtqueue every pvdrivers frontend shares
-//! ([`xenbus::virtq::VirtQueue`]: id, length and used-index checks, EVENT_IDX,
+//! ([`pv_virtq::VirtQueue`]: id, length and used-index checks, EVENT_IDX,
 //! indirect tables).
 //!
 //! A request is a descriptor chain: the 16-byte header (`type`, reserved,
@@ -36,7 +36,7 @@ use crate::frontend::{
     check_request, BlockFrontend, DeviceInfo, Features, Op, Request, Stats, Token,
 };
 use crate::{BlkError, OpKind, SECTOR_SIZE};
-use xenbus::virtq::{DmaRegion, Part, VirtQueue};
+use pv_virtq::{DmaRegion, Part, VirtQueue};
 
 /// `VIRTIO_BLK_T_IN`.
 pub const T_IN: u32 = 0;
@@ -499,7 +499,7 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
 /// checked it against the chain's device-writable bytes).
 fn judge(
     req: &ReqMeta,
-    len: Result<u32, xenbus::virtq::VirtqError>,
+    len: Result<u32, pv_virtq::VirtqError>,
     writable: u32,
     status: u8,
 ) -> Result<usize, BlkError> {

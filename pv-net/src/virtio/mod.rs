@@ -30,9 +30,9 @@
 use alloc::vec::Vec;
 
 use bitflags::bitflags;
+use pv_virtq::{Part, VirtQueue};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 use virtio_drivers::{BufferDirection, Hal};
-use xenbus::virtq::{Part, VirtQueue};
 
 use crate::buf::BufArena;
 use crate::frontend::{max_frame, DEFAULT_MTU};
