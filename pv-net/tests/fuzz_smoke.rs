@@ -1,8 +1,7 @@
 //! A short deterministic run of the fuzz drivers (`pv_net::testing::fuzz`)
 //! over pseudo-random scripts, so every test run exercises the hostile
-//! completion paths of both transports; the
-//! cargo-fuzz targets in `pv-net/fuzz/` run the same drivers for real
-//! campaigns.
+//! completion paths of both transports; the cargo-fuzz targets in
+//! `pv-net/fuzz/` run the same drivers for real campaigns.
 
 use pv_net::testing::fuzz;
 

@@ -153,7 +153,7 @@ fn round_trip(c: &mut Criterion) {
         device: u,
         ..Dev::default()
     };
-    g.bench_function("xenbus_virtq", |b| {
+    g.bench_function("pv_virtq", |b| {
         b.iter(|| {
             let p = NonNull::from(&mut buf[..]);
             // SAFETY: `buf` outlives the round trip, which ends at `pop`.

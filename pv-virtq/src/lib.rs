@@ -8,7 +8,7 @@
 //! token until it comes back. pv-blk, pv-net and pv-balloon use it.
 //!
 //! The crate is `no_std` + `alloc`; `test-utils` adds the device side of
-//! virtio ([`testing`]: HALs, a device queue, the fake transport every
+//! virtio (`testing`: HALs, a device queue, the fake transport every
 //! device fake is built on) and the queue's fuzz driver.
 //!
 //! # Why not `virtio_drivers::queue::VirtQueue`

@@ -1,4 +1,4 @@
-//! A fake virtio-balloon device on xenbus's shared fake transport
+//! A fake virtio-balloon device on pv-virtq's shared fake transport
 //! ([`FakeTransport`], reached through `Deref`), whose device side runs in
 //! the test's own thread, over identity-mapped DMA ([`IdentityHal`]). It
 //! can play an honest balloon ([`FakeBalloon::process`]) or a hostile one

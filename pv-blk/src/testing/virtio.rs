@@ -1,4 +1,4 @@
-//! A fake virtio-blk device on xenbus's shared fake transport
+//! A fake virtio-blk device on pv-virtq's shared fake transport
 //! ([`FakeTransport`], identity-mapped DMA through [`TestHal`]): the disk
 //! and the request semantics are here; the transport, the queues and the
 //! hostile knobs (write any used element, run the used index ahead, refuse

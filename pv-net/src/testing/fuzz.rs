@@ -1,6 +1,7 @@
-//! Fuzz drivers for the RX completion paths of both transports (the
-//! shared virtqueue underneath has its own, `pv_virtq::testing::fuzz`), used by the cargo-fuzz targets in
-//! `pv-net/fuzz/` and by a short deterministic run in the test suite.
+//! Fuzz drivers for the RX completion paths of both transports, used by the
+//! cargo-fuzz targets in `pv-net/fuzz/` and by a short deterministic run in
+//! the test suite (the shared virtqueue underneath has its own driver,
+//! `pv_virtq::testing::fuzz`).
 //!
 //! Each input is a script: every byte picks an action (a frame delivered
 //! honestly, a used element or response slot written by a hostile device,

@@ -1,4 +1,4 @@
-//! A fake virtio-net device on xenbus's shared fake transport
+//! A fake virtio-net device on pv-virtq's shared fake transport
 //! ([`FakeTransport`], reached through `Deref`; DMA through [`TestHal`]),
 //! whose device side runs in the test's own thread. It can
 //! play an honest NIC ([`FakeVirtioNet::take_tx`],

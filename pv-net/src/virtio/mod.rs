@@ -1,5 +1,5 @@
 //! virtio-net (virtio 1.2 §5.1) on a `virtio-drivers` [`Transport`] and
-//! xenbus's validated [`VirtQueue`].
+//! pv-virtq's validated [`VirtQueue`].
 //!
 //! Queues: 0 receive, 1 transmit, 2 control (if `CTRL_VQ`). Every buffer,
 //! both ways, starts with the 12-byte [`NetHdr`] (`VERSION_1` is required:
