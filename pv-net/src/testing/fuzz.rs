@@ -13,6 +13,7 @@
 
 use std::vec::Vec;
 
+use pv_virtq::testing::fuzz::Script;
 use pv_virtq::testing::TestHal;
 use xenbus::platform::inproc::LocalPlatform;
 use xenbus::wire::netif::{NetifRxResponse, NetifTxResponse};
@@ -23,28 +24,6 @@ use crate::testing::xen::FakeNetback;
 use crate::virtio::{NetHdr, VirtioNet, VirtioNetConfig, VirtioNetFeatures as F, RXQ, TXQ};
 use crate::xen::{XenNetConfig, XenNetFront};
 use crate::{NetFrontend, RxCsum, RxFrame, RxRefill};
-
-struct Script<'a> {
-    d: &'a [u8],
-    i: usize,
-}
-
-impl Script<'_> {
-    fn u8(&mut self) -> Option<u8> {
-        let b = self.d.get(self.i).copied();
-        self.i += 1;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8().unwrap_or(0), self.u8().unwrap_or(0)])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from(self.u16()) | (u32::from(self.u16()) << 16)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.u8().unwrap_or(0)).collect()
-    }
-}
 
 fn check_frame(f: &RxFrame<'_>, mtu: u16) {
     let max = if f.gso.is_some() {
@@ -71,7 +50,7 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
 
 /// Drive a virtio-net frontend against a scripted device.
 pub fn virtio(data: &[u8]) {
-    let mut s = Script { d: data, i: 0 };
+    let mut s = Script::new(data);
     let sel = s.u8().unwrap_or(0);
     let mut feats = F::all();
     if sel & 1 != 0 {
@@ -194,7 +173,7 @@ pub fn virtio(data: &[u8]) {
 
 /// Drive a Xen netif frontend against a scripted backend.
 pub fn xen(data: &[u8]) {
-    let mut s = Script { d: data, i: 0 };
+    let mut s = Script::new(data);
     let sel = s.u8().unwrap_or(0);
     let plat = LocalPlatform::new();
     let cfg = XenNetConfig {

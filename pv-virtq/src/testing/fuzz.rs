@@ -18,26 +18,60 @@ use std::vec::Vec;
 use super::{DeviceQueue, TestHal};
 use crate::{Part, VirtQueue};
 
-struct Script<'a> {
+/// A fuzz input read as a script: bytes in order, zeros once it runs out
+/// (so every action has arguments). Shared by the device crates' fuzz
+/// drivers.
+#[derive(Debug)]
+pub struct Script<'a> {
     d: &'a [u8],
     i: usize,
 }
 
-impl Script<'_> {
-    fn u8(&mut self) -> Option<u8> {
+impl<'a> Script<'a> {
+    /// A script over `data`.
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { d: data, i: 0 }
+    }
+
+    /// The next byte, `None` once the input is used up.
+    pub fn u8(&mut self) -> Option<u8> {
         let b = self.d.get(self.i).copied();
         self.i += 1;
         b
     }
-    fn u16(&mut self) -> u16 {
+
+    /// The next two bytes, little-endian.
+    pub fn u16(&mut self) -> u16 {
         u16::from_le_bytes([self.u8().unwrap_or(0), self.u8().unwrap_or(0)])
     }
-    fn u32(&mut self) -> u32 {
+
+    /// The next four bytes, little-endian.
+    pub fn u32(&mut self) -> u32 {
         u32::from(self.u16()) | (u32::from(self.u16()) << 16)
     }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
+
+    /// The next `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.u8().unwrap_or(0)).collect()
     }
+}
+
+/// `n` pseudo-random scripts of up to 511 bytes from `seed` (xorshift64*),
+/// for the short deterministic fuzz runs in the test suites.
+pub fn scripts(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let mut x = seed;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    (0..n)
+        .map(|_| {
+            let len = (next() % 512) as usize;
+            (0..len).map(|_| next() as u8).collect()
+        })
+        .collect()
 }
 
 /// Drive the shared virtqueue directly against a scripted device: tokens
@@ -45,7 +79,7 @@ impl Script<'_> {
 /// against the chain, and buffers not in flight keep their canary.
 pub fn virtq(data: &[u8]) {
     const CANARY: u8 = 0x5A;
-    let mut s = Script { d: data, i: 0 };
+    let mut s = Script::new(data);
     let sel = s.u8().unwrap_or(0);
     let size = 1u16 << (1 + sel % 4);
     let Ok(mut q) = VirtQueue::<TestHal>::new(0, size, sel & 16 != 0, sel & 32 != 0) else {
