@@ -23,6 +23,9 @@ PKGS_REST=(
   gcc libc6-dev             # C conformance peers and static guest binaries
   dpdk-dev                  # dpdk-testpmd, the peer of pvbench-switch
   xz-utils                  # unpacks the 6.12 guest kernel's .ko.xz modules (ublk tests)
+  lld-22                    # lld-link: links the Windows drivers (.sys) off Windows
+  python3 python3-venv      # the venv speakeasy (Windows driver emulation) installs into
+  osslsigncode openssl      # test-signs the .sys (Authenticode) and verifies the signature
 )
 KERNEL_META=linux-image-cloud-amd64
 
@@ -107,19 +110,22 @@ ensure_fuzz() {
 # A short run of every cargo-fuzz target in the tree (each crate's fuzz/
 # directory); campaigns are run by hand, see each fuzz/README.md.
 fuzz_smoke() {
-  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t logf out root
+  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir name t logf out root
   root=$(pwd)
   mkdir -p target/fuzz-logs
-  for dir in */fuzz; do
+  # Crate folders and OS-glue folders beside a core (pv-blk/linux/fuzz).
+  for dir in */fuzz */*/fuzz; do
     [ -f "$dir/Cargo.toml" ] || continue
+    name=${dir%/fuzz}
+    name=${name//\//-}
     for t in $(cd "$dir" && cargo +nightly fuzz list); do
-      logf="target/fuzz-logs/${dir%%/*}-$t.log"
-      log "fuzz ${dir%%/*}/$t for ${secs}s (log: $logf)"
+      logf="target/fuzz-logs/$name-$t.log"
+      log "fuzz $name/$t for ${secs}s (log: $logf)"
       # One target directory for every fuzz crate: libFuzzer and the shared
       # dependencies are built once, not once per crate.
       if ! (cd "$dir" && cargo +nightly fuzz run "$t" --target-dir "$root/target/fuzz" -- -max_total_time="$secs" -max_len=4096) >"$logf" 2>&1; then
         tail -n 60 "$logf" >&2
-        die "fuzz target ${dir%%/*}/$t failed (full log: $logf)"
+        die "fuzz target $name/$t failed (full log: $logf)"
       fi
       out=$(grep -E '^Done [0-9]+ runs' "$logf" | tail -n 1)
       log "  ${out:-no run summary in $logf}"

@@ -1,15 +1,27 @@
 //! The pvdrivers host backend daemon.
 //!
-//! Today: vhost-user-blk disks for QEMU ([`blk`]), configured from a TOML
-//! file or the command line ([`config`]), served by [`daemon`], with a
-//! Prometheus endpoint ([`metrics`], where every series is documented); the
-//! host memory-balance manager for guests' virtio-balloons ([`balloon`]);
-//! the vhost-user-net L2 switch ([`net`]). Xen backends arrive with their
-//! issue.
+//! Today: vhost-user-blk disks for QEMU ([`blk`]); the host memory-balance
+//! manager for guests' virtio-balloons ([`balloon`]); the vhost-user-net L2
+//! switch ([`net`]). Xen backends arrive with their issue.
+//!
+//! Every device is a folder with the same file roles: `mod.rs` says what it
+//! is for and what it refuses; `config` holds its tables and command-line
+//! spec; `device` what it serves (the vhost-user backend of one connection;
+//! for the balloon manager, one guest's balloon seen through QMP); `server`
+//! its threads, started and stopped by the daemon; `metrics` its series,
+//! each documented there. A new device copies this shape.
+//!
+//! Daemon-wide: the configuration file that gathers every device's tables
+//! ([`config`]), the daemon that starts and stops the devices ([`daemon`]),
+//! the Prometheus endpoint ([`metrics_server`]), and the two helpers every
+//! device's server uses: its socket ([`listener`]) and its threads, named,
+//! with panics turned into a device reset ([`worker`]).
 
 pub mod balloon;
 pub mod blk;
 pub mod config;
 pub mod daemon;
-pub mod metrics;
+pub mod listener;
+pub mod metrics_server;
 pub mod net;
+pub mod worker;

@@ -7,7 +7,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use host_backend::config::{parse_disk_spec, Config};
+use host_backend::blk::parse_disk_spec;
+use host_backend::config::Config;
 use host_backend::net::parse_net_port_spec;
 
 /// pvdrivers host backend: serves guest disks to QEMU over vhost-user-blk

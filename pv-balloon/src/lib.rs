@@ -24,8 +24,8 @@
 //!
 //! # Driving it (for the OS glue, e.g. the Linux runtime)
 //!
-//! The Linux userspace runtime (`pv_balloon::linux`, feature `linux`,
-//! binary `pvballoond`) pins anonymous memory and
+//! The Linux userspace runtime (`pv-balloon/linux`, crate
+//! `pv_balloon_linux`, binary `pvballoond`) pins anonymous memory and
 //! must make each page's frame number hold still while the balloon has it:
 //! `mmap` private anonymous memory (no hugetlbfs),
 //! `madvise(MADV_NOHUGEPAGE)` so no transparent huge page is built or split
@@ -83,8 +83,6 @@ extern crate std;
 
 pub mod error;
 pub mod ledger;
-#[cfg(feature = "std")]
-pub mod linux;
 pub mod stats;
 #[cfg(feature = "test-utils")]
 pub mod testing;

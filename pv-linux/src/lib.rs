@@ -1,10 +1,12 @@
-//! Linux userspace plumbing shared by the pvdrivers guest runtimes (block
-//! now; net and balloon build on the same pieces).
+//! Linux userspace plumbing shared by the pvdrivers guest runtimes
+//! (`pv-blk/linux`, `pv-net/linux`, `pv-balloon/linux`).
 //!
 //! A guest runtime drives a virtio PCI device from a normal Linux process,
 //! with the protocol logic in a `no_std` core (`pv-blk`, `pv-net`, ...), and
 //! hands the result back to the guest kernel. This crate is the part every
-//! such runtime needs, and nothing protocol-specific:
+//! such runtime needs, and nothing device-specific (a device's own kernel
+//! interface lives in its runtime: NBD and ublk in `pv-blk/linux`, TAP in
+//! `pv-net/linux`, pinned pages in `pv-balloon/linux`):
 //!
 //! - [`pci`]: find a PCI function in `/sys/bus/pci/devices` (by BDF or by
 //!   vendor/device id), claim it from its kernel driver (`driver_override` +
@@ -21,14 +23,6 @@
 //!   bounce.
 //! - [`poll`]: [`poll::AdaptivePoller`], busy-poll then back off to sleeps,
 //!   with a bounded CPU budget.
-//! - [`nbd`]: export a block device to the kernel's NBD driver over a
-//!   socketpair: the wire codec ([`nbd::wire`], host-testable and fuzzed)
-//!   and the kernel side ([`nbd::NbdKernel`]: ioctls, the `NBD_DO_IT`
-//!   thread, disconnect).
-//! - [`ublk`]: export a block device through the kernel's ublk driver
-//!   (io_uring commands; no socket hop): control commands, one queue's
-//!   descriptors and fetch/commit ring, and the descriptor decoder
-//!   ([`ublk::wire`], host-testable and fuzzed).
 //! - [`logger`]: a minimal stderr logger for the daemons.
 //! - [`signal`]: SIGTERM/SIGINT as a flag, and blocking them in helper
 //!   threads.
@@ -63,8 +57,8 @@
 //! # }
 //! ```
 //!
-//! `pvblkd` (`pv-blk/src/bin/pvblkd.rs`) is the worked example, with the
-//! NBD export; `pvio direct` (`pv-blk/src/bin/pvio.rs`) the minimal one.
+//! `pvballoond` (`pv-balloon/linux/src/device.rs`) is the worked example;
+//! `pvio direct` (`pv-blk/linux/src/bin/pvio.rs`) the minimal one.
 //!
 //! # What it refuses
 //!
@@ -79,11 +73,9 @@
 
 pub mod dma;
 pub mod logger;
-pub mod nbd;
 pub mod pci;
 pub mod poll;
 pub mod signal;
-pub mod ublk;
 
 use std::path::PathBuf;
 
@@ -113,6 +105,19 @@ pub enum Error {
     /// No PCI function matched.
     #[error("no PCI device matches {0}")]
     NoDevice(String),
+    /// Every function of the kind asked for is claimed already (has a
+    /// `driver_override`).
+    #[error("no unclaimed {0} PCI device")]
+    NoneUnclaimed(String),
+    /// Claiming a PCI function from its kernel driver failed.
+    #[error("claim {address}: {source}")]
+    Claim {
+        /// The function.
+        address: pci::PciAddress,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
     /// The user named a malformed PCI address.
     #[error("bad PCI address {0:?} (want DDDD:BB:DD.F or BB:DD.F)")]
     BadAddress(String),
@@ -148,13 +153,11 @@ pub enum Error {
     /// The virtio PCI transport refused the device.
     #[error("virtio PCI transport: {0}")]
     Virtio(#[from] virtio_drivers::transport::pci::VirtioPciError),
-    /// The NBD kernel driver refused something.
-    #[error("nbd: {0}")]
-    Nbd(String),
 }
 
 impl Error {
-    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// `what` on the file `path` failed with `source`.
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             what,
             path: path.into(),
@@ -162,11 +165,14 @@ impl Error {
         }
     }
 
-    pub(crate) fn last_os(what: &'static str) -> Self {
-        Error::Sys {
-            what,
-            source: std::io::Error::last_os_error(),
-        }
+    /// The system call `what` failed with `source`.
+    pub fn sys(what: &'static str, source: std::io::Error) -> Self {
+        Error::Sys { what, source }
+    }
+
+    /// The system call `what` just failed (`errno`).
+    pub fn last_os(what: &'static str) -> Self {
+        Self::sys(what, std::io::Error::last_os_error())
     }
 }
 

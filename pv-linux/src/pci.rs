@@ -209,15 +209,38 @@ pub fn pick_unclaimed(
     vendor: u16,
     devices: &[u16],
     what: &str,
-) -> std::result::Result<PciAddress, String> {
+) -> Result<PciAddress> {
     if let Some(a) = requested {
-        return a.parse().map_err(|e: Error| e.to_string());
+        return a.parse();
     }
-    let all = find(vendor, devices).map_err(|e| e.to_string())?;
-    all.into_iter()
+    find(vendor, devices)?
+        .into_iter()
         .find(|i| i.driver_override.is_none())
         .map(|i| i.address)
-        .ok_or_else(|| format!("no unclaimed {what} PCI device"))
+        .ok_or_else(|| Error::NoneUnclaimed(what.into()))
+}
+
+/// How every runtime holds its device: claim `address` (bound as
+/// `binding` asks), run `serve` on it, and give it back to the kernel
+/// afterwards whatever `serve` returned. `serve` owns the core built on
+/// the device, so the core (whose transport points into the BAR mappings)
+/// is gone before the device is released.
+pub fn serve_claimed<E: From<Error>>(
+    address: PciAddress,
+    binding: Binding,
+    serve: impl FnOnce(&PciDevice) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let dev = PciDevice::claim_with(address, binding).map_err(|e| Error::Claim {
+        address,
+        source: Box::new(e),
+    })?;
+    log::info!(
+        "claimed {address} (was bound to {})",
+        dev.previous_driver().unwrap_or("no driver")
+    );
+    let served = serve(&dev);
+    let released = dev.release().map_err(E::from);
+    served.and(released)
 }
 
 /// One BAR as the kernel assigned it (sysfs `resource`).

@@ -14,14 +14,15 @@ use crate::HarnessError;
 /// Target triple of the guest binaries.
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Every guest binary: (binary, package, features of that package).
-pub const GUEST_BINARIES: &[(&str, &str, &str)] = &[
-    ("pvio", "pv-blk", "linux"),
-    ("pvblkd", "pv-blk", "linux"),
-    ("pvnetd", "pv-net", "linux"),
-    ("pvrr", "pv-net", "linux"),
-    ("pvballoond", "pv-balloon", "linux"),
-    ("pvmemhog", "pv-balloon", "linux"),
+/// Every guest binary: (binary, package). Each lives in its device's Linux
+/// runtime crate (`pv-*/linux/`).
+pub const GUEST_BINARIES: &[(&str, &str)] = &[
+    ("pvio", "pv-blk-linux"),
+    ("pvblkd", "pv-blk-linux"),
+    ("pvnetd", "pv-net-linux"),
+    ("pvrr", "pv-net-linux"),
+    ("pvballoond", "pv-balloon-linux"),
+    ("pvmemhog", "pv-balloon-linux"),
 ];
 
 /// Every host binary: (binary, package).
@@ -52,7 +53,7 @@ pub fn build_all() -> Result<PathBuf, HarnessError> {
 
 /// Path of one guest binary, building them all first if needed.
 pub fn path_of(name: &str) -> Result<PathBuf, HarnessError> {
-    if !GUEST_BINARIES.iter().any(|(bin, _, _)| *bin == name) {
+    if !GUEST_BINARIES.iter().any(|(bin, _)| *bin == name) {
         return Err(HarnessError::Setup(format!(
             "{name} is not a guest binary (see GUEST_BINARIES)"
         )));
@@ -99,10 +100,8 @@ fn build_host() -> Result<PathBuf, HarnessError> {
 fn build() -> Result<PathBuf, HarnessError> {
     let target_dir = target_dir().join("guest");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    // One invocation per binary: `--features` then names that package's
-    // own features, unambiguously (a crate's self dev-dependency would make
-    // `pkg/feature` ambiguous).
-    for (bin, pkg, features) in GUEST_BINARIES {
+    // One invocation per binary, so a failure names the binary.
+    for (bin, pkg) in GUEST_BINARIES {
         let status = Command::new(&cargo)
             .current_dir(workspace_root())
             .args([
@@ -113,7 +112,7 @@ fn build() -> Result<PathBuf, HarnessError> {
                 "--target-dir",
             ])
             .arg(&target_dir)
-            .args(["-p", pkg, "--bin", bin, "--features", features])
+            .args(["-p", pkg, "--bin", bin])
             // Applies to target artefacts only (a --target build keeps build
             // scripts and proc macros dynamic).
             .env("RUSTFLAGS", "-C target-feature=+crt-static")

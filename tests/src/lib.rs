@@ -39,11 +39,13 @@ pub mod guest_bins;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod pe_lint;
 pub mod peers;
 pub mod process;
 pub mod pvblkd_scenario;
 pub mod qmp;
 pub mod vhost_user;
+pub mod windows;
 
 pub use guest::{Accel, Guest, GuestBuilder, Outcome, Verdict};
 pub use kernel::KernelChoice;

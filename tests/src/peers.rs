@@ -231,6 +231,33 @@ impl PvBackend {
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
     }
 
+    /// What is wrong with `disk`'s error counters in the scrape `text`
+    /// (empty when it counted no error): a preset series (`io`,
+    /// `worker_panic`, `io_panic`, present at 0 from the start) that is
+    /// missing, so a renamed series fails the check instead of passing it,
+    /// or any `pvbackend_blk_errors_total` series of the disk above 0.
+    pub fn blk_error_problems(text: &str, disk: &str) -> Vec<String> {
+        let prefix = format!("pvbackend_blk_errors_total{{disk=\"{disk}\",kind=");
+        let mut problems: Vec<String> = ["io", "worker_panic", "io_panic"]
+            .iter()
+            .map(|kind| format!("{prefix}\"{kind}\"}}"))
+            .filter(|s| Self::metric(text, s) != Some(0.0))
+            .map(|s| format!("{s} is not there at 0"))
+            .collect();
+        problems.extend(
+            text.lines()
+                .filter(|l| l.starts_with(&prefix))
+                .filter(|l| {
+                    l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        != Some(0.0)
+                })
+                .map(str::to_owned),
+        );
+        problems
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -250,5 +277,33 @@ impl PvBackend {
     /// SIGKILL, no cleanup (for crash tests).
     pub fn kill(mut self) {
         self.guard.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PvBackend;
+
+    const PRESET: &str = "pvbackend_blk_errors_total{disk=\"d\",kind=\"io\"} 0\n\
+        pvbackend_blk_errors_total{disk=\"d\",kind=\"worker_panic\"} 0\n\
+        pvbackend_blk_errors_total{disk=\"d\",kind=\"io_panic\"} 0\n";
+
+    #[test]
+    fn no_blk_errors_needs_the_series_present_at_zero() {
+        assert!(PvBackend::blk_error_problems(PRESET, "d").is_empty());
+        // A renamed family: the preset series are missing.
+        let renamed = PRESET.replace("errors_total", "failures_total");
+        assert_eq!(PvBackend::blk_error_problems(&renamed, "d").len(), 3);
+        // Another disk's series do not count for this one.
+        assert_eq!(PvBackend::blk_error_problems(PRESET, "e").len(), 3);
+        // Any error of the disk, preset kind or not.
+        let io = PRESET.replace("kind=\"io\"} 0", "kind=\"io\"} 2");
+        assert_eq!(PvBackend::blk_error_problems(&io, "d").len(), 2);
+        let guest =
+            format!("{PRESET}pvbackend_blk_errors_total{{disk=\"d\",kind=\"short_header\"}} 1\n");
+        assert_eq!(
+            PvBackend::blk_error_problems(&guest, "d"),
+            ["pvbackend_blk_errors_total{disk=\"d\",kind=\"short_header\"} 1"]
+        );
     }
 }

@@ -25,6 +25,28 @@ const DISCARD: (u64, u64) = (4 * MIB, 2 * MIB);
 /// passes it on, writes of zeroes where it does not): zeroes.
 const ZERO: (u64, u64) = (10 * MIB, MIB);
 
+/// Shell helpers for any guest disk: `reads DEV` prints how many read
+/// requests the block device `DEV` (no `/dev/`) has completed;
+/// `verify_direct DEV ARGS...` runs `pvio verify /dev/DEV --direct ARGS...`
+/// and fails unless the device itself completed at least one read request
+/// per block verified, so the check cannot be served by the page cache
+/// (cached blocks cost no request; buffered reads of uncached blocks are
+/// batched by readahead).
+pub const DIRECT_VERIFY_SH: &str = r#"
+reads() { awk '{print $1}' /sys/block/$1/stat; }
+verify_direct() {
+  vd_dev=$1; shift
+  vd_before=$(reads $vd_dev)
+  vd_out=$(pvio verify /dev/$vd_dev --direct "$@") || { echo "$vd_out"; return 1; }
+  vd_done=$(( $(reads $vd_dev) - vd_before ))
+  echo "$vd_out"
+  vd_blocks=$(echo "$vd_out" | sed -n 's/^pvio: verified \([0-9]*\) blocks.*/\1/p')
+  [ -n "$vd_blocks" ] && [ $vd_done -ge $vd_blocks ] || {
+    echo "pvtest: verifying $vd_blocks blocks of $vd_dev took only $vd_done device reads"; return 1; }
+  echo "pvtest: $vd_dev completed $vd_done reads for $vd_blocks blocks verified"
+}
+"#;
+
 /// How `pvblkd` exports the disk to the guest kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Export {
@@ -82,7 +104,7 @@ impl Export {
         };
         let dev = self.dev(0).trim_end_matches('0').to_owned();
         format!(
-            r#"
+            r#"{DIRECT_VERIFY_SH}
 bdf_of() {{ basename "$(readlink -f /sys/block/$1/device/..)"; }}
 export_up() {{ n=$1; {up}; }}
 start_pvblkd() {{
@@ -145,7 +167,7 @@ grep -q "export: {name}" /tmp/pvblkd0.log
 pvio write /dev/{d0} --seed {seed}
 echo 3 > /proc/sys/vm/drop_caches
 pvio verify /dev/{d0} --seed {seed}
-pvio verify /dev/{d0} --seed {seed} --direct --start 100 --count 200
+verify_direct {d0} --seed {seed} --start 100 --count 200
 # discard, write-zeroes, flush
 blkdiscard -o {d_off} -l {d_len} /dev/{d0}
 pvio zeroout /dev/{d0} --offset {z_off} --len {z_len}
@@ -182,6 +204,11 @@ echo "pvtest: runtime scenario done"
     /// daemon drains, flushes, exits 0 and hands the device back; the
     /// kernel driver reads the data intact, and the device can be exported
     /// again. Ends with `pvtest: handback done`.
+    ///
+    /// The readers are shown to be in flight across the SIGTERM: it is
+    /// sent once they have completed 400 reads and are still running, and
+    /// they (set to run for an hour) must then end on a failed read, which
+    /// only the export going away causes.
     pub fn sigterm_scenario(self, seed: u64) -> String {
         let d0 = self.dev(0);
         format!(
@@ -189,18 +216,32 @@ echo "pvtest: runtime scenario done"
 start_pvblkd vda 0
 pvio write /dev/{d0} --seed {seed} --count 1024
 # readers busy on the export while the daemon is told to stop
-pvio randread /dev/{d0} --seconds 30 --jobs 4 > /tmp/reader.log 2>&1 &
+r0=$(reads {d0})
+pvio randread /dev/{d0} --seconds 3600 --jobs 4 > /tmp/reader.log 2>&1 &
 reader=$!
-sleep 3
+i=0
+while [ $(( $(reads {d0}) - r0 )) -lt 400 ]; do
+  i=$((i+1))
+  if [ $i -gt 3000 ] || ! kill -0 $reader 2>/dev/null; then
+    echo "pvtest: the readers did not get going"; cat /tmp/reader.log; exit 1
+  fi
+  sleep 0.1
+done
+kill -0 $reader 2>/dev/null || {{ echo "pvtest: the readers died before the stop"; cat /tmp/reader.log; exit 1; }}
+echo "pvtest: readers busy ($(( $(reads {d0}) - r0 )) reads done); stopping pvblkd"
 stop_pvblkd 0
-wait $reader || echo "pvtest: reader ended with an error after the stop (expected)"
+rc=0; wait $reader || rc=$?
+cat /tmp/reader.log
+[ $rc != 0 ] || {{ echo "pvtest: the readers ended on their own: the stop was not under load"; exit 1; }}
+grep -q "pvio: read at" /tmp/reader.log || {{ echo "pvtest: the readers failed, but not on a read"; exit 1; }}
+echo "pvtest: readers cut off by the stop (exit status $rc)"
 grep -q "device cache flushed" /tmp/pvblkd0.log
 grep -q "released to the kernel" /tmp/pvblkd0.log
 [ "$(cat /sys/bus/pci/devices/$(cat /tmp/bdf0)/driver_override)" = "(null)" ]
 pvio verify /dev/$(cat /tmp/disk0) --seed {seed} --count 1024
 # the device can be claimed again
 start_pvblkd $(cat /tmp/disk0) 0
-pvio verify /dev/{d0} --seed {seed} --count 1024 --direct
+verify_direct {d0} --seed {seed} --count 1024
 stop_pvblkd 0
 echo "pvtest: handback done"
 "#,
@@ -258,6 +299,7 @@ impl Export {
             .expect("harness");
         out.expect_pass();
         assert!(out.console_has("pvtest: handback done"));
+        assert!(out.console_has("pvtest: readers cut off by the stop"));
         assert!(out.console_has("is back as /dev/vd"));
         assert!(out.console_has("(virtio-pci)"));
     }

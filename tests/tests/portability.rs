@@ -9,7 +9,7 @@
 //! fixture crate that leaks std proves the check catches it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const TARGETS: [&str; 2] = ["x86_64-pc-windows-msvc", "x86_64-unknown-none"];
 const SYSTEM_CARGO: &str = "/usr/bin/cargo";
@@ -38,14 +38,18 @@ fn string_list(v: Option<&toml::Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn cores() -> Vec<String> {
+fn metadata_list(key: &str) -> Vec<String> {
     let m = manifest();
-    let list = string_list(
+    string_list(
         m.get("workspace")
             .and_then(|w| w.get("metadata"))
             .and_then(|w| w.get("pvdrivers"))
-            .and_then(|w| w.get("no_std_cores")),
-    );
+            .and_then(|w| w.get(key)),
+    )
+}
+
+fn cores() -> Vec<String> {
+    let list = metadata_list("no_std_cores");
     assert!(
         !list.is_empty(),
         "workspace.metadata.pvdrivers.no_std_cores is empty"
@@ -66,7 +70,7 @@ fn build_std(manifest_dir: &Path, target_dir: &Path, packages: &[String]) -> Out
             "{tool} missing: install Debian's rustc-web cargo-web rust-web-src (the README's test command does)"
         );
     }
-    let mut cmd = Command::new(SYSTEM_CARGO);
+    let mut cmd = pvtest::windows::system_cargo();
     cmd.current_dir(manifest_dir)
         .args([
             "build",
@@ -75,22 +79,7 @@ fn build_std(manifest_dir: &Path, target_dir: &Path, packages: &[String]) -> Out
             "-Zbuild-std=core,alloc",
         ])
         .arg("--target-dir")
-        .arg(target_dir)
-        .env("RUSTC", SYSTEM_RUSTC)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_PROFILE_DEV_PANIC", "abort")
-        .env("CARGO_PROFILE_RELEASE_PANIC", "abort");
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "RUSTDOCFLAGS",
-    ] {
-        cmd.env_remove(var);
-    }
+        .arg(target_dir);
     for t in TARGETS {
         cmd.args(["--target", t]);
     }
@@ -100,18 +89,40 @@ fn build_std(manifest_dir: &Path, target_dir: &Path, packages: &[String]) -> Out
     cmd.output().expect("run /usr/bin/cargo")
 }
 
+/// The package name of the member at `member` (a path: `pv-blk/windows` is
+/// package `pv-blk-windows`), which `cargo -p` needs.
+fn package_name(member: &str) -> String {
+    let text = std::fs::read_to_string(root().join(member).join("Cargo.toml"))
+        .unwrap_or_else(|e| panic!("read {member}/Cargo.toml: {e}"));
+    let t: toml::Table = text.parse().expect("parse member Cargo.toml");
+    t.get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or_else(|| panic!("{member}/Cargo.toml has no package name"))
+        .to_owned()
+}
+
 #[test]
 fn every_no_std_crate_is_listed_as_a_core() {
     let m = manifest();
     let members = string_list(m.get("workspace").and_then(|w| w.get("members")));
     let cores = cores();
+    // Windows kernel crates are no_std too, and are built (as drivers) by
+    // tests/tests/windows_drivers.rs instead.
+    let kernel = metadata_list("windows_kernel");
     for member in &members {
         if lib_is_no_std(member) {
             assert!(
-                cores.contains(member),
-                "{member} is #![no_std] but not in no_std_cores"
+                cores.contains(member) || kernel.contains(member),
+                "{member} is #![no_std] but in neither no_std_cores nor windows_kernel"
             );
         }
+    }
+    for k in &kernel {
+        assert!(
+            members.contains(k),
+            "windows_kernel crate {k} is not a workspace member"
+        );
     }
     for core in &cores {
         assert!(
@@ -127,7 +138,8 @@ fn every_no_std_crate_is_listed_as_a_core() {
 
 #[test]
 fn cores_build_for_windows_kernel_and_bare_metal() {
-    let out = build_std(&root(), &root().join("target/portable"), &cores());
+    let packages: Vec<String> = cores().iter().map(|c| package_name(c)).collect();
+    let out = build_std(&root(), &root().join("target/portable"), &packages);
     assert!(
         out.status.success(),
         "a no_std core does not build for {TARGETS:?}:\n{}",

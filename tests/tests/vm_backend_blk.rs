@@ -127,10 +127,10 @@ echo "pvtest: backend scenario done"
         let s = format!("pvbackend_blk_kicks_total{{disk=\"data\",queue=\"{q}\"}}");
         assert!(v(&s) >= 1.0, "queue {q} never kicked:\n{m}");
     }
-    assert!(
-        !m.contains("pvbackend_blk_errors_total{"),
-        "unexpected errors:\n{m}"
-    );
+    for disk in ["data", "fs"] {
+        let problems = PvBackend::blk_error_problems(&m, disk);
+        assert!(problems.is_empty(), "{problems:?} in:\n{m}");
+    }
 
     // Graceful stop: exit status 0, sockets removed.
     let status = backend

@@ -64,10 +64,10 @@ fn runtime_on_our_vhost_user_backend() {
         let s = format!("pvbackend_blk_requests_total{{disk=\"data\",op=\"{op}\"}}");
         assert!(v(&s) >= 1.0, "{s} is {} in:\n{m}", v(&s));
     }
-    assert!(
-        !m.contains("pvbackend_blk_errors_total{"),
-        "unexpected errors:\n{m}"
-    );
+    for disk in ["data", "fs"] {
+        let problems = PvBackend::blk_error_problems(&m, disk);
+        assert!(problems.is_empty(), "{problems:?} in:\n{m}");
+    }
     let status = backend
         .stop(Duration::from_secs(30))
         .expect("signal")

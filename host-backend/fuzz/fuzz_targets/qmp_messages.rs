@@ -5,7 +5,7 @@
 #![no_main]
 
 use host_backend::balloon::cli::{parse_series, rows};
-use host_backend::balloon::guest::GuestStats;
+use host_backend::balloon::device::GuestStats;
 use host_backend::balloon::qmp::{parse_message, Message};
 use libfuzzer_sys::fuzz_target;
 

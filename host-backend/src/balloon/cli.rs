@@ -209,7 +209,7 @@ pub fn run(addr: &str, every: Duration, once: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balloon::guest::GuestStats;
+    use crate::balloon::device::GuestStats;
     use crate::balloon::metrics::{BalloonMetrics, G};
     use prometheus_client::registry::Registry;
     use std::sync::Arc;
@@ -233,7 +233,7 @@ mod tests {
         );
         m.set("vm2", G::Actual, 1 << 30);
         m.error("", "host_meminfo");
-        let server = crate::metrics::MetricsServer::start("127.0.0.1:0", Arc::new(registry))
+        let server = crate::metrics_server::MetricsServer::start("127.0.0.1:0", Arc::new(registry))
             .expect("server");
         let text = fetch(server.addr(), Duration::from_secs(10)).expect("fetch");
         server.stop();

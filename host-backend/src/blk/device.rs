@@ -30,10 +30,20 @@ use vmm_sys_util::event::{
 use super::disk::{Disk, NoWait};
 use super::fault::Faults;
 use super::io::{lock, IoMode, IoPool, Window};
+use super::metrics::{BlkOp, DiskMetrics};
 use super::request::{self, Desc, Limits, Op, RequestError, S_IOERR, S_OK};
-use crate::metrics::{BlkOp, DiskMetrics};
 
 type Mem = GuestMemoryMmap<()>;
+
+/// Log target of the lines that say where requests sit in the ring: at
+/// info, one line per queue when a connection starts it (`queue Q started
+/// at ring index B: N request(s) waiting`); at trace, one line per request
+/// taken (`took the request at ring index I`). After QEMU reconnects to a
+/// restarted daemon it restarts each queue at its used index, so a request
+/// a dead daemon took (its last `took` index >= the next start index B)
+/// had not completed, and is taken again by the new one. Selected with
+/// e.g. `--log-level info,pvbackend::blk::ring=trace`.
+pub const RING_LOG: &str = "pvbackend::blk::ring";
 
 /// Most bytes per data segment the device accepts (`size_max`).
 const SIZE_MAX: u32 = 1 << 20;
@@ -77,6 +87,9 @@ struct Shared {
     conn: Mutex<Option<ShutdownHandle>>,
     /// A disconnect was asked for (possibly before `conn` was set).
     reset_requested: AtomicBool,
+    /// Per queue: this connection has handled its first event (and logged
+    /// where the queue started).
+    started: Vec<AtomicBool>,
 }
 
 /// A vhost-user-blk backend for one disk and one connection.
@@ -127,6 +140,7 @@ impl BlkBackend {
                 windows: (0..params_queues).map(|_| Window::default()).collect(),
                 conn: Mutex::new(None),
                 reset_requested: AtomicBool::new(false),
+                started: (0..params_queues).map(|_| AtomicBool::new(false)).collect(),
             }),
         }
     }
@@ -308,6 +322,16 @@ impl BlkBackend {
                     continue;
                 }
                 let seq = w.push(head);
+                // Written before the request runs, so a daemon killed while
+                // it executes leaves this line behind: with the next
+                // connection's start line it shows the request was taken,
+                // not finished, and taken again (see `RING_LOG`).
+                log::trace!(
+                    target: RING_LOG,
+                    "{}: queue {queue}: took the request at ring index {}",
+                    self.shared.disk.path().display(),
+                    vring.get_ref().get_queue().next_avail().wrapping_sub(1)
+                );
                 (chain, seq)
             };
             // From here the request holds a window slot: a panic while it
@@ -514,6 +538,28 @@ impl BlkBackend {
                 return false;
             }
             std::hint::spin_loop();
+        }
+    }
+
+    /// Logs where the connection starts `queue`: the ring index QEMU gave
+    /// (SET_VRING_BASE: after a lost connection, the used index) and how
+    /// many requests wait after it (left unfinished by the previous
+    /// connection or posted while there was none; all redone now).
+    fn log_start(&self, queue: usize, vring: &VringRwLock, mem: &Mem) {
+        let state = vring.get_ref();
+        let q = state.get_queue();
+        let base = q.next_avail();
+        match q.avail_idx(mem, Ordering::Acquire) {
+            Ok(avail) => log::info!(
+                target: RING_LOG,
+                "{}: queue {queue} started at ring index {base}: {} request(s) waiting",
+                self.shared.disk.path().display(),
+                avail.0.wrapping_sub(base)
+            ),
+            Err(e) => warn!(
+                "{}: queue {queue}: reading the available index: {e}",
+                self.shared.disk.path().display()
+            ),
         }
     }
 
@@ -811,6 +857,14 @@ impl VhostUserBackend for BlkBackend {
         // the queue number is the worker's: one queue per thread
         // (queues_per_thread).
         let queue = thread_id;
+        if self
+            .shared
+            .started
+            .get(queue)
+            .is_some_and(|s| !s.swap(true, Ordering::AcqRel))
+        {
+            self.log_start(queue, vring, &mem);
+        }
         let event_idx = self.shared.event_idx.load(Ordering::Acquire);
         let run = || -> io::Result<()> {
             if event_idx {

@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use log::error;
 
-use crate::metrics::DiskMetrics;
+use super::metrics::DiskMetrics;
 
 /// How a disk executes requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -263,9 +263,10 @@ impl IoPool {
         for i in 0..threads {
             let inner = inner.clone();
             let metrics = metrics.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("io-{name}-{i}"))
-                .spawn(move || worker(&inner, &metrics))?;
+            // Jobs reset their own device; a panic outside a job (a bug
+            // of the pool) ends only this thread.
+            let h =
+                crate::worker::spawn(format!("io-{name}-{i}"), move || worker(&inner, &metrics))?;
             handles.push(h);
         }
         Ok(Self {
@@ -380,7 +381,7 @@ mod tests {
     #[test]
     fn pool_runs_jobs_concurrently_and_survives_a_panicking_job() {
         let mut reg = prometheus_client::registry::Registry::default();
-        let fam = crate::metrics::BlkFamilies::register(&mut reg);
+        let fam = crate::blk::metrics::BlkFamilies::register(&mut reg);
         let pool = IoPool::new("t", 3, fam.disk("t", 1)).expect("pool");
         pool.submit(Box::new(|| panic!("deliberate")));
         // Three jobs that each wait for all three to have started: they can
@@ -399,7 +400,7 @@ mod tests {
             .collect();
         got.sort_unstable();
         assert_eq!(got, vec![0, 1, 2]);
-        let text = crate::metrics::render(&reg);
+        let text = crate::metrics_server::render(&reg);
         assert!(text.contains("kind=\"io_panic\""), "{text}");
     }
 }

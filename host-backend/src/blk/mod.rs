@@ -11,12 +11,17 @@
 //! it does not offer the STATUS protocol feature (QEMU < 8.1 resets the
 //! device before GET_VRING_BASE when it is offered).
 
+pub mod config;
 pub mod device;
 pub mod disk;
 pub mod fault;
 pub mod io;
+pub mod metrics;
 pub mod request;
+pub mod server;
 
+pub use config::{parse_disk_spec, BlkConfigError, DiskConfig};
 pub use device::{BlkBackend, BlkParams};
 pub use disk::{Disk, DiskError};
 pub use io::{IoMode, IoPool};
+pub use server::{BlkError, BlkService};

@@ -1,5 +1,24 @@
-//! Metric handles of the switch (the series are documented in
-//! [`crate::net`]).
+//! Metrics of the switch, on the daemon's Prometheus endpoint
+//! ([`crate::metrics_server`]).
+//!
+//! `rx` and `tx` are seen from the switch: `rx` = frames the guest sent.
+//!
+//! | series | type | labels | meaning |
+//! |---|---|---|---|
+//! | `pvbackend_net_rx_packets_total` | counter | port | frames the switch took from the port (after validation and rate limit) |
+//! | `pvbackend_net_rx_bytes_total` | counter | port | their bytes (Ethernet frame, no virtio header) |
+//! | `pvbackend_net_tx_packets_total` | counter | port | frames delivered to the port |
+//! | `pvbackend_net_tx_bytes_total` | counter | port | their bytes |
+//! | `pvbackend_net_drops_total` | counter | port, reason | dropped frames: `runt`, `oversized`, `bad_header`, `malformed_chain`, `rate_limited`, `same_port` (counted on the ingress port); `no_rx_buffer`, `rx_chain` (bad or small RX buffers), `oversized` for the destination's MTU (counted on the destination); `uplink` (TAP errors) |
+//! | `pvbackend_net_flooded_total` | counter | port | frames from the port flooded to every other port |
+//! | `pvbackend_net_learned_macs` | gauge | port | MAC addresses learned on the port |
+//! | `pvbackend_net_worker_panics_total` | counter | port | worker panics (the port was reset) |
+//! | `pvbackend_net_connections_total` | counter | port | frontend connections accepted |
+//! | `pvbackend_net_poll_hits_total` | counter | port | polling windows (`poll_us`) after a TX burst that found the guest's next frame |
+//! | `pvbackend_net_poll_misses_total` | counter | port | polling windows that ended empty or out of budget (the worker went back to sleep) |
+//! | `pvbackend_switch_mac` | gauge | port, mac | 1 for each address in the MAC table |
+//!
+//! The uplink's port is labelled `uplink:<tap name>`.
 
 use std::sync::Arc;
 

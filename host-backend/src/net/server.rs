@@ -2,9 +2,8 @@
 //! on the port's socket and serves it until QEMU goes away (then waits for
 //! the next), and one thread reads the uplink TAP when there is one.
 
-use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use prometheus_client::registry::Registry;
+use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -23,17 +23,17 @@ use super::metrics::NetFamilies;
 use super::port::{lock, Attachment, Port, Switch};
 use super::proxy;
 use super::tap::{Tap, TapError};
+use crate::listener::{self, ListenError};
+use crate::worker;
 
 /// Why the switch could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("net port '{name}': socket {path} is in use by another process")]
-    SocketInUse { name: String, path: PathBuf },
-    #[error("net port '{name}': cannot listen on {path}: {message}")]
+    #[error("net port '{name}': {source}")]
     Listen {
         name: String,
-        path: PathBuf,
-        message: String,
+        #[source]
+        source: ListenError,
     },
     #[error(transparent)]
     Tap(#[from] TapError),
@@ -62,45 +62,18 @@ impl std::fmt::Debug for NetService {
     }
 }
 
-fn bind(name: &str, path: &Path) -> Result<UnixListener, NetError> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(NetError::SocketInUse {
-                name: name.to_owned(),
-                path: path.to_owned(),
-            });
-        }
-        // A stale socket from a previous run.
-        let _ = std::fs::remove_file(path);
-    }
-    UnixListener::bind(path).map_err(|e| NetError::Listen {
-        name: name.to_owned(),
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
-}
-
-fn readable(listener: &UnixListener, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: poll(2) on one pollfd that lives on this stack frame for the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    n > 0 && pfd.revents & libc::POLLIN != 0
-}
-
 /// Accepts QEMU's connection and hands the backend its own end of a relay
 /// (see [`proxy`]): returns (QEMU's stream, the backend's stream).
 fn connect_backend(
     port: &Port,
-    listener: &UnixListener,
+    listener: &Listener,
     daemon: &mut VhostUserDaemon<NetBackend>,
 ) -> Result<(UnixStream, UnixStream), String> {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    let (qemu, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    let qemu = listener
+        .accept()
+        .map_err(|e| format!("accept: {e}"))?
+        .ok_or_else(|| "accept: the connection went away".to_owned())?;
     let private = std::env::temp_dir().join(format!(
         "pvbackend-{}-{}.sock",
         std::process::id(),
@@ -123,7 +96,7 @@ fn connect_backend(
 fn serve_port(
     switch: Arc<Switch>,
     server: Arc<PortServer>,
-    listener: UnixListener,
+    listener: Listener,
     stop: Arc<AtomicBool>,
 ) {
     let port = server.port.clone();
@@ -133,7 +106,7 @@ fn serve_port(
         server.socket.display()
     );
     while !stop.load(Ordering::Acquire) {
-        if !readable(&listener, Duration::from_millis(200)) {
+        if !listener::readable(&listener, Duration::from_millis(200)) {
             continue;
         }
         let backend = NetBackend::new(switch.clone(), port.clone());
@@ -171,6 +144,16 @@ fn serve_port(
         port.detach();
         switch.forget(port.id);
     }
+}
+
+/// After a panic of a port's thread: the port is left as a disconnect
+/// leaves it (connection shut down, detached, its MACs forgotten).
+fn reset_port(switch: &Switch, server: &PortServer) {
+    if let Some(h) = lock(&server.conn).take() {
+        h.shutdown();
+    }
+    server.port.detach();
+    switch.forget(server.port.id);
 }
 
 fn serve_uplink(switch: Arc<Switch>, id: usize, stop: Arc<AtomicBool>) {
@@ -222,7 +205,12 @@ impl NetService {
         let mut all = Vec::new();
         for (id, p) in ports.iter().enumerate() {
             let name = p.display_name();
-            listeners.push(bind(&name, &p.socket)?);
+            listeners.push(
+                listener::bind(&p.socket).map_err(|source| NetError::Listen {
+                    name: name.clone(),
+                    source,
+                })?,
+            );
             all.push(Arc::new(Port::new(
                 id,
                 name.clone(),
@@ -265,19 +253,20 @@ impl NetService {
                 conn: Mutex::new(None),
             });
             let (sw, s, st) = (switch.clone(), server.clone(), stop.clone());
-            let h = std::thread::Builder::new()
-                .name(format!("net-{}", port.name))
-                .spawn(move || serve_port(sw, s, listener, st))
-                .map_err(NetError::Thread)?;
+            let (rsw, rs) = (switch.clone(), server.clone());
+            let h = worker::spawn_with_reset(
+                format!("net-{}", port.name),
+                move || reset_port(&rsw, &rs),
+                move || serve_port(sw, s, listener, st),
+            )
+            .map_err(NetError::Thread)?;
             threads.push((server, h));
         }
         let uplink = match uplink_id {
             Some(id) => {
                 let (sw, st) = (switch.clone(), stop.clone());
                 Some(
-                    std::thread::Builder::new()
-                        .name("net-uplink".into())
-                        .spawn(move || serve_uplink(sw, id, st))
+                    worker::spawn("net-uplink".into(), move || serve_uplink(sw, id, st))
                         .map_err(NetError::Thread)?,
                 )
             }
@@ -304,12 +293,7 @@ impl NetService {
             }
         }
         for (server, handle) in self.ports {
-            while !handle.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            } else {
+            if !worker::join_until(handle, deadline) {
                 warn!(
                     "net port '{}': still busy at the deadline; leaving it",
                     server.port.name
@@ -318,12 +302,7 @@ impl NetService {
             let _ = std::fs::remove_file(&server.socket);
         }
         if let Some(h) = self.uplink {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if h.is_finished() {
-                let _ = h.join();
-            }
+            worker::join_until(h, deadline);
         }
     }
 }

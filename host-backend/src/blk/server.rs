@@ -1,0 +1,253 @@
+//! Serving disks: one thread per disk accepts QEMU's connection on the
+//! disk's vhost-user socket, serves it until QEMU goes away, then waits for
+//! the next connection (QEMU's `reconnect=` option), until asked to stop.
+//!
+//! Stopping (SIGTERM/SIGINT): no new connections are accepted, connected
+//! devices are disconnected (their reorder windows closed first, so no
+//! completion is published after the socket goes: QEMU's `reconnect=`
+//! resubmits whatever was unpublished to the next daemon), the I/O pools
+//! finish the requests they hold, every disk is flushed, sockets are
+//! removed. A deadline bounds the whole stop; the daemon never hangs on it.
+//!
+//! The same path serves a device reset after a panic (see
+//! [`super::io`]): the connection ends, the pool drains, and the disk
+//! waits for QEMU's next connection while the other disks carry on.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use prometheus_client::registry::Registry;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::config::DiskConfig;
+use super::fault::Faults;
+use super::metrics::{BlkFamilies, DiskMetrics};
+use super::{BlkBackend, BlkParams, Disk, DiskError, IoMode, IoPool};
+use crate::listener::{self, ListenError};
+use crate::worker;
+
+/// Why the disks could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum BlkError {
+    #[error("disk '{name}': {source}")]
+    Disk {
+        name: String,
+        #[source]
+        source: DiskError,
+    },
+    #[error("disk '{name}': {source}")]
+    Listen {
+        name: String,
+        #[source]
+        source: ListenError,
+    },
+    #[error("cannot start thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+struct DiskServer {
+    name: String,
+    socket: PathBuf,
+    disk: Arc<Disk>,
+    params: BlkParams,
+    metrics: Arc<DiskMetrics>,
+    /// The disk's I/O threads, shared by its successive connections.
+    pool: Arc<IoPool>,
+    /// The backend of the connection being served, if any.
+    conn: Mutex<Option<BlkBackend>>,
+}
+
+impl DiskServer {
+    /// Ends the connection being served, if any (stop, or a reset after a
+    /// panic of the disk's thread).
+    fn disconnect(&self) {
+        if let Some(b) = self.conn.lock().ok().and_then(|s| s.clone()) {
+            b.disconnect();
+        }
+    }
+}
+
+fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicBool>) {
+    info!(
+        "disk '{}': serving {} on {}",
+        server.name,
+        server.disk.path().display(),
+        server.socket.display()
+    );
+    while !stop.load(Ordering::Acquire) {
+        if !listener::readable(&listener, Duration::from_millis(200)) {
+            continue;
+        }
+        let backend = BlkBackend::new(
+            server.disk.clone(),
+            server.params.clone(),
+            server.metrics.clone(),
+            server.pool.clone(),
+        );
+        let mut daemon = match VhostUserDaemon::new(
+            format!("vub-{}", server.name),
+            backend.clone(),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                error!("disk '{}': cannot create device: {e}", server.name);
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        if let Err(e) = daemon.start(&mut listener) {
+            warn!("disk '{}': connection failed to start: {e}", server.name);
+            continue;
+        }
+        server.metrics.connections.inc();
+        info!("disk '{}': frontend connected", server.name);
+        if let Some(h) = daemon.shutdown_handle() {
+            backend.attach(h);
+        }
+        if let Ok(mut slot) = server.conn.lock() {
+            *slot = Some(backend.clone());
+        }
+        // A stop requested between the check above and the backend being
+        // published must still end this connection.
+        if stop.load(Ordering::Acquire) {
+            backend.disconnect();
+        }
+        match daemon.wait() {
+            Ok(()) => info!("disk '{}': frontend disconnected", server.name),
+            Err(e) => warn!("disk '{}': connection ended: {e}", server.name),
+        }
+        if let Ok(mut slot) = server.conn.lock() {
+            *slot = None;
+        }
+        // Nothing more is published into the rings of a connection that is
+        // gone (QEMU rewinds them to the used index on reconnect).
+        backend.disconnect();
+        // Dropping the daemon stops and joins its queue workers; each
+        // finishes the request in hand first.
+        drop(daemon);
+        // The pool finishes the requests it holds before the next
+        // connection may resubmit them: a stale write must not land after
+        // a newer one.
+        backend.wait_idle();
+    }
+}
+
+/// The disks being served: one thread per disk.
+pub struct BlkService {
+    disks: Vec<(Arc<DiskServer>, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for BlkService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlkService")
+            .field("disks", &self.disks.len())
+            .finish()
+    }
+}
+
+impl BlkService {
+    /// Registers the block metrics, opens every disk, binds its socket and
+    /// starts its thread.
+    pub fn start(
+        disks: &[DiskConfig],
+        registry: &mut Registry,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, BlkError> {
+        let faults = Faults::get();
+        if faults.armed() {
+            warn!("TEST FAULT INJECTION ARMED (PVBACKEND_FAULT_*): {faults:?}");
+        }
+        let families = BlkFamilies::register(registry);
+        let mut servers = Vec::new();
+        for d in disks {
+            servers.push(open_disk(d, &families)?);
+        }
+        let mut threads: Vec<(Arc<DiskServer>, JoinHandle<()>)> = Vec::new();
+        for (server, listener) in servers {
+            let stop = stop.clone();
+            let (s, r) = (server.clone(), server.clone());
+            let handle = worker::spawn_with_reset(
+                format!("disk-{}", server.name),
+                move || r.disconnect(),
+                move || serve_disk(s, listener, stop),
+            )
+            .map_err(BlkError::Thread)?;
+            threads.push((server, handle));
+        }
+        Ok(Self { disks: threads })
+    }
+
+    /// Disks served.
+    pub fn disk_count(&self) -> usize {
+        self.disks.len()
+    }
+
+    /// Disconnects every frontend (the `stop` flag must already be set),
+    /// waits for the threads until `deadline`, flushes every disk, removes
+    /// the sockets.
+    pub fn stop(self, deadline: Instant) {
+        for (server, _) in &self.disks {
+            server.disconnect();
+        }
+        for (server, handle) in self.disks {
+            if !worker::join_until(handle, deadline) {
+                warn!(
+                    "disk '{}': still busy at the deadline; leaving it",
+                    server.name
+                );
+            }
+            if let Err(e) = server.disk.flush() {
+                error!("disk '{}': final flush failed: {e}", server.name);
+            }
+            let _ = std::fs::remove_file(&server.socket);
+        }
+    }
+}
+
+fn open_disk(
+    d: &DiskConfig,
+    families: &BlkFamilies,
+) -> Result<(Arc<DiskServer>, Listener), BlkError> {
+    let name = d.display_name();
+    let disk = Disk::open(&d.path, d.read_only).map_err(|source| BlkError::Disk {
+        name: name.clone(),
+        source,
+    })?;
+    let listener = listener::bind(&d.socket).map_err(|source| BlkError::Listen {
+        name: name.clone(),
+        source,
+    })?;
+    let metrics = families.disk(&d.display_name(), d.num_queues);
+    let threads = match d.io_mode {
+        IoMode::Sync => 0,
+        IoMode::Pool | IoMode::Hybrid => usize::from(d.io_threads),
+    };
+    let pool = IoPool::new(&name, threads, metrics.clone()).map_err(BlkError::Thread)?;
+    info!(
+        "disk '{name}': io mode {}, {threads} I/O thread(s)",
+        d.io_mode.name()
+    );
+    let server = DiskServer {
+        name,
+        socket: d.socket.clone(),
+        disk: Arc::new(disk),
+        params: BlkParams {
+            num_queues: d.num_queues,
+            queue_size: d.queue_size,
+            serial: d.serial(),
+            poll_us: d.poll_us,
+            io_mode: d.io_mode,
+        },
+        metrics,
+        pool: Arc::new(pool),
+        conn: Mutex::new(None),
+    };
+    Ok((Arc::new(server), listener))
+}

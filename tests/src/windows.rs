@@ -1,0 +1,254 @@
+//! Cross-building the Windows drivers on Linux, and test-signing them.
+//!
+//! A driver crate is a `lib`; [`build_driver`] links it as a kernel image
+//! with Debian's `rustc-web` (whose library sources allow `-Zbuild-std`):
+//! `cargo rustc --lib --crate-type cdylib` for `x86_64-pc-windows-msvc`,
+//! `core`, `alloc` and `compiler_builtins` (with its `mem` functions, which
+//! a kernel image has no CRT for) built from source, `panic = "abort"`, and
+//! `lld-link` (Debian `lld-22`) with the link arguments windows-drivers-rs
+//! uses for WDM drivers plus `/RELEASE` (which sets the checksum). See
+//! docs/WINDOWS.md.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Debian's `rustc-web` toolchain (the rustup one here has no rust-src).
+pub const SYSTEM_CARGO: &str = "/usr/bin/cargo";
+/// Its compiler.
+pub const SYSTEM_RUSTC: &str = "/usr/bin/rustc";
+/// `lld-link` from Debian `lld-22`.
+pub const LLD_LINK: &str = "/usr/lib/llvm-22/bin/lld-link";
+/// The kernel driver target.
+pub const TARGET: &str = "x86_64-pc-windows-msvc";
+
+/// The link arguments of a WDM driver (windows-drivers-rs' set for WDM,
+/// entry `DriverEntry`) plus `/RELEASE` for the header checksum.
+pub const LINK_ARGS: [&str; 8] = [
+    "/DRIVER",
+    "/NODEFAULTLIB",
+    "/SUBSYSTEM:NATIVE",
+    "/KERNEL",
+    "/ENTRY:DriverEntry",
+    "/INTEGRITYCHECK",
+    "/OPT:REF,ICF",
+    "/RELEASE",
+];
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// Where driver builds go (`target/windows`).
+pub fn target_dir() -> PathBuf {
+    workspace_root().join("target/windows")
+}
+
+/// Tools the build and signing need, missing ones named (dev.sh installs
+/// them: `rustc-web cargo-web rust-web-src lld-22 osslsigncode openssl`).
+pub fn missing_tools() -> Vec<&'static str> {
+    [SYSTEM_CARGO, SYSTEM_RUSTC, LLD_LINK]
+        .into_iter()
+        .filter(|t| !Path::new(t).exists())
+        .chain(
+            ["osslsigncode", "openssl"]
+                .into_iter()
+                .filter(|t| Command::new(t).arg("--version").output().is_err()),
+        )
+        .collect()
+}
+
+/// Debian's cargo with its rustc, `-Z` flags allowed, `panic = "abort"`,
+/// and none of the caller's flags or wrappers (they are for the host
+/// toolchain). Shared with the portability test.
+pub fn system_cargo() -> Command {
+    let mut cmd = Command::new(SYSTEM_CARGO);
+    cmd.env("RUSTC", SYSTEM_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_PROFILE_DEV_PANIC", "abort")
+        .env("CARGO_PROFILE_RELEASE_PANIC", "abort");
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTDOCFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Link `package` (a driver crate of the workspace) as a `.sys` and copy it
+/// to `target/windows/<sys_name>`. Returns that path, or the build's
+/// stderr.
+pub fn build_driver(package: &str, sys_name: &str) -> Result<PathBuf, String> {
+    let mut cmd = system_cargo();
+    cmd.current_dir(workspace_root())
+        .args([
+            "rustc",
+            "--locked",
+            "-p",
+            package,
+            "--lib",
+            "--crate-type",
+            "cdylib",
+        ])
+        .args(["--release", "--target", TARGET])
+        .args([
+            "-Zbuild-std=core,alloc,compiler_builtins",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir());
+    cmd.arg("--").arg(format!("-Clinker={LLD_LINK}"));
+    for a in LINK_ARGS {
+        cmd.arg(format!("-Clink-arg={a}"));
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("run {SYSTEM_CARGO}: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let lib = package.replace('-', "_");
+    let dll = target_dir()
+        .join(TARGET)
+        .join("release")
+        .join(format!("{lib}.dll"));
+    // Tests run as parallel processes that all build and read the image:
+    // copy then rename, so no reader sees a half-written file.
+    let sys = target_dir().join(sys_name);
+    let tmp = target_dir().join(format!("{sys_name}.{}", std::process::id()));
+    std::fs::copy(&dll, &tmp).map_err(|e| format!("copy {}: {e}", dll.display()))?;
+    std::fs::rename(&tmp, &sys).map_err(|e| format!("rename {}: {e}", tmp.display()))?;
+    Ok(sys)
+}
+
+/// A throw-away code-signing certificate and key in `dir` (PEM), made with
+/// `openssl`. Returns (certificate, key).
+pub fn test_certificate(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let cert = dir.join("pvdrivers-test.crt");
+    let key = dir.join("pvdrivers-test.key");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=pvdrivers test signing"])
+        .args(["-addext", "extendedKeyUsage=codeSigning"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(|e| format!("run openssl: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok((cert, key))
+}
+
+/// Authenticode-sign `sys` (SHA-256) into `signed` with `osslsigncode`.
+pub fn sign(sys: &Path, signed: &Path, cert: &Path, key: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(signed);
+    let out = Command::new("osslsigncode")
+        .arg("sign")
+        .args(["-h", "sha256", "-n", "pvdrivers test driver"])
+        .arg("-certs")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .arg("-in")
+        .arg(sys)
+        .arg("-out")
+        .arg(signed)
+        .output()
+        .map_err(|e| format!("run osslsigncode: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Verify `signed`'s signature against `cert` as the trust anchor. Ok with
+/// osslsigncode's report, or Err with it.
+pub fn verify(signed: &Path, cert: &Path) -> Result<String, String> {
+    let out = Command::new("osslsigncode")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(cert)
+        .arg("-in")
+        .arg(signed)
+        .output()
+        .map_err(|e| format!("run osslsigncode: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// The speakeasy release the emulated runs are written against.
+pub const SPEAKEASY: &str = "speakeasy-emulator==1.5.11";
+
+/// A Python with speakeasy (`SPEAKEASY`) in a venv under the cache root
+/// (`<cache>/speakeasy-1.5.11/venv`), made on first use with `python3 -m
+/// venv` and `pip install` (network needed once), under the cache's lock.
+pub fn speakeasy_python() -> Result<PathBuf, String> {
+    let dir = crate::cache::root()
+        .map_err(|e| e.to_string())?
+        .join("speakeasy-1.5.11");
+    let _lock = crate::cache::DirLock::acquire(&dir).map_err(|e| e.to_string())?;
+    let python = dir.join("venv/bin/python");
+    let works = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import speakeasy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if python.exists() && works(&python) {
+        return Ok(python);
+    }
+    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let _ = std::fs::remove_dir_all(dir.join("venv"));
+    run(
+        Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(dir.join("venv")),
+        "python3 -m venv (Debian: python3-venv)",
+    )?;
+    run(
+        Command::new(dir.join("venv/bin/pip")).args(["install", "-q", SPEAKEASY]),
+        "pip install speakeasy-emulator",
+    )?;
+    if works(&python) {
+        Ok(python)
+    } else {
+        Err("speakeasy installed but does not import".into())
+    }
+}
