@@ -1,8 +1,12 @@
 //! Guest memory statistics for the virtio-balloon stats queue (§5.5.6.3):
-//! an array of 10-byte entries, `tag` le16 then `val` le64, packed.
+//! an array of 10-byte entries, `tag` le16 then `val` le64, packed
+//! ([`pv_virtq::wire::balloon::Stat`]).
+
+use pv_virtq::wire::balloon::Stat;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Bytes of one stats entry on the wire.
-pub const STAT_ENTRY_BYTES: usize = 10;
+pub const STAT_ENTRY_BYTES: usize = size_of::<Stat>();
 /// Standard tags.
 pub const STAT_TAGS: usize = 10;
 /// Largest stats buffer this driver sends.
@@ -89,8 +93,11 @@ impl MemStats {
             let Some(dst) = out.get_mut(off..off + STAT_ENTRY_BYTES) else {
                 break;
             };
-            dst[..2].copy_from_slice(&(tag as u16).to_le_bytes());
-            dst[2..].copy_from_slice(&v.to_le_bytes());
+            let e = Stat {
+                tag: (tag as u16).into(),
+                val: v.into(),
+            };
+            dst.copy_from_slice(e.as_bytes());
             off += STAT_ENTRY_BYTES;
         }
         off
@@ -102,11 +109,11 @@ impl MemStats {
     pub fn decode(bytes: &[u8]) -> Self {
         let mut s = Self::default();
         for e in bytes.chunks_exact(STAT_ENTRY_BYTES) {
-            let tag = u16::from_le_bytes([e[0], e[1]]);
-            let mut v = [0u8; 8];
-            v.copy_from_slice(&e[2..]);
-            if let Some(t) = StatTag::from_u16(tag) {
-                s.set(t, u64::from_le_bytes(v));
+            let Ok(e) = Stat::read_from_bytes(e) else {
+                continue;
+            };
+            if let Some(t) = StatTag::from_u16(e.tag.get()) {
+                s.set(t, e.val.get());
             }
         }
         s

@@ -4,9 +4,9 @@
 
 use core::fmt;
 
+use pv_virtq::VirtqError;
 use xenbus::platform::PlatformError;
 use xenbus::ring::RingError;
-use xenbus::virtq::VirtqError;
 
 use crate::frontend::OpKind;
 

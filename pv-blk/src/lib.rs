@@ -20,8 +20,8 @@
 //!   frontend until [`BlockFrontend::reset`]; it never panics, never hands a
 //!   buffer back while the device may still use it, and never loops.
 //!
-//! Modules: [`frontend`] (the API), [`virtio`] (virtio-blk on
-//! `virtio-drivers` transports), [`xen`] (blkif on `xenbus` rings and
+//! Modules: [`frontend`] (the API), [`virtio`] (virtio-blk on `pv-virtq`
+//! and `virtio-drivers` transports), [`xen`] (blkif on `xenbus` rings and
 //! grants), [`pattern`] (block stamps for the guest I/O tool), and behind
 //! `test-utils` the fakes of the other side (`testing`).
 #![no_std]

@@ -4,23 +4,7 @@
 //! `pv-blk/fuzz/` run the same drivers for real campaigns.
 
 use pv_blk::testing::fuzz;
-
-/// xorshift64*: deterministic scripts without a dependency.
-fn scripts(seed: u64, n: usize) -> Vec<Vec<u8>> {
-    let mut x = seed;
-    let mut next = move || {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
-    (0..n)
-        .map(|_| {
-            let len = (next() % 512) as usize;
-            (0..len).map(|_| next() as u8).collect()
-        })
-        .collect()
-}
+use pv_virtq::testing::fuzz::scripts;
 
 #[test]
 fn virtio_completion_path_survives_random_devices() {

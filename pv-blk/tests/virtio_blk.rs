@@ -5,7 +5,7 @@
 use pv_blk::testing::virtio::{BlkChain, Chain, FakeVirtioBlk, TestHal};
 use pv_blk::virtio::{VirtioBlk, VirtioBlkConfig, VirtioFeatures};
 use pv_blk::{BlkError, BlockFrontend, IoBuf, OpKind, Request, Token};
-use xenbus::virtq::{need_event, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use pv_virtq::{need_event, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
 type Blk = VirtioBlk<TestHal, FakeVirtioBlk>;
 

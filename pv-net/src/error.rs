@@ -6,9 +6,9 @@
 
 use core::fmt;
 
+use pv_virtq::VirtqError;
 use xenbus::platform::PlatformError;
 use xenbus::ring::RingError;
-use xenbus::virtq::VirtqError;
 
 /// Everything a network frontend can fail with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

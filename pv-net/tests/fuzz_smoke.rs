@@ -1,27 +1,10 @@
 //! A short deterministic run of the fuzz drivers (`pv_net::testing::fuzz`)
 //! over pseudo-random scripts, so every test run exercises the hostile
-//! completion paths of both transports and the shared virtqueue; the
-//! cargo-fuzz targets in `pv-net/fuzz/` run the same drivers for real
-//! campaigns.
+//! completion paths of both transports; the cargo-fuzz targets in
+//! `pv-net/fuzz/` run the same drivers for real campaigns.
 
 use pv_net::testing::fuzz;
-
-/// xorshift64*: deterministic scripts without a dependency.
-fn scripts(seed: u64, n: usize) -> Vec<Vec<u8>> {
-    let mut x = seed;
-    let mut next = move || {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
-    (0..n)
-        .map(|_| {
-            let len = (next() % 512) as usize;
-            (0..len).map(|_| next() as u8).collect()
-        })
-        .collect()
-}
+use pv_virtq::testing::fuzz::scripts;
 
 #[test]
 fn virtio_rx_path_survives_random_devices() {
@@ -34,13 +17,6 @@ fn virtio_rx_path_survives_random_devices() {
 fn xen_rx_path_survives_random_backends() {
     for s in scripts(0x5eed_0102, 150) {
         fuzz::xen(&s);
-    }
-}
-
-#[test]
-fn virtq_survives_random_devices() {
-    for s in scripts(0x5eed_0103, 400) {
-        fuzz::virtq(&s);
     }
 }
 

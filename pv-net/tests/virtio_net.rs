@@ -8,7 +8,7 @@ use pv_net::virtio::{
     HDR_F_NEEDS_CSUM, HDR_LEN, RXQ, TXQ,
 };
 use pv_net::{NetError, NetFrontend, RxCsum, RxRefill, TxCsum};
-use xenbus::virtq::{VirtqError, USED_F_NO_NOTIFY};
+use pv_virtq::{VirtqError, USED_F_NO_NOTIFY};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
 

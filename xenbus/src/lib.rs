@@ -13,6 +13,5 @@ extern crate std;
 
 pub mod platform;
 pub mod ring;
-pub mod virtq;
 pub mod wire;
 pub mod xenstore;

@@ -2,8 +2,8 @@
 //! fake transport ([`virtio`]), a Xen reservation platform ([`xen`]), and
 //! the drivers of the fuzz targets ([`fuzz`]).
 //!
-//! `virtio-drivers` 0.13 keeps its `FakeTransport` under `#[cfg(test)]`, so
-//! other crates cannot use it; this one is written after pv-blk's.
+//! The virtio fake is built on pv-virtq's `FakeTransport` (`virtio-drivers`
+//! 0.13 keeps its own under `#[cfg(test)]`, so other crates cannot use it).
 
 pub mod fuzz;
 pub mod virtio;

@@ -1,4 +1,4 @@
-//! A fake virtio-balloon device on xenbus's shared fake transport
+//! A fake virtio-balloon device on pv-virtq's shared fake transport
 //! ([`FakeTransport`], reached through `Deref`), whose device side runs in
 //! the test's own thread, over identity-mapped DMA ([`IdentityHal`]). It
 //! can play an honest balloon ([`FakeBalloon::process`]) or a hostile one
@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 use std::vec;
 use std::vec::Vec;
 
+use pv_virtq::testing::{FakeModel, FakeTransport};
 use virtio_drivers::transport::DeviceType;
-use xenbus::virtq::testing::{FakeModel, FakeTransport};
 
-pub use xenbus::virtq::testing::{Chain, IdentityHal};
+pub use pv_virtq::testing::{Chain, IdentityHal};
 
 use crate::virtio::{config, VirtioFeatures, DEFLATEQ, INFLATEQ, STATSQ};
 
@@ -54,7 +54,7 @@ impl FakeModel for BalloonState {
 #[derive(Debug, Clone)]
 pub struct FakeBalloon(FakeTransport<BalloonState>);
 
-xenbus::fake_transport!(FakeBalloon, BalloonState);
+pv_virtq::fake_transport!(FakeBalloon, BalloonState);
 
 /// Queues the fake creates (inflate, deflate, stats, and two more for the
 /// hint and reporting numbering cases).

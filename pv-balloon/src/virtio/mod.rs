@@ -1,5 +1,6 @@
 //! virtio-balloon (virtio 1.2 §5.5) on a `virtio-drivers` [`Transport`] and
-//! its [`VirtQueue`].
+//! the validated split virtqueue every pvdrivers frontend shares
+//! ([`pv_virtq::VirtQueue`]).
 //!
 //! # Queues
 //!
@@ -32,24 +33,22 @@
 //! pages: [`VirtioBalloonConfig::poison`]), `VERSION_1`,
 //! `ACCESS_PLATFORM`. Refused: `FREE_PAGE_HINT` (migration hinting is not
 //! this driver's job), `INDIRECT_DESC` (no chain needs it) and
-//! `EVENT_IDX`: `VirtQueue` 0.13's event check is not the wrapping
-//! `vring_need_event` and can skip a needed notification after the index
-//! wraps.
+//! `EVENT_IDX` (each queue carries one buffer at a time, so there are no
+//! batches of kicks or interrupts to suppress).
 //!
 //! # Against a hostile device
 //!
-//! `VirtQueue` trusts the device more than we do (see `xenbus::virtq`
-//! for the list: ids truncated to 16 bits, no view of the used index, a
-//! double fetch of the used element). This driver stays safe with it by
-//! keeping **at most one buffer outstanding per queue** and checking every
-//! used element against it before `pop_used`: a completion while nothing is
-//! outstanding (including the used index run ahead) or naming another
-//! descriptor stops the balloon ([`BalloonError::needs_reset`]); a non-zero
-//! used length (every buffer here is device-readable, so the device writes
-//! nothing) is a warning. With one buffer outstanding an id that aliases it
-//! after truncation names that same buffer, so the truncation cannot hand
-//! back the wrong memory. `num_pages` is clamped to guest memory and the
-//! floor; `actual` is ours and never read back.
+//! The queue checks every used element (see [`pv_virtq`]): a completion
+//! while nothing is outstanding, or a used index run ahead of what is in
+//! flight ([`BalloonError::UnexpectedCompletion`]), or one naming a
+//! descriptor that is not the head of the outstanding buffer
+//! ([`BalloonError::WrongCompletion`]), stops the balloon
+//! ([`BalloonError::needs_reset`]) and nothing the used ring says is
+//! counted. A non-zero used length (every buffer here is device-readable,
+//! so the device writes nothing) is a warning. Each queue has one buffer
+//! and so carries one batch at a time: the ledger plans batch by batch.
+//! `num_pages` is clamped to guest memory and the floor; `actual` is ours
+//! and never read back.
 //!
 //! # Reset and drop
 //!
@@ -58,9 +57,8 @@
 //! starts over from an empty balloon. Drop resets the device before the
 //! queue memory is freed; pages still held are dropped with the balloon
 //! (the glue's page type decides what that means), so deflate first for an
-//! orderly exit. Buffers in flight at a reset are never `pop_used`, so a
-//! bouncing [`Hal`] leaks their bounce copies (identity-mapping HALs, which
-//! the guest runtimes use, have nothing to leak).
+//! orderly exit. Buffers in flight at a reset or drop are handed back to
+//! the [`Hal`] (`unshare`) once the device was reset.
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -68,7 +66,7 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use bitflags::bitflags;
-use virtio_drivers::queue::VirtQueue;
+use pv_virtq::{Part, Used, VirtQueue, VirtqError};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 use virtio_drivers::Hal;
 
@@ -79,7 +77,8 @@ use crate::stats::{MemStats, StatTag, STATS_MAX_BYTES};
 use crate::BalloonError;
 
 /// Descriptors per queue. One buffer is outstanding per queue; the
-/// reporting chain needs one descriptor per range.
+/// reporting chain needs one descriptor per range. A device whose queues
+/// are smaller is refused.
 pub const QUEUE_SIZE: usize = 32;
 /// Most ranges in one free-page report (Linux's `PAGE_REPORTING_CAPACITY`).
 pub const REPORT_MAX_RANGES: usize = 32;
@@ -181,26 +180,67 @@ pub struct FreeRange {
     pub len: usize,
 }
 
-/// One queue with at most one buffer outstanding.
+/// Set up queue `index` on the transport: `QUEUE_SIZE` entries, no
+/// EVENT_IDX, no indirect tables.
+fn new_queue<H: Hal, T: Transport>(t: &mut T, index: u16) -> Result<VirtQueue<H>, BalloonError> {
+    if t.queue_used(index) || t.max_queue_size(index) < QUEUE_SIZE as u32 {
+        return Err(BalloonError::Transport);
+    }
+    let vq = VirtQueue::new(index, QUEUE_SIZE as u16, false, false)
+        .map_err(|_| BalloonError::Transport)?;
+    let (d, a, u) = vq.addresses();
+    t.queue_set(index, QUEUE_SIZE as u32, d, a, u);
+    Ok(vq)
+}
+
+/// What a queue's fault means for the balloon: the device completed more
+/// than was outstanding (index run ahead, or a buffer completed again), or
+/// named a descriptor that heads no outstanding buffer.
+fn completion_fault(queue: u16, e: VirtqError) -> BalloonError {
+    match e {
+        VirtqError::UnknownId { .. } => BalloonError::WrongCompletion { queue },
+        _ => BalloonError::UnexpectedCompletion { queue },
+    }
+}
+
+/// The used length of a completion (the queue flags a length beyond the
+/// chain's device-writable bytes, which here are none; the caller warns on
+/// any non-zero length).
+fn used_len(u: &Used) -> u32 {
+    match u.len {
+        Ok(len) | Err(VirtqError::BadLength { len, .. }) => len,
+        Err(_) => u32::MAX,
+    }
+}
+
+/// Take back the completion of a queue's one outstanding buffer, if any.
+fn pop_one<H: Hal>(vq: &mut VirtQueue<H>, queue: u16) -> Result<Option<u32>, BalloonError> {
+    match vq.pop() {
+        Ok(None) => Ok(None),
+        Ok(Some(u)) => Ok(Some(used_len(&u))),
+        Err(e) => Err(completion_fault(queue, e)),
+    }
+}
+
+/// One queue and its one buffer.
 #[derive(Debug)]
 struct Slot<H: Hal> {
     index: u16,
-    vq: VirtQueue<H, QUEUE_SIZE>,
+    vq: VirtQueue<H>,
     /// The PFN array or stats buffer (boxed: its address is stable while the
     /// device reads it).
     buf: Box<[u8]>,
     /// Bytes of `buf` posted.
     len: usize,
-    /// The outstanding buffer's token.
+    /// The outstanding buffer's head.
     token: Option<u16>,
 }
 
 impl<H: Hal> Slot<H> {
     fn new<T: Transport>(t: &mut T, index: u16, bytes: usize) -> Result<Self, BalloonError> {
-        let vq = VirtQueue::new(t, index, false, false).map_err(|_| BalloonError::Transport)?;
         Ok(Self {
             index,
-            vq,
+            vq: new_queue(t, index)?,
             buf: vec![0u8; bytes].into_boxed_slice(),
             len: 0,
             token: None,
@@ -212,23 +252,23 @@ impl<H: Hal> Slot<H> {
         if self.token.is_some() {
             return Err(BalloonError::Busy);
         }
-        let Some(bytes) = self.buf.get(..len) else {
+        let Some(bytes) = self.buf.get_mut(..len) else {
             return Err(BalloonError::Transport);
         };
         if bytes.is_empty() {
             return Err(BalloonError::Transport);
         }
+        let part = Part::Out(NonNull::from(bytes));
         // SAFETY: `buf` is a heap allocation owned by this slot that is
-        // neither moved, freed nor written while `token` is `Some`: every
-        // writer checks `token` first, the box is only dropped after the
-        // device is reset (`VirtioBalloon::reset`/`drop` set status 0
-        // before dropping slots), and `pop_used` below receives the same
-        // slice.
-        let token =
-            unsafe { self.vq.add(&[bytes], &mut []) }.map_err(|_| BalloonError::Transport)?;
+        // neither moved, freed nor accessed while `token` is `Some`: every
+        // writer checks `token` first, `take` clears it only once the queue
+        // gave the chain back, and the box is only dropped after the device
+        // is reset (`VirtioBalloon::reset`/`drop` set status 0 and drain the
+        // queue before dropping slots). The device only reads it (`Out`).
+        let head = unsafe { self.vq.add(&[part], 0) }.map_err(|_| BalloonError::Transport)?;
         self.len = len;
-        self.token = Some(token);
-        if self.vq.should_notify() {
+        self.token = Some(head);
+        if self.vq.kick_needed() {
             t.notify(self.index);
         }
         Ok(())
@@ -237,25 +277,12 @@ impl<H: Hal> Slot<H> {
     /// Take the outstanding buffer back if the device completed it.
     /// `Ok(None)`: nothing used yet. `Ok(Some(len))`: the used length.
     fn take(&mut self) -> Result<Option<u32>, BalloonError> {
-        let q = self.index;
-        let Some(used) = self.vq.peek_used() else {
-            return Ok(None);
-        };
-        let Some(token) = self.token else {
-            return Err(BalloonError::UnexpectedCompletion { queue: q });
-        };
-        if used != token {
-            return Err(BalloonError::WrongCompletion { queue: q });
+        let used = pop_one(&mut self.vq, self.index)?;
+        if used.is_some() {
+            // The queue hands back only chains in flight: the one buffer.
+            self.token = None;
         }
-        let Some(bytes) = self.buf.get(..self.len) else {
-            return Err(BalloonError::Transport);
-        };
-        // SAFETY: `bytes` is exactly the slice posted with `token` (same
-        // box, same length), still valid and unwritten since.
-        let len = unsafe { self.vq.pop_used(token, &[bytes], &mut []) }
-            .map_err(|_| BalloonError::WrongCompletion { queue: q })?;
-        self.token = None;
-        Ok(Some(len))
+        Ok(used)
     }
 }
 
@@ -263,7 +290,7 @@ impl<H: Hal> Slot<H> {
 #[derive(Debug)]
 struct ReportSlot<H: Hal> {
     index: u16,
-    vq: VirtQueue<H, QUEUE_SIZE>,
+    vq: VirtQueue<H>,
     ranges: Vec<FreeRange>,
     token: Option<u16>,
 }
@@ -277,45 +304,28 @@ impl<H: Hal> ReportSlot<H> {
         t: &mut T,
         ranges: Vec<FreeRange>,
     ) -> Result<(), BalloonError> {
-        let slices: Vec<&[u8]> = ranges
+        let parts: Vec<Part> = ranges
             .iter()
-            // SAFETY: the caller guarantees each range is valid memory of
-            // its length that nothing writes until the report completes.
-            .map(|r| unsafe { core::slice::from_raw_parts(r.ptr.as_ptr(), r.len) })
+            .map(|r| Part::Out(NonNull::slice_from_raw_parts(r.ptr, r.len)))
             .collect();
-        // SAFETY: the ranges stay valid and untouched until `take` pops the
-        // token (the caller's contract), and `take` passes the same ranges.
-        let token =
-            unsafe { self.vq.add(&slices, &mut []) }.map_err(|_| BalloonError::Transport)?;
+        // SAFETY: the caller guarantees each range is memory the guest owns,
+        // valid for its length, that nothing else touches until the report
+        // completes; `take` (or a reset, which drains the queue) ends that
+        // only once the queue gave the chain back. The device only reads
+        // the ranges (`Out`).
+        let head = unsafe { self.vq.add(&parts, 0) }.map_err(|_| BalloonError::Transport)?;
         self.ranges = ranges;
-        self.token = Some(token);
-        if self.vq.should_notify() {
+        self.token = Some(head);
+        if self.vq.kick_needed() {
             t.notify(self.index);
         }
         Ok(())
     }
 
     fn take(&mut self) -> Result<Option<(u32, Vec<FreeRange>)>, BalloonError> {
-        let q = self.index;
-        let Some(used) = self.vq.peek_used() else {
+        let Some(len) = pop_one(&mut self.vq, self.index)? else {
             return Ok(None);
         };
-        let Some(token) = self.token else {
-            return Err(BalloonError::UnexpectedCompletion { queue: q });
-        };
-        if used != token {
-            return Err(BalloonError::WrongCompletion { queue: q });
-        }
-        let slices: Vec<&[u8]> = self
-            .ranges
-            .iter()
-            // SAFETY: as in `post`: the ranges are still valid; the device
-            // gave them back (the used id matched) and only reads them.
-            .map(|r| unsafe { core::slice::from_raw_parts(r.ptr.as_ptr(), r.len) })
-            .collect();
-        // SAFETY: the same ranges, in order, that were posted with `token`.
-        let len = unsafe { self.vq.pop_used(token, &slices, &mut []) }
-            .map_err(|_| BalloonError::WrongCompletion { queue: q })?;
         self.token = None;
         Ok(Some((len, core::mem::take(&mut self.ranges))))
     }
@@ -412,10 +422,9 @@ impl<H: Hal, T: Transport, P: GuestPage> VirtioBalloon<H, T, P> {
             None
         };
         self.report = if f.contains(VirtioFeatures::PAGE_REPORTING) {
-            let vq = VirtQueue::new(t, next, false, false).map_err(|_| BalloonError::Transport)?;
             Some(ReportSlot {
                 index: next,
-                vq,
+                vq: new_queue(t, next)?,
                 ranges: Vec::new(),
                 token: None,
             })
@@ -886,6 +895,7 @@ impl<H: Hal, T: Transport, P: GuestPage> VirtioBalloon<H, T, P> {
     pub fn reset<F: FnMut(Event<P>)>(&mut self, sink: &mut F) -> Result<(), BalloonError> {
         self.transport.set_status(DeviceStatus::empty());
         // The device no longer touches the queues or buffers: free them.
+        self.drain_queues();
         self.inflate = None;
         self.deflate = None;
         self.stats = None;
@@ -914,6 +924,22 @@ impl<H: Hal, T: Transport, P: GuestPage> VirtioBalloon<H, T, P> {
     }
 }
 
+impl<H: Hal, T: Transport, P: GuestPage> VirtioBalloon<H, T, P> {
+    /// After the device was reset: hand every buffer in flight back to the
+    /// HAL (`unshare`); the slots keep their memory until dropped.
+    fn drain_queues(&mut self) {
+        let slots = [&mut self.inflate, &mut self.deflate, &mut self.stats];
+        for s in slots.into_iter().flatten() {
+            s.vq.drain(&mut |_| {});
+            s.token = None;
+        }
+        if let Some(r) = self.report.as_mut() {
+            r.vq.drain(&mut |_| {});
+            r.token = None;
+        }
+    }
+}
+
 fn take_slot<H: Hal>(slot: &mut Option<Slot<H>>) -> Result<Option<u32>, BalloonError> {
     match slot {
         Some(s) => s.take(),
@@ -926,5 +952,6 @@ impl<H: Hal, T: Transport, P: GuestPage> Drop for VirtioBalloon<H, T, P> {
         // The device must stop reading the queues and buffers before their
         // memory is freed (by the slots' drops, after this).
         self.transport.set_status(DeviceStatus::empty());
+        self.drain_queues();
     }
 }

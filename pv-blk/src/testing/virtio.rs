@@ -1,4 +1,4 @@
-//! A fake virtio-blk device on xenbus's shared fake transport
+//! A fake virtio-blk device on pv-virtq's shared fake transport
 //! ([`FakeTransport`], identity-mapped DMA through [`TestHal`]): the disk
 //! and the request semantics are here; the transport, the queues and the
 //! hostile knobs (write any used element, run the used index ahead, refuse
@@ -8,10 +8,10 @@
 use std::vec;
 use std::vec::Vec;
 
+use pv_virtq::testing::{dev_write, FakeModel, FakeTransport};
 use virtio_drivers::transport::DeviceType;
-use xenbus::virtq::testing::{dev_write, FakeModel, FakeTransport};
 
-pub use xenbus::virtq::testing::{Chain, SeenDesc, TestHal};
+pub use pv_virtq::testing::{Chain, SeenDesc, TestHal};
 
 use crate::virtio::{config, VirtioFeatures, S_IOERR, S_OK, S_UNSUPP};
 use crate::virtio::{T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES};
@@ -62,7 +62,7 @@ impl FakeModel for Disk {}
 #[derive(Debug, Clone)]
 pub struct FakeVirtioBlk(FakeTransport<Disk>);
 
-xenbus::fake_transport!(FakeVirtioBlk, Disk);
+pv_virtq::fake_transport!(FakeVirtioBlk, Disk);
 
 impl FakeVirtioBlk {
     /// A device offering `features` with a disk of `sectors` 512-byte

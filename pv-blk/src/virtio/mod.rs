@@ -1,6 +1,6 @@
 //! virtio-blk (virtio 1.2 §5.2) on a `virtio-drivers` [`Transport`] and the
 //! validated split virtqueue every pvdrivers frontend shares
-//! ([`xenbus::virtq::VirtQueue`]: id, length and used-index checks, EVENT_IDX,
+//! ([`pv_virtq::VirtQueue`]: id, length and used-index checks, EVENT_IDX,
 //! indirect tables).
 //!
 //! A request is a descriptor chain: the 16-byte header (`type`, reserved,
@@ -36,28 +36,13 @@ use crate::frontend::{
     check_request, BlockFrontend, DeviceInfo, Features, Op, Request, Stats, Token,
 };
 use crate::{BlkError, OpKind, SECTOR_SIZE};
-use xenbus::virtq::{DmaRegion, Part, VirtQueue};
+use pv_virtq::wire::blk::{DiscardWriteZeroes, ReqHeader, ReqStatus};
+use pv_virtq::{DmaRegion, Part, VirtQueue};
 
-/// `VIRTIO_BLK_T_IN`.
-pub const T_IN: u32 = 0;
-/// `VIRTIO_BLK_T_OUT`.
-pub const T_OUT: u32 = 1;
-/// `VIRTIO_BLK_T_FLUSH`.
-pub const T_FLUSH: u32 = 4;
-/// `VIRTIO_BLK_T_GET_ID`.
-pub const T_GET_ID: u32 = 8;
-/// `VIRTIO_BLK_T_DISCARD`.
-pub const T_DISCARD: u32 = 11;
-/// `VIRTIO_BLK_T_WRITE_ZEROES`.
-pub const T_WRITE_ZEROES: u32 = 13;
-/// `VIRTIO_BLK_S_OK`.
-pub const S_OK: u8 = 0;
-/// `VIRTIO_BLK_S_IOERR`.
-pub const S_IOERR: u8 = 1;
-/// `VIRTIO_BLK_S_UNSUPP`.
-pub const S_UNSUPP: u8 = 2;
-/// `VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`.
-pub const WZ_FLAG_UNMAP: u32 = 1;
+pub use pv_virtq::wire::blk::{
+    S_IOERR, S_OK, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES,
+    WZ_FLAG_UNMAP,
+};
 
 /// Byte offsets in `struct virtio_blk_config` (§5.2.4).
 pub mod config {
@@ -133,12 +118,12 @@ impl Default for VirtioBlkConfig {
     }
 }
 
-/// Offsets inside a per-head block: the request header.
+/// Offsets inside a per-head block: the request header ([`ReqHeader`]).
 pub const BLOCK_HDR: usize = 0;
-/// The discard / write-zeroes segment.
-pub const BLOCK_SEG: usize = 16;
-/// The status byte.
-pub const BLOCK_STATUS: usize = 32;
+/// The discard / write-zeroes segment ([`DiscardWriteZeroes`]).
+pub const BLOCK_SEG: usize = BLOCK_HDR + size_of::<ReqHeader>();
+/// The status byte ([`ReqStatus`]).
+pub const BLOCK_STATUS: usize = BLOCK_SEG + size_of::<DiscardWriteZeroes>();
 /// Bytes of a per-head block.
 pub const BLOCK_SIZE: usize = 64;
 
@@ -433,14 +418,12 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
         // chain that names them is published (`add` releases `avail.idx`).
         let b = usize::from(head) * BLOCK_SIZE;
         let blocks = &bq.blocks;
-        blocks.put_u32(b + BLOCK_HDR, ty);
-        blocks.put_u32(b + BLOCK_HDR + 4, 0);
-        blocks.put_u64(b + BLOCK_HDR + 8, sector);
-        blocks.put_u8(b + BLOCK_STATUS, 0xff);
+        blocks.write(b + BLOCK_HDR, &ReqHeader::new(ty, sector));
+        blocks.write(b + BLOCK_STATUS, &ReqStatus { status: 0xff });
         let mut parts: Vec<Part> = Vec::with_capacity(nparts);
         parts.push(Part::DmaOut {
             paddr: blocks.paddr(b + BLOCK_HDR),
-            len: 16,
+            len: size_of::<ReqHeader>() as u32,
         });
         for buf in req.buffers {
             let raw = buf.as_raw_slice();
@@ -451,17 +434,20 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
             });
         }
         if let Some((sectors, flags)) = seg {
-            blocks.put_u64(b + BLOCK_SEG, req.sector);
-            blocks.put_u32(b + BLOCK_SEG + 8, sectors);
-            blocks.put_u32(b + BLOCK_SEG + 12, flags);
+            let seg = DiscardWriteZeroes {
+                sector: req.sector.into(),
+                num_sectors: sectors.into(),
+                flags: flags.into(),
+            };
+            blocks.write(b + BLOCK_SEG, &seg);
             parts.push(Part::DmaOut {
                 paddr: blocks.paddr(b + BLOCK_SEG),
-                len: 16,
+                len: size_of::<DiscardWriteZeroes>() as u32,
             });
         }
         parts.push(Part::DmaIn {
             paddr: blocks.paddr(b + BLOCK_STATUS),
-            len: 1,
+            len: size_of::<ReqStatus>() as u32,
         });
         let token = (u32::from(bq.vq.index()) << 16) | u32::from(head);
         // SAFETY: the caller buffers: forwarded from this function's
@@ -499,7 +485,7 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
 /// checked it against the chain's device-writable bytes).
 fn judge(
     req: &ReqMeta,
-    len: Result<u32, xenbus::virtq::VirtqError>,
+    len: Result<u32, pv_virtq::VirtqError>,
     writable: u32,
     status: u8,
 ) -> Result<usize, BlkError> {
@@ -569,7 +555,10 @@ impl<H: Hal, T: Transport> BlockFrontend for VirtioBlk<H, T> {
                         };
                         // Read once, after the acquire of the used index in
                         // `pop`.
-                        let status = q.blocks.get_u8(slot * BLOCK_SIZE + BLOCK_STATUS);
+                        let status = q
+                            .blocks
+                            .read::<ReqStatus>(slot * BLOCK_SIZE + BLOCK_STATUS)
+                            .status;
                         let res = judge(&meta, u.len, u.writable, status);
                         if let Err(e) = &res {
                             if e.is_device_fault() {

@@ -1,6 +1,7 @@
-//! Fuzz drivers for the RX completion paths of both transports (and the
-//! shared virtqueue underneath), used by the cargo-fuzz targets in
-//! `pv-net/fuzz/` and by a short deterministic run in the test suite.
+//! Fuzz drivers for the RX completion paths of both transports, used by the
+//! cargo-fuzz targets in `pv-net/fuzz/` and by a short deterministic run in
+//! the test suite (the shared virtqueue underneath has its own driver,
+//! `pv_virtq::testing::fuzz`).
 //!
 //! Each input is a script: every byte picks an action (a frame delivered
 //! honestly, a used element or response slot written by a hostile device,
@@ -8,16 +9,13 @@
 //! following bytes are its arguments. The frontend must never panic or
 //! loop, and what it reports must stay true: a delivered frame is between
 //! 14 bytes and the maximum for the MTU (GSO excepted), a partial checksum
-//! lies inside its frame, a popped virtqueue token was in flight, and a
-//! stopped frontend comes back with `reset`.
+//! lies inside its frame, and a stopped frontend comes back with `reset`.
 
-use std::collections::BTreeSet;
-use std::vec;
 use std::vec::Vec;
 
+use pv_virtq::testing::fuzz::Script;
+use pv_virtq::testing::TestHal;
 use xenbus::platform::inproc::LocalPlatform;
-use xenbus::virtq::testing::{DeviceQueue, TestHal};
-use xenbus::virtq::{Part, VirtQueue};
 use xenbus::wire::netif::{NetifRxResponse, NetifTxResponse};
 
 use crate::frontend::max_frame;
@@ -26,28 +24,6 @@ use crate::testing::xen::FakeNetback;
 use crate::virtio::{NetHdr, VirtioNet, VirtioNetConfig, VirtioNetFeatures as F, RXQ, TXQ};
 use crate::xen::{XenNetConfig, XenNetFront};
 use crate::{NetFrontend, RxCsum, RxFrame, RxRefill};
-
-struct Script<'a> {
-    d: &'a [u8],
-    i: usize,
-}
-
-impl Script<'_> {
-    fn u8(&mut self) -> Option<u8> {
-        let b = self.d.get(self.i).copied();
-        self.i += 1;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8().unwrap_or(0), self.u8().unwrap_or(0)])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from(self.u16()) | (u32::from(self.u16()) << 16)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.u8().unwrap_or(0)).collect()
-    }
-}
 
 fn check_frame(f: &RxFrame<'_>, mtu: u16) {
     let max = if f.gso.is_some() {
@@ -74,7 +50,7 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
 
 /// Drive a virtio-net frontend against a scripted device.
 pub fn virtio(data: &[u8]) {
-    let mut s = Script { d: data, i: 0 };
+    let mut s = Script::new(data);
     let sel = s.u8().unwrap_or(0);
     let mut feats = F::all();
     if sel & 1 != 0 {
@@ -197,7 +173,7 @@ pub fn virtio(data: &[u8]) {
 
 /// Drive a Xen netif frontend against a scripted backend.
 pub fn xen(data: &[u8]) {
-    let mut s = Script { d: data, i: 0 };
+    let mut s = Script::new(data);
     let sel = s.u8().unwrap_or(0);
     let plat = LocalPlatform::new();
     let cfg = XenNetConfig {
@@ -306,108 +282,6 @@ pub fn xen(data: &[u8]) {
         drop(back);
         assert!(front.reset().is_ok(), "reset must recover");
     }
-}
-
-/// Drive the shared virtqueue directly against a scripted device: tokens
-/// come back at most once and only while in flight, lengths are checked
-/// against the chain, and buffers not in flight keep their canary.
-pub fn virtq(data: &[u8]) {
-    const CANARY: u8 = 0x5A;
-    let mut s = Script { d: data, i: 0 };
-    let sel = s.u8().unwrap_or(0);
-    let size = 1u16 << (1 + sel % 4);
-    let Ok(mut q) = VirtQueue::<TestHal>::new(0, size, sel & 16 != 0, sel & 32 != 0) else {
-        return;
-    };
-    let (d, a, u) = q.addresses();
-    let mut dev = DeviceQueue::new(u32::from(size), d, a, u);
-    let mut bufs = vec![[CANARY; 32]; 16];
-    let mut in_flight: BTreeSet<u32> = BTreeSet::new();
-    let mut steps = 0;
-    while let Some(op) = s.u8() {
-        steps += 1;
-        if steps > 512 {
-            break;
-        }
-        match op % 6 {
-            0 => {
-                // A chain over free buffers `t`, `t+1`, ... (wrapping).
-                let t = u32::from(s.u8().unwrap_or(0) % 16);
-                let n = 1 + usize::from(s.u8().unwrap_or(0) % 3);
-                let ids: Vec<u32> = (0..n as u32).map(|k| (t + k) % 16).collect();
-                if ids.iter().any(|i| in_flight.contains(i)) {
-                    continue;
-                }
-                let mut parts = Vec::new();
-                for (k, &i) in ids.iter().enumerate() {
-                    let p = core::ptr::NonNull::from(&mut bufs[i as usize][..]);
-                    parts.push(if (op >> 4 >> k) & 1 == 0 {
-                        Part::In(p)
-                    } else {
-                        Part::Out(p)
-                    });
-                }
-                // SAFETY: the buffers live in `bufs` for the whole run and
-                // are not touched while in flight (the canary check below
-                // only reads idle ones); the queue is drained before
-                // `bufs` is dropped.
-                if unsafe { q.add(&parts, t | ((n as u32) << 8)) }.is_ok() {
-                    in_flight.extend(ids);
-                }
-            }
-            1 => {
-                if let Some(c) = dev.take_chain() {
-                    let n = usize::from(s.u8().unwrap_or(0) % 64);
-                    let fill = s.bytes(n);
-                    c.write_in(&fill);
-                    let id = if s.u8().unwrap_or(0) & 1 == 0 {
-                        u32::from(c.head)
-                    } else {
-                        s.u32() % (u32::from(size) + 2)
-                    };
-                    dev.push_used(id, u32::from(s.u8().unwrap_or(0)));
-                }
-            }
-            2 => dev.set_used_idx(s.u16()),
-            3 | 4 => match q.pop() {
-                Ok(Some(used)) => {
-                    let t = used.token & 0xFF;
-                    let n = used.token >> 8;
-                    for k in 0..n {
-                        assert!(in_flight.remove(&((t + k) % 16)), "token not in flight");
-                    }
-                    if let Ok(l) = used.len {
-                        assert!(l <= used.writable);
-                    }
-                    for k in 0..n {
-                        bufs[((t + k) % 16) as usize] = [CANARY; 32];
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    assert!(e.needs_reset());
-                    q.drain(&mut |tok| {
-                        for k in 0..(tok >> 8) {
-                            in_flight.remove(&(((tok & 0xFF) + k) % 16));
-                        }
-                    });
-                    assert!(in_flight.is_empty());
-                    bufs = vec![[CANARY; 32]; 16];
-                    dev = DeviceQueue::new(u32::from(size), d, a, u);
-                }
-            },
-            _ => {
-                let _ = q.kick_needed();
-                let _ = q.enable_interrupts();
-            }
-        }
-        for (i, b) in bufs.iter().enumerate() {
-            if !in_flight.contains(&(i as u32)) {
-                assert!(b.iter().all(|&x| x == CANARY), "idle buffer {i} written");
-            }
-        }
-    }
-    q.drain(&mut |_| {});
 }
 
 /// A packet the guest kernel wrote to a TAP (`virtio_net_hdr` and frame,

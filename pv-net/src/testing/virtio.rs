@@ -1,4 +1,4 @@
-//! A fake virtio-net device on xenbus's shared fake transport
+//! A fake virtio-net device on pv-virtq's shared fake transport
 //! ([`FakeTransport`], reached through `Deref`; DMA through [`TestHal`]),
 //! whose device side runs in the test's own thread. It can
 //! play an honest NIC ([`FakeVirtioNet::take_tx`],
@@ -8,10 +8,10 @@
 
 use std::vec::Vec;
 
+use pv_virtq::testing::{FakeModel, FakeTransport};
 use virtio_drivers::transport::DeviceType;
-use xenbus::virtq::testing::{FakeModel, FakeTransport};
 
-pub use xenbus::virtq::testing::{Chain, TestHal};
+pub use pv_virtq::testing::{Chain, TestHal};
 
 use crate::virtio::{config, ctrl, NetHdr, VirtioNetFeatures, CTRLQ, HDR_LEN, RXQ, TXQ};
 
@@ -36,7 +36,7 @@ impl FakeModel for Nic {
 #[derive(Debug, Clone)]
 pub struct FakeVirtioNet(FakeTransport<Nic>);
 
-xenbus::fake_transport!(FakeVirtioNet, Nic);
+pv_virtq::fake_transport!(FakeVirtioNet, Nic);
 
 /// A frame the driver transmitted, as the device read it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! virtio-net (virtio 1.2 §5.1) on a `virtio-drivers` [`Transport`] and
-//! xenbus's validated [`VirtQueue`].
+//! pv-virtq's validated [`VirtQueue`].
 //!
 //! Queues: 0 receive, 1 transmit, 2 control (if `CTRL_VQ`). Every buffer,
 //! both ways, starts with the 12-byte [`NetHdr`] (`VERSION_1` is required:
@@ -30,9 +30,10 @@
 use alloc::vec::Vec;
 
 use bitflags::bitflags;
+use pv_virtq::wire::net::Hdr;
+use pv_virtq::{Part, VirtQueue};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 use virtio_drivers::{BufferDirection, Hal};
-use xenbus::virtq::{Part, VirtQueue};
 
 use crate::buf::BufArena;
 use crate::frontend::{max_frame, DEFAULT_MTU};
@@ -41,16 +42,10 @@ use crate::{
     MIN_MTU,
 };
 
+pub use pv_virtq::wire::net::{GSO_NONE, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HDR_F_RSC_INFO};
+
 /// Bytes of `struct virtio_net_hdr` with `VERSION_1` (or `MRG_RXBUF`).
-pub const HDR_LEN: usize = 12;
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
-pub const HDR_F_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_F_DATA_VALID`.
-pub const HDR_F_DATA_VALID: u8 = 2;
-/// `VIRTIO_NET_HDR_F_RSC_INFO`.
-pub const HDR_F_RSC_INFO: u8 = 4;
-/// `VIRTIO_NET_HDR_GSO_NONE`.
-pub const GSO_NONE: u8 = 0;
+pub const HDR_LEN: usize = size_of::<Hdr>();
 /// Receive queue index.
 pub const RXQ: u16 = 0;
 /// Transmit queue index.
@@ -121,7 +116,8 @@ bitflags! {
     }
 }
 
-/// `struct virtio_net_hdr` (12 bytes, little-endian).
+/// `struct virtio_net_hdr`, decoded (the wire form is
+/// [`pv_virtq::wire::net::Hdr`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetHdr {
     /// `VIRTIO_NET_HDR_F_*`.
@@ -143,28 +139,29 @@ pub struct NetHdr {
 impl NetHdr {
     /// Wire bytes.
     pub fn to_bytes(&self) -> [u8; HDR_LEN] {
-        let mut b = [0u8; HDR_LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
-        b
+        let h = Hdr {
+            flags: self.flags,
+            gso_type: self.gso_type,
+            hdr_len: self.hdr_len.into(),
+            gso_size: self.gso_size.into(),
+            csum_start: self.csum_start.into(),
+            csum_offset: self.csum_offset.into(),
+            num_buffers: self.num_buffers.into(),
+        };
+        zerocopy::transmute!(h)
     }
 
     /// Decode wire bytes (any value decodes; validation is separate).
     pub fn from_bytes(b: &[u8; HDR_LEN]) -> Self {
-        let w = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let h: Hdr = zerocopy::transmute!(*b);
         Self {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: w(2),
-            gso_size: w(4),
-            csum_start: w(6),
-            csum_offset: w(8),
-            num_buffers: w(10),
+            flags: h.flags,
+            gso_type: h.gso_type,
+            hdr_len: h.hdr_len.get(),
+            gso_size: h.gso_size.get(),
+            csum_start: h.csum_start.get(),
+            csum_offset: h.csum_offset.get(),
+            num_buffers: h.num_buffers.get(),
         }
     }
 }

@@ -20,6 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use virtio_bindings::bindings::virtio_blk as vb;
+
 use super::frontend::{
     FrontendError, FrontendOptions, QueueHandle, VhostUserDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -31,17 +33,18 @@ use super::split::{write_table, ChainDesc, Descriptor, QueueError, VRING_DESC_F_
 pub const SECTOR: u64 = 512;
 /// Length of the GET_ID string.
 pub const ID_LEN: usize = 20;
-/// Request types (`VIRTIO_BLK_T_*`).
-pub const T_IN: u32 = 0;
-pub const T_OUT: u32 = 1;
-pub const T_FLUSH: u32 = 4;
-pub const T_GET_ID: u32 = 8;
-pub const T_DISCARD: u32 = 11;
-pub const T_WRITE_ZEROES: u32 = 13;
-/// Status values (`VIRTIO_BLK_S_*`).
-pub const S_OK: u8 = 0;
-pub const S_IOERR: u8 = 1;
-pub const S_UNSUPP: u8 = 2;
+/// Request types (`VIRTIO_BLK_T_*`), from the virtio spec's Linux header
+/// (rust-vmm's virtio-bindings): this peer imports no guest crate.
+pub const T_IN: u32 = vb::VIRTIO_BLK_T_IN;
+pub const T_OUT: u32 = vb::VIRTIO_BLK_T_OUT;
+pub const T_FLUSH: u32 = vb::VIRTIO_BLK_T_FLUSH;
+pub const T_GET_ID: u32 = vb::VIRTIO_BLK_T_GET_ID;
+pub const T_DISCARD: u32 = vb::VIRTIO_BLK_T_DISCARD;
+pub const T_WRITE_ZEROES: u32 = vb::VIRTIO_BLK_T_WRITE_ZEROES;
+/// Status values (`VIRTIO_BLK_S_*`; one byte on the wire).
+pub const S_OK: u8 = vb::VIRTIO_BLK_S_OK as u8;
+pub const S_IOERR: u8 = vb::VIRTIO_BLK_S_IOERR as u8;
+pub const S_UNSUPP: u8 = vb::VIRTIO_BLK_S_UNSUPP as u8;
 /// What the driver puts in the status byte before submitting.
 pub const STATUS_UNWRITTEN: u8 = 0xFF;
 

@@ -30,6 +30,8 @@ pub use zerocopy as __zerocopy;
 
 use super::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
+pub mod fuzz;
+
 /// A [`Hal`] for tests: physical address = virtual address, and shared
 /// buffers are bounced through a fresh allocation, so a driver that forgets
 /// to unshare (or unshares the wrong buffer) loses data and fails its test,
@@ -854,86 +856,112 @@ impl<M: FakeModel> Transport for FakeTransport<M> {
 macro_rules! fake_transport {
     ($t:ty, $m:ty) => {
         impl ::core::ops::Deref for $t {
-            type Target = $crate::virtq::testing::FakeTransport<$m>;
+            type Target = $crate::testing::FakeTransport<$m>;
 
             fn deref(&self) -> &Self::Target {
                 &self.0
             }
         }
 
-        impl $crate::virtq::testing::__virtio_drivers::transport::Transport for $t {
-            fn device_type(&self) -> $crate::virtq::testing::__virtio_drivers::transport::DeviceType {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::device_type(&self.0)
+        impl $crate::testing::__virtio_drivers::transport::Transport for $t {
+            fn device_type(&self) -> $crate::testing::__virtio_drivers::transport::DeviceType {
+                $crate::testing::__virtio_drivers::transport::Transport::device_type(&self.0)
             }
             fn read_device_features(&mut self) -> u64 {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::read_device_features(&mut self.0)
+                $crate::testing::__virtio_drivers::transport::Transport::read_device_features(
+                    &mut self.0,
+                )
             }
             fn write_driver_features(&mut self, f: u64) {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::write_driver_features(&mut self.0, f)
+                $crate::testing::__virtio_drivers::transport::Transport::write_driver_features(
+                    &mut self.0,
+                    f,
+                )
             }
             fn max_queue_size(&mut self, q: u16) -> u32 {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::max_queue_size(&mut self.0, q)
+                $crate::testing::__virtio_drivers::transport::Transport::max_queue_size(
+                    &mut self.0,
+                    q,
+                )
             }
             fn notify(&mut self, q: u16) {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::notify(&mut self.0, q)
+                $crate::testing::__virtio_drivers::transport::Transport::notify(&mut self.0, q)
             }
-            fn get_status(&self) -> $crate::virtq::testing::__virtio_drivers::transport::DeviceStatus {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::get_status(&self.0)
+            fn get_status(&self) -> $crate::testing::__virtio_drivers::transport::DeviceStatus {
+                $crate::testing::__virtio_drivers::transport::Transport::get_status(&self.0)
             }
             fn set_status(
                 &mut self,
-                s: $crate::virtq::testing::__virtio_drivers::transport::DeviceStatus,
+                s: $crate::testing::__virtio_drivers::transport::DeviceStatus,
             ) {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::set_status(&mut self.0, s)
+                $crate::testing::__virtio_drivers::transport::Transport::set_status(&mut self.0, s)
             }
             fn set_guest_page_size(&mut self, p: u32) {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::set_guest_page_size(&mut self.0, p)
+                $crate::testing::__virtio_drivers::transport::Transport::set_guest_page_size(
+                    &mut self.0,
+                    p,
+                )
             }
             fn requires_legacy_layout(&self) -> bool {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::requires_legacy_layout(&self.0)
+                $crate::testing::__virtio_drivers::transport::Transport::requires_legacy_layout(
+                    &self.0,
+                )
             }
             fn queue_set(
                 &mut self,
                 q: u16,
                 size: u32,
-                d: $crate::virtq::testing::__virtio_drivers::PhysAddr,
-                a: $crate::virtq::testing::__virtio_drivers::PhysAddr,
-                u: $crate::virtq::testing::__virtio_drivers::PhysAddr,
+                d: $crate::testing::__virtio_drivers::PhysAddr,
+                a: $crate::testing::__virtio_drivers::PhysAddr,
+                u: $crate::testing::__virtio_drivers::PhysAddr,
             ) {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::queue_set(&mut self.0, q, size, d, a, u)
+                $crate::testing::__virtio_drivers::transport::Transport::queue_set(
+                    &mut self.0,
+                    q,
+                    size,
+                    d,
+                    a,
+                    u,
+                )
             }
             fn queue_unset(&mut self, q: u16) {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::queue_unset(&mut self.0, q)
+                $crate::testing::__virtio_drivers::transport::Transport::queue_unset(&mut self.0, q)
             }
             fn queue_used(&mut self, q: u16) -> bool {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::queue_used(&mut self.0, q)
+                $crate::testing::__virtio_drivers::transport::Transport::queue_used(&mut self.0, q)
             }
             fn ack_interrupt(
                 &mut self,
-            ) -> $crate::virtq::testing::__virtio_drivers::transport::InterruptStatus {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::ack_interrupt(&mut self.0)
+            ) -> $crate::testing::__virtio_drivers::transport::InterruptStatus {
+                $crate::testing::__virtio_drivers::transport::Transport::ack_interrupt(&mut self.0)
             }
             fn read_config_generation(&self) -> u32 {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::read_config_generation(&self.0)
+                $crate::testing::__virtio_drivers::transport::Transport::read_config_generation(
+                    &self.0,
+                )
             }
             fn read_config_space<
-                T: $crate::virtq::testing::__zerocopy::FromBytes
-                    + $crate::virtq::testing::__zerocopy::IntoBytes,
+                T: $crate::testing::__zerocopy::FromBytes + $crate::testing::__zerocopy::IntoBytes,
             >(
                 &self,
                 offset: usize,
-            ) -> Result<T, $crate::virtq::testing::__virtio_drivers::Error> {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::read_config_space(&self.0, offset)
+            ) -> Result<T, $crate::testing::__virtio_drivers::Error> {
+                $crate::testing::__virtio_drivers::transport::Transport::read_config_space(
+                    &self.0, offset,
+                )
             }
             fn write_config_space<
-                T: $crate::virtq::testing::__zerocopy::IntoBytes
-                    + $crate::virtq::testing::__zerocopy::Immutable,
+                T: $crate::testing::__zerocopy::IntoBytes + $crate::testing::__zerocopy::Immutable,
             >(
                 &mut self,
                 offset: usize,
                 value: T,
-            ) -> Result<(), $crate::virtq::testing::__virtio_drivers::Error> {
-                $crate::virtq::testing::__virtio_drivers::transport::Transport::write_config_space(&mut self.0, offset, value)
+            ) -> Result<(), $crate::testing::__virtio_drivers::Error> {
+                $crate::testing::__virtio_drivers::transport::Transport::write_config_space(
+                    &mut self.0,
+                    offset,
+                    value,
+                )
             }
         }
     };

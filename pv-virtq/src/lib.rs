@@ -1,10 +1,15 @@
-//! A validated split virtqueue (virtio 1.2 §2.7) for any frontend, on
-//! `virtio-drivers`' [`Hal`] DMA boundary and its transports.
+//! The virtio driver side pvdrivers frontends share: a validated split
+//! virtqueue (virtio 1.2 §2.7) on `virtio-drivers`' [`Hal`] DMA boundary and
+//! its transports, and the typed little-endian wire structs of the device
+//! requests the frontends build ([`wire`]).
 //!
-//! This crate holds the transports pvdrivers frontends share; this module
-//! is the virtio one's queue. It is device-neutral: a request is a chain of
-//! caller buffers, each either read or written by the device ([`Part`]),
-//! named by a caller token until it comes back. pv-net and pv-blk use it.
+//! The queue is device-neutral: a request is a chain of caller buffers,
+//! each either read or written by the device ([`Part`]), named by a caller
+//! token until it comes back. pv-blk, pv-net and pv-balloon use it.
+//!
+//! The crate is `no_std` + `alloc`; `test-utils` adds the device side of
+//! virtio (`testing`: HALs, a device queue, the fake transport every
+//! device fake is built on) and the queue's fuzz driver.
 //!
 //! # Why not `virtio_drivers::queue::VirtQueue`
 //!
@@ -46,8 +51,15 @@
 //! (virtio-blk's header and status byte) are named by device address
 //! ([`Part::DmaOut`], [`Part::DmaIn`]) and not shared again.
 
+#![no_std]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod wire;
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -56,6 +68,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU8, Ordering};
 
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// `VIRTQ_DESC_F_NEXT`.
 pub const DESC_F_NEXT: u16 = 1;
@@ -292,6 +305,36 @@ impl<H: Hal> DmaRegion<H> {
     pub fn put_u64(&self, off: usize, v: u64) {
         self.put_u32(off, v as u32);
         self.put_u32(off + 4, (v >> 32) as u32);
+    }
+
+    /// Store the wire bytes of `v` (a [`wire`] struct) at `off`, relaxed as
+    /// the `put_*` above: four bytes at a time where aligned, else one.
+    pub fn write<T: IntoBytes + Immutable>(&self, off: usize, v: &T) {
+        let mut at = off;
+        let mut rest = v.as_bytes();
+        while let Some((&b, tail)) = rest.split_first() {
+            if let (true, Some(w)) = (at.is_multiple_of(4), rest.first_chunk::<4>()) {
+                // The bytes are already in wire order: store them as they are.
+                self.u32(at)
+                    .store(u32::from_ne_bytes(*w), Ordering::Relaxed);
+                at += 4;
+                rest = rest.get(4..).unwrap_or_default();
+            } else {
+                self.u8(at).store(b, Ordering::Relaxed);
+                at += 1;
+                rest = tail;
+            }
+        }
+    }
+
+    /// Copy a `T` (a [`wire`] struct) out of `off`, every byte loaded once:
+    /// the copy is the caller's to validate.
+    pub fn read<T: FromBytes + IntoBytes>(&self, off: usize) -> T {
+        let mut v = T::new_zeroed();
+        for (i, b) in v.as_mut_bytes().iter_mut().enumerate() {
+            *b = self.get_u8(off + i);
+        }
+        v
     }
 
     fn put_desc(&self, off: usize, d: &Desc) {

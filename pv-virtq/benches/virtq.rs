@@ -1,18 +1,18 @@
 //! Cost of validation: one buffer's round trip (add, device takes it and
-//! publishes a used element, pop) through xenbus's validated `VirtQueue`
+//! publishes a used element, pop) through pv-virtq's validated `VirtQueue`
 //! and through `virtio_drivers::queue::VirtQueue` 0.13, in the same run,
 //! over the same minimal in-process device and an identity-mapped HAL (no
 //! bounce copies), so the difference is the queues' own work.
 //!
-//! `cargo bench -p pv-net --bench virtq`
+//! `cargo bench -p pv-virtq --bench virtq`
 
 use core::ptr::NonNull;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use pv_virtq::{Part, VirtQueue};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
-use xenbus::virtq::{Part, VirtQueue};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 const SIZE: u16 = 256;
@@ -153,7 +153,7 @@ fn round_trip(c: &mut Criterion) {
         device: u,
         ..Dev::default()
     };
-    g.bench_function("xenbus_virtq", |b| {
+    g.bench_function("pv_virtq", |b| {
         b.iter(|| {
             let p = NonNull::from(&mut buf[..]);
             // SAFETY: `buf` outlives the round trip, which ends at `pop`.

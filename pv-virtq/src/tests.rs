@@ -395,3 +395,20 @@ fn fake_transport_drives_a_queue_end_to_end() {
     assert!(t.get_status().contains(DeviceStatus::DEVICE_NEEDS_RESET));
     q.drain(&mut |_| {});
 }
+
+#[test]
+fn dma_region_writes_wire_structs_in_wire_order() {
+    let r = DmaRegion::<TestHal>::new(64).expect("dma");
+    let h = wire::blk::ReqHeader::new(wire::blk::T_OUT, 0x0102_0304_0506_0708);
+    let want = [1, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1];
+    // Aligned (word stores) and unaligned (byte stores) offsets.
+    for off in [20, 3] {
+        r.write(off, &h);
+        assert_eq!(r.read::<[u8; 16]>(off), want, "at {off}");
+        assert_eq!(r.read::<wire::blk::ReqHeader>(off), h);
+    }
+    assert_eq!(r.get_u32(20), wire::blk::T_OUT);
+    // Nothing around the structs was written.
+    assert_eq!(r.get_u8(2), 0);
+    assert_eq!(r.get_u8(36), 0);
+}
