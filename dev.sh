@@ -2,7 +2,7 @@
 # pvdrivers developer entry point.
 #
 #   ./dev.sh demo    boot a guest with the demo scenario (real I/O), exit 0 on success
-#   ./dev.sh test    every test: format, clippy, fuzz smoke runs, unit tests,
+#   ./dev.sh test    every test: format, clippy, docs, fuzz smoke runs, unit tests,
 #                    portability, real peers (C headers, xenstored, QEMU guests)
 #   ./dev.sh setup   only install what the two commands above need
 #
@@ -112,15 +112,40 @@ ensure_fuzz() {
 # A fuzz crate whose targets cannot be listed, or that lists none, fails the
 # run: a smoke run that silently skips a crate proves nothing. Campaigns are
 # run by hand, see each fuzz/README.md.
-fuzz_smoke() {
-  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t name logf out root targets
-  root=$(pwd)
-  mkdir -p target/fuzz-logs
+# Every fuzz crate folder: */fuzz and */*/fuzz, less the fuzz build folder.
+fuzz_crates() {
+  local dir
   for dir in */fuzz */*/fuzz; do
     # target/fuzz is where the fuzz builds go, not a fuzz crate.
     case $dir in target/*) continue ;; esac
     [ -d "$dir" ] || continue
     [ -f "$dir/Cargo.toml" ] || die "$dir has no Cargo.toml: not a fuzz crate cargo-fuzz can run"
+    printf '%s\n' "$dir"
+  done
+}
+
+# The fuzz crates are workspaces of their own (cargo-fuzz builds them with
+# nightly and sanitizer flags), so `cargo fmt --all` and the workspace clippy
+# do not see them: format, lint (their [lints] copy the workspace's) and
+# lockfile freshness are checked here, crate by crate.
+fuzz_lint() {
+  local dir crates root
+  root=$(pwd)
+  crates=$(fuzz_crates) || exit 1
+  for dir in $crates; do
+    log "fuzz crate $dir: fmt --check, clippy -D warnings"
+    (cd "$dir" && cargo fmt -- --check) || die "cargo fmt reports differences in $dir: run cargo fmt there"
+    (cd "$dir" && cargo clippy --locked --all-targets --target-dir "$root/target/fuzz-clippy" -- -D warnings) \
+      || die "clippy failed in fuzz crate $dir"
+  done
+}
+
+fuzz_smoke() {
+  local secs=${PVDRIVERS_FUZZ_SECONDS:-15} dir t name logf out root targets crates
+  root=$(pwd)
+  mkdir -p target/fuzz-logs
+  crates=$(fuzz_crates) || exit 1
+  for dir in $crates; do
     name=${dir%/fuzz}
     name=${name//\//-}
     logf="target/fuzz-logs/$name-list.log"
@@ -159,6 +184,9 @@ cmd_test() {
   cargo fmt --all -- --check
   log "cargo clippy (workspace, all targets, all features, -D warnings)"
   cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+  log "cargo doc (workspace, no deps, warnings denied)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features
+  fuzz_lint
   fuzz_smoke
   log "cargo nextest run (unit, portability, C and xenstored peers, QEMU guests)"
   cargo nextest run --locked --workspace --all-features "$@"

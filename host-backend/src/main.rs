@@ -1,6 +1,10 @@
 //! `pvbackend`: the pvdrivers host backend daemon. A thin wrapper over the
 //! `host_backend` library: command line, logging, signals.
 
+// The doc comments on the CLI types are clap's `--help` text, written for a
+// terminal: their `[,name=N]` option syntax is not rustdoc link syntax.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;

@@ -15,7 +15,7 @@
 //!   memory from `MmAllocateContiguousMemorySpecifyCache`, addresses from
 //!   `MmGetPhysicalAddress`, bounce buffers for pool memory that is not
 //!   physically contiguous, MMIO through the BAR mappings the driver
-//!   registered ([`hal::register_mmio`]).
+//!   registered (`hal::register_mmio`).
 //! - `logger` (Windows only): `log` records to `DbgPrintEx`.
 //! - `runtime` (feature `runtime`, Windows only): the global allocator
 //!   (`ExAllocatePool2(POOL_FLAG_NON_PAGED)` with the pool tag `PVdr`,

@@ -23,14 +23,19 @@ fuzz_target!(|data: &[u8]| {
         }
         // Addresses land in or around the fake guest memory; lengths are
         // small or huge.
-        let addr = MEM_BASE.wrapping_add(u64::from(u16::from_le_bytes([rest[0], rest[1]]))) ^ (u64::from(rest[2] & 0x80) << 40);
+        let addr = MEM_BASE.wrapping_add(u64::from(u16::from_le_bytes([rest[0], rest[1]])))
+            ^ (u64::from(rest[2] & 0x80) << 40);
         let len = match rest[3] & 3 {
             0 => u32::from(rest[4]),
             1 => u32::from(u16::from_le_bytes([rest[4], rest[5]])),
             2 => u32::MAX - u32::from(rest[4]),
             _ => 512 * u32::from(rest[4]),
         };
-        descs.push(Desc { addr, len, write_only: rest[6] & 1 == 1 });
+        descs.push(Desc {
+            addr,
+            len,
+            write_only: rest[6] & 1 == 1,
+        });
         rest = &rest[7..];
     }
     let mem = rest;
@@ -43,15 +48,28 @@ fuzz_target!(|data: &[u8]| {
         read_only: flags & 0x80 != 0,
     };
     let parsed = parse(&descs, &limits, |addr, out| {
-        let start = addr.checked_sub(MEM_BASE).ok_or(RequestError::GuestMemory)? as usize;
-        let end = start.checked_add(out.len()).ok_or(RequestError::GuestMemory)?;
+        let start = addr
+            .checked_sub(MEM_BASE)
+            .ok_or(RequestError::GuestMemory)? as usize;
+        let end = start
+            .checked_add(out.len())
+            .ok_or(RequestError::GuestMemory)?;
         let src = mem.get(start..end).ok_or(RequestError::GuestMemory)?;
         out.copy_from_slice(src);
         Ok(())
     });
     let cap = limits.capacity_sectors * SECTOR;
     match parsed.op {
-        Ok(Op::Read { offset, len, ref data }) | Ok(Op::Write { offset, len, ref data }) => {
+        Ok(Op::Read {
+            offset,
+            len,
+            ref data,
+        })
+        | Ok(Op::Write {
+            offset,
+            len,
+            ref data,
+        }) => {
             assert!(parsed.status.is_some());
             assert_eq!(len % SECTOR, 0);
             assert!(offset + len <= cap && len <= limits.max_transfer);

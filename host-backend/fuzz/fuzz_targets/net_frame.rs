@@ -55,13 +55,17 @@ fuzz_target!(|data: &[u8]| {
     let max = hl + usize::from(mtu) + FRAME_OVERHEAD;
     let copied = copy_tx_chain(&tx, flags & 4 == 0, max, |addr, out| {
         let start = addr.checked_sub(MEM_BASE).ok_or(())? as usize;
-        let src = mem.get(start..start.checked_add(out.len()).ok_or(())?).ok_or(())?;
+        let src = mem
+            .get(start..start.checked_add(out.len()).ok_or(())?)
+            .ok_or(())?;
         out.copy_from_slice(src);
         Ok(())
     });
     let Ok(buf) = copied else { return };
     assert!(buf.len() <= max);
-    let Ok(frame) = check_tx(&buf, hl, mtu) else { return };
+    let Ok(frame) = check_tx(&buf, hl, mtu) else {
+        return;
+    };
     assert!(frame.len() >= 14 && frame.len() <= usize::from(mtu) + FRAME_OVERHEAD);
 
     // Learn from the frame and from a second copy with source and
@@ -83,9 +87,9 @@ fuzz_target!(|data: &[u8]| {
     let header = [0u8; 12];
     let mut wrote = 0usize;
     let r = write_rx(&rx, flags & 8 == 0, &header[..hl], frame, |addr, bytes| {
-        let ok = rx.iter().any(|d| {
-            addr >= d.addr && addr - d.addr + bytes.len() as u64 <= u64::from(d.len)
-        });
+        let ok = rx
+            .iter()
+            .any(|d| addr >= d.addr && addr - d.addr + bytes.len() as u64 <= u64::from(d.len));
         assert!(ok, "write outside the RX chain");
         wrote += bytes.len();
         Ok(())

@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
         if i > 0 {
             stats.push(',');
         }
-        stats.push_str(&format!("\"{}\": {v}", KEYS[usize::from(c[0]) % KEYS.len()]));
+        stats.push_str(&format!(
+            "\"{}\": {v}",
+            KEYS[usize::from(c[0]) % KEYS.len()]
+        ));
     }
     stats.push_str("}, \"last-update\": 1}, \"id\": 1}");
     match parse_message(stats.as_bytes()) {

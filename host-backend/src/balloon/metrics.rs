@@ -76,7 +76,7 @@ const GAUGES: [(&str, &str); 13] = [
     ),
 ];
 
-/// Index of each gauge in [`GAUGES`].
+/// Index of each gauge in the `GAUGES` table.
 #[derive(Debug, Clone, Copy)]
 pub enum G {
     Target = 0,

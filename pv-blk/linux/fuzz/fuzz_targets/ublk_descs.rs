@@ -27,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
             }
             Ok(
                 IoRequest::Discard { sector, sectors }
-                | IoRequest::WriteZeroes { sector, sectors, .. },
+                | IoRequest::WriteZeroes {
+                    sector, sectors, ..
+                },
             ) => {
                 assert!(sectors > 0);
                 assert!(sector + u64::from(sectors) <= capacity);
