@@ -258,8 +258,9 @@ pub fn speakeasy_python() -> Result<PathBuf, String> {
 /// `<sys_name>`, and the source INF `inf` with `DriverVer` stamped from
 /// `date` and `version` (see [`crate::inf_lint::stamp`]). The certificate
 /// and its key are in `target/windows/package/test-signing/`, outside the
-/// package. No `.cat`: `inf2cat` exists only on Windows. Returns (package
-/// folder, certificate).
+/// package, and the install script `installer/windows/pvinstall.ps1` is
+/// copied beside the package. No `.cat`: `inf2cat` exists only on Windows.
+/// Returns (package folder, certificate).
 pub fn package(
     name: &str,
     sys: &Path,
@@ -284,5 +285,8 @@ pub fn package(
     let out = dir.join(inf_name);
     std::fs::write(&out, crate::inf_lint::stamp(&text, date, version))
         .map_err(|e| format!("write {}: {e}", out.display()))?;
+    let script = workspace_root().join("installer/windows/pvinstall.ps1");
+    std::fs::copy(&script, root.join("pvinstall.ps1"))
+        .map_err(|e| format!("copy {}: {e}", script.display()))?;
     Ok((dir, cert))
 }

@@ -364,6 +364,16 @@ fn balloon_package_is_built_and_its_inf_passes_the_lint() {
     let image = std::fs::read(&signed).expect("read the packaged .sys");
     let findings = pe_lint::lint(&image, &exports());
     assert!(findings.is_empty(), "packaged pvballoon.sys: {findings:?}");
+
+    // The install script (beside the package) finds our packages by the
+    // INF's provider: its default must be that provider.
+    let script = std::fs::read_to_string(pkg.with_file_name("pvinstall.ps1"))
+        .expect("pvinstall.ps1 beside the package");
+    let provider = inf.value("Version", "Provider").expect("Provider");
+    assert!(
+        script.contains(&format!("[string]$Provider = '{provider}'")),
+        "pvinstall.ps1's default -Provider is not the INF's {provider:?}"
+    );
 }
 
 /// `text` with the one occurrence of `from` replaced by `to`.
