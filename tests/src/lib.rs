@@ -36,6 +36,7 @@
 pub mod cache;
 pub mod guest;
 pub mod guest_bins;
+pub mod inf_lint;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;

@@ -252,3 +252,41 @@ pub fn speakeasy_python() -> Result<PathBuf, String> {
         Err("speakeasy installed but does not import".into())
     }
 }
+
+/// A driver package folder, `target/windows/package/<name>/`, made afresh:
+/// `sys` Authenticode-signed under a throw-away certificate as
+/// `<sys_name>`, and the source INF `inf` with `DriverVer` stamped from
+/// `date` and `version` (see [`crate::inf_lint::stamp`]). The certificate
+/// and its key are in `target/windows/package/test-signing/`, outside the
+/// package, and the install script `installer/windows/pvinstall.ps1` is
+/// copied beside the package. No `.cat`: `inf2cat` exists only on Windows.
+/// Returns (package folder, certificate).
+pub fn package(
+    name: &str,
+    sys: &Path,
+    sys_name: &str,
+    inf: &Path,
+    date: (u32, u32, u32),
+    version: &str,
+) -> Result<(PathBuf, PathBuf), String> {
+    let root = target_dir().join("package");
+    let dir = root.join(name);
+    let keys = root.join("test-signing");
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in [&dir, &keys] {
+        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    }
+    let (cert, key) = test_certificate(&keys)?;
+    sign(sys, &dir.join(sys_name), &cert, &key)?;
+    let text = std::fs::read_to_string(inf).map_err(|e| format!("read {}: {e}", inf.display()))?;
+    let inf_name = inf
+        .file_name()
+        .ok_or_else(|| format!("{} has no file name", inf.display()))?;
+    let out = dir.join(inf_name);
+    std::fs::write(&out, crate::inf_lint::stamp(&text, date, version))
+        .map_err(|e| format!("write {}: {e}", out.display()))?;
+    let script = workspace_root().join("installer/windows/pvinstall.ps1");
+    std::fs::copy(&script, root.join("pvinstall.ps1"))
+        .map_err(|e| format!("copy {}: {e}", script.display()))?;
+    Ok((dir, cert))
+}

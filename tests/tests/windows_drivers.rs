@@ -10,13 +10,23 @@
 //! test-signed with `osslsigncode` under a throw-away certificate and
 //! verified; a tampered signed image must fail verification.
 //!
+//! The driver package folder (`target/windows/package/<driver>/`: the
+//! signed `.sys` and the INF with `DriverVer` stamped) is built and its INF
+//! passes `pvtest::inf_lint`, with the hardware IDs derived from the PCI
+//! transport the driver uses; the INF lint is shown to catch each fault on
+//! altered copies of the real INF. No catalog: `inf2cat` is Windows-only.
+//!
 //! Nothing here loads a driver: that needs Windows (docs/WINDOWS.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use pvtest::inf_lint::{self, Inf};
 use pvtest::pe_lint::{self, Finding};
 use pvtest::windows;
+use virtio_drivers::transport::pci::bus::{DeviceFunctionInfo, HeaderType};
+use virtio_drivers::transport::pci::{virtio_device_type, VIRTIO_VENDOR_ID};
+use virtio_drivers::transport::DeviceType;
 
 /// (package, image name) of every driver built here.
 const BALLOON: (&str, &str) = ("pv-balloon-windows", "pvballoon.sys");
@@ -216,5 +226,320 @@ fn balloon_driver_inflates_and_deflates_under_emulation() {
             && stdout.contains("emulated: remove gives every page back: OK"),
         "emulated run failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every hardware ID the balloon driver accepts. The driver does not match
+/// IDs itself: in START_DEVICE it builds virtio-drivers' `PciTransport`,
+/// which refuses a function whose vendor is not virtio's or whose device ID
+/// is not a known virtio device, and the pv-balloon core refuses a device
+/// the transport does not call a memory balloon. So the list is every
+/// device ID for which that transport's own decoding says "memory balloon".
+fn accepted_balloon_ids() -> Vec<String> {
+    (0..=u16::MAX)
+        .filter(|&device_id| {
+            let info = DeviceFunctionInfo {
+                vendor_id: VIRTIO_VENDOR_ID,
+                device_id,
+                class: 0,
+                subclass: 0,
+                prog_if: 0,
+                revision: 0,
+                header_type: HeaderType::Standard,
+            };
+            virtio_device_type(&info) == Some(DeviceType::MemoryBalloon)
+        })
+        .map(|d| format!("PCI\\VEN_{VIRTIO_VENDOR_ID:04X}&DEV_{d:04X}"))
+        .collect()
+}
+
+/// Accepted by the transport's decoding but deliberately not in the INF:
+/// virtio-drivers maps virtio device ID 13 to the same `MemoryBalloon` as
+/// ID 5, but the spec's device-type table (virtio 1.2, 5) lists 13
+/// "memory balloon" apart from 5 "memory ballooning (traditional)", with no
+/// interface specified; the driver speaks only the traditional one.
+const NOT_IN_INF: [&str; 1] = ["PCI\\VEN_1AF4&DEV_104D"];
+
+/// The hardware IDs the INF must list: the accepted ones less
+/// [`NOT_IN_INF`].
+fn balloon_hardware_ids() -> Vec<String> {
+    accepted_balloon_ids()
+        .into_iter()
+        .filter(|id| !NOT_IN_INF.contains(&id.as_str()))
+        .collect()
+}
+
+fn balloon_inf_path() -> PathBuf {
+    windows::workspace_root().join("pv-balloon/windows/pvballoon.inf")
+}
+
+/// The driver crate's version, as `cargo` reads it.
+fn balloon_crate_version() -> String {
+    let path = windows::workspace_root().join("pv-balloon/windows/Cargo.toml");
+    let manifest: toml::Table = std::fs::read_to_string(&path)
+        .expect("read the driver's Cargo.toml")
+        .parse()
+        .expect("parse the driver's Cargo.toml");
+    manifest["package"]["version"]
+        .as_str()
+        .expect("a literal package version")
+        .to_owned()
+}
+
+#[test]
+fn balloon_hardware_ids_are_the_modern_and_transitional_balloon() {
+    // The derivation above is what the INF is checked against; pin it to
+    // the virtio spec (4.1.2: 0x1040 + device ID 5, transitional 0x1002,
+    // plus ID 13 which the transport conflates with 5) so a change in
+    // virtio-drivers' decoding is seen here.
+    assert_eq!(
+        accepted_balloon_ids(),
+        [
+            "PCI\\VEN_1AF4&DEV_1002",
+            "PCI\\VEN_1AF4&DEV_1045",
+            "PCI\\VEN_1AF4&DEV_104D"
+        ]
+    );
+    assert_eq!(
+        balloon_hardware_ids(),
+        ["PCI\\VEN_1AF4&DEV_1002", "PCI\\VEN_1AF4&DEV_1045"]
+    );
+}
+
+/// Builds `target/windows/package/pvballoon/` (signed `.sys`, stamped
+/// INF) and lints it: the INF must pass with the driver's hardware IDs,
+/// carry the crate's version, install the service as a demand-start kernel
+/// driver run from the driver store, and the folder must hold exactly the
+/// INF and the files it lists, the `.sys` verifying under the test
+/// certificate and still passing the PE lint.
+#[test]
+fn balloon_package_is_built_and_its_inf_passes_the_lint() {
+    let (sys, _) = build(BALLOON);
+    let version = inf_lint::driver_version(&balloon_crate_version())
+        .expect("the crate version fits a DriverVer");
+    let (pkg, cert) = windows::package(
+        "pvballoon",
+        &sys,
+        BALLOON.1,
+        &balloon_inf_path(),
+        inf_lint::today_utc(),
+        &version,
+    )
+    .unwrap_or_else(|e| panic!("package: {e}"));
+    let text = std::fs::read_to_string(pkg.join("pvballoon.inf")).expect("read the stamped INF");
+    let inf = Inf::parse(&text).expect("parse the stamped INF");
+    let findings = inf_lint::lint(&inf, &balloon_hardware_ids(), &pkg);
+    assert!(findings.is_empty(), "pvballoon.inf: {findings:?}");
+
+    let driver_ver = inf.value("Version", "DriverVer").expect("DriverVer");
+    assert!(driver_ver.ends_with(&format!(",{version}")), "{driver_ver}");
+    assert_eq!(inf.value("Version", "Class").as_deref(), Some("System"));
+    assert_eq!(
+        inf.value("Version", "Provider").as_deref(),
+        Some("pvdrivers")
+    );
+    for (key, want) in [
+        ("ServiceType", "1"),
+        ("StartType", "3"),
+        ("ErrorControl", "1"),
+        ("ServiceBinary", "%13%\\pvballoon.sys"),
+    ] {
+        assert_eq!(
+            inf.value("PvBalloon_Service", key).as_deref(),
+            Some(want),
+            "{key}"
+        );
+    }
+
+    let mut files: Vec<String> = std::fs::read_dir(&pkg)
+        .expect("read the package folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["pvballoon.inf", "pvballoon.sys"]);
+
+    let signed = pkg.join("pvballoon.sys");
+    let report = windows::verify(&signed, &cert).unwrap_or_else(|e| panic!("verify: {e}"));
+    assert!(report.contains("Signature verification: ok"), "{report}");
+    let image = std::fs::read(&signed).expect("read the packaged .sys");
+    let findings = pe_lint::lint(&image, &exports());
+    assert!(findings.is_empty(), "packaged pvballoon.sys: {findings:?}");
+
+    // The install script (beside the package) finds our packages by the
+    // INF's provider: its default must be that provider.
+    let script = std::fs::read_to_string(pkg.with_file_name("pvinstall.ps1"))
+        .expect("pvinstall.ps1 beside the package");
+    let provider = inf.value("Version", "Provider").expect("Provider");
+    assert!(
+        script.contains(&format!("[string]$Provider = '{provider}'")),
+        "pvinstall.ps1's default -Provider is not the INF's {provider:?}"
+    );
+}
+
+/// `text` with the one occurrence of `from` replaced by `to`.
+fn edit(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "{from:?} once in the INF");
+    text.replacen(from, to, 1)
+}
+
+#[test]
+fn the_inf_lint_catches_each_fault() {
+    use inf_lint::Finding as F;
+    let source = std::fs::read_to_string(balloon_inf_path()).expect("read pvballoon.inf");
+    let ids = balloon_hardware_ids();
+    let pkg = tempfile::tempdir().expect("tempdir");
+    std::fs::write(pkg.path().join("pvballoon.sys"), b"MZ").expect("write a stand-in .sys");
+    let lint_in = |text: &str, dir: &std::path::Path| {
+        inf_lint::lint(&Inf::parse(text).expect("parse"), &ids, dir)
+    };
+    let lint = |text: &str| lint_in(text, pkg.path());
+    let good = inf_lint::stamp(&source, (2026, 12, 7), "0.1.0.0");
+    assert_eq!(lint(&good), []);
+
+    // The source INF itself is unstamped.
+    assert_eq!(lint(&source), [F::DriverVer(String::new())]);
+    // Bad DriverVer: no such day, three-part version, year-first date.
+    assert_eq!(
+        lint(&inf_lint::stamp(&source, (2026, 2, 30), "0.1.0.0")),
+        [F::DriverVer("02/30/2026,0.1.0.0".into())]
+    );
+    assert_eq!(
+        lint(&inf_lint::stamp(&source, (2026, 12, 7), "0.1.0")),
+        [F::DriverVer("12/07/2026,0.1.0".into())]
+    );
+    assert_eq!(
+        lint(&edit(&good, "12/07/2026", "2026/12/07")),
+        [F::DriverVer("2026/12/07,0.1.0.0".into())]
+    );
+
+    // Missing sections.
+    assert_eq!(
+        lint(&edit(&good, "[SourceDisksNames]", "[SourceDiskNames]")),
+        [
+            F::MissingSection("SourceDisksNames".into()),
+            F::UnknownDisk {
+                file: "pvballoon.sys".into(),
+                disk: "1".into()
+            }
+        ]
+    );
+    assert_eq!(
+        lint(&edit(
+            &good,
+            "[PvBalloon_Install.NT.Services]",
+            "[PvBalloon_Install.NT.Service]"
+        )),
+        [F::MissingSection("PvBalloon_Install.NT.Services".into())]
+    );
+    assert_eq!(
+        lint(&edit(&good, "[PvBalloon.NTamd64]", "[PvBalloon.NTx86]")),
+        [
+            F::UndefinedSection {
+                from: "Manufacturer".into(),
+                name: "PvBalloon.NTamd64".into()
+            },
+            F::MissingHardwareId("PCI\\VEN_1AF4&DEV_1002".into()),
+            F::MissingHardwareId("PCI\\VEN_1AF4&DEV_1045".into()),
+        ]
+    );
+    // A referenced section that is not defined.
+    assert_eq!(
+        lint(&edit(
+            &good,
+            "0x00000002, PvBalloon_Service",
+            "0x00000002, PvBalloon_Svc"
+        )),
+        [F::UndefinedSection {
+            from: "PvBalloon_Install.NT.Services".into(),
+            name: "PvBalloon_Svc".into()
+        }]
+    );
+    // An undefined string.
+    assert_eq!(
+        lint(&edit(
+            &good,
+            "= %PvBalloon.ServiceDesc%",
+            "= %PvBalloon.SvcDesc%"
+        )),
+        [F::UndefinedString {
+            section: "PvBalloon_Service".into(),
+            name: "PvBalloon.SvcDesc".into()
+        }]
+    );
+    // A wrong hardware ID (virtio-net's modern ID), and a missing one.
+    assert_eq!(
+        lint(&edit(
+            &good,
+            "_Install, PCI\\VEN_1AF4&DEV_1045",
+            "_Install, PCI\\VEN_1AF4&DEV_1041"
+        )),
+        [
+            F::UnexpectedHardwareId("PCI\\VEN_1AF4&DEV_1041".into()),
+            F::MissingHardwareId("PCI\\VEN_1AF4&DEV_1045".into()),
+        ]
+    );
+    assert_eq!(
+        lint(&edit(
+            &good,
+            "%PvBalloon.DeviceDesc% = PvBalloon_Install, PCI\\VEN_1AF4&DEV_1002\n",
+            ""
+        )),
+        [F::MissingHardwareId("PCI\\VEN_1AF4&DEV_1002".into())]
+    );
+    // A duplicate service.
+    assert_eq!(
+        lint(&edit(
+            &good,
+            "AddService = pvballoon, 0x00000002, PvBalloon_Service\n",
+            "AddService = pvballoon, 0x00000002, PvBalloon_Service\nAddService = PvBalloon, 0, PvBalloon_Service\n"
+        )),
+        [F::DuplicateService("pvballoon".into())]
+    );
+    // [Version] values.
+    assert_eq!(
+        lint(&edit(&good, "PnpLockdown = 1", "PnpLockdown = 0")),
+        [F::BadValue {
+            section: "Version".into(),
+            key: "PnpLockdown".into(),
+            value: "0".into(),
+            want: "1"
+        }]
+    );
+    assert_eq!(
+        lint(&edit(&good, "{4d36e97d-", "{4d36e97b-")),
+        [F::BadValue {
+            section: "Version".into(),
+            key: "ClassGuid".into(),
+            value: "{4d36e97b-e325-11ce-bfc1-08002be10318}".into(),
+            want: "the class's GUID"
+        }]
+    );
+    assert_eq!(
+        lint(&edit(&good, "CatalogFile = pvballoon.cat\n", "")),
+        [F::MissingKey {
+            section: "Version".into(),
+            key: "CatalogFile".into()
+        }]
+    );
+    // The service: not a kernel driver; a binary not in the driver store
+    // or not in the package's file list.
+    assert_eq!(
+        lint(&edit(&good, "ServiceType   = 1", "ServiceType   = 2")),
+        [F::BadValue {
+            section: "PvBalloon_Service".into(),
+            key: "ServiceType".into(),
+            value: "2".into(),
+            want: "1 (SERVICE_KERNEL_DRIVER)"
+        }]
+    );
+    assert_eq!(
+        lint(&edit(&good, "%13%\\pvballoon.sys", "%13%\\balloon.sys")),
+        [F::FileNotInSourceDisks("balloon.sys".into())]
+    );
+    // A file the INF lists but the package folder lacks.
+    let empty = tempfile::tempdir().expect("tempdir");
+    assert_eq!(
+        lint_in(&good, empty.path()),
+        [F::FileNotInPackage("pvballoon.sys".into())]
     );
 }
