@@ -294,7 +294,9 @@ fn pvballoond_inflates_deflates_reports_and_hands_back() {
 /// in the balloon: the runtime deflates below the host's target
 /// (deflate-on-oom) to keep its free-memory floor, the process gets its
 /// memory and lives, nothing is OOM-killed; when the process exits, the
-/// runtime inflates back to the target.
+/// runtime inflates back to the target. The guest then waits for the host
+/// to raise the target (the host's last `query-balloon` is behind that),
+/// so it never exits under a query.
 #[test]
 fn pvballoond_deflates_under_memory_pressure() {
     let script = format!(
@@ -309,6 +311,8 @@ fn pvballoond_deflates_under_memory_pressure() {
          echo \"pvtest: hog done: Mlocked $(mi Mlocked) kB\"\n\
          while [ $(mi Mlocked) -lt $(({BALLOON} * 1024 - 4096)) ]; do sleep 1; done\n\
          echo \"pvtest: reinflated: Mlocked $(mi Mlocked) kB\"\n\
+         while [ $(mi Mlocked) -ge 16384 ]; do sleep 1; done\n\
+         echo \"pvtest: deflated on the host's request: Mlocked $(mi Mlocked) kB\"\n\
          {GUEST_STOP}\
          echo pvtest: handed back\n"
     );
@@ -367,6 +371,18 @@ fn pvballoond_deflates_under_memory_pressure() {
         &mut guest,
         || (actual(&mut qmp) == target).then_some(()),
     );
+    // The guest stays up until the host has seen the target (it waits for
+    // this request before it stops the daemon, so QEMU cannot exit under
+    // the query above): hand all the memory back.
+    qmp.execute("balloon", json!({ "value": RAM * MIB }))
+        .expect("balloon");
+    wait_until(
+        Duration::from_secs(400),
+        "query-balloon actual back at the guest's RAM",
+        &mut guest,
+        || (actual(&mut qmp) == RAM * MIB).then_some(()),
+    );
+    console_wait(&mut guest, "pvtest: deflated on the host's request", 300);
     // Past the stop script's own 300 s wait for the rebind, so its report shows.
     console_wait(&mut guest, "pvtest: handed back", 420);
     let outcome = guest.wait();
