@@ -58,6 +58,7 @@ pub mod logger;
 pub mod pci;
 #[cfg(all(feature = "runtime", target_os = "windows"))]
 mod runtime;
+pub mod storport;
 
 /// Bug-check code of a pvdrivers panic (`KeBugCheckEx` first argument): a
 /// code in the range Microsoft leaves to drivers' own use is not
