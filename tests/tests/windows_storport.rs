@@ -14,8 +14,6 @@ use std::path::PathBuf;
 use pvtest::inf_lint::{self, Inf};
 use pvtest::pe_lint::{self, Finding};
 use pvtest::windows;
-use virtio_drivers::transport::pci::bus::{DeviceFunctionInfo, HeaderType};
-use virtio_drivers::transport::pci::{virtio_device_type, VIRTIO_VENDOR_ID};
 use virtio_drivers::transport::DeviceType;
 
 /// (package, image name).
@@ -144,21 +142,7 @@ fn storport_miniport_serves_scsi_under_emulation() {
 /// builds virtio-drivers' `PciTransport` (which refuses a non-virtio
 /// function) and refuses one the transport does not call a block device.
 fn accepted_blk_ids() -> Vec<String> {
-    (0..=u16::MAX)
-        .filter(|&device_id| {
-            let info = DeviceFunctionInfo {
-                vendor_id: VIRTIO_VENDOR_ID,
-                device_id,
-                class: 0,
-                subclass: 0,
-                prog_if: 0,
-                revision: 0,
-                header_type: HeaderType::Standard,
-            };
-            virtio_device_type(&info) == Some(DeviceType::Block)
-        })
-        .map(|d| format!("PCI\\VEN_{VIRTIO_VENDOR_ID:04X}&DEV_{d:04X}"))
-        .collect()
+    windows::virtio_hardware_ids(DeviceType::Block)
 }
 
 #[test]
@@ -226,12 +210,7 @@ fn blk_package_is_built_and_its_inf_passes_the_lint() {
             "{key}"
         );
     }
-    let mut files: Vec<String> = std::fs::read_dir(&pkg)
-        .expect("read the package folder")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
-    assert_eq!(files, ["pvblk.inf", "pvblk.sys"]);
+    assert_eq!(windows::package_files(&pkg), ["pvblk.inf", "pvblk.sys"]);
     let signed = pkg.join("pvblk.sys");
     let report = windows::verify(&signed, &cert).unwrap_or_else(|e| panic!("verify: {e}"));
     assert!(report.contains("Signature verification: ok"), "{report}");
