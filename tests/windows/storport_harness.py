@@ -94,6 +94,8 @@ class Blk:
         self.resets = 0
         self.events = []          # ('reset',) / ('complete', srb) in order
         self.defer = False        # hold notified chains until run()
+        self.p2v = {}             # physical page -> virtual page (data buffers)
+        self.in_place = 0         # data descriptors on scrambled pages
         self.garbage = False      # answer the next chain with a bogus id
         self.bad = []
         self.clear()
@@ -219,7 +221,13 @@ class Blk:
             self.bad.append('status descriptor not writable')
         written, status, pos = 0, 0, sector * 512
         if ty in (T_IN, T_OUT):
-            for a, ln, fl in body:
+            for pa, ln, fl in body:
+                page = pa & ~0xFFF
+                a = self.p2v.get(page, page) + (pa & 0xFFF)
+                if page in self.p2v:
+                    self.in_place += 1
+                    if (pa & 0xFFF) + ln > 0x1000:
+                        self.bad.append('a descriptor runs past a page that is not contiguous')
                 if pos + ln > len(self.disk):
                     status = 1
                     break
@@ -300,10 +308,32 @@ def main(path):
     hook('ntoskrnl', 'DbgPrintEx', dbgprint, 5)
     hook('ntoskrnl', 'ExAllocatePool2', lambda e, p: alloc(p[1], 'emu.pool.pvdr'), 3)
     hook('ntoskrnl', 'ExFreePoolWithTag', 0, 2)
-    hook('ntoskrnl', 'MmAllocateContiguousMemorySpecifyCache',
-         lambda e, p: alloc((p[0] + 0xFFF) & ~0xFFF, 'emu.contiguous'), 5)
+    contiguous = []
+
+    def alloc_contiguous(emu, p):
+        contiguous.append(p[0])
+        return alloc((p[0] + 0xFFF) & ~0xFFF, 'emu.contiguous')
+
+    hook('ntoskrnl', 'MmAllocateContiguousMemorySpecifyCache', alloc_contiguous, 5)
     hook('ntoskrnl', 'MmFreeContiguousMemorySpecifyCache', 0, 3)
-    hook('ntoskrnl', 'MmGetPhysicalAddress', lambda e, p: p[0], 1)
+    # Identity "physical" addresses, except for SRB data buffers: their
+    # pages get physical addresses in reverse order with gaps (scramble()),
+    # as a buffer mapped from a user MDL would have.
+    v2p = {}
+    next_phys = [0x70000000]
+
+    def scramble(addr, length):
+        pages = list(range(addr & ~0xFFF, (addr + length + 0xFFF) & ~0xFFF, 0x1000))
+        for i, page in enumerate(reversed(pages)):
+            v2p[page] = next_phys[0] + 0x2000 * i
+            dev[0].p2v[v2p[page]] = page
+        next_phys[0] += 0x2000 * len(pages) + 0x10000
+
+    def physical(emu, p):
+        page = p[0] & ~0xFFF
+        return v2p.get(page, page) + (p[0] & 0xFFF)
+
+    hook('ntoskrnl', 'MmGetPhysicalAddress', physical, 1)
     hook('ntoskrnl', 'MmGetVirtualForPhysical', lambda e, p: p[0], 1)
     hook('ntoskrnl', '__chkstk', lambda e, p: e.reg_read('rax'), 0)
 
@@ -422,7 +452,12 @@ def main(path):
     # ---- SRBs -------------------------------------------------------------
     def srb(cdb=b'', flags=0, length=0, data=None, function=0, lun=0):
         s = alloc(0x58, 'emu.srb')
-        buf = alloc(max(length, 16), 'emu.srb.data') if length else 0
+        buf = 0
+        if length:
+            # The data starts 0xE00 into a page, so a few KiB span pages
+            # that are not physically contiguous.
+            buf = alloc(length + 0x1000, 'emu.srb.data') + 0xE00
+            scramble(buf, length)
         sense = alloc(32, 'emu.srb.sense')
         if data:
             se.mem_write(buf, data)
@@ -493,6 +528,7 @@ def main(path):
           if not FAILS else 'emulated: data commands FAILED')
 
     fails = len(FAILS)
+    allocated, in_place = len(contiguous), d.in_place
     a = bytes((i * 7 + 3) & 0xFF for i in range(4 * 512))
     o = io(bytes([0x2A, 0, 0, 0, 0, 10, 0, 0, 4, 0]), DATA_OUT, len(a), a)
     check(good(o) and bytes(d.disk[10 * 512:14 * 512]) == a, 'WRITE(10) reaches the disk')
@@ -511,6 +547,10 @@ def main(path):
     check(len(completions_of(s)) == 1 and good(outcome(s, buf, sense))
           and bytes(d.disk[20 * 512:21 * 512]) == c, 'a write completes by polling in HwStartIo')
     d.defer = True
+    print('data descriptors in place: %d, contiguous allocations during I/O: %s' %
+          (d.in_place - in_place, contiguous[allocated:]))
+    check(d.in_place - in_place >= 2 * 4 and contiguous[allocated:] == [],
+          'data buffers are shared in place, cut at physical discontinuities: no bounce, no allocation')
     if len(FAILS) == fails:
         print('emulated: READ/WRITE(10/16) read back, interrupt and polled completion: OK')
 

@@ -20,7 +20,7 @@ use pv_blk_windows::srb::{self, status};
 use pv_blk_windows::{
     decide_srb, Completion, Decision, Disk, Engine, Identity, Plan, ScsiRequest, Serial, SrbAction,
 };
-use pv_windows::ffi::NTSTATUS;
+use pv_windows::ffi::{self, NTSTATUS};
 use pv_windows::hal::{self, KernelHal};
 use pv_windows::pci::{MemoryRange, SnapshotConfig, CONFIG_BYTES};
 use pv_windows::storport::{
@@ -42,6 +42,9 @@ const QUEUE_SIZE: u16 = 128;
 const GET_ID_POLLS: u32 = 10_000;
 /// BARs a PCI function has.
 const BARS: usize = 6;
+/// Most physically contiguous runs of one data buffer: one per page, and
+/// one more when it does not start on a page.
+const MAX_RUNS: usize = MAX_TRANSFER as usize / translate::PAGE + 1;
 
 type Blk = VirtioBlk<KernelHal, PciTransport>;
 type Srb = *mut SCSI_REQUEST_BLOCK;
@@ -165,19 +168,31 @@ unsafe fn start_plan(ext: *mut c_void, srb: Srb, plan: Plan) {
     // SAFETY: the caller's contract.
     let s = unsafe { &*srb };
     let ctx = translate::ctx(s);
-    let storage;
-    let bufs: &[IoBuf] = match plan.parts().first() {
-        Some(p) if p.has_data() => match NonNull::new(s.DataBuffer.cast::<u8>()) {
-            Some(data) => {
-                storage = [IoBuf::new(data, plan.transfer as usize)];
-                &storage
+    // The data buffer, cut where its pages stop being physically
+    // contiguous: each run is shared with the device in place, so the I/O
+    // path allocates nothing (no bounce). A buffer missing or in too many
+    // runs leaves the list empty, and the engine refuses the length
+    // mismatch with an internal-failure sense.
+    let mut storage = [IoBuf::new(NonNull::dangling(), 0); MAX_RUNS];
+    let mut runs = 0;
+    let data = s.DataBuffer.cast::<u8>();
+    if plan.parts().first().is_some_and(|p| p.has_data()) && !data.is_null() {
+        let mut spans = [(0usize, 0usize); MAX_RUNS];
+        // SAFETY: MmGetPhysicalAddress takes any resident kernel address;
+        // the mapped data buffer is locked down for the SRB's lifetime.
+        let phys = |va: usize| unsafe { ffi::MmGetPhysicalAddress(va as *mut c_void) as u64 };
+        if let Some(n) =
+            translate::contiguous_runs(data as usize, plan.transfer as usize, phys, &mut spans)
+        {
+            for (b, &(va, len)) in storage.iter_mut().zip(&spans[..n]) {
+                if let Some(p) = NonNull::new(va as *mut u8) {
+                    *b = IoBuf::new(p, len);
+                    runs += 1;
+                }
             }
-            // Mapped buffers were asked for; no buffer is StorPort's fault,
-            // and the engine refuses the length mismatch.
-            None => &[],
-        },
-        _ => &[],
-    };
+        }
+    }
+    let bufs = &storage[..runs];
     // SAFETY: the SRB's data buffer is this SRB's until we complete it,
     // and the engine gives the SRB back only once the device is done with
     // the buffer (completion, or a reset that succeeded).
@@ -354,7 +369,8 @@ unsafe extern "system" fn hw_adapter_control(
             // SAFETY: every SRB the engine gives back is one StorPort gave us.
             match engine.reset(blk, &mut |srb, c| unsafe { finish(ext, srb, &c) }) {
                 Ok(()) => {
-                    let disk = Disk::new(blk.info(), engine.disk().identity, MAX_TRANSFER);
+                    let info = blk.info();
+                    let disk = Disk::new(info, engine.disk().identity, max_transfer(&info));
                     engine.set_disk(disk);
                     sp::SCSI_ADAPTER_CONTROL_SUCCESS
                 }
@@ -395,6 +411,14 @@ fn read_serial(blk: &mut Blk, id: &mut [u8; ID_BYTES]) -> Option<Serial> {
     }
 }
 
+/// The largest transfer the device takes in one request: every run of a
+/// buffer of that size (at worst one per page, plus one) must fit the
+/// core's segments.
+fn max_transfer(info: &pv_blk::DeviceInfo) -> u32 {
+    let pages = info.max_segments.saturating_sub(1);
+    MAX_TRANSFER.min(pages.saturating_mul(translate::PAGE as u32))
+}
+
 /// Bring the device up: features, queues, DRIVER_OK (the core), the
 /// serial, the disk and the engine.
 fn bring_up(a: &mut Adapter) -> bool {
@@ -418,7 +442,7 @@ fn bring_up(a: &mut Adapter) -> bool {
         ..Identity::default()
     };
     let info = blk.info();
-    let disk = Disk::new(info, identity, MAX_TRANSFER);
+    let disk = Disk::new(info, identity, max_transfer(&info));
     a.engine = Some(Engine::new(disk, info.queue_depth as usize));
     a.blk = Some(blk);
     log::info!(

@@ -118,6 +118,39 @@ pub fn capabilities(buf: &mut [u8], removable: bool, surprise_removal_ok: bool) 
     true
 }
 
+/// Page size of the guest (x86-64).
+pub const PAGE: usize = 4096;
+
+/// Cut the buffer `[start, start + len)` into runs whose pages are
+/// physically contiguous, given `phys(va)` (the physical address of the
+/// byte at `va`; the driver asks `MmGetPhysicalAddress`, which may be
+/// called at any IRQL). Each run is written to `out` as (virtual start,
+/// bytes); returns how many, or `None` when `out` is too short. The device
+/// is then handed every run in place: nothing is bounced, so nothing is
+/// allocated on the I/O path.
+pub fn contiguous_runs(
+    start: usize,
+    len: usize,
+    phys: impl Fn(usize) -> u64,
+    out: &mut [(usize, usize)],
+) -> Option<usize> {
+    let mut n = 0;
+    let mut at = start;
+    let end = start.checked_add(len)?;
+    while at < end {
+        let run_start = at;
+        let base = phys(at);
+        // To the end of this page, then page by page while contiguous.
+        at = (at / PAGE + 1).saturating_mul(PAGE).min(end);
+        while at < end && phys(at) == base.wrapping_add((at - run_start) as u64) {
+            at = (at + PAGE).min(end);
+        }
+        *out.get_mut(n)? = (run_start, at - run_start);
+        n += 1;
+    }
+    Some(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +283,39 @@ mod tests {
         assert_ne!(v & CAP_SURPRISE_REMOVAL_OK, 0);
         assert_eq!(v | CAP_REMOVABLE, u32::MAX, "other bits untouched");
         assert!(!capabilities(&mut [0u8; 6], false, true));
+    }
+
+    #[test]
+    fn runs_follow_physical_contiguity() {
+        // Pages 0 and 1 contiguous, page 2 elsewhere, page 3 after page 2.
+        let map = |va: usize| -> u64 {
+            let page = va / PAGE;
+            let off = (va % PAGE) as u64;
+            let base = match page {
+                10 => 0x10_0000,
+                11 => 0x10_1000,
+                12 => 0x50_0000,
+                13 => 0x50_1000,
+                _ => 0x90_0000 + (page as u64) * 0x2000,
+            };
+            base + off
+        };
+        let mut out = [(0, 0); 4];
+        // From the middle of page 10 to the middle of page 13.
+        let start = 10 * PAGE + 100;
+        let len = 3 * PAGE;
+        assert_eq!(contiguous_runs(start, len, map, &mut out), Some(2));
+        assert_eq!(out[0], (start, 2 * PAGE - 100));
+        assert_eq!(out[1], (12 * PAGE, PAGE + 100));
+        // Pages that are all apart: one run each.
+        let start = 20 * PAGE;
+        assert_eq!(contiguous_runs(start, 3 * PAGE, map, &mut out), Some(3));
+        assert_eq!(out[2], (22 * PAGE, PAGE));
+        // A single byte, and nothing.
+        assert_eq!(contiguous_runs(start + 5, 1, map, &mut out), Some(1));
+        assert_eq!(out[0], (start + 5, 1));
+        assert_eq!(contiguous_runs(start, 0, map, &mut out), Some(0));
+        // Too many runs for the room.
+        assert_eq!(contiguous_runs(20 * PAGE, 5 * PAGE, map, &mut out), None);
     }
 }
