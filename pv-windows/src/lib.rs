@@ -50,6 +50,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod arena;
 pub mod ffi;
 #[cfg(target_os = "windows")]
 pub mod hal;
