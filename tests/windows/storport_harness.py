@@ -41,7 +41,14 @@ No IRQL, no concurrency, no DMA, no real interrupts (HwInterrupt is called
 by the script); identity "physical" addresses. This tests the glue.
 Run by tests/tests/windows_storport.rs.
 
-usage: python storport_harness.py path/to/pvblk.sys
+With the argument `dump` the run is the crash-dump instance instead:
+DriverEntry(NULL, NULL), HwFindAdapter with DumpMode set and a dump region
+(filled with garbage), HwInitialize without a passive routine, then
+polled-only I/O (write, read back, flush, VPD 80h, a garbage used entry and
+the reset it causes); nothing may be allocated from pool or contiguous
+memory once HwFindAdapter was entered.
+
+usage: python storport_harness.py path/to/pvblk.sys [dump]
 """
 import struct
 import sys
@@ -268,7 +275,64 @@ def check(ok, what):
     return ok
 
 
-def main(path):
+DUMP_REGION = 256 * 1024
+
+
+def dump_io(se, d, ext, start_io, call, alloc, scramble, pool, contiguous,
+            pool_mark, contiguous_mark, sp):
+    """Crash-dump mode: polled I/O only (HwInterrupt is never called), and
+    no ExAllocatePool2 or contiguous allocation once HwFindAdapter was
+    entered: everything comes from the dump region."""
+    def run_srb(cdb, flags=0, length=0, data=None):
+        s = alloc(0x58, 'emu.srb')
+        buf = alloc(length + 0x1000, 'emu.srb.data') + 0xE00 if length else 0
+        if length:
+            scramble(buf, length)
+        sense = alloc(32, 'emu.srb.sense')
+        if data:
+            se.mem_write(buf, data)
+        se.mem_write(s, struct.pack('<HBBBBBBBBBBIII', 0x58, 0, 0, 0, 0, 0, 0, 0, 0,
+                                    len(cdb), 32, flags, length, 10))
+        se.mem_write(s + 0x18, struct.pack('<QQ', buf, sense))
+        se.mem_write(s + 0x48, cdb.ljust(16, b'\0'))
+        call(start_io, [ext, s], 'HwStartIo (dump) %s' % cdb[:1].hex())
+        done = [e for e in d.events if e == ('complete', s)]
+        st = se.mem_read(s + 3, 1)[0]
+        data = bytes(se.mem_read(buf, length)) if length else b''
+        return len(done), st, data
+
+    fails = len(FAILS)
+    d.defer = False                       # the device answers at once
+    a = bytes((i * 11 + 5) & 0xFF for i in range(8 * 512))
+    n, st, _ = run_srb(bytes([0x2A, 0, 0, 0, 0, 40, 0, 0, 8, 0]), 0x80, len(a), a)
+    check(n == 1 and st == 1 and bytes(d.disk[40 * 512:48 * 512]) == a,
+          'dump: WRITE(10) completes by polling and reaches the disk')
+    n, st, data = run_srb(bytes([0x28, 0, 0, 0, 0, 40, 0, 0, 8, 0]), 0x40, len(a))
+    check(n == 1 and st == 1 and data == a, 'dump: READ(10) reads it back')
+    flushes = d.flushes
+    n, st, _ = run_srb(bytes([0x35] + [0] * 9))
+    check(n == 1 and st == 1 and d.flushes == flushes + 1, 'dump: SYNCHRONIZE CACHE flushes')
+    n, st, data = run_srb(bytes([0x12, 1, 0x80, 0, 64, 0]), 0x40, 64)
+    check(n == 1 and st == 1 and data[4:4 + len(SERIAL)] == SERIAL, 'dump: the serial from GET_ID')
+    # A garbage used entry: the device is reset from the region too.
+    resets = d.resets
+    d.garbage = True
+    n, st, _ = run_srb(bytes([0x28, 0, 0, 0, 0, 40, 0, 0, 8, 0]), 0x40, len(a))
+    check(n == 1 and st == 0x0E and d.resets == resets + 1 and d.status == 0xF,
+          'dump: a garbage used entry resets the device, the SRB comes back BUS_RESET')
+    n, st, data = run_srb(bytes([0x28, 0, 0, 0, 0, 40, 0, 0, 8, 0]), 0x40, len(a))
+    check(n == 1 and st == 1 and data == a, 'dump: data read back after the reset')
+    print('dump: pool allocations after HwFindAdapter %s, contiguous %s, ResetDetected %d' %
+          (pool[pool_mark:], contiguous[contiguous_mark:], sp['reset_detected']))
+    check(pool[pool_mark:] == [] and contiguous[contiguous_mark:] == [],
+          'dump: nothing allocated from pool or contiguous memory after HwFindAdapter')
+    check(not d.bad, 'the device saw no protocol fault: %s' % d.bad)
+    if len(FAILS) == fails:
+        print('emulated: crash-dump mode: NULL DriverEntry, no allocation, polled I/O, reset: OK')
+    return 1 if FAILS else 0
+
+
+def main(path, dump=False):
     se = speakeasy.Speakeasy()
     emu_calls = []
 
@@ -306,7 +370,13 @@ def main(path):
         return 0
 
     hook('ntoskrnl', 'DbgPrintEx', dbgprint, 5)
-    hook('ntoskrnl', 'ExAllocatePool2', lambda e, p: alloc(p[1], 'emu.pool.pvdr'), 3)
+    pool = []
+
+    def alloc_pool(emu, p):
+        pool.append(p[1])
+        return alloc(p[1], 'emu.pool.pvdr')
+
+    hook('ntoskrnl', 'ExAllocatePool2', alloc_pool, 3)
     hook('ntoskrnl', 'ExFreePoolWithTag', 0, 2)
     contiguous = []
 
@@ -345,6 +415,7 @@ def main(path):
 
     def initialize(emu, p):
         sp['init'] = bytes(emu.mem_read(p[2], 0xD0))
+        sp['init_args'] = (p[0], p[1])
         return 0
 
     def bus_data(emu, p):
@@ -423,6 +494,14 @@ def main(path):
         rv = last.get('ret_val')
         return (int(rv, 16) if isinstance(rv, str) else (rv or 0)) & ((1 << bits) - 1)
 
+    if dump:
+        # The dump stack loads its own copy of the miniport and calls
+        # DriverEntry with NULL driver object and registry path.
+        entry = int(ep['start_addr'], 16)
+        st = call(entry, [0, 0], 'DriverEntry (dump)', 32)
+        check(st == 0 and sp['init_args'] == (0, 0),
+              'DriverEntry(NULL, NULL) hands StorPortInitialize the NULLs: %s' % (sp['init_args'],))
+
     # HwFindAdapter with one memory access range (BAR0).
     ext = alloc(ext_size, 'emu.device_extension')
     ranges = alloc(16, 'emu.access_ranges')
@@ -432,7 +511,16 @@ def main(path):
     se.mem_write(cfg + 0x34, struct.pack('<IQ', 1, ranges))
     se.mem_write(cfg + 0x64, struct.pack('<I', 3))          # SlotNumber
     again = alloc(8, 'emu.again')
+    if dump:
+        # DumpMode = DUMP_MODE_CRASH and the region the normal instance
+        # asked for (identity "physical" address).
+        region = alloc(DUMP_REGION, 'emu.dump_region')
+        se.mem_write(region, b'\xA5' * DUMP_REGION)     # not zeroed: the driver must
+        se.mem_write(cfg + 0xA8, struct.pack('<QQI', region, region, DUMP_REGION))
+        se.mem_write(cfg + 0xC5, bytes([1]))
     found = call(find_adapter, [ext, 0, 0, 0, cfg, again], 'HwFindAdapter', 32)
+    # From here on the dump instance may not allocate.
+    pool_mark, contiguous_mark = len(pool), len(contiguous)
     max_transfer = struct.unpack('<I', se.mem_read(cfg + 0x18, 4))[0]
     cfg_bytes = se.mem_read(cfg, 0xE0)
     print('HwFindAdapter returned %d, mapped %s, MaximumTransferLength %d' %
@@ -441,6 +529,15 @@ def main(path):
     check(sp['bus_data'] == 1 and sp['mapped'] == [(BAR, BAR_LEN)], 'config space read, BAR0 mapped')
     check(max_transfer == 128 * 1024 and cfg_bytes[0x59] == 3 and cfg_bytes[0x61] == 1,
           'port configuration: transfer length, mapped buffers, one target')
+    requested = struct.unpack('<I', se.mem_read(cfg + 0xC0, 4))[0]
+    if not dump:
+        check(requested == DUMP_REGION, 'RequestedDumpBufferSize: %d' % requested)
+    else:
+        ok = call(hw_initialize, [ext], 'HwInitialize (dump)')
+        check(ok == 1 and sp['passive'] is None and d.status == 0xF,
+              'dump: HwInitialize brings the device up itself, no passive routine')
+        return dump_io(se, d, ext, start_io, call, alloc, scramble, pool, contiguous,
+                       pool_mark, contiguous_mark, sp)
 
     ok = call(hw_initialize, [ext], 'HwInitialize')
     check(ok == 1 and sp['passive'], 'HwInitialize asks for passive initialisation')
@@ -631,4 +728,4 @@ def main(path):
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], dump=sys.argv[2:] == ['dump']))

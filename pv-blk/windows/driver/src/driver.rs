@@ -20,8 +20,9 @@ use pv_blk_windows::srb::{self, status};
 use pv_blk_windows::{
     decide_srb, Completion, Decision, Disk, Engine, Identity, Plan, ScsiRequest, Serial, SrbAction,
 };
+use pv_windows::arena;
 use pv_windows::ffi::{self, NTSTATUS};
-use pv_windows::hal::{self, KernelHal};
+use pv_windows::hal;
 use pv_windows::pci::{MemoryRange, SnapshotConfig, CONFIG_BYTES};
 use pv_windows::storport::{
     self as sp, adapter_control, HW_INITIALIZATION_DATA, PORT_CONFIGURATION_INFORMATION,
@@ -31,6 +32,7 @@ use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 
+use crate::hal::DriverHal;
 use crate::translate;
 
 /// Largest read or write (also `MaximumTransferLength` and the bound given
@@ -38,6 +40,14 @@ use crate::translate;
 pub const MAX_TRANSFER: u32 = 128 * 1024;
 /// Ring entries asked of the device.
 const QUEUE_SIZE: u16 = 128;
+/// In crash-dump mode: fewer (the dump stack writes one request at a time).
+const DUMP_QUEUE_SIZE: u16 = 32;
+/// Bytes of the dump region the normal instance asks StorPort to reserve
+/// for the dump instance (`RequestedDumpBufferSize`): queues, indirect
+/// tables, request blocks and the driver's tables for a 32-entry queue
+/// are about 48 KiB; the rest leaves room for device resets, which
+/// allocate the queues again (the arena never frees).
+const DUMP_BYTES: u32 = 256 * 1024;
 /// GET_ID at start: polls of 10 µs before giving up (100 ms).
 const GET_ID_POLLS: u32 = 10_000;
 /// BARs a PCI function has.
@@ -46,7 +56,7 @@ const BARS: usize = 6;
 /// one more when it does not start on a page.
 const MAX_RUNS: usize = MAX_TRANSFER as usize / translate::PAGE + 1;
 
-type Blk = VirtioBlk<KernelHal, PciTransport>;
+type Blk = VirtioBlk<DriverHal, PciTransport>;
 type Srb = *mut SCSI_REQUEST_BLOCK;
 
 /// The device extension StorPort allocates for us
@@ -61,6 +71,9 @@ struct Adapter {
     id: [u8; ID_BYTES],
     /// Resets after the device broke the protocol.
     fault_resets: u32,
+    /// Crash-dump / hibernation instance: no allocation but from the dump
+    /// region, polled completion.
+    dump: bool,
 }
 
 /// # Safety
@@ -426,7 +439,7 @@ fn bring_up(a: &mut Adapter) -> bool {
         return a.blk.is_some();
     };
     let cfg = VirtioBlkConfig {
-        queue_size: QUEUE_SIZE,
+        queue_size: if a.dump { DUMP_QUEUE_SIZE } else { QUEUE_SIZE },
         ..VirtioBlkConfig::default()
     };
     let mut blk = match Blk::new(transport, cfg) {
@@ -461,8 +474,14 @@ unsafe extern "system" fn hw_passive_initialize(ext: *mut c_void) -> u8 {
 
 unsafe extern "system" fn hw_initialize(ext: *mut c_void) -> u8 {
     // The bring-up allocates DMA memory: at PASSIVE_LEVEL when StorPort
-    // allows it (HwInitialize itself runs at DIRQL).
+    // allows it (HwInitialize itself runs at DIRQL). The dump instance
+    // allocates only from its region, here.
     // SAFETY: our extension, called from HwInitialize.
+    if unsafe { adapter(ext) }.dump {
+        // SAFETY: as above.
+        return unsafe { hw_passive_initialize(ext) };
+    }
+    // SAFETY: as above.
     if unsafe { sp::enable_passive_initialization(ext, hw_passive_initialize) } {
         return 1;
     }
@@ -489,14 +508,28 @@ unsafe extern "system" fn hw_find_adapter(
                 engine: None,
                 id: [0; ID_BYTES],
                 fault_resets: 0,
+                dump: false,
             },
         );
         (adapter(ext), &mut *config)
     };
     if cfg.DumpMode != 0 {
-        // Crash-dump and hibernation: not supported yet (the bring-up
-        // allocates); refusing keeps the dump stack off this path.
-        return sp::SP_RETURN_NOT_FOUND;
+        // Crash-dump and hibernation: everything the instance needs comes
+        // from the region the normal instance asked StorPort to reserve.
+        let r = cfg.DumpRegion;
+        let len = r.Length as usize;
+        if r.VirtualBase.is_null() || len < DUMP_BYTES as usize / 2 {
+            return sp::SP_RETURN_NOT_FOUND;
+        }
+        // SAFETY: StorPort's dump region is ours, `len` bytes; zeroed
+        // before anything is carved from it.
+        unsafe { ptr::write_bytes(r.VirtualBase, 0, len) };
+        if !arena::DUMP.install(r.VirtualBase as usize, r.PhysicalBase as u64, len) {
+            return sp::SP_RETURN_ERROR;
+        }
+        a.dump = true;
+    } else {
+        cfg.RequestedDumpBufferSize = DUMP_BYTES;
     }
     let mut bytes = [0u8; CONFIG_BYTES];
     // SAFETY: `bytes` is writable for its length.
@@ -555,7 +588,7 @@ unsafe extern "system" fn hw_find_adapter(
         function: 0,
     };
     let mut root = PciRoot::new(SnapshotConfig::new(function, bytes, &ranges[..n]));
-    let transport = match PciTransport::new::<KernelHal, _>(&mut root, function) {
+    let transport = match PciTransport::new::<DriverHal, _>(&mut root, function) {
         Ok(t) => t,
         Err(e) => {
             log::error!("virtio-blk: not a virtio PCI device: {e}");

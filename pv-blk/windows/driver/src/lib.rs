@@ -12,7 +12,10 @@
 //!   (bring-up at `PASSIVE_LEVEL` through
 //!   `StorPortEnablePassiveInitialization`), `HwStartIo`, `HwInterrupt`
 //!   and polled completion, `HwResetBus` (device reset before the SRBs
-//!   come back), `HwAdapterControl` (stop/restart).
+//!   come back), `HwAdapterControl` (stop/restart), crash-dump mode
+//!   (everything from the dump region, polled).
+//! - `hal` (Windows only): the kernel `Hal`, or in dump mode DMA pages
+//!   from the dump region and buffers shared in place.
 //!
 //! See `README.md` beside `pv-blk-windows` for what is implemented and
 //! what is not, and docs/WINDOWS.md for what was emulated.
@@ -24,4 +27,6 @@ extern crate std;
 
 #[cfg(target_os = "windows")]
 mod driver;
+#[cfg(target_os = "windows")]
+mod hal;
 pub mod translate;
