@@ -575,7 +575,7 @@ def main(path, dump=False):
     def completions_of(s):
         return [i for i, e in enumerate(d.events) if e == ('complete', s)]
 
-    def io(cdb, flags=0, length=0, data=None, function=0, interrupt_expected=None):
+    def io(cdb, flags=0, length=0, data=None, function=0):
         """Start an SRB; if the device holds it, run the device and take
         the interrupt. Returns the SRB's outcome."""
         s, buf, sense = srb(cdb, flags, length, data, function)
