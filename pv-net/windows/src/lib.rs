@@ -17,8 +17,8 @@
 //!
 //! # What it refuses
 //!
-//! No OS types, no FFI. The driver that uses it is `driver.rs` (Windows
-//! only); see README.md.
+//! No OS types, no FFI. The driver that uses it is `pv-net-windows-driver`
+//! (`driver/`, Windows only); see README.md.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
