@@ -491,6 +491,32 @@ pub struct NDIS_SPIN_LOCK {
 }
 const _: () = assert!(size_of::<NDIS_SPIN_LOCK>() == 0x10);
 
+/// `NDIS_STATUS_INDICATION` (`ndis.h`), revision 1.
+#[repr(C)]
+#[derive(Debug)]
+pub struct NDIS_STATUS_INDICATION {
+    pub Header: NDIS_OBJECT_HEADER,
+    pub SourceHandle: NDIS_HANDLE,
+    pub PortNumber: u32,
+    pub StatusCode: NDIS_STATUS,
+    pub Flags: u32,
+    pub DestinationHandle: NDIS_HANDLE,
+    pub RequestId: *mut c_void,
+    pub StatusBuffer: *mut c_void,
+    pub StatusBufferSize: u32,
+    pub Guid: [u8; 16],
+    pub NdisReserved: [*mut c_void; 4],
+}
+const _: () = assert!(size_of::<NDIS_STATUS_INDICATION>() == 0x70);
+const _: () = assert!(offset_of!(NDIS_STATUS_INDICATION, StatusCode) == 0x14);
+const _: () = assert!(offset_of!(NDIS_STATUS_INDICATION, StatusBuffer) == 0x30);
+const _: () = assert!(offset_of!(NDIS_STATUS_INDICATION, Guid) == 0x3C);
+const _: () = assert!(offset_of!(NDIS_STATUS_INDICATION, NdisReserved) == 0x50);
+/// `NDIS_STATUS_LINK_STATE` (buffer: `NDIS_LINK_STATE`).
+pub const NDIS_STATUS_LINK_STATE: NDIS_STATUS = 0x4001_0017;
+/// `NDIS_STATUS_TASK_OFFLOAD_CURRENT_CONFIG` (buffer: `NDIS_OFFLOAD`).
+pub const NDIS_STATUS_TASK_OFFLOAD_CURRENT_CONFIG: NDIS_STATUS = 0x4002_0006;
+
 /// `PCI_WHICHSPACE_CONFIG` (`NdisMGetBusData`).
 pub const PCI_WHICHSPACE_CONFIG: u32 = 0;
 
@@ -570,6 +596,7 @@ unsafe extern "system" {
     pub fn NdisAcquireSpinLock(lock: *mut NDIS_SPIN_LOCK);
     pub fn NdisReleaseSpinLock(lock: *mut NDIS_SPIN_LOCK);
     pub fn NdisMPauseComplete(adapter: NDIS_HANDLE);
+    pub fn NdisMIndicateStatusEx(adapter: NDIS_HANDLE, indication: *mut NDIS_STATUS_INDICATION);
 }
 
 // From `ntoskrnl.exe`: mapping a send MDL that has no system address yet

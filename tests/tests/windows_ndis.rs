@@ -107,7 +107,7 @@ fn ndis_miniport_is_test_signed_and_the_signature_verifies() {
 /// brings the device up and sets the attributes; OIDs are answered;
 /// frames sent reach the device byte-exact and their NBLs complete;
 /// frames the device injects are indicated byte-exact, filtered by the
-/// packet filter; Pause pends while NBLs are lent and completes on their
+/// packet filter; link changes and offload changes are indicated; Pause pends while NBLs are lent and completes on their
 /// return, sends while paused fail with NDIS_STATUS_PAUSED; a garbage
 /// used-ring entry resets the device without a crash and receive works
 /// after it; Halt resets the device, unmaps the BAR and frees the timer,
@@ -129,6 +129,7 @@ fn ndis_miniport_sends_receives_and_answers_oids_under_emulation() {
         "emulated: OIDs answered: OK",
         "emulated: SendNetBufferLists frames reach the device byte-exact: OK",
         "emulated: injected frames arrive as indications, filtered: OK",
+        "emulated: link changes indicated: OK",
         "emulated: Pause/Restart: OK",
         "emulated: a garbage used entry resets the device, no crash: OK",
         "emulated: Halt resets the device and frees everything: OK",

@@ -22,6 +22,9 @@
    MAC); the polling timer's function runs: exactly the first two must be
    indicated with NdisMIndicateReceiveNetBufferLists, byte-exact, and the
    third filtered out. MiniportReturnNetBufferLists gives them back.
+   The device's link goes down, then up: each change is indicated once
+   with NDIS_STATUS_LINK_STATE; disabling TCP/IPv4 checksum offload with
+   OID_TCP_OFFLOAD_PARAMETERS indicates NDIS_STATUS_TASK_OFFLOAD_CURRENT_CONFIG.
 6. MiniportPause / MiniportRestart: pause succeeds once no NBL is lent;
    a send while paused is completed with NDIS_STATUS_PAUSED.
 7. The device writes a garbage used-ring entry (an id never posted) on
@@ -50,8 +53,9 @@ COMMON, NOTIFY, ISR, DEVCFG = 0x0, 0x1000, 0x2000, 0x3000
 NOTIFY_MULT = 4
 QSIZE = 32
 NQUEUES = 2               # receive, transmit
+F_CSUM, F_GUEST_CSUM = 1 << 0, 1 << 1
 F_MAC, F_STATUS, F_VERSION_1 = 1 << 5, 1 << 16, 1 << 32
-FEATURES = F_MAC | F_STATUS | F_VERSION_1
+FEATURES = F_CSUM | F_GUEST_CSUM | F_MAC | F_STATUS | F_VERSION_1
 HDR = 12                  # virtio_net_hdr with VERSION_1
 STATUS_PAUSED = 0xC023002A
 
@@ -87,6 +91,7 @@ class Device:
     def __init__(self, se, virt):
         self.se, self.virt = se, virt
         self.resets = getattr(self, 'resets', -1) + 1
+        self.link = getattr(self, 'link', 1)
         self.status = 0
         self.dfsel = self.gfsel = 0
         self.driver_features = 0
@@ -115,7 +120,7 @@ class Device:
         for o, k in ((0x20, 'desc'), (0x28, 'driver'), (0x30, 'device')):
             self.w(COMMON + o, '<Q', q[k] if q else 0)
         self.se.mem_write(self.virt + DEVCFG, MAC)
-        self.w(DEVCFG + 6, '<H', 1)        # VIRTIO_NET_S_LINK_UP
+        self.w(DEVCFG + 6, '<H', self.link)    # VIRTIO_NET_S_LINK_UP
         self.w(DEVCFG + 8, '<H', 1)
         self.w(DEVCFG + 10, '<H', 1500)
 
@@ -415,6 +420,16 @@ def main(path):
         return 0
 
     nhook('NdisMSendNetBufferListsComplete', send_complete, argc=3)
+    statuses = []
+
+    def status_ex(e, p):
+        ind = p[1]
+        code = u32(ind + 0x14)
+        buf, size = u64(ind + 0x30), u32(ind + 0x38)
+        statuses.append((code, se.mem_read(buf, size)))
+        return 0
+
+    nhook('NdisMIndicateStatusEx', status_ex, argc=2)
     pause_done = []
     nhook('NdisMPauseComplete', lambda e, p: pause_done.append(1) or 0, argc=1)
 
@@ -482,6 +497,18 @@ def main(path):
     checks.append(('set OID_GEN_CURRENT_PACKET_FILTER', st == 0))
     st, _, _ = oid(0, 0x0001FFFF)
     checks.append(('unknown OID', st == 0xC00000BB))
+    # Checksum offload off for TCP/IPv4 (both directions): the new
+    # configuration must be indicated.
+    statuses.clear()
+    params = struct.pack('<BBH', 0x80, 1, 20) + bytes([0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]) + struct.pack('<I', 0)
+    st, _, _ = oid(1, 0xFC01020C, params, length=20)
+    ok = st == 0 and len(statuses) == 1 and statuses[0][0] == 0x40020006
+    if ok:
+        off = statuses[0][1]
+        v4tx, v4rx = struct.unpack_from('<I', off, 8)[0], struct.unpack_from('<I', off, 16)[0]
+        # TcpChecksum bits 4-5 cleared, UdpChecksum bits 6-7 still set.
+        ok = len(off) == 112 and off[0] == 0xA7 and v4tx & 0x30 == 0 and v4tx & 0xC0 and v4rx & 0x30 == 0
+    checks.append(('OID_TCP_OFFLOAD_PARAMETERS indicates the new offloads', ok))
     print('OIDs:', checks)
     if not all(ok for _, ok in checks):
         sys.exit('FAIL: OIDs')
@@ -521,6 +548,22 @@ def main(path):
     if got != [r1, r2]:
         sys.exit('FAIL: indications differ from the frames injected (want the first two)')
     print('emulated: injected frames arrive as indications, filtered: OK')
+
+    # ---- 5b. Link down, then up: each change indicated once ----
+    statuses.clear()
+    dev.link = 0
+    se.call(timer['fn'], [0, timer['ctx'], 0, 0])
+    se.call(timer['fn'], [0, timer['ctx'], 0, 0])
+    dev.link = 1
+    se.call(timer['fn'], [0, timer['ctx'], 0, 0])
+    states = [(c, struct.unpack_from('<I', b, 4)[0]) for c, b in statuses]
+    print('link indications:', states)
+    if states != [(0x40010017, 2), (0x40010017, 1)]:
+        sys.exit('FAIL: link changes not indicated as NDIS_STATUS_LINK_STATE (down, then up)')
+    st, ls, _ = oid(0, 0x00010207)
+    if st != 0 or struct.unpack_from('<I', ls, 4)[0] != 1:
+        sys.exit('FAIL: OID_GEN_LINK_STATE after the link came back')
+    print('emulated: link changes indicated: OK')
 
     # ---- 6. Pause with NBLs lent, return, restart; send while paused ----
     st = run('pause', [ctx, 0])

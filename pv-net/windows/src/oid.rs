@@ -456,6 +456,17 @@ impl Adapter {
         b
     }
 
+    /// Record the link state the device reports now. Returns the
+    /// `NDIS_LINK_STATE` to indicate (`NDIS_STATUS_LINK_STATE`) when it
+    /// changed, `None` when it did not.
+    pub fn observe_link(&mut self, up: bool) -> Option<[u8; LINK_STATE_BYTES]> {
+        if up == self.link_up {
+            return None;
+        }
+        self.link_up = up;
+        Some(self.link_state_bytes())
+    }
+
     /// Link speed in bits per second (0 while the link is down).
     pub fn link_speed(&self) -> u64 {
         if self.link_up {
@@ -694,6 +705,19 @@ mod tests {
         assert_eq!(u32_of(&q(&a, OID_GEN_MEDIA_CONNECT_STATUS)), 1);
         assert_eq!(q(&a, OID_GEN_VENDOR_DESCRIPTION), VENDOR_DESCRIPTION);
         assert_eq!(q(&a, OID_GEN_DRIVER_VERSION), [0x00, 0x06]);
+    }
+
+    #[test]
+    fn link_changes_are_indicated_once() {
+        let mut a = Adapter::new(&info(), true);
+        assert_eq!(a.observe_link(true), None);
+        let down = a.observe_link(false).expect("went down");
+        assert_eq!(u32_of(&down[4..]), 2);
+        assert_eq!(u64_at(&down, 0x10), 0);
+        assert_eq!(a.observe_link(false), None);
+        let up = a.observe_link(true).expect("came up");
+        assert_eq!(u32_of(&up[4..]), 1);
+        assert_eq!(u64_at(&up, 0x18), LINK_SPEED_BPS);
     }
 
     #[test]

@@ -543,6 +543,33 @@ unsafe extern "system" fn reset(ctx: NDIS_HANDLE, addressing_reset: *mut u8) -> 
     }
 }
 
+/// Indicate `code` with `buf` as its status buffer (lock not held).
+///
+/// # Safety
+///
+/// `handle` is NDIS' adapter handle.
+unsafe fn indicate_status(handle: NDIS_HANDLE, code: NDIS_STATUS, buf: &mut [u8]) {
+    let mut ind = NDIS_STATUS_INDICATION {
+        Header: NDIS_OBJECT_HEADER {
+            Type: NDIS_OBJECT_TYPE_STATUS_INDICATION,
+            Revision: 1,
+            Size: 0x70,
+        },
+        SourceHandle: handle,
+        PortNumber: 0,
+        StatusCode: code,
+        Flags: 0,
+        DestinationHandle: null_mut(),
+        RequestId: null_mut(),
+        StatusBuffer: buf.as_mut_ptr().cast(),
+        StatusBufferSize: buf.len() as u32,
+        Guid: [0; 16],
+        NdisReserved: [null_mut(); 4],
+    };
+    // SAFETY: the indication and its buffer live for the call.
+    unsafe { NdisMIndicateStatusEx(handle, &mut ind) };
+}
+
 unsafe extern "system" fn pnp_event(_ctx: NDIS_HANDLE, _event: *mut c_void) {
     // Surprise removal and power-profile events need nothing of us: the
     // device is gone or stays; halt follows a removal.
@@ -557,8 +584,29 @@ unsafe extern "system" fn cancel_oid(_ctx: NDIS_HANDLE, _id: *mut c_void) {
 }
 
 unsafe extern "system" fn oid_request(ctx: NDIS_HANDLE, req: *mut NDIS_OID_REQUEST) -> NDIS_STATUS {
+    let mut offload = None;
     // SAFETY: our context.
-    let mut g = unsafe { Guard::lock(ctx.cast()) };
+    let (handle, st) = unsafe { oid_locked(ctx.cast(), req, &mut offload) };
+    if let Some(mut b) = offload {
+        // SAFETY: NDIS' adapter handle.
+        unsafe { indicate_status(handle, NDIS_STATUS_TASK_OFFLOAD_CURRENT_CONFIG, &mut b) };
+    }
+    st
+}
+
+/// The OID request under the lock; the offloads to indicate, if they
+/// changed, in `offload`.
+///
+/// # Safety
+///
+/// `cp` is our live context, `req` NDIS' request.
+unsafe fn oid_locked(
+    cp: *mut Ctx,
+    req: *mut NDIS_OID_REQUEST,
+    offload: &mut Option<[u8; pv_net_windows::nbl::OFFLOAD_BYTES]>,
+) -> (NDIS_HANDLE, NDIS_STATUS) {
+    // SAFETY: the caller's contract.
+    let mut g = unsafe { Guard::lock(cp) };
     let c = g.ctx();
     // SAFETY: NDIS' request, ours until we return.
     let r = unsafe { &mut *req };
@@ -571,7 +619,6 @@ unsafe extern "system" fn oid_request(ctx: NDIS_HANDLE, req: *mut NDIS_OID_REQUE
     };
     if let Some(n) = c.nic.as_mut() {
         c.adapter.core = n.stats();
-        c.adapter.link_up = n.link_up();
     }
     let result = match r.RequestType {
         NDIS_REQUEST_QUERY_INFORMATION | NDIS_REQUEST_QUERY_STATISTICS => {
@@ -580,10 +627,14 @@ unsafe extern "system" fn oid_request(ctx: NDIS_HANDLE, req: *mut NDIS_OID_REQUE
         NDIS_REQUEST_SET_INFORMATION => c.adapter.set(r.Oid, buf).map(|d| (d.read, d.effect)),
         _ => Err(pv_net_windows::OidError::NotSupported),
     };
-    match result {
+    let handle = c.handle;
+    let st = match result {
         Ok((n, effect)) => {
             r.BytesDone = n as u32;
             r.BytesNeeded = 0;
+            if effect == SetEffect::OffloadChanged {
+                *offload = Some(c.adapter.offload_bytes());
+            }
             if let (SetEffect::RxMode { promisc, allmulti }, Some(nic)) = (effect, c.nic.as_mut()) {
                 // Frames are filtered in software too (nbl::accept): a
                 // device without CTRL_RX is fine.
@@ -597,7 +648,8 @@ unsafe extern "system" fn oid_request(ctx: NDIS_HANDLE, req: *mut NDIS_OID_REQUE
             r.BytesNeeded = e.bytes_needed() as u32;
             e.ndis_status() as i32
         }
-    }
+    };
+    (handle, st)
 }
 
 /// Copy one NET_BUFFER into `frame`; its length.
@@ -792,6 +844,7 @@ unsafe fn poll(cp: *mut Ctx) {
     let mut head: *mut NET_BUFFER_LIST = null_mut();
     let mut tail: *mut NET_BUFFER_LIST = null_mut();
     let mut count = 0u32;
+    let link;
     let handle;
     {
         // SAFETY: the caller's contract.
@@ -807,7 +860,7 @@ unsafe fn poll(cp: *mut Ctx) {
         } = c;
         let Some(nic) = nic.as_mut() else { return };
         let _ = nic.poll_tx();
-        adapter.link_up = nic.link_up();
+        link = adapter.observe_link(nic.link_up());
         let res = nic.poll_rx(RX_BUDGET, &mut |f| {
             if *paused
                 || !nbl::accept(
@@ -855,6 +908,10 @@ unsafe fn poll(cp: *mut Ctx) {
                 let _ = nic.reset();
             }
         }
+    }
+    if let Some(mut b) = link {
+        // SAFETY: NDIS' adapter handle.
+        unsafe { indicate_status(handle, NDIS_STATUS_LINK_STATE, &mut b) };
     }
     if count > 0 {
         // SAFETY: a chain of our NBLs, each marked lent until returned.
