@@ -600,7 +600,8 @@ unsafe extern "system" {
 }
 
 // From `ntoskrnl.exe`: mapping a send MDL that has no system address yet
-// (`MmGetSystemAddressForMdlSafe` is an inline of `wdm.h` over it).
+// (`MmGetSystemAddressForMdlSafe` is an inline of `wdm.h` over it), and
+// waiting out a running timer DPC at halt.
 #[cfg(target_os = "windows")]
 #[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "system" {
@@ -612,6 +613,10 @@ unsafe extern "system" {
         bug_check: u32,
         priority: u32,
     ) -> *mut c_void;
+    /// Waits until every queued DPC (NDIS timer functions among them) has
+    /// run: after `NdisCancelTimerObject`, before freeing what the timer
+    /// function uses.
+    pub fn KeFlushQueuedDpcs();
 }
 
 /// `MDL_MAPPED_TO_SYSTEM_VA` (`wdm.h`).

@@ -386,6 +386,7 @@ def main(path):
     nhook('NdisAllocateTimerObject', timer_alloc, argc=3)
     nhook('NdisSetTimerObject', lambda e, p: timer.__setitem__('set', True) or 0, argc=4)
     nhook('NdisCancelTimerObject', lambda e, p: timer.__setitem__('cancelled', True) or 1, argc=1)
+    hook('KeFlushQueuedDpcs', lambda e, p: timer.__setitem__('flushed', timer.get('cancelled', False)) or 0)
     nhook('NdisFreeTimerObject', lambda e, p: timer.__setitem__('freed', True) or 0, argc=1)
     indicated = []
 
@@ -614,8 +615,8 @@ def main(path):
         sys.exit('FAIL: device not reset on halt')
     if unmapped != [bar_virt]:
         sys.exit('FAIL: BAR not unmapped')
-    if not (timer.get('cancelled') and timer.get('freed')):
-        sys.exit('FAIL: timer not cancelled and freed')
+    if not (timer.get('cancelled') and timer.get('flushed') and timer.get('freed')):
+        sys.exit('FAIL: timer not cancelled, waited out and freed')
     if freed['pool'] != 1 or freed['nbl'] != freed['mdl'] or freed['nbl'] < 1:
         sys.exit('FAIL: NBLs, MDLs or the pool not freed')
     print('emulated: Halt resets the device and frees everything: OK')

@@ -158,10 +158,11 @@ pub const MAX_MULTICAST: usize = 32;
 /// a paravirtual link runs at memory speed, and 10 Gbit/s is what the
 /// stack's autotuning handles well.
 pub const LINK_SPEED_BPS: u64 = 10_000_000_000;
-/// `NDIS_MAC_OPTION_COPY_LOOKAHEAD_DATA | TRANSFERS_NOT_PEND | NO_LOOPBACK`:
-/// indications may be read in place, sends complete without pending on
-/// the medium, and NDIS loops back frames itself (the device does not).
-pub const MAC_OPTIONS: u32 = 0x1 | 0x2 | 0x8;
+/// `NDIS_MAC_OPTION_COPY_LOOKAHEAD_DATA` (0x1) `| TRANSFERS_NOT_PEND`
+/// (0x4) `| NO_LOOPBACK` (0x8): indications may be read in place, sends
+/// complete without pending on the medium, and NDIS loops back frames
+/// itself (the device does not). Not `RECEIVE_SERIALIZED` (0x2).
+pub const MAC_OPTIONS: u32 = 0x1 | 0x4 | 0x8;
 /// `OID_GEN_DRIVER_VERSION`: the NDIS version the driver registers with
 /// (6.0), major in the high byte.
 pub const NDIS_VERSION: u16 = 0x0600;
@@ -705,6 +706,7 @@ mod tests {
         assert_eq!(u32_of(&q(&a, OID_GEN_MEDIA_CONNECT_STATUS)), 1);
         assert_eq!(q(&a, OID_GEN_VENDOR_DESCRIPTION), VENDOR_DESCRIPTION);
         assert_eq!(q(&a, OID_GEN_DRIVER_VERSION), [0x00, 0x06]);
+        assert_eq!(u32_of(&q(&a, OID_GEN_MAC_OPTIONS)), 0xD);
     }
 
     #[test]

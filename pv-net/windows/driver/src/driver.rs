@@ -454,9 +454,11 @@ unsafe fn set_attributes(ctx: &mut Ctx) -> Result<(), NDIS_STATUS> {
 /// Free everything `ctx` holds; returns `st` for the caller's error path.
 fn teardown(mut ctx: Box<Ctx>, st: NDIS_STATUS) -> NDIS_STATUS {
     if !ctx.timer.is_null() {
-        // SAFETY: our timer; cancelled before it is freed.
+        // SAFETY: our timer; cancelled, then any run of its function
+        // already under way is waited out, before it and the context go.
         unsafe {
             NdisCancelTimerObject(ctx.timer);
+            KeFlushQueuedDpcs();
             NdisFreeTimerObject(ctx.timer);
         }
     }
