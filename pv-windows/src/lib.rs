@@ -56,6 +56,7 @@ pub mod ffi;
 pub mod hal;
 #[cfg(target_os = "windows")]
 pub mod logger;
+pub mod ndis;
 pub mod pci;
 #[cfg(all(feature = "runtime", target_os = "windows"))]
 mod runtime;

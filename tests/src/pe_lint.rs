@@ -30,7 +30,7 @@ use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, Import, PeFile64};
 use object::LittleEndian as LE;
 
 /// Kernel modules a driver may import from (the keys of the export lists).
-pub const ALLOWED_MODULES: [&str; 2] = ["ntoskrnl.exe", "hal.dll"];
+pub const ALLOWED_MODULES: [&str; 4] = ["ntoskrnl.exe", "hal.dll", "ndis.sys", "storport.sys"];
 
 /// One thing wrong with an image.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -18,27 +18,14 @@ use virtio_drivers::transport::DeviceType;
 
 /// (package, image name).
 const BLK: (&str, &str) = ("pv-blk-windows-driver", "pvblk.sys");
-/// The StorPort export list, beside the kernel's.
+/// The StorPort module's export list name.
 const STORPORT: &str = "storport.sys";
 
-/// Names of a curated export list (`#` starts a comment).
-fn names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The kernel's lists plus `storport.sys`'s: the modules a StorPort
-/// miniport may import from.
+/// The curated export lists (`pe_lint::ALLOWED_MODULES`, storport.sys
+/// among them): the modules a StorPort miniport may import from.
 fn exports() -> BTreeMap<String, BTreeSet<String>> {
-    let dir = windows::workspace_root().join("pv-windows/exports");
-    let mut ex = pe_lint::read_export_lists(&dir).expect("read pv-windows/exports/*.txt");
-    let text = std::fs::read_to_string(dir.join(format!("{STORPORT}.txt")))
-        .expect("read pv-windows/exports/storport.sys.txt");
-    ex.insert(STORPORT.to_owned(), names(&text));
-    ex
+    pe_lint::read_export_lists(&windows::workspace_root().join("pv-windows/exports"))
+        .expect("read pv-windows/exports/*.txt")
 }
 
 fn build() -> (PathBuf, Vec<u8>) {
