@@ -12,7 +12,9 @@ use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 
-use pv_balloon::{GuestPage, MemStats, VirtioBalloon, VirtioBalloonConfig, FRAME_SIZE};
+use pv_balloon::{
+    GuestPage, MemStats, VirtioBalloon, VirtioBalloonConfig, VirtioDeviceId, FRAME_SIZE,
+};
 use pv_windows::ffi::{self, DEVICE_OBJECT, DRIVER_OBJECT, IRP, KEVENT, NTSTATUS};
 use pv_windows::hal::{self, KernelHal};
 use pv_windows::pci::{self, SnapshotConfig, CONFIG_BYTES};
@@ -343,7 +345,15 @@ unsafe fn start(dev: *mut DEVICE_OBJECT, stack: *const ffi::IO_STACK_LOCATION) -
     };
     let mut cfg = VirtioBalloonConfig::new(kstats::limits(total));
     cfg.initial_stats = kstats::mem_stats(&basic, &perf);
-    match Balloon::new(transport, cfg) {
+    // The transport calls IDs 5 and 13 both a balloon: the core checks the
+    // ID config space gives (a function that is no virtio device at all was
+    // refused by the transport above).
+    let id = VirtioDeviceId::from_pci(
+        u16::from_le_bytes([config[0], config[1]]),
+        u16::from_le_bytes([config[2], config[3]]),
+    )
+    .unwrap_or(VirtioDeviceId(0));
+    match Balloon::new(transport, id, cfg) {
         Ok(b) => w.balloon = Some(b),
         Err(err) => {
             log::error!("virtio-balloon: bring-up: {err}");
