@@ -61,6 +61,9 @@ fn balloon_driver_cross_builds_and_passes_the_pe_lint() {
         "ExAllocatePool2",
         "KeBugCheckEx",
         "ZwQuerySystemInformation",
+        "IoConnectInterruptEx",
+        "KeInsertQueueDpc",
+        "PoSetPowerState",
     ] {
         assert!(
             imports.iter().any(|(m, n)| m == "ntoskrnl.exe" && n == f),
@@ -199,16 +202,23 @@ fn balloon_driver_is_test_signed_and_the_signature_verifies() {
     );
 }
 
-/// The driver under speakeasy (`tests/windows/balloon_harness.py`):
-/// DriverEntry, AddDevice, IRP_MN_START_DEVICE with resource lists and an
-/// IRP_MN_READ_CONFIG answer, then its worker thread against a fake
-/// virtio-balloon function (MMIO BAR, virtqueues in emulated memory): the
-/// host asks for 300 pages, asks for stats, then shrinks to 100. The
-/// harness checks the frame numbers the device received are pages the
-/// driver allocated with MmAllocatePagesForMdlEx, that exactly the
-/// deflated ones were freed, `actual`, and the kernel figures in the stats;
-/// then IRP_MN_REMOVE_DEVICE must reset the device, free every page still
-/// in the balloon, unmap the BAR and detach and delete the FDO.
+/// The driver under speakeasy (`tests/windows/balloon_harness.py`; its
+/// docstring lists every step and check): DriverEntry, AddDevice,
+/// IRP_MN_START_DEVICE with resource lists (a memory BAR and a shared
+/// level-triggered interrupt) and an IRP_MN_READ_CONFIG answer, against a
+/// fake virtio-balloon function (MMIO BAR, ISR status, virtqueues in
+/// emulated memory). The interrupt must be connected with the translated
+/// resource; the worker must sleep without a timeout and run only when the
+/// harness, playing the interrupt controller, calls the captured ISR and
+/// the DPC it queued. Config-change interrupts move the target (inflate to
+/// 300, deflate to 100), a queue interrupt brings the stats request; an
+/// interrupt of another device on the shared line must not be claimed.
+/// Then D3 (worker joined, device reset, every page back, interrupt
+/// disconnected, all before the IRP goes down and no device access in D3)
+/// and D0 (down first, then rebuilt, re-inflated to the host's target);
+/// query-remove (quiesced), cancel (back), surprise removal of a function
+/// that reads all-ones (no spinning, pages back) and remove (BAR unmapped,
+/// FDO detached and deleted).
 #[test]
 fn balloon_driver_inflates_and_deflates_under_emulation() {
     let (sys, _) = build(BALLOON);
@@ -222,8 +232,11 @@ fn balloon_driver_inflates_and_deflates_under_emulation() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success()
-            && stdout.contains("emulated: start, inflate 300, stats, deflate to 100: OK")
-            && stdout.contains("emulated: remove gives every page back: OK"),
+            && stdout.contains(
+                "emulated: interrupts: config change inflates to 300, stats, deflate to 100: OK"
+            )
+            && stdout.contains("emulated: D3 quiesces and gives every page back, D0 rebuilds: OK")
+            && stdout.contains("emulated: query-remove, cancel, surprise removal and remove: OK"),
         "emulated run failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
