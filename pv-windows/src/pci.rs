@@ -3,7 +3,9 @@
 //! At `IRP_MN_START_DEVICE` the driver gets two `CM_RESOURCE_LIST`s (raw:
 //! bus addresses, as the BARs hold them; translated: CPU physical addresses
 //! to map) and can read config space once through `IRP_MN_READ_CONFIG`.
-//! [`parse_resources`] turns the pair into memory ranges; [`SnapshotConfig`]
+//! [`parse_resources`] turns the pair into memory ranges and
+//! [`parse_interrupt`] finds the interrupt to connect (translated list);
+//! [`virtio_isr`] locates the virtio ISR status byte; [`SnapshotConfig`]
 //! serves `virtio_drivers`' [`ConfigurationAccess`] from the config-space
 //! snapshot, with the BAR registers emulated from the assigned resources,
 //! so virtio-drivers finds the virtio capabilities and sizes the BARs
