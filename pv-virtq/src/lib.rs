@@ -507,7 +507,10 @@ impl<H: Hal> VirtQueue<H> {
             in_flight: 0,
             event_idx,
             scratch: Vec::new(),
-            spare: Vec::new(),
+            // At most `size` records exist (each in-flight chain holds a
+            // head), so pushing every one back never grows this: `drain`
+            // and completions stay allocation-free.
+            spare: Vec::with_capacity(usize::from(size)),
         };
         q.rebuild();
         Ok(q)
@@ -521,7 +524,11 @@ impl<H: Hal> VirtQueue<H> {
         let n = usize::from(self.size);
         self.shadow.clear();
         self.shadow.resize(n, Desc::default());
-        self.free = (0..self.size).rev().collect();
+        // In place: after the first build these keep their capacity, so a
+        // rebuild after a device reset allocates nothing (a Windows
+        // miniport resets at DIRQL, where no allocation is allowed).
+        self.free.clear();
+        self.free.extend((0..self.size).rev());
         self.heads.clear();
         self.heads.resize_with(n, || HeadState::Never);
         self.avail_idx = 0;
@@ -854,12 +861,19 @@ impl<H: Hal> VirtQueue<H> {
 
     /// After the device was reset: hand back the token of every chain in
     /// flight (buffers unshared) and rebuild the queue empty.
+    ///
+    /// Allocates nothing: the records go back to the spare pool and the
+    /// queue is rebuilt in its existing memory.
     pub fn drain(&mut self, f: &mut dyn FnMut(u32)) {
-        let heads = core::mem::take(&mut self.heads);
-        for h in heads {
-            if let HeadState::InFlight(mut r) = h {
+        for i in 0..self.heads.len() {
+            if let HeadState::InFlight(mut r) =
+                core::mem::replace(&mut self.heads[i], HeadState::Never)
+            {
                 self.unshare_all(&mut r.shared);
-                f(r.token);
+                r.chain.clear();
+                let token = r.token;
+                self.spare.push((r.chain, r.shared));
+                f(token);
             }
         }
         self.rebuild();

@@ -51,6 +51,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod arena;
 pub mod ffi;
 #[cfg(target_os = "windows")]
 pub mod hal;
@@ -59,6 +60,7 @@ pub mod logger;
 pub mod pci;
 #[cfg(all(feature = "runtime", target_os = "windows"))]
 mod runtime;
+pub mod storport;
 
 /// Bug-check code of a pvdrivers panic (`KeBugCheckEx` first argument): a
 /// code in the range Microsoft leaves to drivers' own use is not

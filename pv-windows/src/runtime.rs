@@ -21,6 +21,10 @@ const POOL_ALIGN: usize = 16;
 // blocks `alloc` returned, with the same tag.
 unsafe impl GlobalAlloc for KernelPool {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // Crash-dump mode: from the dump region only (zeroed).
+        if crate::arena::DUMP.active() {
+            return arena_alloc(layout);
+        }
         if layout.align() > POOL_ALIGN {
             return core::ptr::null_mut();
         }
@@ -36,6 +40,9 @@ unsafe impl GlobalAlloc for KernelPool {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if crate::arena::DUMP.active() {
+            return arena_alloc(layout);
+        }
         if layout.align() > POOL_ALIGN {
             return core::ptr::null_mut();
         }
@@ -52,10 +59,21 @@ unsafe impl GlobalAlloc for KernelPool {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        if crate::arena::DUMP.contains(ptr as usize) {
+            return; // Arena blocks are never freed.
+        }
         // SAFETY: `ptr` came from `alloc`/`alloc_zeroed` (GlobalAlloc's
         // contract) with our tag.
         unsafe { ffi::ExFreePoolWithTag(ptr.cast::<c_void>(), crate::POOL_TAG) }
     }
+}
+
+/// A block of the dump arena (zeroed when the arena was installed, never
+/// reused), or null when it is full.
+fn arena_alloc(layout: Layout) -> *mut u8 {
+    crate::arena::DUMP
+        .alloc(layout.size(), layout.align())
+        .map_or(core::ptr::null_mut(), |(v, _)| v as *mut u8)
 }
 
 #[global_allocator]

@@ -362,3 +362,36 @@ pub fn actionlint(files: &[PathBuf]) -> Result<Vec<String>, String> {
         .map(str::to_owned)
         .collect())
 }
+
+/// Every PCI hardware ID (`PCI\VEN_1AF4&DEV_xxxx`) for which virtio-drivers'
+/// PCI transport, which the drivers build on, reports `device`: the IDs a
+/// driver that matches no ID itself accepts (its INF must list them).
+pub fn virtio_hardware_ids(device: virtio_drivers::transport::DeviceType) -> Vec<String> {
+    use virtio_drivers::transport::pci::bus::{DeviceFunctionInfo, HeaderType};
+    use virtio_drivers::transport::pci::{virtio_device_type, VIRTIO_VENDOR_ID};
+    (0..=u16::MAX)
+        .filter(|&device_id| {
+            let info = DeviceFunctionInfo {
+                vendor_id: VIRTIO_VENDOR_ID,
+                device_id,
+                class: 0,
+                subclass: 0,
+                prog_if: 0,
+                revision: 0,
+                header_type: HeaderType::Standard,
+            };
+            virtio_device_type(&info) == Some(device)
+        })
+        .map(|d| format!("PCI\\VEN_{VIRTIO_VENDOR_ID:04X}&DEV_{d:04X}"))
+        .collect()
+}
+
+/// The file names in a package folder, sorted.
+pub fn package_files(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    files
+}

@@ -291,17 +291,36 @@ impl<H: Hal, T: Transport> VirtioBlk<H, T> {
         let indirect = f.contains(VirtioFeatures::INDIRECT_DESC);
         let want = self.cfg.queue_size.max(2);
         let want = 1u16 << (15 - want.leading_zeros());
-        self.queues.clear();
+        // After a reset the queues were drained and rebuilt empty in their
+        // own memory (`reset`): a queue of the same geometry is handed to
+        // the device again, so a reset allocates nothing (a Windows
+        // miniport resets at DIRQL). A device that changed its queue count
+        // or sizes gets new queues.
+        if self.queues.len() != usize::from(nqueues) {
+            self.queues.clear();
+        }
         for q in 0..nqueues {
             let max = self.transport.max_queue_size(q).min(u32::from(want));
             if max < 2 {
                 return Err(BlkError::Transport);
             }
             let size = 1u16 << (31 - max.leading_zeros());
-            let bq = BlkQueue::<H>::new(q, size, event_idx, indirect)?;
-            let (d, a, u) = bq.vq.addresses();
+            let i = usize::from(q);
+            let reusable = self.queues.get(i).is_some_and(|bq| {
+                bq.vq.size() == size
+                    && bq.vq.event_idx() == event_idx
+                    && bq.vq.indirect() == indirect
+                    && bq.vq.in_flight() == 0
+            });
+            if !reusable {
+                let bq = BlkQueue::<H>::new(q, size, event_idx, indirect)?;
+                match self.queues.get_mut(i) {
+                    Some(slot) => *slot = bq,
+                    None => self.queues.push(bq),
+                }
+            }
+            let (d, a, u) = self.queues[i].vq.addresses();
             self.transport.queue_set(q, u32::from(size), d, a, u);
-            self.queues.push(bq);
         }
         self.transport.finish_init();
 
@@ -645,7 +664,8 @@ impl<H: Hal, T: Transport> BlockFrontend for VirtioBlk<H, T> {
         }
         // No `queue_unset`: the reset already disabled the queues, and the
         // MMIO transport's unset spins on a register the device controls.
-        self.queues.clear();
+        // The drained queues stay: `bring_up` hands them to the device
+        // again when the geometry holds.
         self.fault = None;
         if let Err(e) = self.bring_up() {
             self.transport.set_status(DeviceStatus::FAILED);

@@ -17,8 +17,9 @@
 //!
 //! # What it refuses
 //!
-//! No OS types, no FFI, no allocation after [`Engine::new`]. No driver
-//! exists yet: see README.md.
+//! No OS types, no FFI, no allocation after [`Engine::new`]. The StorPort
+//! driver that translates to and from this crate is `pv-blk-windows-driver`
+//! (`driver/`); see README.md.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
