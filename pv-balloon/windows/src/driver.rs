@@ -305,22 +305,26 @@ unsafe fn ext(dev: *mut DEVICE_OBJECT) -> *mut Ext {
 
 /// The ISR (`KSERVICE_ROUTINE`), at the line's DIRQL.
 unsafe extern "system" fn isr(_interrupt: *mut c_void, ctx: *mut c_void) -> u8 {
+    // Raw pointers only: the kernel writes the event and the DPC while
+    // this runs, so no reference to the whole `Shared` is made.
+    let s = ctx.cast::<Shared>();
     // SAFETY: `ctx` is the worker's `Shared`, which outlives the
-    // connection (power_down disconnects before freeing it); `isr` points
-    // at the ISR status byte in a mapping that outlives it too.
-    let s = unsafe { &*ctx.cast::<Shared>() };
-    // SAFETY: as above; a device register, read once (reading clears it).
-    let bits = unsafe { ptr::read_volatile(s.isr) };
+    // connection (power_down disconnects before freeing it); `isr` was
+    // set before the connection and points at the ISR status byte in a
+    // mapping that outlives it too. A device register, read once (reading
+    // clears it).
+    let bits = unsafe { ptr::read_volatile((*s).isr) };
     if bits == 0 || bits & !(ISR_QUEUE | ISR_CONFIG) != 0 {
         // Not ours (shared line), or the function is gone (all-ones).
         return 0;
     }
-    s.pending.fetch_or(bits, Ordering::AcqRel);
+    // SAFETY: as above; an atomic, shared by design.
+    unsafe { (*ptr::addr_of!((*s).pending)).fetch_or(bits, Ordering::AcqRel) };
     // SAFETY: the DPC was initialised with KeInitializeDpc; queuing an
     // already queued DPC is a no-op (its bits are in `pending`).
     unsafe {
         ffi::KeInsertQueueDpc(
-            ptr::addr_of!(s.dpc).cast_mut(),
+            ptr::addr_of_mut!((*s).dpc),
             ptr::null_mut(),
             ptr::null_mut(),
         )
@@ -338,7 +342,7 @@ unsafe extern "system" fn dpc(
     // SAFETY: `ctx` is the worker's `Shared`; power_down flushes queued
     // DPCs (KeFlushQueuedDpcs) before freeing it. KeSetEvent with
     // Wait = FALSE may run at DISPATCH_LEVEL.
-    unsafe { ffi::KeSetEvent(ptr::addr_of!((*ctx.cast::<Shared>()).wake).cast_mut(), 0, 0) };
+    unsafe { ffi::KeSetEvent(ptr::addr_of_mut!((*ctx.cast::<Shared>()).wake), 0, 0) };
 }
 
 unsafe extern "system" fn worker_main(ctx: *mut c_void) {
@@ -363,13 +367,18 @@ unsafe extern "system" fn worker_main(ctx: *mut c_void) {
                 timeout,
             );
         }
-        // SAFETY: as above; `shared` is only touched through atomics and
-        // kernel calls while the interrupt is connected.
-        let shared = unsafe { &(*w).shared };
-        if shared.stop.load(Ordering::Acquire) {
+        // SAFETY: as above; the atomics of `shared` are reached through
+        // raw pointers (the kernel writes the event and DPC beside them).
+        let (stop, pending) = unsafe {
+            (
+                &*ptr::addr_of!((*w).shared.stop),
+                &*ptr::addr_of!((*w).shared.pending),
+            )
+        };
+        if stop.load(Ordering::Acquire) {
             break;
         }
-        let bits = shared.pending.swap(0, Ordering::AcqRel);
+        let bits = pending.swap(0, Ordering::AcqRel);
         // SAFETY: only this thread touches the balloon while it runs.
         let (Some(b), polled) = (unsafe { ((*w).balloon.as_mut(), (*w).polled) }) else {
             continue;
@@ -593,11 +602,17 @@ unsafe fn power_up(dev: *mut DEVICE_OBJECT) -> NTSTATUS {
             return ffi::STATUS_DEVICE_CONFIGURATION_ERROR;
         }
     };
+    // The ISR register, when the interrupt can be connected (set before the
+    // ISR's context pointer is taken below, and never written again).
+    let isr_reg = match (hw.irq, isr_at) {
+        (Some(irq), Some(at)) if !irq.message => at,
+        _ => ptr::null_mut(),
+    };
     let mut w = Box::new(Worker {
         shared: Shared {
             wake: KEVENT::zeroed(),
             dpc: KDPC::zeroed(),
-            isr: ptr::null_mut(),
+            isr: isr_reg,
             pending: AtomicU8::new(0),
             stop: AtomicBool::new(false),
         },
@@ -614,8 +629,7 @@ unsafe fn power_up(dev: *mut DEVICE_OBJECT) -> NTSTATUS {
         ffi::KeInitializeDpc(ptr::addr_of_mut!((*s).dpc), dpc, s.cast());
     }
     match (hw.irq, isr_at) {
-        (Some(irq), Some(at)) if !irq.message => {
-            w.shared.isr = at;
+        (Some(irq), Some(_)) if !irq.message => {
             // SAFETY: the ISR's context (`s`) and the ISR register outlive
             // the connection (power_down disconnects first).
             match unsafe { connect(e.pdo, &irq, s) } {
