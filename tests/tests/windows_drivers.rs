@@ -218,7 +218,9 @@ fn balloon_driver_is_test_signed_and_the_signature_verifies() {
 /// and D0 (down first, then rebuilt, re-inflated to the host's target);
 /// query-remove (quiesced), cancel (back), surprise removal of a function
 /// that reads all-ones (no spinning, pages back) and remove (BAR unmapped,
-/// FDO detached and deleted).
+/// FDO detached and deleted). A second run starts it without an interrupt
+/// resource: nothing connected, the log says it polls, and it inflates on
+/// 100 ms timed waits, acknowledging the ISR status itself.
 #[test]
 fn balloon_driver_inflates_and_deflates_under_emulation() {
     let (sys, _) = build(BALLOON);
@@ -230,6 +232,20 @@ fn balloon_driver_inflates_and_deflates_under_emulation() {
         .output()
         .expect("run the harness");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let polled = std::process::Command::new(&python)
+        .arg(&harness)
+        .arg(&sys)
+        .arg("poll")
+        .output()
+        .expect("run the harness without an interrupt resource");
+    let polled_out = String::from_utf8_lossy(&polled.stdout);
+    assert!(
+        polled.status.success()
+            && polled_out
+                .contains("emulated: no interrupt resource: polls every 100 ms and inflates: OK"),
+        "emulated run without an interrupt resource failed:\n{polled_out}\n{}",
+        String::from_utf8_lossy(&polled.stderr)
+    );
     assert!(
         out.status.success()
             && stdout.contains(

@@ -52,7 +52,12 @@ harness calls them, between worker runs), identity "physical" addresses:
 this tests the glue, not timing.
 Run by tests/tests/windows_drivers.rs (venv under the cache root).
 
-usage: python balloon_harness.py path/to/pvballoon.sys
+A second mode (`poll`) starts the driver without an interrupt resource:
+nothing may be connected, the log must say the worker polls, and the
+worker must inflate to the target on 100 ms timed waits, acknowledging the
+ISR status itself; a surprise removal then gives every page back.
+
+usage: python balloon_harness.py path/to/pvballoon.sys [interrupt|poll]
 """
 import struct
 import sys
@@ -67,7 +72,7 @@ IRP_MJ_POWER = 0x16
 MESSAGES = []
 
 
-def main(path):
+def main(path, mode='interrupt'):
     se = speakeasy.Speakeasy()
     calls = []
 
@@ -170,6 +175,8 @@ def main(path):
     if lower_seen != lower.get('dev'):
         sys.exit('the extension does not hold the lower device')
     print('emulated: DriverEntry and AddDevice OK')
+    if mode == 'poll':
+        return start_without_interrupt(se, hook, calls, drv, fdo, pnp, pdo)
     return start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo)
 
 
@@ -394,7 +401,11 @@ class Device:
         return True
 
 
-def start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo):
+def start_without_interrupt(se, hook, calls, drv, fdo, pnp, pdo):
+    return start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo, interrupt=False)
+
+
+def start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo, interrupt=True):
     emu = se.emu
     bar_virt = emu.mem_map(BAR_LEN, tag='emu.virtio_balloon_bar0')
     emu.mem_write(bar_virt, b'\0' * BAR_LEN)
@@ -520,6 +531,9 @@ def start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo):
         return 0
 
     waits = []
+    # Timed waits (polling) the harness lets time out before it ends the
+    # run: each is a tick of the worker.
+    poll_budget = [0]
 
     def wait(e, p):
         ev = events.get(p[0])
@@ -527,6 +541,10 @@ def start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo):
             if ev is not None and ev['kind'] == 1:
                 ev['set'] = False              # synchronization event
             return 0
+        if p[4] and poll_budget[0] > 0:
+            poll_budget[0] -= 1
+            waits.append(struct.unpack('<q', se.mem_read(p[4], 8))[0])
+            return 0x102                       # STATUS_TIMEOUT: a tick
         # Nobody set it: the thread sleeps. End this run; the harness
         # resumes the thread (from its start routine) once the event is set.
         waits.append(p[4])
@@ -648,8 +666,8 @@ def start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo):
     # ---- IRP_MN_START_DEVICE with a memory BAR and an interrupt -------
     raw = emu.mem_map(0x100, tag='emu.resources.raw')
     tr = emu.mem_map(0x100, tag='emu.resources.translated')
-    emu.mem_write(raw, resource_list())
-    emu.mem_write(tr, resource_list())
+    emu.mem_write(raw, resource_list(interrupt))
+    emu.mem_write(tr, resource_list(interrupt))
     status = send(IRP_MJ_PNP, 0x00, (raw, tr, 0, 0), 'START_DEVICE')
     print('START_DEVICE status %#x, calls %s' % (status & 0xFFFFFFFF, calls))
     if status != 0:
@@ -658,6 +676,9 @@ def start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo):
         sys.exit('device not brought up: status %#x features %#x' % (dev.status, dev.driver_features))
     if not threads:
         sys.exit('no worker thread')
+    if not interrupt:
+        return poll_fallback(se, dev, check, fails, connected, waits, poll_budget, run_worker,
+                             send, mdls, freed, disconnected)
     c = connected[-1] if connected else {}
     print('interrupt connected: %s' % c)
     check(c.get('version') == 1 and c.get('pdo') == pdo and c.get('vector') == IRQ_VECTOR
@@ -779,9 +800,39 @@ def start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo):
     return 0
 
 
+def poll_fallback(se, dev, check, fails, connected, waits, poll_budget, run_worker, send,
+                  mdls, freed, disconnected):
+    # No interrupt resource: nothing connected, the log says the worker
+    # polls, and it does: timed waits of 100 ms (relative, in 100 ns
+    # units), in which it acknowledges the ISR status itself and moves the
+    # balloon to the target.
+    check(not connected, 'an interrupt was connected without an interrupt resource')
+    check(any('no interrupt resource assigned: polling every 100 ms' in m for m in MESSAGES),
+          'the log does not say that the worker polls')
+    dev.set_num_pages(300)
+    poll_budget[0] = 3
+    run_worker()
+    # Three ticks let time out, then a fourth timed wait (its timeout
+    # pointer, non-null) where the harness ends the run.
+    check(len(waits) == 4 and waits[:3] == [-100 * 10_000] * 3 and waits[3] != 0,
+          'the worker does not poll with 100 ms timed waits: %s' % waits)
+    check(dev.isr == 0, 'the polling worker does not acknowledge the ISR status')
+    check(len(dev.balloon) == 300 and set(dev.balloon) <= set(mdls.values()),
+          'the polling worker did not inflate to 300 (%d)' % len(dev.balloon))
+    if fails or dev.bad:
+        sys.exit(1)
+    send(IRP_MJ_PNP, 0x17, what='SURPRISE_REMOVAL')
+    check(len(freed) == 300 and not disconnected,
+          'stop without an interrupt: pages back, nothing to disconnect')
+    if fails:
+        sys.exit(1)
+    print('emulated: no interrupt resource: polls every 100 ms and inflates: OK')
+    return 0
+
+
 def messages_of(se):
     return MESSAGES
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:3]))
