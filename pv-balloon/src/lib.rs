@@ -41,7 +41,7 @@
 //! (or `MADV_DONTNEED`s) it. For virtio the loop is:
 //!
 //! ```text
-//! balloon = VirtioBalloon::new(transport, VirtioBalloonConfig::new(limits))?
+//! balloon = VirtioBalloon::new(transport, device ID from the bus, VirtioBalloonConfig::new(limits))?
 //! loop {
 //!     wait for an interrupt (config change or queue) or a timer tick
 //!     transport.ack_interrupt()
@@ -95,4 +95,4 @@ pub use ledger::{
     MAX_BATCH_FRAMES,
 };
 pub use stats::{MemStats, StatTag};
-pub use virtio::{FreeRange, VirtioBalloon, VirtioBalloonConfig, VirtioFeatures};
+pub use virtio::{FreeRange, VirtioBalloon, VirtioBalloonConfig, VirtioDeviceId, VirtioFeatures};

@@ -5,11 +5,13 @@ use pv_balloon::testing::virtio::{BalloonChain, FakeBalloon, IdentityHal};
 use pv_balloon::virtio::{DEFLATEQ, INFLATEQ, STATSQ};
 use pv_balloon::{
     BalloonError, Event, FreeRange, Limits, MemStats, Plan, StatTag, VirtioBalloon,
-    VirtioBalloonConfig, VirtioFeatures,
+    VirtioBalloonConfig, VirtioDeviceId, VirtioFeatures,
 };
 use virtio_drivers::transport::DeviceStatus;
 
 type Balloon = VirtioBalloon<IdentityHal, FakeBalloon, u64>;
+
+const TRADITIONAL: VirtioDeviceId = VirtioDeviceId::TRADITIONAL_BALLOON;
 
 /// 1 GiB guest, 64 MiB floor.
 const GUEST: u64 = 1 << 30;
@@ -35,7 +37,7 @@ fn setup(features: VirtioFeatures) -> (Balloon, FakeBalloon) {
 
 fn setup_cfg(features: VirtioFeatures, cfg: VirtioBalloonConfig) -> (Balloon, FakeBalloon) {
     let dev = FakeBalloon::new(features, 128);
-    match Balloon::new(dev.clone(), cfg) {
+    match Balloon::new(dev.clone(), TRADITIONAL, cfg) {
         Ok(b) => (b, dev),
         Err(e) => panic!("bring-up failed: {e}"),
     }
@@ -229,7 +231,7 @@ fn a_larger_batch_is_one_buffer_each_way() {
         limits.page_size = page;
         let dev = FakeBalloon::new(all(), 128);
         assert_eq!(
-            Balloon::new(dev, VirtioBalloonConfig::new(limits)).err(),
+            Balloon::new(dev, TRADITIONAL, VirtioBalloonConfig::new(limits)).err(),
             Some(BalloonError::BadLimits),
             "batch {batch}, page {page}"
         );
@@ -457,6 +459,7 @@ fn device_needs_reset_and_unstable_config_are_faults() {
     dev.set_unstable_config(true);
     let r = Balloon::new(
         dev.clone(),
+        TRADITIONAL,
         VirtioBalloonConfig::new(Limits::new(GUEST, FLOOR)),
     );
     assert_eq!(r.err(), Some(BalloonError::ConfigUnstable));
@@ -464,7 +467,11 @@ fn device_needs_reset_and_unstable_config_are_faults() {
     assert!(dev.status().is_empty());
     // Queues smaller than the driver's are refused, not trusted.
     let dev = FakeBalloon::new(all(), 16);
-    let r = Balloon::new(dev, VirtioBalloonConfig::new(Limits::new(GUEST, FLOOR)));
+    let r = Balloon::new(
+        dev,
+        TRADITIONAL,
+        VirtioBalloonConfig::new(Limits::new(GUEST, FLOOR)),
+    );
     assert_eq!(r.err(), Some(BalloonError::Transport));
 }
 
@@ -627,4 +634,37 @@ fn the_documented_glue_loop_reaches_the_target_and_back() {
     }
     assert_eq!(free.len(), 1000);
     assert_eq!(dev.last_stats().len(), 20, "MEMFREE and MEMTOT");
+}
+
+#[test]
+fn only_the_traditional_balloon_is_driven() {
+    // virtio-drivers' transport decodes ID 13 as a balloon too (the fake
+    // says `MemoryBalloon` as the real PCI transport does for DEV_104D):
+    // the core must refuse it on the ID the bus gave, before touching the
+    // device.
+    let dev = FakeBalloon::new(all(), 128);
+    let id = VirtioDeviceId::from_pci(0x1AF4, 0x104D).expect("a virtio ID");
+    assert_eq!(id, VirtioDeviceId(13));
+    let r = Balloon::new(
+        dev.clone(),
+        id,
+        VirtioBalloonConfig::new(Limits::new(GUEST, FLOOR)),
+    );
+    let Err(e) = r else { panic!("ID 13 driven") };
+    assert_eq!(e, BalloonError::NotTraditionalBalloon { id: 13 });
+    assert!(e.is_caller_fault() && !e.is_device_fault());
+    assert!(dev.status().is_empty(), "the device was touched");
+    assert_eq!(dev.driver_features(), VirtioFeatures::empty());
+    // The modern and transitional balloon IDs are the traditional one.
+    for pci in [0x1045, 0x1002] {
+        assert_eq!(
+            VirtioDeviceId::from_pci(0x1AF4, pci),
+            Some(VirtioDeviceId::TRADITIONAL_BALLOON)
+        );
+    }
+    // Not virtio, or the reserved ID 0.
+    assert_eq!(VirtioDeviceId::from_pci(0x8086, 0x1045), None);
+    assert_eq!(VirtioDeviceId::from_pci(0x1AF4, 0x1040), None);
+    // And the traditional balloon on the same fake comes up.
+    setup(all());
 }

@@ -416,6 +416,144 @@ pub const POOL_FLAG_NON_PAGED: u64 = 0x0000_0000_0000_0040;
 /// `POOL_FLAG_UNINITIALIZED`: skip the zeroing `ExAllocatePool2` does.
 pub const POOL_FLAG_UNINITIALIZED: u64 = 0x0000_0000_0000_0002;
 
+/// `IRP_MN_*` of `IRP_MJ_POWER` (`wdm.h`).
+pub mod power {
+    pub const WAIT_WAKE: u8 = 0x00;
+    pub const SET_POWER: u8 = 0x02;
+    pub const QUERY_POWER: u8 = 0x03;
+}
+/// `POWER_STATE_TYPE::SystemPowerState` (`wdm.h`).
+pub const SYSTEM_POWER_STATE: u32 = 0;
+/// `POWER_STATE_TYPE::DevicePowerState`.
+pub const DEVICE_POWER_STATE: u32 = 1;
+/// `DEVICE_POWER_STATE::PowerDeviceD0`.
+pub const POWER_DEVICE_D0: u32 = 1;
+/// `DEVICE_POWER_STATE::PowerDeviceD3`.
+pub const POWER_DEVICE_D3: u32 = 4;
+
+/// `KDPC` (`wdm.h`). We embed one (in non-paged pool) and initialise it
+/// with `KeInitializeDpc`; the kernel owns its fields after that.
+#[repr(C, align(8))]
+#[derive(Debug)]
+pub struct KDPC {
+    pub Type: u8,
+    pub Importance: u8,
+    pub Number: u16,
+    pub DpcListEntry: *mut c_void,
+    pub ProcessorHistory: usize,
+    pub DeferredRoutine: Option<DeferredRoutineFn>,
+    pub DeferredContext: *mut c_void,
+    pub SystemArgument1: *mut c_void,
+    pub SystemArgument2: *mut c_void,
+    pub DpcData: *mut c_void,
+}
+const _: () = assert!(offset_of!(KDPC, DpcListEntry) == 0x08);
+const _: () = assert!(offset_of!(KDPC, DeferredRoutine) == 0x18);
+const _: () = assert!(offset_of!(KDPC, DeferredContext) == 0x20);
+const _: () = assert!(offset_of!(KDPC, DpcData) == 0x38);
+const _: () = assert!(size_of::<KDPC>() == 0x40);
+
+impl KDPC {
+    /// Storage for `KeInitializeDpc` to initialise.
+    pub const fn zeroed() -> Self {
+        Self {
+            Type: 0,
+            Importance: 0,
+            Number: 0,
+            DpcListEntry: core::ptr::null_mut(),
+            ProcessorHistory: 0,
+            DeferredRoutine: None,
+            DeferredContext: core::ptr::null_mut(),
+            SystemArgument1: core::ptr::null_mut(),
+            SystemArgument2: core::ptr::null_mut(),
+            DpcData: core::ptr::null_mut(),
+        }
+    }
+}
+
+/// `KDEFERRED_ROUTINE` (`wdm.h`): runs at `DISPATCH_LEVEL`.
+pub type DeferredRoutineFn =
+    unsafe extern "system" fn(*mut KDPC, *mut c_void, *mut c_void, *mut c_void);
+/// `KSERVICE_ROUTINE` (`wdm.h`): an ISR, at the interrupt's DIRQL. Returns
+/// `TRUE` (1) when its device interrupted.
+pub type ServiceRoutineFn = unsafe extern "system" fn(*mut c_void, *mut c_void) -> u8;
+
+/// `KINTERRUPT_MODE` (`wdm.h`): `LevelSensitive`.
+pub const LEVEL_SENSITIVE: u32 = 0;
+/// `KINTERRUPT_MODE::Latched`.
+pub const LATCHED: u32 = 1;
+/// `CONNECT_FULLY_SPECIFIED` (`wdm.h`): `IO_CONNECT_INTERRUPT_PARAMETERS`
+/// version whose vector, IRQL, mode and affinity the driver gives (from
+/// its translated interrupt resource).
+pub const CONNECT_FULLY_SPECIFIED: u32 = 0x1;
+
+/// `IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS` (`wdm.h`, Windows 7
+/// and later: with `Group`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS {
+    pub PhysicalDeviceObject: *mut DEVICE_OBJECT,
+    pub InterruptObject: *mut *mut c_void,
+    pub ServiceRoutine: Option<ServiceRoutineFn>,
+    pub ServiceContext: *mut c_void,
+    pub SpinLock: *mut usize,
+    pub SynchronizeIrql: u8,
+    pub FloatingSave: u8,
+    pub ShareVector: u8,
+    pub Vector: u32,
+    pub Irql: u8,
+    pub InterruptMode: u32,
+    pub ProcessorEnableMask: usize,
+    pub Group: u16,
+}
+const _: () = assert!(
+    offset_of!(
+        IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS,
+        SynchronizeIrql
+    ) == 0x28
+);
+const _: () =
+    assert!(offset_of!(IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS, ShareVector) == 0x2A);
+const _: () = assert!(offset_of!(IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS, Vector) == 0x2C);
+const _: () = assert!(offset_of!(IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS, Irql) == 0x30);
+const _: () = assert!(
+    offset_of!(
+        IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS,
+        InterruptMode
+    ) == 0x34
+);
+const _: () = assert!(
+    offset_of!(
+        IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS,
+        ProcessorEnableMask
+    ) == 0x38
+);
+const _: () = assert!(offset_of!(IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS, Group) == 0x40);
+const _: () = assert!(size_of::<IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS>() == 0x48);
+
+/// `IO_CONNECT_INTERRUPT_PARAMETERS` (`wdm.h`): `Version`, then the union
+/// of the fully specified (the largest member, 0x48 bytes), line-based and
+/// message-based parameters; we use the fully specified form only.
+#[repr(C)]
+#[derive(Debug)]
+pub struct IO_CONNECT_INTERRUPT_PARAMETERS {
+    pub Version: u32,
+    pub FullySpecified: IO_CONNECT_INTERRUPT_FULLY_SPECIFIED_PARAMETERS,
+}
+const _: () = assert!(offset_of!(IO_CONNECT_INTERRUPT_PARAMETERS, FullySpecified) == 8);
+const _: () = assert!(size_of::<IO_CONNECT_INTERRUPT_PARAMETERS>() == 0x50);
+
+/// `IO_DISCONNECT_INTERRUPT_PARAMETERS` (`wdm.h`): `Version` and the
+/// connection context (for `CONNECT_FULLY_SPECIFIED`, the `KINTERRUPT`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct IO_DISCONNECT_INTERRUPT_PARAMETERS {
+    pub Version: u32,
+    pub InterruptObject: *mut c_void,
+}
+const _: () = assert!(offset_of!(IO_DISCONNECT_INTERRUPT_PARAMETERS, InterruptObject) == 8);
+const _: () = assert!(size_of::<IO_DISCONNECT_INTERRUPT_PARAMETERS>() == 0x10);
+
 /// `SYSTEM_INFORMATION_CLASS::SystemBasicInformation` (`winternl.h`).
 pub const SYSTEM_BASIC_INFORMATION: u32 = 0;
 /// `SYSTEM_INFORMATION_CLASS::SystemPerformanceInformation`.
@@ -506,6 +644,14 @@ unsafe extern "system" {
     pub fn MmMapIoSpaceEx(phys: i64, bytes: usize, protect: u32) -> *mut c_void;
     pub fn MmUnmapIoSpace(va: *mut c_void, bytes: usize);
     pub fn DbgPrintEx(component: u32, level: u32, format: *const u8, ...) -> u32;
+    pub fn IoConnectInterruptEx(params: *mut IO_CONNECT_INTERRUPT_PARAMETERS) -> NTSTATUS;
+    pub fn IoDisconnectInterruptEx(params: *mut IO_DISCONNECT_INTERRUPT_PARAMETERS);
+    pub fn KeInitializeDpc(dpc: *mut KDPC, routine: DeferredRoutineFn, context: *mut c_void);
+    pub fn KeInsertQueueDpc(dpc: *mut KDPC, arg1: *mut c_void, arg2: *mut c_void) -> u8;
+    pub fn KeFlushQueuedDpcs();
+    /// `POWER_STATE` is a union of two 32-bit enums: passed and returned
+    /// as a `u32`.
+    pub fn PoSetPowerState(dev: *mut DEVICE_OBJECT, kind: u32, state: u32) -> u32;
     /// The stack probe the MSVC code model calls (with the frame size in
     /// `rax`) for frames over a page. Never called from Rust; declared so
     /// the link resolves LLVM's calls to the kernel's own, as WDK drivers'

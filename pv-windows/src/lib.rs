@@ -34,7 +34,8 @@
 //! function from the kernel module that exports it (`raw-dylib`), which the
 //! PE lint of the test command then checks against a curated export list
 //! (`pv-windows/exports/`). On Windows CI the layouts are meant to be
-//! diffed against `wdk-sys`' generated bindings; that CI does not exist yet.
+//! diffed against `wdk-sys`' generated bindings; that step is not written,
+//! and the Windows CI (`.github/workflows/windows.yml`) has never run.
 //!
 //! # Targets
 //!

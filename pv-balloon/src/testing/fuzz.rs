@@ -21,7 +21,7 @@ use xenbus::platform::PlatformError;
 
 use super::virtio::{FakeBalloon, IdentityHal};
 use super::xen::{Behaviour, FakeReservation};
-use crate::virtio::{VirtioBalloon, VirtioBalloonConfig, VirtioFeatures};
+use crate::virtio::{VirtioBalloon, VirtioBalloonConfig, VirtioDeviceId, VirtioFeatures};
 use crate::xen::XenBalloon;
 use crate::{BalloonError, Event, FreeRange, Limits, MemStats, Plan, StatTag};
 
@@ -95,6 +95,7 @@ pub fn virtio(data: &[u8]) {
     let base = (mem.as_mut_ptr() as usize).next_multiple_of(4096);
     let Ok(mut b) = VirtioBalloon::<IdentityHal, FakeBalloon, u64>::new(
         dev.clone(),
+        VirtioDeviceId::TRADITIONAL_BALLOON,
         VirtioBalloonConfig::new(limits),
     ) else {
         return;

@@ -142,6 +142,46 @@ impl VirtioFeatures {
         .union(Self::ACCESS_PLATFORM);
 }
 
+/// A virtio device ID (virtio 1.2 §5, the device-type table) as the bus
+/// names it: the glue reads it from the bus (PCI vendor and device ID,
+/// [`VirtioDeviceId::from_pci`]; the MMIO `DeviceID` register) and hands it
+/// to [`VirtioBalloon::new`], which drives only
+/// [`VirtioDeviceId::TRADITIONAL_BALLOON`].
+///
+/// Why the glue must say: virtio-drivers' [`Transport::device_type`] maps
+/// both ID 5 ("memory ballooning (traditional)") and ID 13 ("memory
+/// balloon", for which the spec defines no interface) to the same
+/// `DeviceType::MemoryBalloon`, so the transport cannot tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioDeviceId(pub u32);
+
+impl VirtioDeviceId {
+    /// ID 5: the traditional memory balloon this core speaks.
+    pub const TRADITIONAL_BALLOON: Self = Self(5);
+
+    /// The device ID of a PCI function (virtio 1.2 §4.1.2.1): modern
+    /// devices are `0x1040 + ID`, transitional ones have the fixed IDs of
+    /// the spec's table. `None`: not a virtio function, or ID 0 (reserved).
+    pub fn from_pci(vendor: u16, device: u16) -> Option<Self> {
+        const VIRTIO_VENDOR: u16 = 0x1AF4;
+        if vendor != VIRTIO_VENDOR {
+            return None;
+        }
+        let id = match device {
+            0x1041..=0x107F => u32::from(device - 0x1040),
+            0x1000 => 1,
+            0x1001 => 2,
+            0x1002 => 5,
+            0x1003 => 3,
+            0x1004 => 8,
+            0x1005 => 4,
+            0x1009 => 9,
+            _ => return None,
+        };
+        Some(Self(id))
+    }
+}
+
 /// What the glue configures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioBalloonConfig {
@@ -356,8 +396,17 @@ pub struct VirtioBalloon<H: Hal, T: Transport, P: GuestPage> {
 
 impl<H: Hal, T: Transport, P: GuestPage> VirtioBalloon<H, T, P> {
     /// Initialise the device behind `transport` (§3.1.1): features, queues,
-    /// DRIVER_OK, the first stats buffer, and the first target.
-    pub fn new(transport: T, cfg: VirtioBalloonConfig) -> Result<Self, BalloonError> {
+    /// DRIVER_OK, the first stats buffer, and the first target. `id` is the
+    /// device ID the bus gives (see [`VirtioDeviceId`]); any but the
+    /// traditional balloon is refused before the device is touched.
+    pub fn new(
+        transport: T,
+        id: VirtioDeviceId,
+        cfg: VirtioBalloonConfig,
+    ) -> Result<Self, BalloonError> {
+        if id != VirtioDeviceId::TRADITIONAL_BALLOON {
+            return Err(BalloonError::NotTraditionalBalloon { id: id.0 });
+        }
         let ledger = Ledger::new(cfg.limits)?;
         if transport.device_type() != DeviceType::MemoryBalloon {
             return Err(BalloonError::Transport);

@@ -14,7 +14,8 @@
 //!
 //! The Windows part (`driver`, built for `target_os = "windows"` only):
 //! `DriverEntry`, `AddDevice`, the PnP and power dispatch, the start that
-//! maps the virtio PCI BARs and reads config space, pages from
+//! maps the virtio PCI BARs and reads config space, the interrupt (ISR →
+//! DPC → worker event), D0/D3 quiesce and rebuild, pages from
 //! `MmAllocatePagesForMdlEx`, and the worker thread that runs [`step`].
 //! See `README.md` beside this crate for what is implemented and what is
 //! not.

@@ -114,7 +114,7 @@ mod tests {
     use core::cell::RefCell;
     use pv_balloon::testing::virtio::{FakeBalloon, IdentityHal};
     use pv_balloon::virtio::{DEFLATEQ, INFLATEQ};
-    use pv_balloon::{StatTag, VirtioBalloonConfig, VirtioFeatures};
+    use pv_balloon::{StatTag, VirtioBalloonConfig, VirtioDeviceId, VirtioFeatures};
     use std::collections::BTreeSet;
 
     /// A page of the fake kernel: its frame, and the kernel's free set it
@@ -178,7 +178,12 @@ mod tests {
 
     fn balloon(dev: &FakeBalloon) -> Balloon {
         let limits = crate::kstats::limits(1 << 30);
-        VirtioBalloon::new(dev.clone(), VirtioBalloonConfig::new(limits)).expect("bring-up")
+        VirtioBalloon::new(
+            dev.clone(),
+            VirtioDeviceId::TRADITIONAL_BALLOON,
+            VirtioBalloonConfig::new(limits),
+        )
+        .expect("bring-up")
     }
 
     fn features() -> VirtioFeatures {
