@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
@@ -22,7 +21,7 @@ use virtio_queue::QueueT;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryLoadGuard,
-    GuestMemoryMmap, Permissions, VolatileSlice,
+    Permissions, VolatileSlice,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -34,10 +33,12 @@ use super::fault::Faults;
 use super::io::{lock, IoMode, IoPool, Window};
 use super::metrics::{BlkOp, DiskMetrics};
 use super::request::{self, Desc, Limits, Op, RequestError, S_IOERR, S_OK};
+use crate::dirty_log::{self, DirtyBitmap, DirtySlice, LoggedMemory};
 
 /// Guest memory with QEMU's dirty log behind every region (see
-/// [`GuestIovecs`] and the `LOG_SHMFD` protocol feature).
-type Mem = GuestMemoryMmap<BitmapMmapRegion>;
+/// [`GuestIovecs`], the `LOG_SHMFD` protocol feature and
+/// [`crate::dirty_log`]).
+type Mem = LoggedMemory;
 /// A vring over [`Mem`] (the framework's default is memory without a log).
 type VringRwLock = vhost_user_backend::VringRwLock<GuestMemoryAtomic<Mem>>;
 
@@ -725,7 +726,7 @@ struct GuestIovecs<'m> {
     _guards: Vec<vm_memory::volatile_memory::PtrGuardMut>,
     /// The slices the device writes into, to mark on drop (empty when it
     /// only reads them).
-    written: Vec<VolatileSlice<'m, BitmapMmapRegion>>,
+    written: Vec<VolatileSlice<'m, DirtySlice<'m>>>,
 }
 
 impl Drop for GuestIovecs<'_> {
@@ -770,7 +771,7 @@ fn guest_iovecs<'m>(
 }
 
 impl VhostUserBackend for BlkBackend {
-    type Bitmap = BitmapMmapRegion;
+    type Bitmap = DirtyBitmap;
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
@@ -807,12 +808,19 @@ impl VhostUserBackend for BlkBackend {
         // No STATUS (see the module docs) and no INFLIGHT_SHMFD (the
         // framework does not implement it). LOG_SHMFD: QEMU hands over its
         // dirty log (SET_LOG_BASE) so guests on this disk can be saved and
-        // migrated. The framework keeps marking after logging is switched
-        // off (it has no way to drop the log), which costs time only.
+        // migrated. Features acked without LOG_ALL drop the log
+        // (`acked_features`), so marking costs nothing again after a
+        // migration ends.
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::LOG_SHMFD
+    }
+
+    fn acked_features(&self, features: u64) {
+        if let Some(mem) = self.memory() {
+            dirty_log::apply_log_all(&mem, features);
+        }
     }
 
     fn reset_device(&self) {
