@@ -73,6 +73,10 @@ pub struct BlkParams {
     pub poll_us: u32,
     /// Where requests execute (see [`super::io`]).
     pub io_mode: IoMode,
+    /// How long GET_VRING_BASE waits for the queue's requests still in the
+    /// disk (see `stop_vring`). Past it the device is reset: QEMU's stop
+    /// goes on, and the next owner of the disk redoes those requests.
+    pub stop_timeout: Duration,
 }
 
 struct Shared {
@@ -602,6 +606,7 @@ impl BlkBackend {
         match op {
             Op::Read { offset, len, data } => {
                 disk.faults.on_read(offset, len);
+                faults.stall(offset, len);
                 faults.delay();
                 let Some(mut io) = guest_iovecs(mem, &data, Permissions::Write) else {
                     m.error("guest_memory");
@@ -830,23 +835,52 @@ impl VhostUserBackend for BlkBackend {
         }
     }
 
+    /// GET_VRING_BASE: the framework has marked the queue not ready (no
+    /// more pops) and reads next_avail after this returns. Waiting for the
+    /// window to empty makes that base cover only requests whose
+    /// completions are published, as the driver expects of a stopped queue.
+    ///
+    /// The wait is bounded by `stop_timeout`: a request stuck in the disk
+    /// must not hang QEMU's `stop` (or a migration's last step) forever.
+    /// Past the deadline the device is reset: every window of the
+    /// connection is closed (nothing more is published into its rings, so
+    /// the stuck request is never completed by this connection), the
+    /// connection is shut down and no base is answered. QEMU then takes the
+    /// used index as the queue's base ("ring restore failed": last avail
+    /// idx := used idx). With in-order publication (see [`super::io`]) that
+    /// is exactly the first request not completed, so the next owner
+    /// redoes the stuck request and those after it, and nothing is
+    /// completed twice. The daemon serves the next connection only after
+    /// the stuck request left the disk (`serve_disk` waits for the pool),
+    /// so its late write cannot land after the redo on this daemon.
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        // GET_VRING_BASE: the framework has marked the queue not ready (no
-        // more pops) and reads next_avail after this returns. Waiting for
-        // the window to empty makes that base cover only requests whose
-        // completions are published, as the driver expects of a stopped
-        // queue.
-        if let Some(w) = usize::try_from(queue_index)
+        let Some(w) = usize::try_from(queue_index)
             .ok()
             .and_then(|q| self.shared.windows.get(q))
-        {
-            let what = format!(
-                "{}: stopping queue {queue_index}",
-                self.shared.disk.path().display()
-            );
-            w.wait_idle(&what, Duration::from_secs(10));
+        else {
+            return Ok(());
+        };
+        let what = format!(
+            "{}: stopping queue {queue_index}",
+            self.shared.disk.path().display()
+        );
+        let deadline = Instant::now() + self.shared.params.stop_timeout;
+        if w.wait_idle_until(&what, Duration::from_secs(10), deadline) {
+            return Ok(());
         }
-        Ok(())
+        let running = w.lock().running();
+        self.shared.metrics.error("stop_timeout");
+        self.shared.metrics.resets.inc();
+        error!(
+            "{what}: {running} request(s) still in the disk at the stop deadline ({:?}); \
+             resetting the device (the next connection redoes them)",
+            self.shared.params.stop_timeout
+        );
+        self.disconnect();
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("queue {queue_index}: requests still in the disk at the stop deadline"),
+        ))
     }
 
     fn set_event_idx(&self, enabled: bool) {
