@@ -259,11 +259,12 @@ impl Shared {
         self.readers[e].fetch_add(1, Ordering::SeqCst);
         let log = self.log.load(Ordering::SeqCst);
         // SAFETY: `log` is null or a `Box` installed by `swap`; `swap`
-        // frees a log only after replacing it (SeqCst) and then seeing the
-        // readers of the epoch current at that time drain. This thread
-        // announced itself (SeqCst) before loading `log`: if the load
-        // returned the old log, the increment precedes the replacement and
-        // the replacer waits for the decrement below.
+        // frees a log only after replacing it (SeqCst) and then seeing both
+        // parities of readers drain, each after its own flip. This thread
+        // announced itself (SeqCst) in `readers[e]` before loading `log`:
+        // if the load returned the old log, the increment precedes the
+        // replacement, so one of the two waits is on `readers[e]` after it
+        // and lasts until the decrement below.
         if let Some(log) = unsafe { log.as_ref() } {
             log.mark(offset, len);
         }
@@ -285,13 +286,16 @@ impl Shared {
     /// Installs `new` (or no log) and frees the previous log once no marker
     /// can still be using it.
     ///
-    /// The replacement is made before the epoch flips. A marker that loads
-    /// the old log announced itself before that load, in the epoch it read:
-    /// either the old epoch (counted in `readers[old]`, which this waits to
-    /// drain) or the new one, read after the flip and therefore after the
-    /// replacement, so its load sees the new log, not the old. New markers
-    /// count in the other epoch, so the wait ends once the (at most one per
-    /// thread) markers already in flight finish their short section.
+    /// The replacement is made before the epoch flips, and the epoch then
+    /// flips twice, each flip followed by a wait for the parity it left to
+    /// drain (as userspace RCU does). A marker that loads the old log
+    /// announced itself (in `readers[p]`, `p` the parity it read) before
+    /// that load, so before the replacement, so before both flips: whichever
+    /// parity `p` is (a marker may have read the epoch long before, even
+    /// several flips before), one of the two waits is on `readers[p]` after
+    /// its announcement, and lasts until it leaves. Each wait is bounded:
+    /// markers that read the epoch after a flip count in the other parity,
+    /// so only markers already in flight (at most one per thread) delay it.
     fn swap(&self, new: Option<RegionLog>) {
         let new = new.map_or(ptr::null_mut(), |l| Box::into_raw(Box::new(l)));
         let _serial = self
@@ -299,9 +303,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let old = self.log.swap(new, Ordering::SeqCst);
-        let e = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
-        while self.readers[e].load(Ordering::SeqCst) != 0 {
-            std::thread::yield_now();
+        for _ in 0..2 {
+            let e = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+            while self.readers[e].load(Ordering::SeqCst) != 0 {
+                std::thread::yield_now();
+            }
         }
         if !old.is_null() {
             // SAFETY: `old` came from `Box::into_raw` in an earlier `swap`,
