@@ -17,6 +17,7 @@
 //! poll_us = 50                  # busy-poll an emptied queue this long before sleeping (0: never)
 //! io_mode = "hybrid"            # sync | pool | hybrid (see host_backend::blk::io)
 //! io_threads = 4                # I/O threads of the disk (pool and hybrid modes), 1..=256
+//! stop_timeout_ms = 30000       # a queue stop waits this long for requests in the disk, then resets the device
 //!
 //! [switch]                      # the L2 switch joining every [[net_port]]
 //! name = "switch0"

@@ -15,12 +15,15 @@
 //! ([`config`]), the daemon that starts and stops the devices ([`daemon`]),
 //! the Prometheus endpoint ([`metrics_server`]), and the two helpers every
 //! device's server uses: its socket ([`listener`]) and its threads, named,
-//! with panics turned into a device reset ([`worker`]).
+//! with panics turned into a device reset ([`worker`]); and the guest
+//! memory every vhost-user device writes through, which marks QEMU's dirty
+//! log during a migration ([`dirty_log`]).
 
 pub mod balloon;
 pub mod blk;
 pub mod config;
 pub mod daemon;
+pub mod dirty_log;
 pub mod listener;
 pub mod metrics_server;
 pub mod net;

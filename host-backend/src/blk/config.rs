@@ -29,6 +29,9 @@ fn default_poll_us() -> u32 {
 fn default_io_threads() -> u16 {
     4
 }
+fn default_stop_timeout_ms() -> u32 {
+    30_000
+}
 
 /// One `[[disk]]` table.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -52,6 +55,10 @@ pub struct DiskConfig {
     pub io_mode: IoMode,
     #[serde(default = "default_io_threads")]
     pub io_threads: u16,
+    /// How long a queue stop (GET_VRING_BASE) waits for requests still in
+    /// the disk before the device is reset (see `BlkParams::stop_timeout`).
+    #[serde(default = "default_stop_timeout_ms")]
+    pub stop_timeout_ms: u32,
 }
 
 impl DiskConfig {
@@ -90,6 +97,12 @@ pub fn validate(disks: &[DiskConfig]) -> Result<BTreeSet<PathBuf>, BlkConfigErro
                 d.io_threads
             )));
         }
+        if d.stop_timeout_ms == 0 || d.stop_timeout_ms > 3_600_000 {
+            return Err(bad(format!(
+                "stop_timeout_ms {} is not in 1..=3600000",
+                d.stop_timeout_ms
+            )));
+        }
         if d.num_queues == 0 || d.num_queues > 64 {
             return Err(bad(format!("num_queues {} is not in 1..=64", d.num_queues)));
         }
@@ -109,7 +122,7 @@ pub fn validate(disks: &[DiskConfig]) -> Result<BTreeSet<PathBuf>, BlkConfigErro
     Ok(sockets)
 }
 
-/// Parses a `--disk` spec: `path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N][,io=MODE][,io-threads=N]`.
+/// Parses a `--disk` spec: `path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N][,io=MODE][,io-threads=N][,stop-timeout-ms=N]`.
 pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
     let err = |message: String| BlkConfigError::Spec {
         spec: spec.to_owned(),
@@ -127,6 +140,7 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
         poll_us: default_poll_us(),
         io_mode: IoMode::default(),
         io_threads: default_io_threads(),
+        stop_timeout_ms: default_stop_timeout_ms(),
     };
     for part in spec.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part
@@ -163,6 +177,11 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
                     .parse()
                     .map_err(|_| err(format!("'{k}' takes a number")))?
             }
+            "stop-timeout-ms" => {
+                d.stop_timeout_ms = need(v)?
+                    .parse()
+                    .map_err(|_| err(format!("'{k}' takes a number of milliseconds")))?
+            }
             "queue-size" => {
                 d.queue_size = need(v)?
                     .parse()
@@ -179,6 +198,21 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_timeout_defaults_parses_and_is_bounded() {
+        let d = parse_disk_spec("path=/a,socket=/s").expect("spec");
+        assert_eq!(d.stop_timeout_ms, 30_000);
+        let d = parse_disk_spec("path=/a,socket=/s,stop-timeout-ms=250").expect("spec");
+        assert_eq!(d.stop_timeout_ms, 250);
+        assert!(validate(&[d]).is_ok());
+        let zero = parse_disk_spec("path=/a,socket=/s,stop-timeout-ms=0").expect("spec");
+        assert!(validate(&[zero])
+            .expect_err("zero")
+            .to_string()
+            .contains("stop_timeout_ms"));
+        assert!(parse_disk_spec("path=/a,socket=/s,stop-timeout-ms=soon").is_err());
+    }
 
     #[test]
     fn invalid_values_are_refused() {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use log::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
@@ -22,7 +21,7 @@ use virtio_queue::QueueT;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryLoadGuard,
-    GuestMemoryMmap, Permissions, VolatileSlice,
+    Permissions, VolatileSlice,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -34,10 +33,12 @@ use super::fault::Faults;
 use super::io::{lock, IoMode, IoPool, Window};
 use super::metrics::{BlkOp, DiskMetrics};
 use super::request::{self, Desc, Limits, Op, RequestError, S_IOERR, S_OK};
+use crate::dirty_log::{self, DirtyBitmap, DirtySlice, LoggedMemory};
 
 /// Guest memory with QEMU's dirty log behind every region (see
-/// [`GuestIovecs`] and the `LOG_SHMFD` protocol feature).
-type Mem = GuestMemoryMmap<BitmapMmapRegion>;
+/// [`GuestIovecs`], the `LOG_SHMFD` protocol feature and
+/// [`crate::dirty_log`]).
+type Mem = LoggedMemory;
 /// A vring over [`Mem`] (the framework's default is memory without a log).
 type VringRwLock = vhost_user_backend::VringRwLock<GuestMemoryAtomic<Mem>>;
 
@@ -72,6 +73,10 @@ pub struct BlkParams {
     pub poll_us: u32,
     /// Where requests execute (see [`super::io`]).
     pub io_mode: IoMode,
+    /// How long GET_VRING_BASE waits for the queue's requests still in the
+    /// disk (see `stop_vring`). Past it the device is reset: QEMU's stop
+    /// goes on, and the next owner of the disk redoes those requests.
+    pub stop_timeout: Duration,
 }
 
 struct Shared {
@@ -601,6 +606,7 @@ impl BlkBackend {
         match op {
             Op::Read { offset, len, data } => {
                 disk.faults.on_read(offset, len);
+                faults.stall(offset, len);
                 faults.delay();
                 let Some(mut io) = guest_iovecs(mem, &data, Permissions::Write) else {
                     m.error("guest_memory");
@@ -725,7 +731,7 @@ struct GuestIovecs<'m> {
     _guards: Vec<vm_memory::volatile_memory::PtrGuardMut>,
     /// The slices the device writes into, to mark on drop (empty when it
     /// only reads them).
-    written: Vec<VolatileSlice<'m, BitmapMmapRegion>>,
+    written: Vec<VolatileSlice<'m, DirtySlice<'m>>>,
 }
 
 impl Drop for GuestIovecs<'_> {
@@ -770,7 +776,7 @@ fn guest_iovecs<'m>(
 }
 
 impl VhostUserBackend for BlkBackend {
-    type Bitmap = BitmapMmapRegion;
+    type Bitmap = DirtyBitmap;
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
@@ -807,12 +813,19 @@ impl VhostUserBackend for BlkBackend {
         // No STATUS (see the module docs) and no INFLIGHT_SHMFD (the
         // framework does not implement it). LOG_SHMFD: QEMU hands over its
         // dirty log (SET_LOG_BASE) so guests on this disk can be saved and
-        // migrated. The framework keeps marking after logging is switched
-        // off (it has no way to drop the log), which costs time only.
+        // migrated. Features acked without LOG_ALL drop the log
+        // (`acked_features`), so marking costs nothing again after a
+        // migration ends.
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::LOG_SHMFD
+    }
+
+    fn acked_features(&self, features: u64) {
+        if let Some(mem) = self.memory() {
+            dirty_log::apply_log_all(&mem, features);
+        }
     }
 
     fn reset_device(&self) {
@@ -822,23 +835,52 @@ impl VhostUserBackend for BlkBackend {
         }
     }
 
+    /// GET_VRING_BASE: the framework has marked the queue not ready (no
+    /// more pops) and reads next_avail after this returns. Waiting for the
+    /// window to empty makes that base cover only requests whose
+    /// completions are published, as the driver expects of a stopped queue.
+    ///
+    /// The wait is bounded by `stop_timeout`: a request stuck in the disk
+    /// must not hang QEMU's `stop` (or a migration's last step) forever.
+    /// Past the deadline the device is reset: every window of the
+    /// connection is closed (nothing more is published into its rings, so
+    /// the stuck request is never completed by this connection), the
+    /// connection is shut down and no base is answered. QEMU then takes the
+    /// used index as the queue's base ("ring restore failed": last avail
+    /// idx := used idx). With in-order publication (see [`super::io`]) that
+    /// is exactly the first request not completed, so the next owner
+    /// redoes the stuck request and those after it, and nothing is
+    /// completed twice. The daemon serves the next connection only after
+    /// the stuck request left the disk (`serve_disk` waits for the pool),
+    /// so its late write cannot land after the redo on this daemon.
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        // GET_VRING_BASE: the framework has marked the queue not ready (no
-        // more pops) and reads next_avail after this returns. Waiting for
-        // the window to empty makes that base cover only requests whose
-        // completions are published, as the driver expects of a stopped
-        // queue.
-        if let Some(w) = usize::try_from(queue_index)
+        let Some(w) = usize::try_from(queue_index)
             .ok()
             .and_then(|q| self.shared.windows.get(q))
-        {
-            let what = format!(
-                "{}: stopping queue {queue_index}",
-                self.shared.disk.path().display()
-            );
-            w.wait_idle(&what, Duration::from_secs(10));
+        else {
+            return Ok(());
+        };
+        let what = format!(
+            "{}: stopping queue {queue_index}",
+            self.shared.disk.path().display()
+        );
+        let deadline = Instant::now() + self.shared.params.stop_timeout;
+        if w.wait_idle_until(&what, Duration::from_secs(10), deadline) {
+            return Ok(());
         }
-        Ok(())
+        let running = w.lock().running();
+        self.shared.metrics.error("stop_timeout");
+        self.shared.metrics.resets.inc();
+        error!(
+            "{what}: {running} request(s) still in the disk at the stop deadline ({:?}); \
+             resetting the device (the next connection redoes them)",
+            self.shared.params.stop_timeout
+        );
+        self.disconnect();
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("queue {queue_index}: requests still in the disk at the stop deadline"),
+        ))
     }
 
     fn set_event_idx(&self, enabled: bool) {

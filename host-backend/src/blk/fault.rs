@@ -11,7 +11,13 @@
 //!   flush, discard, write-zeroes) first sleeps N µs, as a slow device
 //!   would; non-blocking attempts report "would block" so hybrid mode
 //!   hands the request to the pool. For the slow-device benchmark.
+//! - `PVBACKEND_FAULT_STALL_SECTOR=N` with `PVBACKEND_FAULT_STALL_UNTIL=PATH`:
+//!   a read that covers sector N, executed by the disk (not a non-blocking
+//!   attempt: use `io=pool`), is held until PATH exists, as a request stuck
+//!   in a hung disk would be; logged when it starts holding. For the
+//!   bounded queue stop (`stop_timeout_ms`).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -21,6 +27,8 @@ use std::time::Duration;
 pub struct Faults {
     pub panic_sector: Option<u64>,
     pub delay: Option<Duration>,
+    /// The sector whose reads stall, and the file that releases them.
+    pub stall: Option<(u64, PathBuf)>,
 }
 
 impl Faults {
@@ -37,12 +45,33 @@ impl Faults {
                 delay: num("PVBACKEND_FAULT_DELAY_US")
                     .filter(|&us| us > 0)
                     .map(Duration::from_micros),
+                stall: num("PVBACKEND_FAULT_STALL_SECTOR")
+                    .zip(std::env::var_os("PVBACKEND_FAULT_STALL_UNTIL").map(PathBuf::from)),
             }
         })
     }
 
     pub fn armed(&self) -> bool {
-        self.panic_sector.is_some() || self.delay.is_some()
+        self.panic_sector.is_some() || self.delay.is_some() || self.stall.is_some()
+    }
+
+    /// Holds a read that covers the stall sector until the release file
+    /// exists.
+    pub fn stall(&self, offset: u64, len: u64) {
+        let Some((n, release)) = &self.stall else {
+            return;
+        };
+        let (first, end) = (offset / 512, offset.saturating_add(len).div_ceil(512));
+        if !(first..end).contains(n) || release.exists() {
+            return;
+        }
+        log::warn!(
+            "fault injection: read of sector {n} stalls until {} exists",
+            release.display()
+        );
+        while !release.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Sleeps the configured delay, if any.

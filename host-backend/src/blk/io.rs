@@ -55,7 +55,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::error;
 
@@ -169,6 +169,35 @@ impl Window {
                 );
             }
         }
+    }
+}
+
+impl Window {
+    /// [`Window::wait_idle`] that gives up at `deadline`: returns whether
+    /// the window is idle (false: requests were still running).
+    pub fn wait_idle_until(&self, what: &str, report: Duration, deadline: Instant) -> bool {
+        let mut w = self.lock();
+        let mut next_report = Instant::now() + report;
+        while w.running > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            if now >= next_report {
+                error!(
+                    "{what}: still waiting for {} request(s) to finish",
+                    w.running
+                );
+                next_report = now + report;
+            }
+            let wait = deadline.min(next_report).saturating_duration_since(now);
+            w = self
+                .idle
+                .wait_timeout(w, wait)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 }
 

@@ -244,6 +244,7 @@ fn open_disk(
             serial: d.serial(),
             poll_us: d.poll_us,
             io_mode: d.io_mode,
+            stop_timeout: Duration::from_millis(u64::from(d.stop_timeout_ms)),
         },
         metrics,
         pool: Arc::new(pool),

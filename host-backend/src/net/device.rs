@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use log::error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
@@ -47,6 +46,7 @@ use vmm_sys_util::event::{
 
 use super::frame::{self, DropReason};
 use super::port::{lock, Mem, Port, Switch, VringRwLock};
+use crate::dirty_log::{self, DirtyBitmap};
 
 /// RX queue index.
 pub const RX_QUEUE: u16 = 0;
@@ -288,7 +288,7 @@ impl NetBackend {
 }
 
 impl VhostUserBackend for NetBackend {
-    type Bitmap = BitmapMmapRegion;
+    type Bitmap = DirtyBitmap;
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
@@ -318,13 +318,16 @@ impl VhostUserBackend for NetBackend {
 
     fn acked_features(&self, features: u64) {
         self.shared.port.set_acked_features(features);
+        if let Some(mem) = self.memory() {
+            dirty_log::apply_log_all(&mem, features);
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // No STATUS (QEMU 7.2 resets before GET_VRING_BASE with it), no MQ
         // (one queue pair). LOG_SHMFD: QEMU's dirty log, so guests on the
-        // switch can be saved and migrated (marking goes on after logging
-        // is switched off: the framework cannot drop the log; time only).
+        // switch can be saved and migrated (features acked without LOG_ALL
+        // drop the log: `acked_features`).
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::LOG_SHMFD

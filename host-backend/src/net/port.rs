@@ -22,10 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::warn;
-use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::frame::{self, DropReason, HDR_LEN};
 use super::metrics::PortMetrics;
@@ -34,7 +33,7 @@ use super::tap::Tap;
 
 /// Guest memory with QEMU's dirty log behind every region: every write
 /// through vm-memory (RX frames, used entries) is marked for migration.
-pub(crate) type Mem = GuestMemoryMmap<BitmapMmapRegion>;
+pub(crate) type Mem = crate::dirty_log::LoggedMemory;
 /// A vring over [`Mem`] (the framework's default is memory without a log).
 pub(crate) type VringRwLock = vhost_user_backend::VringRwLock<GuestMemoryAtomic<Mem>>;
 
