@@ -38,19 +38,20 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// A disk to serve, in addition to the config file's:
-    /// path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N]
+    /// path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,guest=G][,queues=N][,queue-size=N][,poll-us=N]
     /// [,io=sync|pool|hybrid][,io-threads=N].
     /// queues defaults to 4 (must be at least QEMU's num-queues, whose
     /// default is the guest's vCPU count); queue-size to 256; poll-us
     /// (busy-poll an emptied queue before sleeping, 0 never) to 50; io
     /// (where requests execute: sync in the queue worker, pool on the
     /// disk's I/O threads, hybrid in the worker when the transfer cannot
-    /// block and on the pool otherwise) to hybrid; io-threads to 4.
+    /// block and on the pool otherwise) to hybrid; io-threads to 4. guest
+    /// names the guest the disk belongs to (a `guest` label on its metrics).
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
 
     /// A switch port (a guest NIC on a vhost-user-net socket), in addition
-    /// to the config file's: socket=SOCK[,name=N][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N].
+    /// to the config file's: socket=SOCK[,name=N][,guest=G][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N].
     /// All ports join one L2 learning switch; mtu defaults to 1500, the
     /// rate limit (ingress, Mbit/s) to none, poll-us (watch the guest's TX
     /// ring that long after a burst, within a 10% CPU budget; at most 1000)
