@@ -13,7 +13,8 @@
 //!
 //! Daemon-wide: the configuration file that gathers every device's tables
 //! ([`config`]), the daemon that starts and stops the devices ([`daemon`]),
-//! the Prometheus endpoint ([`metrics_server`]), and the two helpers every
+//! the Prometheus endpoint ([`metrics_server`]) and its reader, the
+//! `pvbackend top` load view ([`top`]), and the two helpers every
 //! device's server uses: its socket ([`listener`]) and its threads, named,
 //! with panics turned into a device reset ([`worker`]).
 
@@ -24,4 +25,5 @@ pub mod daemon;
 pub mod listener;
 pub mod metrics_server;
 pub mod net;
+pub mod top;
 pub mod worker;
