@@ -26,6 +26,8 @@ PKGS_REST=(
   lld-22                    # lld-link: links the Windows drivers (.sys) off Windows
   python3 python3-venv      # the venv speakeasy (Windows driver emulation) installs into
   osslsigncode openssl      # test-signs the .sys (Authenticode) and verifies the signature
+  tmux                      # a real terminal for pvbackend top's live view (backend_top)
+  prometheus                # promtool: checks the alerting rules (backend_top)
 )
 KERNEL_META=linux-image-cloud-amd64
 

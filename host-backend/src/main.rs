@@ -148,10 +148,13 @@ enum Command {
         /// mem-avail, balloon.
         #[arg(long, value_name = "COLUMN", default_value = "iops")]
         sort: String,
+        /// Seconds a scrape may take (connect, send, read) before it fails.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout: u64,
     },
 }
 
-fn top(metrics: &str, every: u64, once: bool, json: bool, sort: &str) -> ExitCode {
+fn top(metrics: &str, every: u64, once: bool, json: bool, sort: &str, timeout: u64) -> ExitCode {
     use host_backend::top::{table::SortBy, Options};
     let Some(sort) = SortBy::from_name(sort) else {
         eprintln!(
@@ -166,7 +169,7 @@ fn top(metrics: &str, every: u64, once: bool, json: bool, sort: &str) -> ExitCod
         once,
         json,
         sort,
-        timeout: std::time::Duration::from_secs(30),
+        timeout: std::time::Duration::from_secs(timeout.max(1)),
     };
     match host_backend::top::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
@@ -185,9 +188,10 @@ fn main() -> ExitCode {
         once,
         json,
         sort,
+        timeout,
     }) = &cli.command
     {
-        return top(metrics, *every, *once, *json, sort);
+        return top(metrics, *every, *once, *json, sort, *timeout);
     }
     if let Some(Command::Guests {
         metrics,
