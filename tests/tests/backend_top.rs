@@ -201,25 +201,26 @@ fn once_json_rates_match_the_counters_over_the_same_interval() {
             drv.write(i * 8, &[0x5a; 4096]).expect("warm-up write");
         }
     }
+    // Two tops over the same interval: --json (checked to the unit) and
+    // the --once text table (checked for order; the README shows it).
     let (proxy, first, go) = gated_proxy(d.addr.clone());
-    let top = Command::new(pvbackend())
-        .args([
-            "top",
-            "--once",
-            "--json",
-            "--every",
-            "1",
-            "--timeout",
-            "600",
-        ])
-        .args(["--metrics", &proxy])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn top");
-    first
-        .recv_timeout(PATIENCE)
-        .expect("top's first scrape never came");
+    let (text_proxy, text_first, text_go) = gated_proxy(d.addr.clone());
+    let top_at = |proxy: &str, json: bool| {
+        Command::new(pvbackend())
+            .args(["top", "--once", "--every", "1", "--timeout", "600"])
+            .args(if json { &["--json"][..] } else { &[][..] })
+            .args(["--metrics", proxy])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn top")
+    };
+    let top = top_at(&proxy, true);
+    let text_top = top_at(&text_proxy, false);
+    for f in [&first, &text_first] {
+        f.recv_timeout(PATIENCE)
+            .expect("top's first scrape never came");
+    }
     let s0 = scrape(&d);
     // The load: vm-busy reads 4 KiB x 400 on its root disk and writes
     // 8 KiB x 200 on its data disk; vm-calm writes 4 KiB x 50.
@@ -237,6 +238,29 @@ fn once_json_rates_match_the_counters_over_the_same_interval() {
     }
     let s1 = scrape(&d);
     go.send(()).expect("release the second scrape");
+    text_go.send(()).expect("release the second scrape");
+    let text = text_top.wait_with_output().expect("top output");
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let table = String::from_utf8(text.stdout).expect("utf-8");
+    assert!(table.contains("2 guest(s), rates over"), "{table}");
+    let row = |n: &str| table.lines().position(|l| l.starts_with(&format!(" {n} ")));
+    assert!(
+        row("vm-busy").is_some() && row("vm-busy") < row("vm-calm"),
+        "{table}"
+    );
+    assert!(
+        table.contains(" disk busy-data "),
+        "devices under their guest: {table}"
+    );
+    // The README's `top --once` output comes from here.
+    let _ = std::fs::write(
+        pvtest::guest_bins::target_dir().join("pvbackend-top-once.txt"),
+        &table,
+    );
     let out = top.wait_with_output().expect("top output");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "top failed: {stderr}");
