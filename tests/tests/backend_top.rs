@@ -618,7 +618,6 @@ fn fake_qmp(path: &Path, ram: u64) {
     let listener = UnixListener::bind(path).expect("bind qmp");
     std::thread::spawn(move || {
         let mut actual = ram;
-        let mut stamp = 1_700_000_000u64;
         for conn in listener.incoming() {
             let Ok(s) = conn else { return };
             let Ok(mut w) = s.try_clone() else { return };
@@ -628,7 +627,11 @@ fn fake_qmp(path: &Path, ram: u64) {
                 let Ok(v) = serde_json::from_str::<Value>(&line) else {
                     break;
                 };
-                stamp += 1;
+                // Statistics received just now (old ones make the manager
+                // wait for fresh ones before it decides).
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
                 let ret = match v["execute"].as_str().unwrap_or("") {
                     "qom-list" => serde_json::json!([
                         {"name": "bal0", "type": "child<virtio-balloon-pci>"}
