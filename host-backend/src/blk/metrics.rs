@@ -3,19 +3,20 @@
 //!
 //! Every series carries the `disk` label (the disk's name from the config)
 //! and, when the disk names its guest (`guest = "vm1"`, `guest=vm1`), the
-//! `guest` label last ([`crate::metrics_server`]: the guest label).
+//! `guest` label last ([`crate::metrics_server`]: the guest label), shown
+//! as `(guest)` below.
 //!
 //! | series | type | labels | meaning |
 //! |---|---|---|---|
-//! | `pvbackend_blk_requests_total` | counter | disk, op, [guest] | requests completed, by op: `read`, `write`, `flush`, `get_id`, `discard`, `write_zeroes` |
-//! | `pvbackend_blk_bytes_total` | counter | disk, op, [guest] | data bytes moved by successful `read` and `write` requests |
-//! | `pvbackend_blk_errors_total` | counter | disk, kind, [guest] | failed or dropped requests: `io` (the disk failed), `dropped_chain` (no status byte: returned with used length 0), `worker_panic` and `io_panic` (a panic, see `resets`), `signal` (notifying the driver failed), and one kind per guest mistake (`short_header`, `out_of_range`, `misaligned`, `too_many_segments`, `wrong_direction`, `read_only`, `unsupported`, `guest_memory`, ...) |
-//! | `pvbackend_blk_inflight` | gauge | disk, [guest] | requests being executed now |
-//! | `pvbackend_blk_request_duration_seconds` | histogram | disk, op, [guest] | time from taking a request off the queue to completing it |
-//! | `pvbackend_blk_kicks_total` | counter | disk, queue, [guest] | queue notifications from the driver handled |
-//! | `pvbackend_blk_interrupts_total` | counter | disk, queue, [guest] | used-buffer notifications sent to the driver |
-//! | `pvbackend_blk_connections_total` | counter | disk, [guest] | frontend (QEMU) connections accepted |
-//! | `pvbackend_blk_resets_total` | counter | disk, [guest] | device resets after a panic in a queue worker (`errors{kind="worker_panic"}`) or an I/O thread (`errors{kind="io_panic"}`): the connection is dropped and QEMU's `reconnect=` resubmits the unfinished requests |
+//! | `pvbackend_blk_requests_total` | counter | disk, op, (guest) | requests completed, by op: `read`, `write`, `flush`, `get_id`, `discard`, `write_zeroes` |
+//! | `pvbackend_blk_bytes_total` | counter | disk, op, (guest) | data bytes moved by successful `read` and `write` requests |
+//! | `pvbackend_blk_errors_total` | counter | disk, kind, (guest) | failed or dropped requests: `io` (the disk failed), `dropped_chain` (no status byte: returned with used length 0), `worker_panic` and `io_panic` (a panic, see `resets`), `signal` (notifying the driver failed), and one kind per guest mistake (`short_header`, `out_of_range`, `misaligned`, `too_many_segments`, `wrong_direction`, `read_only`, `unsupported`, `guest_memory`, ...) |
+//! | `pvbackend_blk_inflight` | gauge | disk, (guest) | requests being executed now |
+//! | `pvbackend_blk_request_duration_seconds` | histogram | disk, op, (guest) | time from taking a request off the queue to completing it |
+//! | `pvbackend_blk_kicks_total` | counter | disk, queue, (guest) | queue notifications from the driver handled |
+//! | `pvbackend_blk_interrupts_total` | counter | disk, queue, (guest) | used-buffer notifications sent to the driver |
+//! | `pvbackend_blk_connections_total` | counter | disk, (guest) | frontend (QEMU) connections accepted |
+//! | `pvbackend_blk_resets_total` | counter | disk, (guest) | device resets after a panic in a queue worker (`errors{kind="worker_panic"}`) or an I/O thread (`errors{kind="io_panic"}`): the connection is dropped and QEMU's `reconnect=` resubmits the unfinished requests |
 //!
 //! Every data-path error that is logged also increments an error counter.
 //! The `errors` series of the kinds in [`PRESET_ERROR_KINDS`] (the

@@ -5,22 +5,22 @@
 //!
 //! Every series carries the `port` label and, when the port names its guest
 //! (`guest = "vm1"`, `guest=vm1`), the `guest` label last
-//! ([`crate::metrics_server`]: the guest label).
+//! ([`crate::metrics_server`]: the guest label), shown as `(guest)` below.
 //!
 //! | series | type | labels | meaning |
 //! |---|---|---|---|
-//! | `pvbackend_net_rx_packets_total` | counter | port, [guest] | frames the switch took from the port (after validation and rate limit) |
-//! | `pvbackend_net_rx_bytes_total` | counter | port, [guest] | their bytes (Ethernet frame, no virtio header) |
-//! | `pvbackend_net_tx_packets_total` | counter | port, [guest] | frames delivered to the port |
-//! | `pvbackend_net_tx_bytes_total` | counter | port, [guest] | their bytes |
-//! | `pvbackend_net_drops_total` | counter | port, reason, [guest] | dropped frames: `runt`, `oversized`, `bad_header`, `malformed_chain`, `rate_limited`, `same_port` (counted on the ingress port); `no_rx_buffer`, `rx_chain` (bad or small RX buffers), `oversized` for the destination's MTU (counted on the destination); `uplink` (TAP errors) |
-//! | `pvbackend_net_flooded_total` | counter | port, [guest] | frames from the port flooded to every other port |
-//! | `pvbackend_net_learned_macs` | gauge | port, [guest] | MAC addresses learned on the port |
-//! | `pvbackend_net_worker_panics_total` | counter | port, [guest] | worker panics (the port was reset) |
-//! | `pvbackend_net_connections_total` | counter | port, [guest] | frontend connections accepted |
-//! | `pvbackend_net_poll_hits_total` | counter | port, [guest] | polling windows (`poll_us`) after a TX burst that found the guest's next frame |
-//! | `pvbackend_net_poll_misses_total` | counter | port, [guest] | polling windows that ended empty or out of budget (the worker went back to sleep) |
-//! | `pvbackend_switch_mac` | gauge | port, mac, [guest] | 1 for each address in the MAC table |
+//! | `pvbackend_net_rx_packets_total` | counter | port, (guest) | frames the switch took from the port (after validation and rate limit) |
+//! | `pvbackend_net_rx_bytes_total` | counter | port, (guest) | their bytes (Ethernet frame, no virtio header) |
+//! | `pvbackend_net_tx_packets_total` | counter | port, (guest) | frames delivered to the port |
+//! | `pvbackend_net_tx_bytes_total` | counter | port, (guest) | their bytes |
+//! | `pvbackend_net_drops_total` | counter | port, reason, (guest) | dropped frames: `runt`, `oversized`, `bad_header`, `malformed_chain`, `rate_limited`, `same_port` (counted on the ingress port); `no_rx_buffer`, `rx_chain` (bad or small RX buffers), `oversized` for the destination's MTU (counted on the destination); `uplink` (TAP errors) |
+//! | `pvbackend_net_flooded_total` | counter | port, (guest) | frames from the port flooded to every other port |
+//! | `pvbackend_net_learned_macs` | gauge | port, (guest) | MAC addresses learned on the port |
+//! | `pvbackend_net_worker_panics_total` | counter | port, (guest) | worker panics (the port was reset) |
+//! | `pvbackend_net_connections_total` | counter | port, (guest) | frontend connections accepted |
+//! | `pvbackend_net_poll_hits_total` | counter | port, (guest) | polling windows (`poll_us`) after a TX burst that found the guest's next frame |
+//! | `pvbackend_net_poll_misses_total` | counter | port, (guest) | polling windows that ended empty or out of budget (the worker went back to sleep) |
+//! | `pvbackend_switch_mac` | gauge | port, mac, (guest) | 1 for each address in the MAC table |
 //!
 //! The uplink's port is labelled `uplink:<tap name>`.
 

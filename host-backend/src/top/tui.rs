@@ -1,6 +1,6 @@
 //! The live view of `pvbackend top`, drawn with ratatui on its crossterm
-//! backend (raw mode and the alternate screen, restored on every way out,
-//! including a panic unwinding through [`TerminalGuard`]).
+//! backend (raw mode and the alternate screen, restored on every way out
+//! by a guard's drop, a panic unwinding included).
 //!
 //! One row per guest; the keys in the footer sort by any column (the same
 //! key again reverses), ↑/↓ (or j/k) select a guest, Enter (or →, space)
