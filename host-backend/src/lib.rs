@@ -13,7 +13,8 @@
 //!
 //! Daemon-wide: the configuration file that gathers every device's tables
 //! ([`config`]), the daemon that starts and stops the devices ([`daemon`]),
-//! the Prometheus endpoint ([`metrics_server`]), and the two helpers every
+//! the Prometheus endpoint ([`metrics_server`]) and its reader, the
+//! `pvbackend top` load view ([`top`]), and the two helpers every
 //! device's server uses: its socket ([`listener`]) and its threads, named,
 //! with panics turned into a device reset ([`worker`]); and the guest
 //! memory every vhost-user device writes through, which marks QEMU's dirty
@@ -27,4 +28,5 @@ pub mod dirty_log;
 pub mod listener;
 pub mod metrics_server;
 pub mod net;
+pub mod top;
 pub mod worker;

@@ -28,7 +28,8 @@ use host_backend::net::parse_net_port_spec;
 ///
 /// With --balloon-guest/--balloon-watch (or a [balloon] table) it also runs
 /// the memory-balance manager over the guests' QMP sockets;
-/// `pvbackend guests` shows every guest's memory.
+/// `pvbackend guests` shows every guest's memory, `pvbackend top` the load
+/// every guest puts on the host (disks, NICs, memory).
 #[derive(Parser, Debug)]
 #[command(name = "pvbackend", version, verbatim_doc_comment)]
 struct Cli {
@@ -38,19 +39,23 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// A disk to serve, in addition to the config file's:
-    /// path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N]
-    /// [,io=sync|pool|hybrid][,io-threads=N].
+    /// path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,guest=G][,queues=N][,queue-size=N][,poll-us=N]
+    /// [,io=sync|pool|hybrid][,io-threads=N][,stop-timeout-ms=N].
     /// queues defaults to 4 (must be at least QEMU's num-queues, whose
     /// default is the guest's vCPU count); queue-size to 256; poll-us
     /// (busy-poll an emptied queue before sleeping, 0 never) to 50; io
     /// (where requests execute: sync in the queue worker, pool on the
     /// disk's I/O threads, hybrid in the worker when the transfer cannot
-    /// block and on the pool otherwise) to hybrid; io-threads to 4.
+    /// block and on the pool otherwise) to hybrid; io-threads to 4;
+    /// stop-timeout-ms (how long QEMU's GET_VRING_BASE waits for a request
+    /// stuck in the disk before the queue is reset and the request left to
+    /// the next owner) to 30000. guest names the guest the disk belongs to
+    /// (a `guest` label on its metrics).
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
 
     /// A switch port (a guest NIC on a vhost-user-net socket), in addition
-    /// to the config file's: socket=SOCK[,name=N][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N].
+    /// to the config file's: socket=SOCK[,name=N][,guest=G][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N].
     /// All ports join one L2 learning switch; mtu defaults to 1500, the
     /// rate limit (ingress, Mbit/s) to none, poll-us (watch the guest's TX
     /// ring that long after a burst, within a 10% CPU budget; at most 1000)
@@ -118,10 +123,79 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// The load view: which guest is loading the host, and on which disk
+    /// or NIC. Per guest, over each interval: disk read/write IOPS and
+    /// MB/s, p50/p99 latency, in-flight, errors; NIC rx/tx pps and Mbit/s,
+    /// drops; memory target/actual/available and balloon movement. Live
+    /// full-screen view (keys shown: sort by any column, expand a guest to
+    /// its disks, queues and ports, q quits), or --once / --json. Reads a
+    /// running daemon's metrics endpoint. Devices are grouped by their
+    /// guest= (see --disk, --net-port).
+    Top {
+        /// The daemon's metrics address (its --metrics / metrics_listen).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9977")]
+        metrics: String,
+        /// Seconds between scrapes (the rates' interval), at least 1.
+        #[arg(long, value_name = "SECS", default_value_t = 2)]
+        every: u64,
+        /// Print one table after one interval and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print one JSON object per interval, one per line (with --once:
+        /// one, then exit).
+        #[arg(long)]
+        json: bool,
+        /// Sort by: iops (read+write, the default), guest, rd-iops,
+        /// wr-iops, rd-mbps, wr-mbps, p50, p99, inflight, errors, rx-pps,
+        /// tx-pps, rx-mbit, tx-mbit, drops, mem-target, mem-actual,
+        /// mem-avail, balloon.
+        #[arg(long, value_name = "COLUMN", default_value = "iops")]
+        sort: String,
+        /// Seconds a scrape may take (connect, send, read) before it fails.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+fn top(metrics: &str, every: u64, once: bool, json: bool, sort: &str, timeout: u64) -> ExitCode {
+    use host_backend::top::{table::SortBy, Options};
+    let Some(sort) = SortBy::from_name(sort) else {
+        eprintln!(
+            "pvbackend top: --sort {sort}: not a column (one of {})",
+            SortBy::names()
+        );
+        return ExitCode::from(2);
+    };
+    let opts = Options {
+        metrics: metrics.to_owned(),
+        every: std::time::Duration::from_secs(every.max(1)),
+        once,
+        json,
+        sort,
+        timeout: std::time::Duration::from_secs(timeout.max(1)),
+    };
+    match host_backend::top::run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pvbackend top: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Top {
+        metrics,
+        every,
+        once,
+        json,
+        sort,
+        timeout,
+    }) = &cli.command
+    {
+        return top(metrics, *every, *once, *json, sort, *timeout);
+    }
     if let Some(Command::Guests {
         metrics,
         every,

@@ -3,10 +3,58 @@
 //! families in. The series are documented where they are defined:
 //! [`crate::blk::metrics`], [`crate::net::metrics`],
 //! [`crate::balloon::metrics`].
+//!
+//! ## The guest label
+//!
+//! A disk or a switch port may name the guest it belongs to (`guest = "vm1"`
+//! in its table, `guest=vm1` in its `--disk`/`--net-port` spec). Every
+//! series of that device then carries a `guest` label, last, so that
+//! everything one guest uses is grouped with one selector
+//! (`{guest="vm1"}`). A device without a guest has no such label (its
+//! series are unchanged). The balloon manager's per-guest series carry the
+//! `guest` label too: the guest's balloon name is its identity, so a disk
+//! that names `guest = "vm1"` lines up with `[[balloon.guest]] name = "vm1"`.
+//! `pvbackend top` groups by it; a device without a guest shows as a row of
+//! its own, named after the device.
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::registry::Registry;
+
+/// The optional `guest` label of a device's series (see the module docs):
+/// encoded as `guest="..."` when set, not at all when not. Flattened into
+/// each device's label sets with `#[prometheus(flatten)]`.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct GuestLabel(pub Option<String>);
+
+impl GuestLabel {
+    pub fn new(guest: Option<&str>) -> Self {
+        Self(guest.map(str::to_owned))
+    }
+}
+
+/// What is wrong with a device's `guest` name, if anything: it must be 1 to
+/// 64 characters of letters, digits, `.`, `_`, `-` and `:` (it is a label
+/// value and a column in `pvbackend top`; quotes and control characters
+/// would only confuse both).
+pub fn guest_name_problem(guest: Option<&str>) -> Option<String> {
+    let g = guest?;
+    let ok = !g.is_empty()
+        && g.len() <= 64
+        && g.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    (!ok).then(|| format!("guest {g:?} is not 1 to 64 letters, digits, '.', '_', '-' or ':'"))
+}
+
+impl EncodeLabelSet for GuestLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(g) => EncodeLabel::encode(&("guest", g.as_str()), encoder.encode_label()),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Renders the registry in the OpenMetrics text format.
 pub fn render(registry: &Registry) -> String {

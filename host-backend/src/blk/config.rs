@@ -39,6 +39,10 @@ fn default_stop_timeout_ms() -> u32 {
 pub struct DiskConfig {
     #[serde(default)]
     pub name: Option<String>,
+    /// The guest the disk belongs to: the `guest` label on its series
+    /// ([`crate::metrics_server`]), so `pvbackend top` groups it.
+    #[serde(default)]
+    pub guest: Option<String>,
     pub path: PathBuf,
     pub socket: PathBuf,
     #[serde(default)]
@@ -106,6 +110,9 @@ pub fn validate(disks: &[DiskConfig]) -> Result<BTreeSet<PathBuf>, BlkConfigErro
         if d.num_queues == 0 || d.num_queues > 64 {
             return Err(bad(format!("num_queues {} is not in 1..=64", d.num_queues)));
         }
+        if let Some(message) = crate::metrics_server::guest_name_problem(d.guest.as_deref()) {
+            return Err(bad(message));
+        }
         if d.serial().len() > 20 {
             return Err(bad(format!(
                 "serial '{}' is longer than 20 bytes",
@@ -122,7 +129,7 @@ pub fn validate(disks: &[DiskConfig]) -> Result<BTreeSet<PathBuf>, BlkConfigErro
     Ok(sockets)
 }
 
-/// Parses a `--disk` spec: `path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,queues=N][,queue-size=N][,poll-us=N][,io=MODE][,io-threads=N][,stop-timeout-ms=N]`.
+/// Parses a `--disk` spec: `path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,guest=G][,queues=N][,queue-size=N][,poll-us=N][,io=MODE][,io-threads=N][,stop-timeout-ms=N]`.
 pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
     let err = |message: String| BlkConfigError::Spec {
         spec: spec.to_owned(),
@@ -131,6 +138,7 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
     let (mut path, mut socket) = (None, None);
     let mut d = DiskConfig {
         name: None,
+        guest: None,
         path: PathBuf::new(),
         socket: PathBuf::new(),
         read_only: false,
@@ -158,6 +166,7 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
             }
             "serial" => d.serial = Some(need(v)?),
             "name" => d.name = Some(need(v)?),
+            "guest" => d.guest = Some(need(v)?),
             "queues" | "num-queues" => {
                 d.num_queues = need(v)?
                     .parse()
@@ -242,5 +251,14 @@ mod tests {
             (d.num_queues, d.serial(), d.display_name()),
             (2, "abc".to_owned(), "x".to_owned())
         );
+        assert_eq!(d.guest, None);
+        let g = parse_disk_spec("path=/a,socket=/s,guest=vm1").expect("guest");
+        assert_eq!(g.guest.as_deref(), Some("vm1"));
+        validate(&[g]).expect("a guest name is valid");
+        for bad in ["", "a\"b", "x\ny"] {
+            let mut g = parse_disk_spec("path=/a,socket=/s").expect("spec");
+            g.guest = Some(bad.into());
+            assert!(validate(&[g]).is_err(), "guest {bad:?} accepted");
+        }
     }
 }

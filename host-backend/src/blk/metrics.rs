@@ -1,19 +1,22 @@
 //! Metrics of the block devices, on the daemon's Prometheus endpoint
 //! ([`crate::metrics_server`]).
 //!
-//! Every series carries the `disk` label (the disk's name from the config).
+//! Every series carries the `disk` label (the disk's name from the config)
+//! and, when the disk names its guest (`guest = "vm1"`, `guest=vm1`), the
+//! `guest` label last ([`crate::metrics_server`]: the guest label), shown
+//! as `(guest)` below.
 //!
 //! | series | type | labels | meaning |
 //! |---|---|---|---|
-//! | `pvbackend_blk_requests_total` | counter | disk, op | requests completed, by op: `read`, `write`, `flush`, `get_id`, `discard`, `write_zeroes` |
-//! | `pvbackend_blk_bytes_total` | counter | disk, op | data bytes moved by successful `read` and `write` requests |
-//! | `pvbackend_blk_errors_total` | counter | disk, kind | failed or dropped requests: `io` (the disk failed), `dropped_chain` (no status byte: returned with used length 0), `worker_panic` and `io_panic` (a panic, see `resets`), `signal` (notifying the driver failed), and one kind per guest mistake (`short_header`, `out_of_range`, `misaligned`, `too_many_segments`, `wrong_direction`, `read_only`, `unsupported`, `guest_memory`, ...) |
-//! | `pvbackend_blk_inflight` | gauge | disk | requests being executed now |
-//! | `pvbackend_blk_request_duration_seconds` | histogram | disk, op | time from taking a request off the queue to completing it |
-//! | `pvbackend_blk_kicks_total` | counter | disk, queue | queue notifications from the driver handled |
-//! | `pvbackend_blk_interrupts_total` | counter | disk, queue | used-buffer notifications sent to the driver |
-//! | `pvbackend_blk_connections_total` | counter | disk | frontend (QEMU) connections accepted |
-//! | `pvbackend_blk_resets_total` | counter | disk | device resets after a panic in a queue worker (`errors{kind="worker_panic"}`) or an I/O thread (`errors{kind="io_panic"}`): the connection is dropped and QEMU's `reconnect=` resubmits the unfinished requests |
+//! | `pvbackend_blk_requests_total` | counter | disk, op, (guest) | requests completed, by op: `read`, `write`, `flush`, `get_id`, `discard`, `write_zeroes` |
+//! | `pvbackend_blk_bytes_total` | counter | disk, op, (guest) | data bytes moved by successful `read` and `write` requests |
+//! | `pvbackend_blk_errors_total` | counter | disk, kind, (guest) | failed or dropped requests: `io` (the disk failed), `dropped_chain` (no status byte: returned with used length 0), `worker_panic` and `io_panic` (a panic, see `resets`), `signal` (notifying the driver failed), and one kind per guest mistake (`short_header`, `out_of_range`, `misaligned`, `too_many_segments`, `wrong_direction`, `read_only`, `unsupported`, `guest_memory`, ...) |
+//! | `pvbackend_blk_inflight` | gauge | disk, (guest) | requests being executed now |
+//! | `pvbackend_blk_request_duration_seconds` | histogram | disk, op, (guest) | time from taking a request off the queue to completing it |
+//! | `pvbackend_blk_kicks_total` | counter | disk, queue, (guest) | queue notifications from the driver handled |
+//! | `pvbackend_blk_interrupts_total` | counter | disk, queue, (guest) | used-buffer notifications sent to the driver |
+//! | `pvbackend_blk_connections_total` | counter | disk, (guest) | frontend (QEMU) connections accepted |
+//! | `pvbackend_blk_resets_total` | counter | disk, (guest) | device resets after a panic in a queue worker (`errors{kind="worker_panic"}`) or an I/O thread (`errors{kind="io_panic"}`): the connection is dropped and QEMU's `reconnect=` resubmits the unfinished requests |
 //!
 //! Every data-path error that is logged also increments an error counter.
 //! The `errors` series of the kinds in [`PRESET_ERROR_KINDS`] (the
@@ -30,27 +33,37 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::metrics_server::GuestLabel;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DiskLabels {
     disk: String,
+    #[prometheus(flatten)]
+    guest: GuestLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DiskOpLabels {
     disk: String,
     op: String,
+    #[prometheus(flatten)]
+    guest: GuestLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DiskKindLabels {
     disk: String,
     kind: String,
+    #[prometheus(flatten)]
+    guest: GuestLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DiskQueueLabels {
     disk: String,
     queue: String,
+    #[prometheus(flatten)]
+    guest: GuestLabel,
 }
 
 /// The `errors` kinds created at 0 for every disk (see the module docs).
@@ -176,9 +189,15 @@ impl BlkFamilies {
         f
     }
 
-    /// Handles for one disk with `queues` queues, resolved once so the data
-    /// path never looks up a label set.
+    /// Handles for one disk of no named guest (see [`Self::guest_disk`]).
     pub fn disk(&self, disk: &str, queues: u16) -> Arc<DiskMetrics> {
+        self.guest_disk(disk, None, queues)
+    }
+
+    /// Handles for one disk with `queues` queues, of `guest` when it names
+    /// one, resolved once so the data path never looks up a label set.
+    pub fn guest_disk(&self, disk: &str, guest: Option<&str>, queues: u16) -> Arc<DiskMetrics> {
+        let guest = GuestLabel::new(guest);
         // Each handle is cloned out in its own statement: `get_or_create`
         // returns a read guard, and a guard still alive (a temporary of the
         // same statement) while the next call takes the family's write lock
@@ -190,13 +209,16 @@ impl BlkFamilies {
         let op = |o: BlkOp| DiskOpLabels {
             disk: disk.to_owned(),
             op: o.name().to_owned(),
+            guest: guest.clone(),
         };
         let queue = |q: u16| DiskQueueLabels {
             disk: disk.to_owned(),
             queue: q.to_string(),
+            guest: guest.clone(),
         };
         let d = DiskLabels {
             disk: disk.to_owned(),
+            guest: guest.clone(),
         };
         let requests = BlkOp::ALL.map(|o| counter(&self.requests, &op(o)));
         let latency = BlkOp::ALL.map(|o| {
@@ -221,11 +243,13 @@ impl BlkFamilies {
             let labels = DiskKindLabels {
                 disk: disk.to_owned(),
                 kind: kind.to_owned(),
+                guest: guest.clone(),
             };
             counter(&self.errors, &labels);
         }
         Arc::new(DiskMetrics {
             disk: disk.to_owned(),
+            guest,
             requests,
             bytes_read,
             bytes_written,
@@ -244,6 +268,7 @@ impl BlkFamilies {
 #[derive(Debug)]
 pub struct DiskMetrics {
     disk: String,
+    guest: GuestLabel,
     requests: [Counter; 6],
     bytes_read: Counter,
     bytes_written: Counter,
@@ -278,6 +303,7 @@ impl DiskMetrics {
             .get_or_create(&DiskKindLabels {
                 disk: self.disk.clone(),
                 kind: kind.to_owned(),
+                guest: self.guest.clone(),
             })
             .inc();
     }
@@ -336,6 +362,34 @@ mod tests {
             "{other}"
         );
         server.stop();
+    }
+
+    #[test]
+    fn a_disk_of_a_guest_carries_the_guest_label_on_every_series() {
+        let mut registry = Registry::default();
+        let families = BlkFamilies::register(&mut registry);
+        let d = families.guest_disk("vm1-root", Some("vm1"), 1);
+        d.completed(BlkOp::Write, 0.001);
+        d.error("short_header");
+        let _plain = families.disk("scratch", 1);
+        let text = render(&registry);
+        for needle in [
+            r#"pvbackend_blk_requests_total{disk="vm1-root",op="write",guest="vm1"} 1"#,
+            r#"pvbackend_blk_errors_total{disk="vm1-root",kind="short_header",guest="vm1"} 1"#,
+            r#"pvbackend_blk_errors_total{disk="vm1-root",kind="io",guest="vm1"} 0"#,
+            r#"pvbackend_blk_inflight{disk="vm1-root",guest="vm1"} 0"#,
+            r#"pvbackend_blk_kicks_total{disk="vm1-root",queue="0",guest="vm1"} 0"#,
+            r#"pvbackend_blk_request_duration_seconds_count{disk="vm1-root",op="write",guest="vm1"} 1"#,
+            r#"pvbackend_blk_inflight{disk="scratch"} 0"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        // Every series of the guest's disk names the guest; no series of
+        // the guestless disk has an empty guest label.
+        for line in text.lines().filter(|l| l.contains(r#"disk="vm1-root""#)) {
+            assert!(line.contains(r#"guest="vm1""#), "{line}");
+        }
+        assert!(!text.contains("guest=\"\""), "{text}");
     }
 
     fn http_get(addr: &str, path: &str) -> String {

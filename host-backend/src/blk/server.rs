@@ -224,7 +224,7 @@ fn open_disk(
         name: name.clone(),
         source,
     })?;
-    let metrics = families.disk(&d.display_name(), d.num_queues);
+    let metrics = families.guest_disk(&d.display_name(), d.guest.as_deref(), d.num_queues);
     let threads = match d.io_mode {
         IoMode::Sync => 0,
         IoMode::Pool | IoMode::Hybrid => usize::from(d.io_threads),

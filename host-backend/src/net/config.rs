@@ -33,6 +33,10 @@ pub const MAX_POLL_US: u32 = 1000;
 pub struct NetPortConfig {
     #[serde(default)]
     pub name: Option<String>,
+    /// The guest the NIC belongs to: the `guest` label on its series
+    /// ([`crate::metrics_server`]), so `pvbackend top` groups it.
+    #[serde(default)]
+    pub guest: Option<String>,
     pub socket: PathBuf,
     /// MAC offered to the guest in the config space (`aa:bb:cc:dd:ee:ff`).
     #[serde(default)]
@@ -109,6 +113,9 @@ pub fn validate(
         if p.poll_us > MAX_POLL_US {
             return Err(bad(format!("poll_us {} is over {MAX_POLL_US}", p.poll_us)));
         }
+        if let Some(message) = crate::metrics_server::guest_name_problem(p.guest.as_deref()) {
+            return Err(bad(message));
+        }
         if !(68..=9000).contains(&p.mtu) {
             return Err(bad(format!("mtu {} is not in 68..=9000", p.mtu)));
         }
@@ -135,7 +142,7 @@ pub fn validate(
 }
 
 /// Parses a `--net-port` spec:
-/// `socket=SOCK[,name=N][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N]`.
+/// `socket=SOCK[,name=N][,guest=G][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N]`.
 pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> {
     let err = |message: String| NetConfigError::Spec {
         spec: spec.to_owned(),
@@ -144,6 +151,7 @@ pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> 
     let mut socket = None;
     let mut p = NetPortConfig {
         name: None,
+        guest: None,
         socket: PathBuf::new(),
         mac: None,
         mtu: default_mtu(),
@@ -161,6 +169,7 @@ pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> 
         match k {
             "socket" => socket = Some(PathBuf::from(need(v)?)),
             "name" => p.name = Some(need(v)?),
+            "guest" => p.guest = Some(need(v)?),
             "mac" => p.mac = Some(need(v)?),
             "mtu" => {
                 p.mtu = need(v)?
@@ -218,6 +227,12 @@ mod tests {
         assert!(validate(&[bad], &sw, &none).is_err());
         let mut bad = p.clone();
         bad.mac = Some("01:00:5e:00:00:01".into());
+        assert!(validate(&[bad], &sw, &none).is_err());
+        let g = parse_net_port_spec("socket=/s,guest=vm1").expect("guest");
+        assert_eq!(g.guest.as_deref(), Some("vm1"));
+        assert!(validate(&[g], &sw, &none).is_ok());
+        let mut bad = p.clone();
+        bad.guest = Some(String::new());
         assert!(validate(&[bad], &sw, &none).is_err());
         let taken: BTreeSet<PathBuf> = [p.socket.clone()].into();
         assert!(validate(&[p], &sw, &taken).is_err());

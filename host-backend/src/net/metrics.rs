@@ -3,20 +3,24 @@
 //!
 //! `rx` and `tx` are seen from the switch: `rx` = frames the guest sent.
 //!
+//! Every series carries the `port` label and, when the port names its guest
+//! (`guest = "vm1"`, `guest=vm1`), the `guest` label last
+//! ([`crate::metrics_server`]: the guest label), shown as `(guest)` below.
+//!
 //! | series | type | labels | meaning |
 //! |---|---|---|---|
-//! | `pvbackend_net_rx_packets_total` | counter | port | frames the switch took from the port (after validation and rate limit) |
-//! | `pvbackend_net_rx_bytes_total` | counter | port | their bytes (Ethernet frame, no virtio header) |
-//! | `pvbackend_net_tx_packets_total` | counter | port | frames delivered to the port |
-//! | `pvbackend_net_tx_bytes_total` | counter | port | their bytes |
-//! | `pvbackend_net_drops_total` | counter | port, reason | dropped frames: `runt`, `oversized`, `bad_header`, `malformed_chain`, `rate_limited`, `same_port` (counted on the ingress port); `no_rx_buffer`, `rx_chain` (bad or small RX buffers), `oversized` for the destination's MTU (counted on the destination); `uplink` (TAP errors) |
-//! | `pvbackend_net_flooded_total` | counter | port | frames from the port flooded to every other port |
-//! | `pvbackend_net_learned_macs` | gauge | port | MAC addresses learned on the port |
-//! | `pvbackend_net_worker_panics_total` | counter | port | worker panics (the port was reset) |
-//! | `pvbackend_net_connections_total` | counter | port | frontend connections accepted |
-//! | `pvbackend_net_poll_hits_total` | counter | port | polling windows (`poll_us`) after a TX burst that found the guest's next frame |
-//! | `pvbackend_net_poll_misses_total` | counter | port | polling windows that ended empty or out of budget (the worker went back to sleep) |
-//! | `pvbackend_switch_mac` | gauge | port, mac | 1 for each address in the MAC table |
+//! | `pvbackend_net_rx_packets_total` | counter | port, (guest) | frames the switch took from the port (after validation and rate limit) |
+//! | `pvbackend_net_rx_bytes_total` | counter | port, (guest) | their bytes (Ethernet frame, no virtio header) |
+//! | `pvbackend_net_tx_packets_total` | counter | port, (guest) | frames delivered to the port |
+//! | `pvbackend_net_tx_bytes_total` | counter | port, (guest) | their bytes |
+//! | `pvbackend_net_drops_total` | counter | port, reason, (guest) | dropped frames: `runt`, `oversized`, `bad_header`, `malformed_chain`, `rate_limited`, `same_port` (counted on the ingress port); `no_rx_buffer`, `rx_chain` (bad or small RX buffers), `oversized` for the destination's MTU (counted on the destination); `uplink` (TAP errors) |
+//! | `pvbackend_net_flooded_total` | counter | port, (guest) | frames from the port flooded to every other port |
+//! | `pvbackend_net_learned_macs` | gauge | port, (guest) | MAC addresses learned on the port |
+//! | `pvbackend_net_worker_panics_total` | counter | port, (guest) | worker panics (the port was reset) |
+//! | `pvbackend_net_connections_total` | counter | port, (guest) | frontend connections accepted |
+//! | `pvbackend_net_poll_hits_total` | counter | port, (guest) | polling windows (`poll_us`) after a TX burst that found the guest's next frame |
+//! | `pvbackend_net_poll_misses_total` | counter | port, (guest) | polling windows that ended empty or out of budget (the worker went back to sleep) |
+//! | `pvbackend_switch_mac` | gauge | port, mac, (guest) | 1 for each address in the MAC table |
 //!
 //! The uplink's port is labelled `uplink:<tap name>`.
 
@@ -29,22 +33,29 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::frame::{format_mac, DropReason, Mac};
+use crate::metrics_server::GuestLabel;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortLabels {
     port: String,
+    #[prometheus(flatten)]
+    guest: GuestLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     port: String,
     reason: String,
+    #[prometheus(flatten)]
+    guest: GuestLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MacLabels {
     port: String,
     mac: String,
+    #[prometheus(flatten)]
+    guest: GuestLabel,
 }
 
 /// The metric families of every switch port.
@@ -145,14 +156,21 @@ impl NetFamilies {
         f
     }
 
-    /// Handles for one port, resolved once.
+    /// Handles for one port of no named guest (see [`Self::guest_port`]).
     pub fn port(&self, port: &str) -> Arc<PortMetrics> {
+        self.guest_port(port, None)
+    }
+
+    /// Handles for one port, of `guest` when it names one, resolved once.
+    pub fn guest_port(&self, port: &str, guest: Option<&str>) -> Arc<PortMetrics> {
+        let guest = GuestLabel::new(guest);
         fn c(f: &Family<PortLabels, Counter>, l: &PortLabels) -> Counter {
             let c = f.get_or_create(l).clone();
             c
         }
         let l = PortLabels {
             port: port.to_owned(),
+            guest: guest.clone(),
         };
         let drops = DropReason::ALL.map(|r| {
             let c = self
@@ -160,6 +178,7 @@ impl NetFamilies {
                 .get_or_create(&ReasonLabels {
                     port: port.to_owned(),
                     reason: r.label().to_owned(),
+                    guest: guest.clone(),
                 })
                 .clone();
             c
@@ -170,6 +189,7 @@ impl NetFamilies {
         };
         Arc::new(PortMetrics {
             port: port.to_owned(),
+            guest,
             rx_packets: c(&self.rx_packets, &l),
             rx_bytes: c(&self.rx_bytes, &l),
             tx_packets: c(&self.tx_packets, &l),
@@ -190,6 +210,7 @@ impl NetFamilies {
 #[derive(Debug)]
 pub struct PortMetrics {
     port: String,
+    guest: GuestLabel,
     pub rx_packets: Counter,
     pub rx_bytes: Counter,
     pub tx_packets: Counter,
@@ -221,6 +242,7 @@ impl PortMetrics {
             .get_or_create(&MacLabels {
                 port: self.port.clone(),
                 mac: format_mac(mac),
+                guest: self.guest.clone(),
             })
             .set(1);
     }
@@ -230,6 +252,37 @@ impl PortMetrics {
         self.macs.remove(&MacLabels {
             port: self.port.clone(),
             mac: format_mac(mac),
+            guest: self.guest.clone(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics_server::render;
+
+    #[test]
+    fn a_port_of_a_guest_carries_the_guest_label_on_every_series() {
+        let mut registry = Registry::default();
+        let families = NetFamilies::register(&mut registry);
+        let p = families.guest_port("vm1-eth0", Some("vm1"));
+        p.rx_packets.inc();
+        p.dropped(DropReason::ALL[0]);
+        p.mac_learned(&[0x52, 0x54, 0, 0, 0, 1]);
+        let _plain = families.port("uplink:tap0");
+        let text = render(&registry);
+        for needle in [
+            r#"pvbackend_net_rx_packets_total{port="vm1-eth0",guest="vm1"} 1"#,
+            r#"pvbackend_switch_mac{port="vm1-eth0",mac="52:54:00:00:00:01",guest="vm1"} 1"#,
+            r#"pvbackend_net_rx_packets_total{port="uplink:tap0"} 0"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        for line in text.lines().filter(|l| l.contains(r#"port="vm1-eth0""#)) {
+            assert!(line.contains(r#"guest="vm1""#), "{line}");
+        }
+        p.mac_gone(&[0x52, 0x54, 0, 0, 0, 1]);
+        assert!(!render(&registry).contains("pvbackend_switch_mac{"));
     }
 }

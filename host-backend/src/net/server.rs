@@ -218,7 +218,7 @@ impl NetService {
                 p.mac(),
                 p.rate_mbps,
                 p.poll_us,
-                families.port(&name),
+                families.guest_port(&name, p.guest.as_deref()),
                 Attachment::Guest,
             )));
         }
