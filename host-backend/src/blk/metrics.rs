@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | `pvbackend_blk_requests_total` | counter | disk, op, (guest) | requests completed, by op: `read`, `write`, `flush`, `get_id`, `discard`, `write_zeroes` |
 //! | `pvbackend_blk_bytes_total` | counter | disk, op, (guest) | data bytes moved by successful `read` and `write` requests |
-//! | `pvbackend_blk_errors_total` | counter | disk, kind, (guest) | failed or dropped requests: `io` (the disk failed), `dropped_chain` (no status byte: returned with used length 0), `worker_panic` and `io_panic` (a panic, see `resets`), `signal` (notifying the driver failed), and one kind per guest mistake (`short_header`, `out_of_range`, `misaligned`, `too_many_segments`, `wrong_direction`, `read_only`, `unsupported`, `guest_memory`, ...) |
+//! | `pvbackend_blk_errors_total` | counter | disk, kind, (guest) | failed or dropped requests: `io` (the disk failed), `dropped_chain` (no status byte: returned with used length 0), `worker_panic` and `io_panic` (a panic, see `resets`), `stop_timeout` (a request stuck in the disk past `stop-timeout-ms` when QEMU stopped the queue: the queue is reset, see `resets`), `signal` (notifying the driver failed), and one kind per guest mistake (`short_header`, `out_of_range`, `misaligned`, `too_many_segments`, `wrong_direction`, `read_only`, `unsupported`, `guest_memory`, ...) |
 //! | `pvbackend_blk_inflight` | gauge | disk, (guest) | requests being executed now |
 //! | `pvbackend_blk_request_duration_seconds` | histogram | disk, op, (guest) | time from taking a request off the queue to completing it |
 //! | `pvbackend_blk_kicks_total` | counter | disk, queue, (guest) | queue notifications from the driver handled |
