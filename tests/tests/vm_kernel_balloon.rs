@@ -53,18 +53,22 @@ fn clean_log_check() -> String {
     )
 }
 
-/// Loaded without a `pci_dev_id`, the module binds nothing: the balloon
-/// stays with the C driver; it unloads, and the kernel log stays clean.
+/// Loaded without a `pci_dev_id`, the module binds nothing, not even the
+/// balloon freed from the C driver first; it unloads, the C driver takes
+/// the balloon back, and the kernel log stays clean.
 #[test]
 fn module_without_an_address_binds_nothing_and_unloads_cleanly() {
     let data = module();
     let script = format!(
         "{FIND_BALLOON}\
+         echo $bdf > /sys/bus/pci/devices/$bdf/driver/unbind\n\
          insmod /lib/modules/pv_balloon.ko\n\
          grep -q '^pv_balloon ' /proc/modules\n\
-         echo \"pvtest: loaded, $bdf bound to $(drv)\"\n\
+         echo \"pvtest: loaded, free $bdf bound to $(drv)\"\n\
          rmmod pv_balloon\n\
          if grep -q '^pv_balloon ' /proc/modules; then echo \"pvtest: still loaded\"; exit 1; fi\n\
+         echo $bdf > /sys/bus/pci/drivers/virtio-pci/bind\n\
+         echo \"pvtest: back to $(drv)\"\n\
          {}",
         clean_log_check()
     );
@@ -77,7 +81,12 @@ fn module_without_an_address_binds_nothing_and_unloads_cleanly() {
         .run()
         .expect("harness");
     out.expect_pass();
-    for needle in ["bound to virtio-pci", "pvtest: loaded, ", "pvtest: clean"] {
+    for needle in [
+        "bound to virtio-pci",
+        "pvtest: loaded, ",
+        "pvtest: back to virtio-pci",
+        "pvtest: clean",
+    ] {
         assert!(
             out.console_has(needle),
             "missing '{needle}'\n{}",
