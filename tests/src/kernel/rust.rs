@@ -9,7 +9,7 @@
 //! rustc, bindgen and clang versions (a module's `.rmeta` only links against
 //! a kernel built by the identical rustc). The built tree is kept (its
 //! objects included): out-of-tree modules are built against it
-//! ([`build_module`]).
+//! ([`super::extmod::build_module`]).
 
 use std::fs;
 use std::io::Write as _;
