@@ -30,6 +30,12 @@ PKGS_REST=(
   tmux                      # a real terminal for pvbackend top's live view (backend_top)
   prometheus                # promtool: checks the alerting rules (backend_top)
 )
+# The Rust guest kernel (KernelChoice::Rust) the harness builds once and caches
+# (tests/src/kernel/rust.rs): Debian's rustc-web (above) as RUSTC, clang/lld/
+# llvm 19 as the compiler, the kernel's build tools, and bindgen-cli (cargo,
+# ensure_bindgen: Debian's bindgen 0.60 is too old for 7.3).
+PKGS_RUST_KERNEL=(clang-19 lld-19 llvm-19 libclang-19-dev flex bison cpio bc make)
+BINDGEN_VERSION=0.73.2
 KERNEL_META=linux-image-cloud-amd64
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
@@ -55,14 +61,14 @@ apt_lists_know_kernel() {
 setup() {
   if [ ! -r /etc/debian_version ] || ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
     die "this script sets up Debian 12 only. Elsewhere install the equivalents of:
-  $(strip_comments "${PKGS_QEMU[*]}" "${PKGS_REST[*]}")
+  $(strip_comments "${PKGS_QEMU[*]}" "${PKGS_REST[*]}" "${PKGS_RUST_KERNEL[*]}")
 and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debian)."
   fi
   command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs), then rerun"
 
   local miss_qemu miss_rest need_update=0
   miss_qemu=$(missing_packages "${PKGS_QEMU[@]}")
-  miss_rest=$(missing_packages "${PKGS_REST[@]}")
+  miss_rest=$(missing_packages "${PKGS_REST[@]}" "${PKGS_RUST_KERNEL[@]}")
   apt_lists_know_kernel || need_update=1
   if [ -n "$miss_qemu$miss_rest" ] || [ "$need_update" = 1 ]; then
     if [ "$(id -u)" != 0 ]; then
@@ -85,7 +91,7 @@ and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debia
       # shellcheck disable=SC2086
       apt-get install -y -qq $miss_rest >/dev/null
     fi
-    miss_rest=$(missing_packages "${PKGS_QEMU[@]}" "${PKGS_REST[@]}")
+    miss_rest=$(missing_packages "${PKGS_QEMU[@]}" "${PKGS_REST[@]}" "${PKGS_RUST_KERNEL[@]}")
     [ -z "$miss_rest" ] || die "still missing after apt-get install: $miss_rest"
     apt_lists_know_kernel || die "apt does not know $KERNEL_META even after apt-get update"
   fi
@@ -98,8 +104,20 @@ and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debia
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
     command -v npm >/dev/null || die "npm still missing after apt-get install npm"
   fi
+  ensure_bindgen
   # The service scripts of xen-utils may start daemons on some systems; the
   # tests start their own xenstored and never touch a system one.
+}
+
+# bindgen-cli for the Rust guest kernel build, pinned (its version is part of
+# the kernel cache key).
+ensure_bindgen() {
+  local have
+  have=$(bindgen --version 2>/dev/null || "${CARGO_HOME:-$HOME/.cargo}/bin/bindgen" --version 2>/dev/null || true)
+  if [ "$have" != "bindgen $BINDGEN_VERSION" ]; then
+    log "installing bindgen-cli $BINDGEN_VERSION (cargo install --locked)"
+    cargo install --locked bindgen-cli --version "$BINDGEN_VERSION"
+  fi
 }
 
 ensure_nextest() {
@@ -200,6 +218,10 @@ cmd_test() {
   RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features
   fuzz_lint
   fuzz_smoke
+  # The Rust guest kernel and its module build once per machine (minutes;
+  # cached): before the tests, outside nextest's per-test time limit.
+  log "Rust guest kernel and pv_balloon module (built once, then cached)"
+  cargo run --locked -q -p pvdrivers-tests --bin pvprepare-kernel
   log "cargo nextest run (unit, portability, C and xenstored peers, QEMU guests)"
   cargo nextest run --locked --workspace --all-features "$@"
 }

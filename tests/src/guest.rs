@@ -653,8 +653,10 @@ impl GuestBuilder {
              finish() { echo; echo \"",
         );
         s.push_str(end);
+        s.push_str(" rc=$1\"; sync; ");
+        s.push_str(self.kernel.power_off_command());
         s.push_str(
-            " rc=$1\"; sync; poweroff -f; sleep 60; }\n\
+            "; sleep 60; }\n\
              for m in $(cat /etc/pvtest/modules); do\n\
              \x20 insmod /lib/modules/pvtest/$m.ko || { echo \"pvtest: insmod $m failed\"; finish 120; }\n\
              done\n\

@@ -11,6 +11,9 @@
 //! never changed. 6.12 ships its modules xz-compressed; they are
 //! decompressed once when the package is unpacked, so the module index and
 //! the guest's busybox `insmod` see plain `.ko` files.
+//!
+//! A third choice is built here rather than downloaded: the Rust guest
+//! kernel ([`rust`]), for our in-kernel Rust modules.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,9 @@ use std::process::Command;
 
 use crate::cache::{self, DirLock};
 use crate::HarnessError;
+
+pub mod extmod;
+pub mod rust;
 
 /// The metapackage that always depends on the current cloud kernel.
 pub const METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -30,6 +36,10 @@ pub enum KernelChoice {
     Current,
     /// bookworm-backports' cloud kernel (6.12: has `ublk_drv`).
     Backports,
+    /// A `CONFIG_RUST` kernel (7.3) built here from Debian's source package
+    /// and cached ([`rust`]): the one our Rust kernel modules load into.
+    /// Its virtio drivers are built in; it has no loadable modules of its own.
+    Rust,
 }
 
 impl KernelChoice {
@@ -38,6 +48,7 @@ impl KernelChoice {
         match self {
             Self::Current => current(),
             Self::Backports => backports(),
+            Self::Rust => rust::kernel(),
         }
     }
 
@@ -49,7 +60,20 @@ impl KernelChoice {
     pub fn tcg_cpu(self) -> &'static str {
         match self {
             Self::Current => "max",
-            Self::Backports => "max,cx16=off",
+            // 7.3 shares 6.12's SLUB fast path.
+            Self::Backports | Self::Rust => "max,cx16=off",
+        }
+    }
+}
+
+impl KernelChoice {
+    /// How the guest's init ends the VM. The Rust kernel's tiny config has
+    /// no ACPI, so `poweroff -f` only halts the CPU; `reboot -f` resets it
+    /// and QEMU, started with `-no-reboot`, exits.
+    pub fn power_off_command(self) -> &'static str {
+        match self {
+            Self::Current | Self::Backports => "poweroff -f",
+            Self::Rust => "reboot -f",
         }
     }
 }
