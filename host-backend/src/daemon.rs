@@ -53,10 +53,18 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    // The one QMP connection per guest, shared by everything that talks
+    // to guests.
+    let registry = Arc::new(crate::guests::mux::Registry::new());
     let balloon = if config.balloon.serves() {
         Some(
-            crate::balloon::spawn(config.balloon.clone(), balloon_metrics, stop.clone())
-                .map_err(DaemonError::Thread)?,
+            crate::balloon::spawn(
+                config.balloon.clone(),
+                balloon_metrics,
+                registry.clone(),
+                stop.clone(),
+            )
+            .map_err(DaemonError::Thread)?,
         )
     } else {
         None

@@ -21,6 +21,7 @@ pub mod balloon;
 pub mod blk;
 pub mod config;
 pub mod daemon;
+pub mod guests;
 pub mod listener;
 pub mod metrics_server;
 pub mod net;
