@@ -26,6 +26,8 @@ pub enum DaemonError {
     Metrics(String),
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Control(#[from] crate::guests::control::ControlError),
     #[error("cannot start thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -69,6 +71,22 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     } else {
         None
     };
+    let control = match config.guests.control_socket_path() {
+        Some(path) => {
+            let mode = config.guests.mode().map_err(ConfigError::Guests)?;
+            let guests = Arc::new(crate::guests::Guests::new(
+                config.guests.clone(),
+                registry.clone(),
+            ));
+            Some(crate::guests::control::ControlServer::start(
+                &path,
+                mode,
+                guests,
+                stop.clone(),
+            )?)
+        }
+        None => None,
+    };
     info!(
         "ready: {} disk(s), {} net port(s), balloon manager {}",
         blk.disk_count(),
@@ -93,6 +111,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         if !crate::worker::join_until(b, deadline) {
             warn!("balloon manager still busy at the deadline; leaving it");
         }
+    }
+    if let Some(c) = control {
+        c.stop();
     }
     if let Some(m) = metrics {
         m.stop();

@@ -1,0 +1,832 @@
+//! Bounded parallel shutdown and restore of every configured guest.
+//!
+//! Shutdown runs every guest on its own thread, all under ONE overall
+//! deadline T counted from the command's start (never a per-guest sum):
+//!
+//! 1. **save** until the save deadline ([`Plan::save`], default 45% of T):
+//!    `stop`, `migrate-set-parameters max-bandwidth` (raised: QEMU's
+//!    default cap is 128 MiB/s), the state file opened by the daemon and
+//!    handed over with `getfd`, `migrate fd:`; a migration blocker makes
+//!    `migrate` itself fail, so it is reported at once and nothing waits on
+//!    it. Completed: the daemon fsyncs the file, renames it to
+//!    `NAME.state`, fsyncs the directory, then `quit`s QEMU. Failed or past
+//!    the save deadline: `migrate_cancel`, `cont`, the partial file removed;
+//! 2. **ACPI** `system_powerdown`, waiting for QEMU to exit until T minus
+//!    the margin ([`Plan::margin`], default min(5 s, T/5));
+//! 3. **`quit`**, waiting until T;
+//! 4. **SIGKILL at T** (pid from `pid_file`, or the QMP socket's peer).
+//!
+//! A guest whose QMP does not answer gets SIGTERM at once (QEMU exits
+//! cleanly on it) and SIGKILL at T. Every QMP wait is cut at the end of
+//! its phase, so no guest can hold the command past T (plus the few
+//! milliseconds of the final kill and report).
+//!
+//! Restore starts every guest that has a `NAME.state` in parallel under
+//! one deadline: its `restore_command` plus `-S -incoming defer`, the
+//! state file handed over with `getfd` + `migrate-incoming fd:`, `cont`
+//! once the incoming migration completed; the state file is then renamed
+//! `NAME.state.restored` so it is never restored twice.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::config::{GuestEntry, GuestsConfig};
+use super::mux::{QmpMux, Registry};
+use super::report::Report;
+use crate::balloon::qmp::QmpError;
+
+const MIB: u64 = 1 << 20;
+/// How often migration status and QEMU's exit are polled.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The deadlines of one shutdown, all counted from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// T: every guest is gone by then.
+    pub deadline: Duration,
+    /// Saving stops here.
+    pub save: Duration,
+    /// ACPI powerdown waits until `deadline - margin`; `quit` gets the rest.
+    pub margin: Duration,
+}
+
+impl Plan {
+    /// The plan for deadline `t`, with the save deadline `save` when given
+    /// (clamped so the ACPI phase keeps at least one margin).
+    pub fn new(t: Duration, save: Option<Duration>) -> Self {
+        let margin = (t / 5).min(Duration::from_secs(5));
+        let latest_save = t.saturating_sub(margin * 2);
+        let save = save.unwrap_or(t * 45 / 100).min(latest_save);
+        Self {
+            deadline: t,
+            save,
+            margin,
+        }
+    }
+}
+
+/// The daemon's guests and what acts on them.
+#[derive(Debug)]
+pub struct Guests {
+    cfg: GuestsConfig,
+    registry: Arc<Registry>,
+}
+
+fn duplicate_report(g: &GuestEntry, index: usize, command: &str) -> Report {
+    let t0 = Instant::now();
+    let mut r = Report::new(&g.name, command);
+    r.step(
+        t0,
+        t0,
+        "check",
+        Err(format!(
+            "duplicate guest name '{}' ([[guests.guest]] entry {}, qmp {}): only the first entry \
+             with this name is handled; give this one its own name",
+            g.name,
+            index + 1,
+            g.qmp.display()
+        )),
+    );
+    r.finish(t0, "refused")
+}
+
+impl Guests {
+    /// The guests of `cfg` (validated), reached through `registry`.
+    pub fn new(cfg: GuestsConfig, registry: Arc<Registry>) -> Self {
+        Self { cfg, registry }
+    }
+
+    /// Entries in order; a name already used is `Err(index)`.
+    fn entries(&self) -> Vec<Result<&GuestEntry, (usize, &GuestEntry)>> {
+        let mut seen = BTreeSet::new();
+        self.cfg
+            .guests
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                if seen.insert(g.name.as_str()) {
+                    Ok(g)
+                } else {
+                    Err((i, g))
+                }
+            })
+            .collect()
+    }
+
+    fn qmp_timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.qmp_timeout_secs)
+    }
+
+    /// Stops every guest in parallel under `plan`; one report per entry,
+    /// in configuration order.
+    pub fn shutdown(&self, plan: Plan) -> Vec<Report> {
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .entries()
+                .into_iter()
+                .map(|e| match e {
+                    Ok(g) => Ok(s.spawn(move || Shutdown::new(self, g, plan, t0).run())),
+                    Err((i, g)) => Err(Box::new(duplicate_report(g, i, "shutdown"))),
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h {
+                    Ok(h) => h.join().unwrap_or_else(|_| {
+                        Report::new("?", "shutdown").finish(t0, "still_running")
+                    }),
+                    Err(r) => *r,
+                })
+                .collect()
+        })
+    }
+
+    /// Restores every guest with a saved state in parallel, within
+    /// `deadline`; one report per entry, in configuration order.
+    pub fn restore(&self, deadline: Duration) -> Vec<Report> {
+        let t0 = Instant::now();
+        let end = t0 + deadline;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .entries()
+                .into_iter()
+                .map(|e| match e {
+                    Ok(g) => Ok(s.spawn(move || self.restore_one(g, t0, end))),
+                    Err((i, g)) => Err(Box::new(duplicate_report(g, i, "restore"))),
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Report::new("?", "restore").finish(t0, "failed")),
+                    Err(r) => *r,
+                })
+                .collect()
+        })
+    }
+
+    /// One row per entry for `pvbackend guests list`: name, QEMU's run
+    /// state (`query-status`) or why it is unknown, pid, saved state.
+    pub fn list(&self) -> Vec<Value> {
+        let timeout = self.qmp_timeout().min(Duration::from_secs(2));
+        self.cfg
+            .guests
+            .iter()
+            .map(|g| {
+                let (status, pid) = match self.registry.get(&g.qmp, timeout) {
+                    Ok(m) => (
+                        m.execute("query-status", None, timeout)
+                            .ok()
+                            .and_then(|v| v["status"].as_str().map(str::to_owned))
+                            .unwrap_or_else(|| "no answer".into()),
+                        m.peer_pid(),
+                    ),
+                    Err(e) => (format!("down ({})", e.error.kind()), e.peer_pid),
+                };
+                let saved = self
+                    .cfg
+                    .state_dir_of(g)
+                    .map(|d| d.join(format!("{}.state", g.name)))
+                    .filter(|p| p.exists());
+                json!({
+                    "guest": g.name,
+                    "status": status,
+                    "pid": pid,
+                    "saved_state": saved.map(|p| p.display().to_string()),
+                })
+            })
+            .collect()
+    }
+
+    fn restore_one(&self, g: &GuestEntry, t0: Instant, end: Instant) -> Report {
+        let mut r = Report::new(&g.name, "restore");
+        let Some(dir) = self.cfg.state_dir_of(g) else {
+            r.step(t0, t0, "check", Err("no state_dir configured".into()));
+            return r.finish(t0, "refused");
+        };
+        let state = dir.join(format!("{}.state", g.name));
+        if !state.exists() {
+            return r.finish(t0, "no_state");
+        }
+        r.state_file = Some(state.display().to_string());
+        if g.restore_command.is_empty() {
+            r.step(
+                t0,
+                t0,
+                "check",
+                Err("no restore_command for this guest in [[guests.guest]]".into()),
+            );
+            return r.finish(t0, "refused");
+        }
+        let at = Instant::now();
+        if let Ok(m) = self.registry.get(&g.qmp, Duration::from_secs(1)) {
+            r.pid = m.peer_pid();
+            r.step(
+                t0,
+                at,
+                "check",
+                Err(format!(
+                    "a QEMU already answers on {}: not starting a second one",
+                    g.qmp.display()
+                )),
+            );
+            return r.finish(t0, "refused");
+        }
+        match self.restore_steps(g, &state, dir, &mut r, t0, end) {
+            Ok(()) => r.finish(t0, "restored"),
+            Err(child) => {
+                if let Some(pid) = child {
+                    let at = Instant::now();
+                    kill(pid, libc::SIGKILL);
+                    r.step(t0, at, "sigkill", Ok(format!("pid {pid}")));
+                }
+                r.finish(t0, "failed")
+            }
+        }
+    }
+
+    /// Err carries the pid of a QEMU this restore started and must stop.
+    fn restore_steps(
+        &self,
+        g: &GuestEntry,
+        state: &Path,
+        dir: &Path,
+        r: &mut Report,
+        t0: Instant,
+        end: Instant,
+    ) -> Result<(), Option<u32>> {
+        let at = Instant::now();
+        let log_path = dir.join(format!("{}.console.log", g.name));
+        let child = spawn_restore(&g.restore_command, &log_path);
+        let child_pid = match child {
+            Ok(mut c) => {
+                let pid = c.id();
+                // Reap it whenever it exits (it outlives this command).
+                let _ = std::thread::Builder::new()
+                    .name("restore-reaper".into())
+                    .spawn(move || {
+                        let _ = c.wait();
+                    });
+                r.step(
+                    t0,
+                    at,
+                    "spawn",
+                    Ok(format!("pid {pid}, console {}", log_path.display())),
+                );
+                pid
+            }
+            Err(e) => {
+                r.step(t0, at, "spawn", Err(e));
+                return Err(None);
+            }
+        };
+        let at = Instant::now();
+        let qmp = loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                r.step(
+                    t0,
+                    at,
+                    "connect",
+                    Err(format!("{} never answered", g.qmp.display())),
+                );
+                return Err(Some(child_pid));
+            }
+            if !alive(child_pid) {
+                r.step(
+                    t0,
+                    at,
+                    "connect",
+                    Err(format!(
+                        "the restore command exited before its QMP answered (see {})",
+                        log_path.display()
+                    )),
+                );
+                return Err(None);
+            }
+            match self.registry.get(&g.qmp, left.min(self.qmp_timeout())) {
+                Ok(m) => break m,
+                Err(_) => std::thread::sleep(POLL * 2),
+            }
+        };
+        r.pid = qmp.peer_pid().or(Some(child_pid));
+        r.step(t0, at, "connect", Ok(String::new()));
+        let tmo = |end: Instant| {
+            end.saturating_duration_since(Instant::now())
+                .min(self.qmp_timeout())
+        };
+        let at = Instant::now();
+        let res = File::open(state)
+            .map_err(|e| format!("cannot read {}: {e}", state.display()))
+            .and_then(|f| {
+                qmp.execute_with_fd(
+                    "getfd",
+                    Some(json!({"fdname": "pvrestore"})),
+                    f.as_raw_fd(),
+                    tmo(end),
+                )
+                .map_err(|e| e.to_string())?;
+                qmp.execute(
+                    "migrate-incoming",
+                    Some(json!({"uri": "fd:pvrestore"})),
+                    tmo(end),
+                )
+                .map_err(|e| e.to_string())?;
+                wait_migration(&qmp, end, &tmo).and_then(|v| match v["status"].as_str() {
+                    Some("completed") => Ok(()),
+                    _ => Err(format!("incoming migration did not complete: {v}")),
+                })
+            });
+        let ok = res.is_ok();
+        r.step(t0, at, "migrate-incoming", res.map(|()| String::new()));
+        if !ok {
+            return Err(Some(child_pid));
+        }
+        // QEMU leaves `inmigrate` for `paused` (it was started with -S)
+        // once the state is loaded.
+        let at = Instant::now();
+        let res = loop {
+            match qmp.execute("query-status", None, tmo(end)) {
+                Ok(v) if v["status"] == "paused" || v["status"] == "running" => break Ok(()),
+                Ok(v) if Instant::now() >= end => break Err(format!("still {}", v["status"])),
+                Ok(_) => std::thread::sleep(POLL),
+                Err(e) => break Err(e.to_string()),
+            }
+        }
+        .and_then(|()| {
+            qmp.execute("cont", None, tmo(end))
+                .map(|_| String::new())
+                .map_err(|e| e.to_string())
+        });
+        let ok = res.is_ok();
+        r.step(t0, at, "cont", res);
+        if !ok {
+            return Err(Some(child_pid));
+        }
+        let done = state.with_extension("state.restored");
+        if let Err(e) = std::fs::rename(state, &done) {
+            // The guest runs; a state left in place would be restored
+            // again over newer disks, so say it loudly.
+            r.step(
+                t0,
+                Instant::now(),
+                "retire-state",
+                Err(format!(
+                    "cannot rename {} to {}: {e}; remove it before the next restore",
+                    state.display(),
+                    done.display()
+                )),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn spawn_restore(cmd: &[String], log: &Path) -> Result<std::process::Child, String> {
+    use std::os::unix::process::CommandExt;
+    let (prog, args) = cmd.split_first().ok_or("empty restore_command")?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    std::process::Command::new(prog)
+        .args(args)
+        .args(["-S", "-incoming", "defer"])
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group: a signal to the daemon's group (Ctrl-C)
+        // does not reach the guest.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {prog}: {e}"))
+}
+
+/// Polls `query-migrate` until it is no longer active or `end`; returns
+/// the last answer.
+fn wait_migration(
+    qmp: &QmpMux,
+    end: Instant,
+    tmo: &dyn Fn(Instant) -> Duration,
+) -> Result<Value, String> {
+    loop {
+        let v = qmp
+            .execute("query-migrate", None, tmo(end))
+            .map_err(|e| e.to_string())?;
+        match v["status"].as_str() {
+            Some("completed" | "failed" | "cancelled") => return Ok(v),
+            _ if Instant::now() >= end => return Ok(v),
+            _ => std::thread::sleep(POLL),
+        }
+    }
+}
+
+fn kill(pid: u32, sig: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) has no memory effects; `pid` is a single positive
+    // process id (never 0 or -1, which would signal groups).
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// True while `pid` runs: it exists and is not a zombie (QEMU a test or
+/// another parent has not reaped yet counts as gone).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X"),
+        Err(_) => false,
+    }
+}
+
+fn read_pid_file(p: &Path) -> Result<u32, String> {
+    std::fs::read_to_string(p)
+        .map_err(|e| format!("cannot read pid_file {}: {e}", p.display()))?
+        .trim()
+        .parse()
+        .map_err(|_| format!("pid_file {} does not hold a pid", p.display()))
+}
+
+/// One guest's shutdown.
+struct Shutdown<'a> {
+    guests: &'a Guests,
+    g: &'a GuestEntry,
+    t0: Instant,
+    save_end: Instant,
+    acpi_end: Instant,
+    end: Instant,
+    r: Report,
+    pid: Option<u32>,
+}
+
+impl<'a> Shutdown<'a> {
+    fn new(guests: &'a Guests, g: &'a GuestEntry, plan: Plan, t0: Instant) -> Self {
+        Self {
+            guests,
+            g,
+            t0,
+            save_end: t0 + plan.save,
+            acpi_end: t0 + plan.deadline.saturating_sub(plan.margin),
+            end: t0 + plan.deadline,
+            r: Report::new(&g.name, "shutdown"),
+            pid: None,
+        }
+    }
+
+    fn tmo(&self, until: Instant) -> Duration {
+        until
+            .saturating_duration_since(Instant::now())
+            .min(self.guests.qmp_timeout())
+            .max(Duration::from_millis(1))
+    }
+
+    fn step(&mut self, at: Instant, action: &str, r: Result<String, String>) {
+        self.r.step(self.t0, at, action, r);
+    }
+
+    fn run(mut self) -> Report {
+        if let Some(p) = &self.g.pid_file {
+            match read_pid_file(p) {
+                Ok(pid) => self.pid = Some(pid),
+                Err(e) => self.step(Instant::now(), "pid_file", Err(e)),
+            }
+        }
+        let at = Instant::now();
+        let qmp = match self
+            .guests
+            .registry
+            .get(&self.g.qmp, self.tmo(self.save_end))
+        {
+            Ok(m) => {
+                self.pid = self.pid.or(m.peer_pid());
+                m
+            }
+            Err(e) => {
+                self.pid = self.pid.or(e.peer_pid);
+                let nobody = matches!(e.error, QmpError::Connect { .. })
+                    && self.pid.is_none_or(|p| !alive(p));
+                self.step(at, "connect", Err(e.error.to_string()));
+                if nobody {
+                    return self.done("not_running");
+                }
+                return self.no_qmp();
+            }
+        };
+        self.r.pid = self.pid;
+        match self.save(&qmp) {
+            Ok(path) => {
+                self.r.state_file = Some(path.display().to_string());
+                let at = Instant::now();
+                let q = qmp
+                    .execute("quit", None, self.tmo(self.end))
+                    .map(|_| String::new())
+                    .map_err(|e| e.to_string());
+                self.step(at, "quit", q);
+                if !self.wait_exit(&qmp, self.end) {
+                    self.kill_at_end(&qmp);
+                }
+                // The state is durable whatever became of the process.
+                return self.done("saved");
+            }
+            Err(e) => self.step(Instant::now(), "save", Err(e)),
+        }
+        let at = Instant::now();
+        let p = qmp
+            .execute("system_powerdown", None, self.tmo(self.acpi_end))
+            .map(|_| String::new())
+            .map_err(|e| e.to_string());
+        self.step(at, "system_powerdown", p);
+        if self.wait_exit(&qmp, self.acpi_end) {
+            return self.done("powered_off");
+        }
+        let at = Instant::now();
+        let q = qmp
+            .execute("quit", None, self.tmo(self.end))
+            .map(|_| String::new())
+            .map_err(|e| e.to_string());
+        self.step(at, "quit", q);
+        if self.wait_exit(&qmp, self.end) {
+            return self.done("quit");
+        }
+        if self.kill_at_end(&qmp) {
+            self.done("killed")
+        } else {
+            self.done("still_running")
+        }
+    }
+
+    fn done(mut self, outcome: &str) -> Report {
+        self.r.pid = self.pid;
+        self.r.finish(self.t0, outcome)
+    }
+
+    /// QMP unusable: SIGTERM now, SIGKILL at T.
+    fn no_qmp(mut self) -> Report {
+        let Some(pid) = self.pid else {
+            self.step(
+                Instant::now(),
+                "sigterm",
+                Err("no pid known (set pid_file): cannot stop this guest".into()),
+            );
+            return self.done("still_running");
+        };
+        let at = Instant::now();
+        let sent = kill(pid, libc::SIGTERM);
+        self.step(
+            at,
+            "sigterm",
+            if sent {
+                Ok(format!("pid {pid}"))
+            } else {
+                Err(format!("pid {pid}: no such process"))
+            },
+        );
+        while Instant::now() < self.end {
+            if !alive(pid) {
+                return self.done("quit");
+            }
+            std::thread::sleep(POLL);
+        }
+        let at = Instant::now();
+        kill(pid, libc::SIGKILL);
+        self.step(at, "sigkill", Ok(format!("pid {pid} at the deadline")));
+        self.done("killed")
+    }
+
+    /// SIGKILL at T; false when no pid is known.
+    fn kill_at_end(&mut self, qmp: &QmpMux) -> bool {
+        let at = Instant::now();
+        let Some(pid) = self.pid else {
+            self.step(
+                at,
+                "sigkill",
+                Err("no pid known (set pid_file): the guest still runs".into()),
+            );
+            return false;
+        };
+        kill(pid, libc::SIGKILL);
+        self.step(at, "sigkill", Ok(format!("pid {pid} at the deadline")));
+        // The kernel tears the process down and its QMP socket closes.
+        let until = Instant::now() + Duration::from_secs(2);
+        while !qmp.is_closed() && alive(pid) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Waits for QEMU to exit until `until`: its QMP connection closes
+    /// (QEMU exited; a zombie's sockets are closed too) or its pid is gone.
+    fn wait_exit(&self, qmp: &QmpMux, until: Instant) -> bool {
+        loop {
+            if qmp.is_closed() || self.pid.is_some_and(|p| !alive(p)) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The save phase; Ok is the state file.
+    fn save(&mut self, qmp: &QmpMux) -> Result<PathBuf, String> {
+        let dir = self
+            .guests
+            .cfg
+            .state_dir_of(self.g)
+            .ok_or("no state_dir configured: not saved")?
+            .to_owned();
+        let part = dir.join(format!("{}.state.part", self.g.name));
+        let fin = dir.join(format!("{}.state", self.g.name));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .map_err(|e| format!("cannot write the state file {}: {e}", part.display()))?;
+        let at = Instant::now();
+        let r = self.migrate(qmp, &file);
+        let remove = |p: &Path| {
+            let _ = std::fs::remove_file(p);
+        };
+        match r {
+            Ok(bytes) => {
+                let synced = file
+                    .sync_all()
+                    .and_then(|()| std::fs::rename(&part, &fin))
+                    .and_then(|()| File::open(&dir)?.sync_all());
+                if let Err(e) = synced {
+                    remove(&part);
+                    let e = format!("cannot make {} durable: {e}", fin.display());
+                    self.resume(qmp);
+                    return Err(e);
+                }
+                self.step(
+                    at,
+                    "save",
+                    Ok(format!("{} MiB to {}", bytes / MIB, fin.display())),
+                );
+                Ok(fin)
+            }
+            Err(e) => {
+                remove(&part);
+                Err(e)
+            }
+        }
+    }
+
+    /// `cont` after a save that did not happen (the guest was running).
+    fn resume(&mut self, qmp: &QmpMux) {
+        let at = Instant::now();
+        let c = qmp
+            .execute("cont", None, self.tmo(self.acpi_end))
+            .map(|_| String::new())
+            .map_err(|e| e.to_string());
+        self.step(at, "cont", c);
+    }
+
+    /// stop, raise the bandwidth, getfd, migrate, wait; Ok is the bytes
+    /// written. On any failure after `stop` the guest is resumed.
+    fn migrate(&mut self, qmp: &QmpMux, file: &File) -> Result<u64, String> {
+        let status = qmp
+            .execute("query-status", None, self.tmo(self.save_end))
+            .map_err(|e| e.to_string())?;
+        let was_running = status["running"] == json!(true);
+        qmp.execute("stop", None, self.tmo(self.save_end))
+            .map_err(|e| e.to_string())?;
+        let mib = self
+            .g
+            .save_bandwidth_mib
+            .unwrap_or(self.guests.cfg.save_bandwidth_mib);
+        let started = self.start_migration(qmp, file, mib.saturating_mul(MIB));
+        if let Err(e) = started {
+            if was_running {
+                self.resume(qmp);
+            }
+            return Err(e);
+        }
+        let v = wait_migration(qmp, self.save_end, &|u| self.tmo(u));
+        let status = v
+            .as_ref()
+            .ok()
+            .and_then(|v| v["status"].as_str())
+            .unwrap_or("");
+        if status == "completed" {
+            let bytes = v
+                .as_ref()
+                .ok()
+                .and_then(|v| v["ram"]["total"].as_u64())
+                .unwrap_or(0);
+            return Ok(bytes);
+        }
+        let why = match &v {
+            Ok(v) if status == "failed" => format!(
+                "migration failed: {}",
+                v["error-desc"].as_str().unwrap_or("(no reason given)")
+            ),
+            Ok(v) => format!(
+                "not done by the save deadline ({} of {} MiB sent): cancelled",
+                v["ram"]["transferred"].as_u64().unwrap_or(0) / MIB,
+                v["ram"]["total"].as_u64().unwrap_or(0) / MIB
+            ),
+            Err(e) => format!("query-migrate: {e}"),
+        };
+        let at = Instant::now();
+        let c = qmp
+            .execute("migrate_cancel", None, self.tmo(self.acpi_end))
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                // Cancelling is asynchronous: wait for QEMU to leave the
+                // migration before resuming (bounded by the ACPI phase).
+                let until = Instant::now() + Duration::from_secs(5).min(self.tmo(self.acpi_end));
+                let v = wait_migration(qmp, until, &|u| self.tmo(u))?;
+                Ok(format!("status {}", v["status"].as_str().unwrap_or("?")))
+            });
+        self.step(at, "migrate_cancel", c);
+        if was_running {
+            self.resume(qmp);
+        }
+        Err(why)
+    }
+
+    fn start_migration(&self, qmp: &QmpMux, file: &File, bandwidth: u64) -> Result<(), String> {
+        let t = self.tmo(self.save_end);
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": bandwidth })),
+            t,
+        )
+        .map_err(|e| e.to_string())?;
+        qmp.execute_with_fd(
+            "getfd",
+            Some(json!({ "fdname": "pvsave" })),
+            file.as_raw_fd(),
+            t,
+        )
+        .map_err(|e| e.to_string())?;
+        // A migration blocker makes `migrate` itself fail: reported now.
+        qmp.execute("migrate", Some(json!({ "uri": "fd:pvsave" })), t)
+            .map_err(|e| match e {
+                QmpError::Command { desc, .. } => format!("migration refused: {desc}"),
+                other => other.to_string(),
+            })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_keeps_every_phase_inside_the_deadline() {
+        let p = Plan::new(Duration::from_secs(20), None);
+        assert_eq!(p.margin, Duration::from_secs(4));
+        assert_eq!(p.save, Duration::from_secs(9));
+        let p = Plan::new(Duration::from_secs(300), Some(Duration::from_secs(600)));
+        assert_eq!(p.margin, Duration::from_secs(5));
+        assert_eq!(p.save, Duration::from_secs(290), "save clamped");
+        let p = Plan::new(Duration::ZERO, None);
+        assert_eq!((p.save, p.margin), (Duration::ZERO, Duration::ZERO));
+    }
+
+    /// A QEMU that exited but is not reaped yet (a zombie of its parent)
+    /// is gone: waiting on it until the deadline would be a bug.
+    #[test]
+    fn a_zombie_is_not_alive() {
+        assert!(alive(std::process::id()));
+        let mut c = std::process::Command::new("true").spawn().expect("true");
+        let pid = c.id();
+        let t0 = Instant::now();
+        while alive(pid) {
+            assert!(t0.elapsed() < Duration::from_secs(30), "true never exited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+            "still a zombie, not reaped"
+        );
+        c.wait().expect("wait");
+        assert!(!alive(pid));
+    }
+}
