@@ -459,12 +459,31 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// After SIGKILL: the kernel tears the process down (a large guest's
+/// memory takes a moment); wait for that, at most 2 s, so the report is
+/// written when the guest is really gone.
+fn wait_gone(pid: u32, closed: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(2);
+    while !closed() && alive(pid) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn read_pid_file(p: &Path) -> Result<u32, String> {
     std::fs::read_to_string(p)
         .map_err(|e| format!("cannot read pid_file {}: {e}", p.display()))?
         .trim()
         .parse()
         .map_err(|_| format!("pid_file {} does not hold a pid", p.display()))
+}
+
+/// Why a save did not happen, and what undoing it takes.
+struct SaveFailure {
+    why: String,
+    /// A migration may still run: `migrate_cancel` it.
+    cancel: bool,
+    /// The guest was running before the save paused it: `cont`.
+    resume: bool,
 }
 
 /// One guest's shutdown.
@@ -515,7 +534,7 @@ impl<'a> Shutdown<'a> {
         let qmp = match self
             .guests
             .registry
-            .get(&self.g.qmp, self.tmo(self.save_end))
+            .get(&self.g.qmp, self.tmo(self.acpi_end))
         {
             Ok(m) => {
                 self.pid = self.pid.or(m.peer_pid());
@@ -533,8 +552,13 @@ impl<'a> Shutdown<'a> {
             }
         };
         self.r.pid = self.pid;
-        match self.save(&qmp) {
-            Ok(path) => {
+        let saved = if self.save_end > self.t0 {
+            self.save(&qmp)
+        } else {
+            None
+        };
+        if let Some(path) = saved {
+            {
                 self.r.state_file = Some(path.display().to_string());
                 let at = Instant::now();
                 let q = qmp
@@ -548,7 +572,6 @@ impl<'a> Shutdown<'a> {
                 // The state is durable whatever became of the process.
                 return self.done("saved");
             }
-            Err(e) => self.step(Instant::now(), "save", Err(e)),
         }
         let at = Instant::now();
         let p = qmp
@@ -610,6 +633,7 @@ impl<'a> Shutdown<'a> {
         let at = Instant::now();
         kill(pid, libc::SIGKILL);
         self.step(at, "sigkill", Ok(format!("pid {pid} at the deadline")));
+        wait_gone(pid, || false);
         self.done("killed")
     }
 
@@ -626,11 +650,7 @@ impl<'a> Shutdown<'a> {
         };
         kill(pid, libc::SIGKILL);
         self.step(at, "sigkill", Ok(format!("pid {pid} at the deadline")));
-        // The kernel tears the process down and its QMP socket closes.
-        let until = Instant::now() + Duration::from_secs(2);
-        while !qmp.is_closed() && alive(pid) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_gone(pid, || qmp.is_closed());
         true
     }
 
@@ -648,13 +668,60 @@ impl<'a> Shutdown<'a> {
         }
     }
 
-    /// The save phase; Ok is the state file.
-    fn save(&mut self, qmp: &QmpMux) -> Result<PathBuf, String> {
+    /// The save phase, every step recorded; Some is the durable state
+    /// file, None means the guest runs on (resumed if it was paused here).
+    fn save(&mut self, qmp: &QmpMux) -> Option<PathBuf> {
+        let at = Instant::now();
+        match self.try_save(qmp) {
+            Ok((path, bytes)) => {
+                self.step(
+                    at,
+                    "save",
+                    Ok(format!("{} MiB to {}", bytes / MIB, path.display())),
+                );
+                Some(path)
+            }
+            Err(f) => {
+                self.step(at, "save", Err(f.why));
+                if f.cancel {
+                    let at = Instant::now();
+                    let c = qmp
+                        .execute("migrate_cancel", None, self.tmo(self.acpi_end))
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| {
+                            // Cancelling is asynchronous: wait for QEMU to
+                            // leave the migration before resuming.
+                            let until = Instant::now()
+                                + Duration::from_secs(5).min(self.tmo(self.acpi_end));
+                            let v = wait_migration(qmp, until, &|u| self.tmo(u))?;
+                            Ok(format!("status {}", v["status"].as_str().unwrap_or("?")))
+                        });
+                    self.step(at, "migrate_cancel", c);
+                }
+                if f.resume {
+                    let at = Instant::now();
+                    let c = qmp
+                        .execute("cont", None, self.tmo(self.acpi_end))
+                        .map(|_| String::new())
+                        .map_err(|e| e.to_string());
+                    self.step(at, "cont", c);
+                }
+                None
+            }
+        }
+    }
+
+    fn try_save(&mut self, qmp: &QmpMux) -> Result<(PathBuf, u64), SaveFailure> {
+        let plain = |why: String| SaveFailure {
+            why,
+            cancel: false,
+            resume: false,
+        };
         let dir = self
             .guests
             .cfg
             .state_dir_of(self.g)
-            .ok_or("no state_dir configured: not saved")?
+            .ok_or_else(|| plain("no state_dir configured: not saved".into()))?
             .to_owned();
         let part = dir.join(format!("{}.state.part", self.g.name));
         let fin = dir.join(format!("{}.state", self.g.name));
@@ -663,68 +730,53 @@ impl<'a> Shutdown<'a> {
             .create(true)
             .truncate(true)
             .open(&part)
-            .map_err(|e| format!("cannot write the state file {}: {e}", part.display()))?;
-        let at = Instant::now();
-        let r = self.migrate(qmp, &file);
-        let remove = |p: &Path| {
-            let _ = std::fs::remove_file(p);
-        };
-        match r {
-            Ok(bytes) => {
-                let synced = file
-                    .sync_all()
-                    .and_then(|()| std::fs::rename(&part, &fin))
-                    .and_then(|()| File::open(&dir)?.sync_all());
-                if let Err(e) = synced {
-                    remove(&part);
-                    let e = format!("cannot make {} durable: {e}", fin.display());
-                    self.resume(qmp);
-                    return Err(e);
-                }
-                self.step(
-                    at,
-                    "save",
-                    Ok(format!("{} MiB to {}", bytes / MIB, fin.display())),
-                );
-                Ok(fin)
-            }
-            Err(e) => {
-                remove(&part);
-                Err(e)
-            }
+            .map_err(|e| {
+                plain(format!(
+                    "cannot write the state file {}: {e}",
+                    part.display()
+                ))
+            })?;
+        let r = self.migrate(qmp, &file).and_then(|bytes| {
+            file.sync_all()
+                .and_then(|()| std::fs::rename(&part, &fin))
+                .and_then(|()| File::open(&dir)?.sync_all())
+                .map(|()| bytes)
+                .map_err(|e| SaveFailure {
+                    why: format!("cannot make {} durable: {e}", fin.display()),
+                    cancel: false,
+                    resume: true,
+                })
+        });
+        if r.is_err() {
+            let _ = std::fs::remove_file(&part);
         }
+        r.map(|bytes| (fin, bytes))
     }
 
-    /// `cont` after a save that did not happen (the guest was running).
-    fn resume(&mut self, qmp: &QmpMux) {
-        let at = Instant::now();
-        let c = qmp
-            .execute("cont", None, self.tmo(self.acpi_end))
-            .map(|_| String::new())
-            .map_err(|e| e.to_string());
-        self.step(at, "cont", c);
-    }
-
-    /// stop, raise the bandwidth, getfd, migrate, wait; Ok is the bytes
-    /// written. On any failure after `stop` the guest is resumed.
-    fn migrate(&mut self, qmp: &QmpMux, file: &File) -> Result<u64, String> {
+    /// stop, raise the bandwidth, getfd, migrate, wait until the save
+    /// deadline; Ok is the bytes of RAM saved.
+    fn migrate(&mut self, qmp: &QmpMux, file: &File) -> Result<u64, SaveFailure> {
+        let plain = |why: String| SaveFailure {
+            why,
+            cancel: false,
+            resume: false,
+        };
         let status = qmp
             .execute("query-status", None, self.tmo(self.save_end))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| plain(e.to_string()))?;
         let was_running = status["running"] == json!(true);
         qmp.execute("stop", None, self.tmo(self.save_end))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| plain(e.to_string()))?;
         let mib = self
             .g
             .save_bandwidth_mib
             .unwrap_or(self.guests.cfg.save_bandwidth_mib);
-        let started = self.start_migration(qmp, file, mib.saturating_mul(MIB));
-        if let Err(e) = started {
-            if was_running {
-                self.resume(qmp);
-            }
-            return Err(e);
-        }
+        self.start_migration(qmp, file, mib.saturating_mul(MIB))
+            .map_err(|why| SaveFailure {
+                why,
+                cancel: false,
+                resume: was_running,
+            })?;
         let v = wait_migration(qmp, self.save_end, &|u| self.tmo(u));
         let status = v
             .as_ref()
@@ -732,12 +784,11 @@ impl<'a> Shutdown<'a> {
             .and_then(|v| v["status"].as_str())
             .unwrap_or("");
         if status == "completed" {
-            let bytes = v
+            return Ok(v
                 .as_ref()
                 .ok()
                 .and_then(|v| v["ram"]["total"].as_u64())
-                .unwrap_or(0);
-            return Ok(bytes);
+                .unwrap_or(0));
         }
         let why = match &v {
             Ok(v) if status == "failed" => format!(
@@ -745,28 +796,17 @@ impl<'a> Shutdown<'a> {
                 v["error-desc"].as_str().unwrap_or("(no reason given)")
             ),
             Ok(v) => format!(
-                "not done by the save deadline ({} of {} MiB sent): cancelled",
+                "not done by the save deadline ({} of {} MiB sent)",
                 v["ram"]["transferred"].as_u64().unwrap_or(0) / MIB,
                 v["ram"]["total"].as_u64().unwrap_or(0) / MIB
             ),
             Err(e) => format!("query-migrate: {e}"),
         };
-        let at = Instant::now();
-        let c = qmp
-            .execute("migrate_cancel", None, self.tmo(self.acpi_end))
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                // Cancelling is asynchronous: wait for QEMU to leave the
-                // migration before resuming (bounded by the ACPI phase).
-                let until = Instant::now() + Duration::from_secs(5).min(self.tmo(self.acpi_end));
-                let v = wait_migration(qmp, until, &|u| self.tmo(u))?;
-                Ok(format!("status {}", v["status"].as_str().unwrap_or("?")))
-            });
-        self.step(at, "migrate_cancel", c);
-        if was_running {
-            self.resume(qmp);
-        }
-        Err(why)
+        Err(SaveFailure {
+            why,
+            cancel: status != "failed" && status != "cancelled",
+            resume: was_running,
+        })
     }
 
     fn start_migration(&self, qmp: &QmpMux, file: &File, bandwidth: u64) -> Result<(), String> {
