@@ -181,7 +181,14 @@ fn guests_action(control: Option<PathBuf>, action: &GuestsAction) -> ExitCode {
             }),
             secs(*deadline),
             *json,
-            &["saved", "powered_off", "quit", "killed", "not_running"],
+            &[
+                "saved",
+                "powered_off",
+                "quit",
+                "terminated",
+                "killed",
+                "not_running",
+            ],
         ),
         GuestsAction::Restore { deadline, json } => (
             serde_json::json!({"cmd": "restore", "deadline_ms": secs(*deadline).as_millis() as u64}),

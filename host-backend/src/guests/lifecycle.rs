@@ -626,7 +626,7 @@ impl<'a> Shutdown<'a> {
         );
         while Instant::now() < self.end {
             if !alive(pid) {
-                return self.done("quit");
+                return self.done("terminated");
             }
             std::thread::sleep(POLL);
         }
@@ -848,6 +848,224 @@ mod tests {
         assert_eq!(p.save, Duration::from_secs(290), "save clamped");
         let p = Plan::new(Duration::ZERO, None);
         assert_eq!((p.save, p.margin), (Duration::ZERO, Duration::ZERO));
+    }
+
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    /// How a fake QEMU behaves.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Fake {
+        /// `migrate` completes at once (after writing state into the fd).
+        Saves,
+        /// `migrate` is refused (a blocker); ACPI powers it off or not.
+        Blocked { acpi: bool },
+        /// `migrate` stays active forever; ACPI powers it off.
+        Throttled,
+    }
+
+    /// Serves one QMP client as `kind` does; returns the commands seen.
+    fn fake_qemu(path: &Path, kind: Fake) -> std::thread::JoinHandle<Vec<String>> {
+        let listener = UnixListener::bind(path).expect("bind");
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().expect("accept");
+            let mut w = s.try_clone().expect("clone");
+            let _ = w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n");
+            let (mut buf, mut fd, mut seen) = (Vec::new(), None::<File>, Vec::new());
+            let (mut running, mut migration) = (true, "none");
+            loop {
+                let mut chunk = [0u8; 4096];
+                let Ok((n, f)) = s.recv_with_fd(&mut chunk[..]) else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                fd = f.or(fd);
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let v: Value = serde_json::from_slice(&line).expect("json");
+                    let cmd = v["execute"].as_str().unwrap_or("").to_owned();
+                    seen.push(cmd.clone());
+                    let mut exit = false;
+                    let ret = match cmd.as_str() {
+                        "query-status" => Ok(
+                            json!({"running": running, "status": if running {"running"} else {"paused"}}),
+                        ),
+                        "stop" => {
+                            running = false;
+                            Ok(json!({}))
+                        }
+                        "cont" => {
+                            running = true;
+                            Ok(json!({}))
+                        }
+                        "getfd" if fd.is_none() => Err("no fd passed"),
+                        "migrate" => match kind {
+                            Fake::Blocked { .. } => Err("Migration is disabled: fake blocker"),
+                            Fake::Saves => {
+                                let f = fd.as_mut().expect("fd");
+                                f.write_all(&[7u8; 4096]).expect("write state");
+                                migration = "completed";
+                                Ok(json!({}))
+                            }
+                            Fake::Throttled => {
+                                migration = "active";
+                                Ok(json!({}))
+                            }
+                        },
+                        "query-migrate" => Ok(
+                            json!({"status": migration, "ram": {"total": 4096, "transferred": 0}}),
+                        ),
+                        "migrate_cancel" => {
+                            migration = "cancelled";
+                            Ok(json!({}))
+                        }
+                        "system_powerdown" => {
+                            // A guest handles the button only while it runs.
+                            exit = running
+                                && matches!(kind, Fake::Throttled | Fake::Blocked { acpi: true });
+                            Ok(json!({}))
+                        }
+                        "quit" => {
+                            exit = true;
+                            Ok(json!({}))
+                        }
+                        _ => Ok(json!({})),
+                    };
+                    let reply = match ret {
+                        Ok(r) => json!({"return": r, "id": v["id"]}),
+                        Err(d) => {
+                            json!({"error": {"class": "GenericError", "desc": d}, "id": v["id"]})
+                        }
+                    };
+                    if w.write_all(format!("{reply}\n").as_bytes()).is_err() || exit {
+                        return seen;
+                    }
+                }
+            }
+            seen
+        })
+    }
+
+    /// Four fake guests failing four ways, and one whose QMP never
+    /// answers, under one deadline: each report is right and the whole
+    /// command ends by T (plus the kill's bounded wait), not by a sum.
+    #[test]
+    fn every_guest_is_handled_in_parallel_under_one_deadline() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).expect("state");
+        // Each guest's "QEMU" pid (pid_file): a process the daemon may
+        // kill (the fakes' socket peer is this test process).
+        let mut sleepers = Vec::new();
+        let kinds = [
+            ("saves", Some(Fake::Saves)),
+            ("blocked", Some(Fake::Blocked { acpi: true })),
+            ("stubborn", Some(Fake::Blocked { acpi: false })),
+            ("throttled", Some(Fake::Throttled)),
+            ("hung", None),
+        ];
+        let mut fakes = Vec::new();
+        let mut entries = Vec::new();
+        let mut _hung_listener = None;
+        for (name, kind) in kinds {
+            let qmp = dir.path().join(format!("{name}.qmp"));
+            match kind {
+                Some(k) => fakes.push((name, fake_qemu(&qmp, k))),
+                // Accepts (the kernel queues the connection) and never greets.
+                None => _hung_listener = Some(UnixListener::bind(&qmp).expect("bind")),
+            }
+            // The hung one ignores SIGTERM, as a stopped QEMU does.
+            let sleeper = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(if name == "hung" {
+                    "trap '' TERM; exec sleep 600"
+                } else {
+                    "exec sleep 600"
+                })
+                .spawn()
+                .expect("sleep");
+            let pid_file = dir.path().join(format!("{name}.pid"));
+            std::fs::write(&pid_file, sleeper.id().to_string()).expect("pid file");
+            sleepers.push((name, sleeper));
+            entries.push(GuestEntry {
+                name: name.into(),
+                qmp,
+                pid_file: Some(pid_file),
+                state_dir: None,
+                save_bandwidth_mib: None,
+                restore_command: Vec::new(),
+            });
+        }
+        let cfg = GuestsConfig {
+            state_dir: Some(state.clone()),
+            qmp_timeout_secs: 1,
+            guests: entries,
+            ..GuestsConfig::default()
+        };
+        let guests = Guests::new(cfg, Arc::new(Registry::new()));
+        let t = Duration::from_secs(4);
+        let plan = Plan::new(t, None);
+        let t0 = Instant::now();
+        let reports = guests.shutdown(plan);
+        let took = t0.elapsed();
+        let by = |n: &str| reports.iter().find(|r| r.guest == n).expect("report");
+        let actions = |n: &str| {
+            by(n)
+                .steps
+                .iter()
+                .map(|s| format!("{}{}", s.action, if s.ok { "" } else { "!" }))
+                .collect::<Vec<_>>()
+        };
+        let all = format!("{reports:#?}");
+        assert_eq!(by("saves").outcome, "saved", "{all}");
+        assert_eq!(actions("saves"), ["save", "quit"]);
+        assert_eq!(
+            std::fs::read(state.join("saves.state")).expect("state"),
+            vec![7u8; 4096],
+            "the bytes QEMU wrote through the passed fd"
+        );
+        assert_eq!(by("blocked").outcome, "powered_off", "{all}");
+        assert_eq!(actions("blocked"), ["save!", "cont", "system_powerdown"]);
+        assert!(by("blocked").steps[0].detail.contains("fake blocker"));
+        assert!(
+            by("blocked").steps[0].at_ms + by("blocked").steps[0].took_ms
+                < plan.save.as_millis() as u64,
+            "a blocker is reported at once, not at the save deadline: {all}"
+        );
+        assert_eq!(by("stubborn").outcome, "quit", "{all}");
+        assert_eq!(
+            actions("stubborn"),
+            ["save!", "cont", "system_powerdown", "quit"]
+        );
+        assert_eq!(by("throttled").outcome, "powered_off", "{all}");
+        assert_eq!(
+            actions("throttled"),
+            ["save!", "migrate_cancel", "cont", "system_powerdown"],
+            "{all}"
+        );
+        assert_eq!(by("hung").outcome, "killed", "{all}");
+        assert_eq!(actions("hung"), ["connect!", "sigterm", "sigkill"], "{all}");
+        for (name, mut sleeper) in sleepers {
+            let gone = sleeper.try_wait().expect("wait").is_some();
+            assert_eq!(
+                gone,
+                name == "hung",
+                "{name}: only the hung guest is killed"
+            );
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+        }
+        // The bound: T plus the kill's own bounded wait (2 s), never a
+        // sum of per-guest times (a sequential run takes over 2 T here).
+        assert!(took < t + Duration::from_secs(3), "took {took:?}: {all}");
+        for (name, f) in fakes {
+            let seen = f.join().expect("fake");
+            assert!(!seen.is_empty(), "{name}");
+        }
     }
 
     /// A QEMU that exited but is not reaped yet (a zombie of its parent)

@@ -30,6 +30,7 @@ pub struct Report {
     pub pid: Option<u32>,
     pub steps: Vec<Step>,
     /// How it ended. Shutdown: `saved`, `powered_off` (ACPI), `quit`,
+    /// `terminated` (its QMP did not answer; it exited on SIGTERM),
     /// `killed` (SIGKILL at the deadline), `not_running` (no QEMU on the
     /// socket), `still_running` (pid unknown, could not be stopped),
     /// `refused` (not acted on: the error says why). Restore: `restored`,
