@@ -156,7 +156,11 @@ enum GuestsAction {
         json: bool,
     },
     /// Each configured guest's QEMU state, pid and saved state.
-    List,
+    List {
+        /// One JSON object per line instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn secs(v: f64) -> Duration {
@@ -196,10 +200,10 @@ fn guests_action(control: Option<PathBuf>, action: &GuestsAction) -> ExitCode {
             *json,
             &["restored", "no_state"],
         ),
-        GuestsAction::List => (
+        GuestsAction::List { json } => (
             serde_json::json!({"cmd": "list"}),
             Duration::from_secs(30),
-            true,
+            *json,
             &[],
         ),
     };
@@ -212,8 +216,24 @@ fn guests_action(control: Option<PathBuf>, action: &GuestsAction) -> ExitCode {
         }
     };
     if let Some(rows) = reply["guests"].as_array() {
+        if !json {
+            println!("{:<16} {:<24} {:>8} SAVED STATE", "GUEST", "STATUS", "PID");
+        }
         for r in rows {
-            println!("{r}");
+            if json {
+                println!("{r}");
+            } else {
+                let text = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{:<16} {:<24} {:>8} {}",
+                    text("guest"),
+                    text("status"),
+                    r["pid"]
+                        .as_u64()
+                        .map_or_else(|| "-".into(), |p| p.to_string()),
+                    text("saved_state")
+                );
+            }
         }
         return ExitCode::SUCCESS;
     }

@@ -361,6 +361,15 @@ fn four_guests_stop_in_parallel_under_one_deadline_and_the_saved_one_comes_back(
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The daemon's one connection to the restored guest answers the table.
+    let (rows, ok, _, out) = guests_cmd(&control, &["list"]);
+    assert!(ok, "{out}");
+    assert_eq!(report(&rows, "saves")["status"], "running", "{out}");
+    assert_eq!(
+        report(&rows, "blocked")["status"],
+        "down (connect)",
+        "{out}"
+    );
     // Restoring again refuses: the guest runs (and its state is retired).
     let (reports, _, _, out) = guests_cmd(&control, &["restore", "--deadline", "60"]);
     assert_eq!(report(&reports, "saves")["outcome"], "no_state", "{out}");
