@@ -674,10 +674,16 @@ impl<'a> Shutdown<'a> {
         let at = Instant::now();
         match self.try_save(qmp) {
             Ok((path, bytes)) => {
+                let size = std::fs::metadata(&path).map_or(0, |m| m.len());
                 self.step(
                     at,
                     "save",
-                    Ok(format!("{} MiB to {}", bytes / MIB, path.display())),
+                    Ok(format!(
+                        "guest RAM {} MiB, state {} MiB in {}",
+                        bytes / MIB,
+                        size / MIB,
+                        path.display()
+                    )),
                 );
                 Some(path)
             }
