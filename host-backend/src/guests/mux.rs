@@ -47,10 +47,27 @@ struct Inner {
     peer_pid: Option<u32>,
 }
 
-/// A shared, multiplexed QMP connection. Clones share the connection.
+/// A shared, multiplexed QMP connection. Clones share the connection;
+/// when the last clone is dropped the connection is closed (QEMU's
+/// monitor is then free for the next client).
 #[derive(Debug, Clone)]
 pub struct QmpMux {
     inner: Arc<Inner>,
+    _closer: Arc<Closer>,
+}
+
+/// Shuts the socket down when the last [`QmpMux`] goes: the reader thread
+/// holds only `Inner`, so without this it would keep QEMU's one monitor
+/// connection open forever.
+#[derive(Debug)]
+struct Closer(Arc<Inner>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        if let Ok(w) = self.0.writer.lock() {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// The pid of the process at the other end of a unix socket
@@ -225,7 +242,10 @@ impl QmpMux {
             .name("qmp-reader".into())
             .spawn(move || reader_loop(&r, reader))
             .map_err(|e| fail(QmpError::Io(e)))?;
-        Ok(Self { inner })
+        Ok(Self {
+            _closer: Arc::new(Closer(inner.clone())),
+            inner,
+        })
     }
 
     /// The socket this connection is on.
@@ -298,6 +318,13 @@ impl QmpMux {
         let sent = self.send(text.as_bytes(), fd);
         if let Err(e) = sent {
             self.lock_pending().remove(&id);
+            // A stream that failed a write is dead: say so now, not when
+            // the reader thread gets to its end of file, so the next
+            // `Registry::get` connects afresh instead of handing it out.
+            self.inner.closed.store(true, Ordering::Release);
+            if let Ok(w) = self.inner.writer.lock() {
+                let _ = w.shutdown(std::net::Shutdown::Both);
+            }
             return Err(e);
         }
         let r = rx.recv_timeout(timeout);
@@ -561,6 +588,46 @@ mod tests {
             .get(&sock, Duration::from_secs(1))
             .expect_err("nobody listens now");
         assert!(matches!(e.error, QmpError::Connect { .. }), "{:?}", e.error);
+    }
+
+    /// QEMU's monitor serves one client at a time: when the daemon drops
+    /// its last handle to a guest the connection must close, or the next
+    /// client (a new registry, a tool) waits forever for its greeting.
+    #[test]
+    fn dropping_the_last_handle_frees_the_monitor() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sock = dir.path().join("q.sock");
+        let listener = UnixListener::bind(&sock).expect("bind");
+        let qemu = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (s, _) = listener.accept().expect("accept");
+                let mut w = s.try_clone().expect("clone");
+                let _ = w.write_all(b"{\"QMP\": {}}\n");
+                // Serve this client until it goes, as QEMU does.
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    let v: Value = serde_json::from_str(&line).expect("json");
+                    let r = json!({"return": {}, "id": v["id"]});
+                    if w.write_all(format!("{r}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let first = Registry::new();
+        let m = first.get(&sock, Duration::from_secs(10)).expect("first");
+        m.execute("x", None, Duration::from_secs(10))
+            .expect("reply");
+        drop(m);
+        drop(first);
+        let second = Registry::new();
+        let m = second
+            .get(&sock, Duration::from_secs(10))
+            .expect("the monitor is free again");
+        m.execute("y", None, Duration::from_secs(10))
+            .expect("reply");
+        drop((m, second));
+        qemu.join().expect("qemu");
     }
 
     /// A QEMU that accepts but never greets (stopped, or hung): the
