@@ -627,6 +627,20 @@ fn bench_sequential_vs_parallel_save_and_restore() {
         check(&r, "saved", &out);
         let (r, ok, par_restore, out) = guests_cmd(&control, &["restore", "--deadline", "600"]);
         assert!(ok, "{out}");
+        // Where a parallel restore's time goes, per guest and step.
+        for rep in &r {
+            let steps: Vec<String> = rep["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| format!("{} {}+{} ms", s["action"], s["at_ms"], s["took_ms"]))
+                .collect();
+            println!(
+                "N={n} parallel restore {}: {}",
+                rep["guest"],
+                steps.join(", ")
+            );
+        }
         check(&r, "restored", &out);
         restored.extend(
             r.iter()
