@@ -38,7 +38,8 @@
 //! Each device defines its own tables and checks them: `[[disk]]` in
 //! [`crate::blk::config`], `[switch]` and `[[net_port]]` in
 //! [`crate::net::config`], and the `[balloon]` table (memory-balance
-//! manager), documented in [`crate::balloon::config`].
+//! manager), documented in [`crate::balloon::config`], and the `[guests]`
+//! table (shutdown/restore, control socket) in [`crate::guests::config`].
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +66,8 @@ pub enum ConfigError {
     NothingToServe,
     #[error("{0}")]
     Balloon(String),
+    #[error("{0}")]
+    Guests(String),
     #[error(transparent)]
     Net(#[from] crate::net::NetConfigError),
 }
@@ -112,6 +115,10 @@ pub struct Config {
     pub net_ports: Vec<crate::net::NetPortConfig>,
     #[serde(default)]
     pub switch: crate::net::SwitchConfig,
+    /// `[guests]`: lifecycle (shutdown/restore) and the control socket
+    /// (see [`crate::guests::config`]).
+    #[serde(default)]
+    pub guests: crate::guests::GuestsConfig,
 }
 
 /// A socket-served device's name for logs and metrics: its `name`, else
@@ -155,7 +162,12 @@ impl Config {
     /// Checks every device and the set as a whole.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.balloon.validate().map_err(ConfigError::Balloon)?;
-        if self.disks.is_empty() && self.net_ports.is_empty() && !self.balloon.serves() {
+        self.guests.validate().map_err(ConfigError::Guests)?;
+        if self.disks.is_empty()
+            && self.net_ports.is_empty()
+            && !self.balloon.serves()
+            && !self.guests.has_guests()
+        {
             return Err(ConfigError::NothingToServe);
         }
         let sockets = crate::blk::config::validate(&self.disks)?;

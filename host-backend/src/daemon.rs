@@ -26,6 +26,8 @@ pub enum DaemonError {
     Metrics(String),
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Control(#[from] crate::guests::control::ControlError),
     #[error("cannot start thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -53,13 +55,37 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    // The one QMP connection per guest, shared by everything that talks
+    // to guests.
+    let registry = Arc::new(crate::guests::mux::Registry::new());
     let balloon = if config.balloon.serves() {
         Some(
-            crate::balloon::spawn(config.balloon.clone(), balloon_metrics, stop.clone())
-                .map_err(DaemonError::Thread)?,
+            crate::balloon::spawn(
+                config.balloon.clone(),
+                balloon_metrics,
+                registry.clone(),
+                stop.clone(),
+            )
+            .map_err(DaemonError::Thread)?,
         )
     } else {
         None
+    };
+    let control = match config.guests.control_socket_path() {
+        Some(path) => {
+            let mode = config.guests.mode().map_err(ConfigError::Guests)?;
+            let guests = Arc::new(crate::guests::Guests::new(
+                config.guests.clone(),
+                registry.clone(),
+            ));
+            Some(crate::guests::control::ControlServer::start(
+                &path,
+                mode,
+                guests,
+                stop.clone(),
+            )?)
+        }
+        None => None,
     };
     info!(
         "ready: {} disk(s), {} net port(s), balloon manager {}",
@@ -85,6 +111,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         if !crate::worker::join_until(b, deadline) {
             warn!("balloon manager still busy at the deadline; leaving it");
         }
+    }
+    if let Some(c) = control {
+        c.stop();
     }
     if let Some(m) = metrics {
         m.stop();

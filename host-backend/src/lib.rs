@@ -25,6 +25,7 @@ pub mod blk;
 pub mod config;
 pub mod daemon;
 pub mod dirty_log;
+pub mod guests;
 pub mod listener;
 pub mod metrics_server;
 pub mod net;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use host_backend::blk::parse_disk_spec;
@@ -103,6 +104,13 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     host_available_file: Option<PathBuf>,
 
+    /// The control socket `pvbackend guests shutdown|restore|list` talk
+    /// to (default $RUNTIME_DIRECTORY/control.sock, else
+    /// /run/pvbackend/control.sock; opened when [[guests.guest]] exist or
+    /// a path is given here or as [guests] control_socket).
+    #[arg(long, value_name = "PATH", global = true)]
+    control: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -122,6 +130,8 @@ enum Command {
         /// Print one snapshot and exit.
         #[arg(long)]
         once: bool,
+        #[command(subcommand)]
+        action: Option<GuestsAction>,
     },
     /// The load view: which guest is loading the host, and on which disk
     /// or NIC. Per guest, over each interval: disk read/write IOPS and
@@ -183,6 +193,134 @@ fn top(metrics: &str, every: u64, once: bool, json: bool, sort: &str, timeout: u
     }
 }
 
+/// Lifecycle commands, run by the daemon on its control socket.
+#[derive(Subcommand, Debug)]
+enum GuestsAction {
+    /// Save every guest, in parallel, under one overall deadline; a guest
+    /// that cannot be saved is powered down (ACPI), then quit, then killed
+    /// at the deadline. Prints one report per guest.
+    Shutdown {
+        /// Every guest is gone after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 90.0)]
+        deadline: f64,
+        /// Saving stops after this many seconds (default 45% of the deadline).
+        #[arg(long, value_name = "SECS")]
+        save_deadline: Option<f64>,
+        /// One JSON report per line instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start every saved guest again from its state, in parallel, under
+    /// one deadline (each guest's restore_command).
+    Restore {
+        #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+        deadline: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each configured guest's QEMU state, pid and saved state.
+    List {
+        /// One JSON object per line instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// Runs a lifecycle command against the daemon; the exit status says
+/// whether every guest ended as asked.
+fn guests_action(control: Option<PathBuf>, action: &GuestsAction) -> ExitCode {
+    use host_backend::guests::{config::default_control_socket, control, report};
+    let path = control.unwrap_or_else(default_control_socket);
+    let (req, wait, json, good): (_, _, _, &[&str]) = match action {
+        GuestsAction::Shutdown {
+            deadline,
+            save_deadline,
+            json,
+        } => (
+            serde_json::json!({
+                "cmd": "shutdown",
+                "deadline_ms": secs(*deadline).as_millis() as u64,
+                "save_ms": save_deadline.map(|s| secs(s).as_millis() as u64),
+            }),
+            secs(*deadline),
+            *json,
+            &[
+                "saved",
+                "powered_off",
+                "quit",
+                "terminated",
+                "killed",
+                "not_running",
+            ],
+        ),
+        GuestsAction::Restore { deadline, json } => (
+            serde_json::json!({"cmd": "restore", "deadline_ms": secs(*deadline).as_millis() as u64}),
+            secs(*deadline),
+            *json,
+            &["restored", "no_state"],
+        ),
+        GuestsAction::List { json } => (
+            serde_json::json!({"cmd": "list"}),
+            Duration::from_secs(30),
+            *json,
+            &[],
+        ),
+    };
+    // The daemon answers within the deadline; allow it the final kills.
+    let reply = match control::request(&path, &req, wait + Duration::from_secs(30)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pvbackend guests: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(rows) = reply["guests"].as_array() {
+        if !json {
+            println!("{:<16} {:<24} {:>8} SAVED STATE", "GUEST", "STATUS", "PID");
+        }
+        for r in rows {
+            if json {
+                println!("{r}");
+            } else {
+                let text = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{:<16} {:<24} {:>8} {}",
+                    text("guest"),
+                    text("status"),
+                    r["pid"]
+                        .as_u64()
+                        .map_or_else(|| "-".into(), |p| p.to_string()),
+                    text("saved_state")
+                );
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let reports: Vec<report::Report> = match serde_json::from_value(reply["reports"].clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pvbackend guests: bad reply from the daemon: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        for r in &reports {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+    } else {
+        print!("{}", report::table(&reports));
+    }
+    if reports.iter().all(|r| good.contains(&r.outcome.as_str())) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Top {
@@ -197,9 +335,17 @@ fn main() -> ExitCode {
         return top(metrics, *every, *once, *json, sort, *timeout);
     }
     if let Some(Command::Guests {
+        action: Some(action),
+        ..
+    }) = &cli.command
+    {
+        return guests_action(cli.control.clone(), action);
+    }
+    if let Some(Command::Guests {
         metrics,
         every,
         once,
+        action: None,
     }) = &cli.command
     {
         return match host_backend::balloon::cli::run(
@@ -269,6 +415,9 @@ fn main() -> ExitCode {
     }
     if let Some(a) = cli.metrics {
         config.daemon.metrics_listen = Some(a);
+    }
+    if let Some(c) = cli.control {
+        config.guests.control_socket = Some(c);
     }
     if let Some(t) = cli.shutdown_timeout {
         config.daemon.shutdown_timeout_secs = t;

@@ -182,6 +182,7 @@ pub struct Guest {
     boot_to_scenario: Option<Duration>,
     qmp_socket: Option<PathBuf>,
     initrd: PathBuf,
+    command_line: Vec<String>,
     _workdir: tempfile::TempDir,
 }
 
@@ -212,6 +213,13 @@ impl Guest {
     /// QEMU's process id (for reading its memory figures, for example).
     pub fn qemu_pid(&self) -> Option<u32> {
         self.qemu.id()
+    }
+
+    /// QEMU's command line (program first), for starting this same
+    /// machine again from a saved state (e.g. a daemon's restore command:
+    /// the initramfs it names lives as long as this `Guest`).
+    pub fn command_line(&self) -> &[String] {
+        &self.command_line
     }
 
     /// Path of the QMP socket when the builder asked for one.
@@ -830,6 +838,10 @@ impl GuestBuilder {
             "# pvtest '{}': kernel {} ({})\n# {cmd:?}",
             self.name, kernel.release, kernel.package_version
         );
+        let command_line: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let started = Instant::now();
         let mut qemu = ChildGuard::spawn("qemu-system-x86_64", &mut cmd).map_err(|e| match e {
             HarnessError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => HarnessError::Setup(
@@ -902,6 +914,7 @@ impl GuestBuilder {
             boot_to_scenario: None,
             qmp_socket,
             initrd,
+            command_line,
             _workdir: workdir,
         })
     }

@@ -1,9 +1,8 @@
 //! `pvbackend guests`: a live table of every managed guest's memory.
 //!
-//! It reads the running daemon's metrics endpoint rather than the guests'
-//! QMP sockets: QEMU's QMP monitor serves one client at a time, so a second
-//! reader would fight the manager for each socket; the endpoint already
-//! holds every figure, for every guest, in one request.
+//! It reads the running daemon's metrics endpoint, which the manager fills
+//! through the daemon's one QMP connection per guest
+//! ([`crate::guests::mux`]): every figure, for every guest, in one request.
 
 use std::io::{Read, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -10,11 +10,13 @@
 //! per-guest min/max the operator set.
 
 use std::path::Path;
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::qmp::{QmpClient, QmpError};
+use super::qmp::QmpError;
+use crate::guests::mux::{QmpMux, Registry};
 
 const MIB: u64 = 1 << 20;
 
@@ -76,10 +78,13 @@ pub struct GuestSample {
     pub stats: GuestStats,
 }
 
-/// A guest's QMP session with its balloon found.
+/// A guest's QMP session with its balloon found: the daemon's one
+/// connection to that guest, shared with the lifecycle commands.
 #[derive(Debug)]
 pub struct GuestConn {
-    qmp: QmpClient,
+    qmp: QmpMux,
+    events: Receiver<(String, Value)>,
+    timeout: Duration,
     /// QOM path of the balloon device (properties `guest-stats` and
     /// `guest-stats-polling-interval`).
     balloon_path: String,
@@ -100,9 +105,9 @@ fn unexpected(command: &str, v: &Value) -> QmpError {
 /// `child<virtio-balloon-...>` under `/machine/peripheral` (devices with an
 /// `id=`: `/machine/peripheral/<id>`) or `/machine/peripheral-anon` (devices
 /// without one: `/machine/peripheral-anon/device[N]`).
-pub fn find_balloon(qmp: &mut QmpClient) -> Result<Option<String>, QmpError> {
+pub fn find_balloon(qmp: &QmpMux, timeout: Duration) -> Result<Option<String>, QmpError> {
     for container in ["/machine/peripheral", "/machine/peripheral-anon"] {
-        let list = match qmp.execute("qom-list", Some(json!({ "path": container }))) {
+        let list = match qmp.execute("qom-list", Some(json!({ "path": container })), timeout) {
             Ok(l) => l,
             // The container is absent when no device of that kind exists.
             Err(QmpError::Command { .. }) => continue,
@@ -147,15 +152,18 @@ impl GuestError {
 }
 
 impl GuestConn {
-    /// Connects, finds the balloon and asks QEMU to poll the guest's
+    /// Takes the guest's connection from `registry` (connecting when there
+    /// is none), finds the balloon and asks QEMU to poll the guest's
     /// statistics every `stats_interval` (at least one second).
     pub fn open(
+        registry: &Registry,
         socket: &Path,
         timeout: Duration,
         stats_interval: Duration,
     ) -> Result<Self, GuestError> {
-        let mut qmp = QmpClient::connect(socket, timeout)?;
-        let balloon_path = find_balloon(&mut qmp)?.ok_or(GuestError::NoBalloon)?;
+        let qmp = registry.get(socket, timeout).map_err(|e| e.error)?;
+        let events = qmp.subscribe();
+        let balloon_path = find_balloon(&qmp, timeout)?.ok_or(GuestError::NoBalloon)?;
         let secs = stats_interval.as_secs().max(1);
         qmp.execute(
             "qom-set",
@@ -164,14 +172,17 @@ impl GuestConn {
                 "property": "guest-stats-polling-interval",
                 "value": secs,
             })),
+            timeout,
         )?;
-        let summary = qmp.execute("query-memory-size-summary", None)?;
+        let summary = qmp.execute("query-memory-size-summary", None, timeout)?;
         let ram = summary
             .get("base-memory")
             .and_then(Value::as_u64)
             .ok_or_else(|| unexpected("query-memory-size-summary", &summary))?;
         Ok(Self {
             qmp,
+            events,
+            timeout,
             balloon_path,
             ram,
             event_actual: None,
@@ -190,7 +201,7 @@ impl GuestConn {
 
     /// Reads `query-balloon` and `guest-stats`.
     pub fn sample(&mut self) -> Result<GuestSample, QmpError> {
-        let b = self.qmp.execute("query-balloon", None)?;
+        let b = self.qmp.execute("query-balloon", None, self.timeout)?;
         let actual = b
             .get("actual")
             .and_then(Value::as_u64)
@@ -198,6 +209,7 @@ impl GuestConn {
         let s = self.qmp.execute(
             "qom-get",
             Some(json!({ "path": self.balloon_path, "property": "guest-stats" })),
+            self.timeout,
         )?;
         self.drain_events();
         Ok(GuestSample {
@@ -211,7 +223,7 @@ impl GuestConn {
     pub fn set_target(&mut self, bytes: u64) -> Result<(), QmpError> {
         let value = (bytes / MIB * MIB).clamp(MIB, self.ram.max(MIB));
         self.qmp
-            .execute("balloon", Some(json!({ "value": value })))
+            .execute("balloon", Some(json!({ "value": value })), self.timeout)
             .map(|_| ())
     }
 
@@ -221,7 +233,7 @@ impl GuestConn {
     }
 
     fn drain_events(&mut self) {
-        for (name, data) in self.qmp.take_events() {
+        for (name, data) in self.events.try_iter() {
             if name == "BALLOON_CHANGE" {
                 if let Some(a) = data.get("actual").and_then(Value::as_u64) {
                     self.event_actual = Some(a);

@@ -20,8 +20,9 @@
 //!
 //! A guest's statistics are only used when QEMU received them after the
 //! manager last changed that guest's target, so a decision never rests on
-//! figures from before the previous one. QEMU's QMP monitor serves one
-//! client at a time: give each VM a QMP socket for the manager alone.
+//! figures from before the previous one. The manager reaches each guest
+//! through the daemon's one QMP connection to it ([`crate::guests::mux`]),
+//! shared with the lifecycle commands, so the VM needs a single `-qmp`.
 //!
 //! What it refuses: targets outside a guest's `[min, max]` (max defaults to
 //! the guest's RAM, min to `default_min_mib`), changes larger than

@@ -16,6 +16,7 @@ use super::config::BalloonConfig;
 use super::device::{GuestConn, GuestSample};
 use super::metrics::{BalloonMetrics, G};
 use super::policy::{self, GuestInput, HostInput, PolicyConfig};
+use crate::guests::mux::Registry;
 
 const MIB: u64 = 1 << 20;
 
@@ -95,11 +96,13 @@ pub struct Manager {
     policy: PolicyConfig,
     guests: BTreeMap<String, Managed>,
     metrics: Arc<BalloonMetrics>,
+    registry: Arc<Registry>,
 }
 
 impl Manager {
-    /// A manager for `cfg` (already validated), publishing to `metrics`.
-    pub fn new(cfg: BalloonConfig, metrics: Arc<BalloonMetrics>) -> Self {
+    /// A manager for `cfg` (already validated), publishing to `metrics`,
+    /// reaching guests through the daemon's QMP `registry`.
+    pub fn new(cfg: BalloonConfig, metrics: Arc<BalloonMetrics>, registry: Arc<Registry>) -> Self {
         let mut guests = BTreeMap::new();
         for g in &cfg.guests {
             guests.insert(
@@ -112,6 +115,7 @@ impl Manager {
             cfg,
             guests,
             metrics,
+            registry,
         }
     }
 
@@ -175,7 +179,7 @@ impl Manager {
         let stats_every = Duration::from_secs(self.cfg.stats_interval_secs);
         for (name, g) in &mut self.guests {
             if g.conn.is_none() {
-                match GuestConn::open(&g.socket, timeout, stats_every) {
+                match GuestConn::open(&self.registry, &g.socket, timeout, stats_every) {
                     Ok(c) => {
                         info!(
                             "balloon: guest '{name}': connected to {} ({} MiB RAM, balloon {})",
@@ -323,12 +327,13 @@ impl Manager {
 pub fn spawn(
     cfg: BalloonConfig,
     metrics: Arc<BalloonMetrics>,
+    registry: Arc<Registry>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     crate::worker::spawn("balloon".into(), move || {
         let every = Duration::from_secs(cfg.interval_secs.max(1));
         let dry = cfg.dry_run;
-        let mut m = Manager::new(cfg, metrics);
+        let mut m = Manager::new(cfg, metrics, registry);
         info!(
             "balloon: manager started ({} configured guest(s), round every {} s{})",
             m.guests.len(),
@@ -484,7 +489,7 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Arc::new(BalloonMetrics::register(&mut registry));
         let mut cfg = one_guest_in_a_shortage(dir.path(), &sock);
-        let mut m = Manager::new(cfg.clone(), metrics.clone());
+        let mut m = Manager::new(cfg.clone(), metrics.clone(), Arc::default());
         m.round();
         assert_eq!(qemu.actual(), 960 * MIB, "one step reclaimed");
         m.round();
@@ -525,7 +530,7 @@ mod tests {
 
         // Dry run: decisions are counted and logged, nothing is applied.
         cfg.dry_run = true;
-        let mut m = Manager::new(cfg, metrics);
+        let mut m = Manager::new(cfg, metrics, Arc::default());
         m.round();
         m.round();
         assert_eq!(qemu.actual(), 960 * MIB, "dry run changes nothing");
@@ -545,7 +550,7 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Arc::new(BalloonMetrics::register(&mut registry));
         let cfg = one_guest_in_a_shortage(dir.path(), &sock);
-        let mut m = Manager::new(cfg, metrics);
+        let mut m = Manager::new(cfg, metrics, Arc::default());
         m.round();
         m.round();
         assert_eq!(
@@ -584,6 +589,7 @@ mod tests {
                 ..BalloonConfig::default()
             },
             metrics,
+            Arc::default(),
         );
         m.round();
         assert_eq!(m.guest_names(), vec!["a".to_owned()]);
