@@ -15,13 +15,16 @@
 //! ([`config`]), the daemon that starts and stops the devices ([`daemon`]),
 //! the Prometheus endpoint ([`metrics_server`]), and the two helpers every
 //! device's server uses: its socket ([`listener`]) and its threads, named,
-//! with panics turned into a device reset ([`worker`]).
+//! with panics turned into a device reset ([`worker`]) and their liveness
+//! watched for systemd's watchdog ([`liveness`]).
 
 pub mod balloon;
 pub mod blk;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod listener;
+pub mod liveness;
 pub mod metrics_server;
 pub mod net;
 pub mod worker;

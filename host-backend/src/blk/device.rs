@@ -72,6 +72,9 @@ pub struct BlkParams {
     pub poll_us: u32,
     /// Where requests execute (see [`super::io`]).
     pub io_mode: IoMode,
+    /// Per queue: its worker's liveness for the systemd watchdog
+    /// ([`crate::liveness`]), busy while it handles a kick.
+    pub liveness: Arc<[Arc<crate::liveness::Beat>]>,
 }
 
 struct Shared {
@@ -889,6 +892,7 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         }
         self.shared.metrics.kick(thread_id);
+        let _busy = self.shared.params.liveness.get(thread_id).map(|b| b.busy());
         let vring = vrings.get(usize::from(device_event)).ok_or_else(|| {
             io::Error::other(format!(
                 "event {device_event} names no queue of worker {thread_id}"

@@ -11,6 +11,11 @@
 //!   flush, discard, write-zeroes) first sleeps N µs, as a slow device
 //!   would; non-blocking attempts report "would block" so hybrid mode
 //!   hands the request to the pool. For the slow-device benchmark.
+//! - `PVBACKEND_FAULT_WEDGE_MS=N`: N ms after it starts, the server thread
+//!   of the first disk blocks for good while marked busy, as a thread
+//!   stuck on a dead device would; the systemd watchdog must then stop
+//!   ([`crate::liveness`]). Needs no frontend, so a packaged daemon can be
+//!   tested on a system without QEMU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -21,6 +26,7 @@ use std::time::Duration;
 pub struct Faults {
     pub panic_sector: Option<u64>,
     pub delay: Option<Duration>,
+    pub wedge_after: Option<Duration>,
 }
 
 impl Faults {
@@ -37,12 +43,24 @@ impl Faults {
                 delay: num("PVBACKEND_FAULT_DELAY_US")
                     .filter(|&us| us > 0)
                     .map(Duration::from_micros),
+                wedge_after: num("PVBACKEND_FAULT_WEDGE_MS").map(Duration::from_millis),
             }
         })
     }
 
     pub fn armed(&self) -> bool {
-        self.panic_sector.is_some() || self.delay.is_some()
+        self.panic_sector.is_some() || self.delay.is_some() || self.wedge_after.is_some()
+    }
+
+    /// Blocks this thread for good once `started` is older than the armed
+    /// wedge time (the caller holds a busy mark).
+    pub fn wedge_if_due(&self, started: std::time::Instant) {
+        if self.wedge_after.is_some_and(|w| started.elapsed() >= w) {
+            log::error!("fault injection: wedging this thread for good");
+            loop {
+                std::thread::park();
+            }
+        }
     }
 
     /// Sleeps the configured delay, if any.

@@ -73,7 +73,11 @@ impl DiskServer {
     }
 }
 
-fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicBool>) {
+fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicBool>, wedge: bool) {
+    // Busy while it works between waits; idle while it waits for a
+    // connection or serves one (the queue workers mark themselves).
+    let beat = crate::liveness::Liveness::global().register(format!("disk-{}", server.name));
+    let started = Instant::now();
     info!(
         "disk '{}': serving {} on {}",
         server.name,
@@ -81,9 +85,14 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
         server.socket.display()
     );
     while !stop.load(Ordering::Acquire) {
+        if wedge {
+            let _busy = beat.busy();
+            Faults::get().wedge_if_due(started);
+        }
         if !listener::readable(&listener, Duration::from_millis(200)) {
             continue;
         }
+        let busy = beat.busy();
         let backend = BlkBackend::new(
             server.disk.clone(),
             server.params.clone(),
@@ -119,6 +128,7 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
         if stop.load(Ordering::Acquire) {
             backend.disconnect();
         }
+        drop(busy);
         match daemon.wait() {
             Ok(()) => info!("disk '{}': frontend disconnected", server.name),
             Err(e) => warn!("disk '{}': connection ended: {e}", server.name),
@@ -170,13 +180,13 @@ impl BlkService {
             servers.push(open_disk(d, &families)?);
         }
         let mut threads: Vec<(Arc<DiskServer>, JoinHandle<()>)> = Vec::new();
-        for (server, listener) in servers {
+        for (i, (server, listener)) in servers.into_iter().enumerate() {
             let stop = stop.clone();
             let (s, r) = (server.clone(), server.clone());
             let handle = worker::spawn_with_reset(
                 format!("disk-{}", server.name),
                 move || r.disconnect(),
-                move || serve_disk(s, listener, stop),
+                move || serve_disk(s, listener, stop, i == 0),
             )
             .map_err(BlkError::Thread)?;
             threads.push((server, handle));
@@ -220,10 +230,11 @@ fn open_disk(
         name: name.clone(),
         source,
     })?;
-    let listener = listener::bind(&d.socket).map_err(|source| BlkError::Listen {
-        name: name.clone(),
-        source,
-    })?;
+    let listener =
+        listener::bind_with(&d.socket, &d.socket_access()).map_err(|source| BlkError::Listen {
+            name: name.clone(),
+            source,
+        })?;
     let metrics = families.disk(&d.display_name(), d.num_queues);
     let threads = match d.io_mode {
         IoMode::Sync => 0,
@@ -234,6 +245,9 @@ fn open_disk(
         "disk '{name}': io mode {}, {threads} I/O thread(s)",
         d.io_mode.name()
     );
+    let liveness = (0..d.num_queues)
+        .map(|q| crate::liveness::Liveness::global().register(format!("disk-{name} queue {q}")))
+        .collect();
     let server = DiskServer {
         name,
         socket: d.socket.clone(),
@@ -242,6 +256,7 @@ fn open_disk(
             num_queues: d.num_queues,
             queue_size: d.queue_size,
             serial: d.serial(),
+            liveness,
             poll_us: d.poll_us,
             io_mode: d.io_mode,
         },
