@@ -26,6 +26,7 @@ PKGS_REST=(
   lld-22                    # lld-link: links the Windows drivers (.sys) off Windows
   python3 python3-venv      # the venv speakeasy (Windows driver emulation) installs into
   osslsigncode openssl      # test-signs the .sys (Authenticode) and verifies the signature
+  mmdebstrap e2fsprogs      # the Debian 12 root filesystem of the package tests (host_package)
 )
 KERNEL_META=linux-image-cloud-amd64
 
@@ -88,6 +89,15 @@ and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debia
   fi
   # The service scripts of xen-utils may start daemons on some systems; the
   # tests start their own xenstored and never touch a system one.
+  ensure_cargo_deb
+}
+
+# cargo-deb builds the host package (pvdrivers-host) in host_package.
+ensure_cargo_deb() {
+  if ! cargo deb --version >/dev/null 2>&1; then
+    log "installing cargo-deb (cargo install --locked)"
+    cargo install --locked cargo-deb
+  fi
 }
 
 ensure_nextest() {

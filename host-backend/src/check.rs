@@ -203,6 +203,13 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_default_config_is_valid() {
+        let s = check(include_str!("../etc/pvbackend.toml")).expect("the conffile passes");
+        assert_eq!(s.metrics.as_deref(), Some("127.0.0.1:9977"));
+        assert_eq!((s.disks, s.net_ports, s.balloon), (0, 0, false));
+    }
+
+    #[test]
     fn a_missing_image_names_its_path_line() {
         let e =
             check("[[disk]]\nsocket = \"/run/a.sock\"\npath = \"/nonexistent/pvdrivers.img\"\n")
