@@ -46,9 +46,27 @@ pub enum DaemonError {
 /// Runs the daemon until `stop` becomes true, then stops within the
 /// configured deadline. Returns an error only for start-up problems.
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
+    run_with_reload(config, stop, &AtomicBool::new(false), &|| {
+        Err("no configuration to reload".into())
+    })
+}
+
+/// As [`run`]; each time `reload` becomes true (SIGHUP, the unit's
+/// `ExecReload=`) it takes a new configuration from `load` and applies
+/// what can change without touching running devices: disks are added and
+/// removed ([`BlkService::reload`]: a disk in use is never removed). A
+/// configuration that does not load or validate changes nothing. Other
+/// changes (switch ports, metrics address, balloon manager) are logged as
+/// needing a restart.
+pub fn run_with_reload(
+    config: &Config,
+    stop: Arc<AtomicBool>,
+    reload: &AtomicBool,
+    load: &dyn Fn() -> Result<Config, String>,
+) -> Result<(), DaemonError> {
     config.validate()?;
     let mut registry = Registry::default();
-    let blk = BlkService::start(&config.disks, &mut registry, stop.clone())?;
+    let mut blk = BlkService::start(&config.disks, &mut registry, stop.clone())?;
     let balloon_metrics = Arc::new(crate::balloon::metrics::BalloonMetrics::register(
         &mut registry,
     ));
@@ -103,8 +121,14 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    let mut current = config.clone();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(100));
+        if reload.swap(false, Ordering::AcqRel) {
+            notify(&[NotifyState::Reloading]);
+            apply_reload(&mut blk, &mut current, load);
+            notify(&[NotifyState::Ready]);
+        }
     }
     notify(&[NotifyState::Stopping]);
     let deadline = Instant::now() + Duration::from_secs(config.daemon.shutdown_timeout_secs);
@@ -132,6 +156,35 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// One reload: load and validate, then apply what a reload applies.
+fn apply_reload(
+    blk: &mut BlkService,
+    current: &mut Config,
+    load: &dyn Fn() -> Result<Config, String>,
+) {
+    info!("reload: reading the configuration");
+    let new = match load().and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string())) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("reload: {e}; nothing changed");
+            return;
+        }
+    };
+    let problems = blk.reload(&new.disks);
+    if new.net_ports != current.net_ports {
+        warn!("reload: switch ports changed; they are applied at the next restart");
+    }
+    if new.daemon.metrics_listen != current.daemon.metrics_listen {
+        warn!("reload: metrics_listen changed; it is applied at the next restart");
+    }
+    info!(
+        "reload: done, {} disk(s) served, {} problem(s)",
+        blk.disk_count(),
+        problems.len()
+    );
+    current.disks = new.disks;
 }
 
 /// Sends `states` to the service manager, if there is one.

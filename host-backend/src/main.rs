@@ -137,6 +137,12 @@ SIGNALS
     SIGTERM, SIGINT   close connections after the requests in hand, flush
                       every disk, remove the sockets, exit 0, within
                       shutdown_timeout_secs.
+    SIGHUP            reload (systemctl reload pvbackend): re-read the
+                      config file; disks whose socket is new are added,
+                      disks no longer listed are removed unless a frontend
+                      is connected (refused, logged); running disks and
+                      other settings are untouched (changes logged as
+                      needing a restart).
 
 EXIT STATUS
     0  stopped on request, or check-config found the file valid
@@ -185,6 +191,15 @@ enum Command {
     },
 }
 
+/// The config file named by --config, if any (devices on the command line
+/// are added by the caller).
+fn load_config(cli: &Cli) -> Result<Config, String> {
+    match &cli.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CheckConfig { file }) = &cli.command {
@@ -217,15 +232,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut config = match &cli.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("pvbackend: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    let mut config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pvbackend: {e}");
+            return ExitCode::from(2);
+        }
     };
     for spec in &cli.disks {
         match parse_disk_spec(spec) {
@@ -293,7 +305,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match host_backend::daemon::run(&config, stop) {
+    // SIGHUP (the unit's ExecReload=): re-read the config file, keep the
+    // command line's devices.
+    let reload = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
+        eprintln!("pvbackend: cannot install signal handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    let cli_disks = config.disks[config.disks.len().saturating_sub(cli.disks.len())..].to_vec();
+    let reload_from = cli.config.clone();
+    let load = move || -> Result<Config, String> {
+        let mut c = match &reload_from {
+            Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+            None => return Err("started without --config: nothing to re-read".into()),
+        };
+        c.disks.extend(cli_disks.iter().cloned());
+        Ok(c)
+    };
+    match host_backend::daemon::run_with_reload(&config, stop, &reload, &load) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pvbackend: {e}");
