@@ -161,9 +161,12 @@ impl Rootfs {
             .arg(&self.kernel)
             .arg("-initrd")
             .arg(&self.initrd)
+            // No login prompt on the console: agetty's vhangup() on ttyS0
+            // would hang up the scenario, whose output goes there.
             .args([
                 "-append",
-                "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=1",
+                "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=1 \
+                 systemd.mask=serial-getty@ttyS0.service",
             ])
             .arg("-drive")
             .arg(format!(

@@ -9,7 +9,8 @@
 //! at fault; `systemctl kill -s KILL` is followed by systemd's restart
 //! and the metrics answer again; the test-only wedge fault
 //! (`PVBACKEND_FAULT_WEDGE_MS`, set in a drop-in) stops the watchdog
-//! pings and systemd restarts the daemon; `apt-get purge` leaves nothing
+//! pings and systemd restarts the daemon; `systemctl reload` adds a disk
+//! without restarting the daemon; `apt-get purge` leaves nothing
 //! but the images under /var/lib/pvdrivers.
 
 use std::path::{Path, PathBuf};
@@ -196,6 +197,7 @@ fn installed_on_debian_12_with_systemd() {
         "STEP: installed: active (running), metrics answer",
         "STEP: restarted after SIGKILL",
         "STEP: watchdog restarted the wedged daemon",
+        "STEP: reloaded: d1 added, d0 and the process untouched",
         "STEP: purged: nothing left but the images",
     ] {
         assert!(outcome.output.contains(step), "{step} not reached");
