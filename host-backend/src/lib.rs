@@ -16,17 +16,20 @@
 //! the Prometheus endpoint ([`metrics_server`]) and its reader, the
 //! `pvbackend top` load view ([`top`]), and the two helpers every
 //! device's server uses: its socket ([`listener`]) and its threads, named,
-//! with panics turned into a device reset ([`worker`]); and the guest
+//! with panics turned into a device reset ([`worker`]) and their liveness
+//! watched for systemd's watchdog ([`liveness`]); and the guest
 //! memory every vhost-user device writes through, which marks QEMU's dirty
 //! log during a migration ([`dirty_log`]).
 
 pub mod balloon;
 pub mod blk;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod dirty_log;
 pub mod guests;
 pub mod listener;
+pub mod liveness;
 pub mod metrics_server;
 pub mod net;
 pub mod top;

@@ -32,7 +32,12 @@ use host_backend::net::parse_net_port_spec;
 /// `pvbackend guests` shows every guest's memory, `pvbackend top` the load
 /// every guest puts on the host (disks, NICs, memory).
 #[derive(Parser, Debug)]
-#[command(name = "pvbackend", version, verbatim_doc_comment)]
+#[command(
+    name = "pvbackend",
+    version,
+    verbatim_doc_comment,
+    after_long_help = LONG_HELP_TAIL
+)]
 struct Cli {
     /// TOML configuration file ([daemon] and [[disk]] tables; see the
     /// host-backend crate docs for every key).
@@ -106,7 +111,7 @@ struct Cli {
 
     /// The control socket `pvbackend guests shutdown|restore|list` talk
     /// to (default $RUNTIME_DIRECTORY/control.sock, else
-    /// /run/pvbackend/control.sock; opened when [[guests.guest]] exist or
+    /// /run/pvdrivers/control.sock; opened when [[guests.guest]] exist or
     /// a path is given here or as [guests] control_socket).
     #[arg(long, value_name = "PATH", global = true)]
     control: Option<PathBuf>,
@@ -115,8 +120,74 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// The man-page sections of `--help` (after the options).
+const LONG_HELP_TAIL: &str = "\
+FILES
+    /etc/pvdrivers/pvbackend.toml
+        The packaged configuration (a conffile): [daemon], [[disk]],
+        [[net_port]], [switch] and [balloon] tables, every key documented
+        in the file itself. `pvbackend check-config FILE` validates it.
+    /run/pvdrivers/
+        Sockets of the packaged service (systemd RuntimeDirectory=).
+
+SOCKET ACCESS
+    Each [[disk]] and [[net_port]] (and --disk/--net-port spec) may set
+    socket_owner, socket_group and socket_mode (socket-owner=, ... in a
+    spec), applied before the daemon reports ready. For libvirt's
+    unprivileged QEMU: socket_group = \"kvm\" (or \"libvirt-qemu\") and
+    socket_mode = \"0660\".
+
+SYSTEMD
+    Run as pvbackend.service (Type=notify): READY=1 is sent once every
+    configured socket listens; with WatchdogSec= a thread sends WATCHDOG=1
+    while no device thread (a disk's server thread, each queue worker and
+    I/O thread, each switch port's worker) has been busy longer than
+    [daemon] stall_timeout_secs (default 30). A wedged thread stops the
+    pings and systemd restarts the daemon; disks complete in queue order,
+    so QEMU (reconnect=1) redoes exactly the unfinished requests.
+
+SIGNALS
+    SIGTERM, SIGINT   close connections after the requests in hand, flush
+                      every disk, remove the sockets, exit 0, within
+                      shutdown_timeout_secs.
+    SIGHUP            reload (systemctl reload pvbackend): re-read the
+                      config file; disks whose socket is new are added,
+                      disks no longer listed are removed unless a frontend
+                      is connected (refused, logged); running disks and
+                      other settings are untouched (changes logged as
+                      needing a restart).
+
+EXIT STATUS
+    0  stopped on request, or check-config found the file valid
+    1  a device could not start (image, socket), or check-config failed
+    2  bad command line or configuration
+
+ENVIRONMENT
+    RUST_LOG            log filter (overrides --log-level)
+    NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID
+                        set by systemd (sd_notify(3))
+    PVBACKEND_FAULT_*   test-only fault injection (panic, delay, wedge);
+                        never set these in production: the daemon logs a
+                        warning when one is armed
+
+METRICS
+    --metrics ADDR (or metrics_listen) serves GET /metrics in the
+    OpenMetrics text format; every series is documented in the host-backend
+    crate (blk, net and balloon metrics modules), and `pvbackend guests`
+    prints the balloon series as a table.
+";
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Validate a configuration file without serving anything: parse it,
+    /// check every device table (and that each disk image exists), name
+    /// the line at fault. Exit status 0 when valid, 1 otherwise. The
+    /// package's postinst runs it on /etc/pvdrivers/pvbackend.toml.
+    CheckConfig {
+        /// The file to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Print a table of every balloon-managed guest's memory (target,
     /// actual, free, available, major faults, stats age), refreshed every
     /// --every seconds, read from a running daemon's metrics endpoint.
@@ -321,6 +392,15 @@ fn guests_action(control: Option<PathBuf>, action: &GuestsAction) -> ExitCode {
     }
 }
 
+/// The config file named by --config, if any (devices on the command line
+/// are added by the caller).
+fn load_config(cli: &Cli) -> Result<Config, String> {
+    match &cli.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Top {
@@ -341,6 +421,18 @@ fn main() -> ExitCode {
     {
         return guests_action(cli.control.clone(), action);
     }
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return match host_backend::check::check_file(file) {
+            Ok(summary) => {
+                println!("{}: valid: {summary}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pvbackend check-config: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Guests {
         metrics,
         every,
@@ -360,15 +452,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut config = match &cli.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("pvbackend: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => Config::default(),
+    let mut config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pvbackend: {e}");
+            return ExitCode::from(2);
+        }
     };
     for spec in &cli.disks {
         match parse_disk_spec(spec) {
@@ -439,7 +528,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match host_backend::daemon::run(&config, stop) {
+    // SIGHUP (the unit's ExecReload=): re-read the config file, keep the
+    // command line's devices.
+    let reload = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
+        eprintln!("pvbackend: cannot install signal handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    let cli_disks = config.disks[config.disks.len().saturating_sub(cli.disks.len())..].to_vec();
+    let reload_from = cli.config.clone();
+    let load = move || -> Result<Config, String> {
+        let mut c = match &reload_from {
+            Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+            None => return Err("started without --config: nothing to re-read".into()),
+        };
+        c.disks.extend(cli_disks.iter().cloned());
+        Ok(c)
+    };
+    match host_backend::daemon::run_with_reload(&config, stop, &reload, &load) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pvbackend: {e}");

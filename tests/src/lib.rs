@@ -45,6 +45,7 @@ pub mod peers;
 pub mod process;
 pub mod pvblkd_scenario;
 pub mod qmp;
+pub mod rootfs;
 pub mod vhost_user;
 pub mod windows;
 

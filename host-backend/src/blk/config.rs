@@ -63,12 +63,28 @@ pub struct DiskConfig {
     /// the disk before the device is reset (see `BlkParams::stop_timeout`).
     #[serde(default = "default_stop_timeout_ms")]
     pub stop_timeout_ms: u32,
+    /// Socket owner, group and mode ([`crate::listener::SocketAccess`]).
+    #[serde(default)]
+    pub socket_owner: Option<String>,
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    #[serde(default)]
+    pub socket_mode: Option<String>,
 }
 
 impl DiskConfig {
     /// Name for logs and metrics ([`crate::config::device_name`]).
     pub fn display_name(&self) -> String {
         crate::config::device_name(self.name.as_deref(), &self.socket)
+    }
+
+    /// Who may connect to the socket.
+    pub fn socket_access(&self) -> crate::listener::SocketAccess {
+        crate::listener::SocketAccess {
+            owner: self.socket_owner.clone(),
+            group: self.socket_group.clone(),
+            mode: self.socket_mode.clone(),
+        }
     }
 
     /// GET_ID string: `serial`, else the name.
@@ -119,6 +135,7 @@ pub fn validate(disks: &[DiskConfig]) -> Result<BTreeSet<PathBuf>, BlkConfigErro
                 d.serial()
             )));
         }
+        d.socket_access().resolve().map_err(bad)?;
         if !sockets.insert(d.socket.clone()) {
             return Err(bad(format!(
                 "socket {} is used by another disk",
@@ -129,7 +146,7 @@ pub fn validate(disks: &[DiskConfig]) -> Result<BTreeSet<PathBuf>, BlkConfigErro
     Ok(sockets)
 }
 
-/// Parses a `--disk` spec: `path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,guest=G][,queues=N][,queue-size=N][,poll-us=N][,io=MODE][,io-threads=N][,stop-timeout-ms=N]`.
+/// Parses a `--disk` spec: `path=IMG,socket=SOCK[,readonly][,serial=S][,name=N][,guest=G][,queues=N][,queue-size=N][,poll-us=N][,io=MODE][,io-threads=N][,stop-timeout-ms=N][,socket-owner=U][,socket-group=G][,socket-mode=0660]`.
 pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
     let err = |message: String| BlkConfigError::Spec {
         spec: spec.to_owned(),
@@ -149,6 +166,9 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
         io_mode: IoMode::default(),
         io_threads: default_io_threads(),
         stop_timeout_ms: default_stop_timeout_ms(),
+        socket_owner: None,
+        socket_group: None,
+        socket_mode: None,
     };
     for part in spec.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part
@@ -165,6 +185,9 @@ pub fn parse_disk_spec(spec: &str) -> Result<DiskConfig, BlkConfigError> {
                 d.read_only = v.is_none_or(|v| v == "on" || v == "true")
             }
             "serial" => d.serial = Some(need(v)?),
+            "socket-owner" => d.socket_owner = Some(need(v)?),
+            "socket-group" => d.socket_group = Some(need(v)?),
+            "socket-mode" => d.socket_mode = Some(need(v)?),
             "name" => d.name = Some(need(v)?),
             "guest" => d.guest = Some(need(v)?),
             "queues" | "num-queues" => {

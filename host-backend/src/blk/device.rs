@@ -77,6 +77,9 @@ pub struct BlkParams {
     /// disk (see `stop_vring`). Past it the device is reset: QEMU's stop
     /// goes on, and the next owner of the disk redoes those requests.
     pub stop_timeout: Duration,
+    /// Per queue: its worker's liveness for the systemd watchdog
+    /// ([`crate::liveness`]), busy while it handles a kick.
+    pub liveness: Arc<[Arc<crate::liveness::Beat>]>,
 }
 
 struct Shared {
@@ -931,6 +934,7 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         }
         self.shared.metrics.kick(thread_id);
+        let _busy = self.shared.params.liveness.get(thread_id).map(|b| b.busy());
         let vring = vrings.get(usize::from(device_event)).ok_or_else(|| {
             io::Error::other(format!(
                 "event {device_event} names no queue of worker {thread_id}"

@@ -16,6 +16,11 @@
 //!   attempt: use `io=pool`), is held until PATH exists, as a request stuck
 //!   in a hung disk would be; logged when it starts holding. For the
 //!   bounded queue stop (`stop_timeout_ms`).
+//! - `PVBACKEND_FAULT_WEDGE_MS=N`: N ms after it starts, the server thread
+//!   of the first disk blocks for good while marked busy, as a thread
+//!   stuck on a dead device would; the systemd watchdog must then stop
+//!   ([`crate::liveness`]). Needs no frontend, so a packaged daemon can be
+//!   tested on a system without QEMU.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +34,7 @@ pub struct Faults {
     pub delay: Option<Duration>,
     /// The sector whose reads stall, and the file that releases them.
     pub stall: Option<(u64, PathBuf)>,
+    pub wedge_after: Option<Duration>,
 }
 
 impl Faults {
@@ -47,12 +53,16 @@ impl Faults {
                     .map(Duration::from_micros),
                 stall: num("PVBACKEND_FAULT_STALL_SECTOR")
                     .zip(std::env::var_os("PVBACKEND_FAULT_STALL_UNTIL").map(PathBuf::from)),
+                wedge_after: num("PVBACKEND_FAULT_WEDGE_MS").map(Duration::from_millis),
             }
         })
     }
 
     pub fn armed(&self) -> bool {
-        self.panic_sector.is_some() || self.delay.is_some() || self.stall.is_some()
+        self.panic_sector.is_some()
+            || self.delay.is_some()
+            || self.stall.is_some()
+            || self.wedge_after.is_some()
     }
 
     /// Holds a read that covers the stall sector until the release file
@@ -71,6 +81,17 @@ impl Faults {
         );
         while !release.exists() {
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Blocks this thread for good once `started` is older than the armed
+    /// wedge time (the caller holds a busy mark).
+    pub fn wedge_if_due(&self, started: std::time::Instant) {
+        if self.wedge_after.is_some_and(|w| started.elapsed() >= w) {
+            log::error!("fault injection: wedging this thread for good");
+            loop {
+                std::thread::park();
+            }
         }
     }
 

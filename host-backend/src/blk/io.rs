@@ -294,8 +294,9 @@ impl IoPool {
             let metrics = metrics.clone();
             // Jobs reset their own device; a panic outside a job (a bug
             // of the pool) ends only this thread.
-            let h =
-                crate::worker::spawn(format!("io-{name}-{i}"), move || worker(&inner, &metrics))?;
+            let thread = format!("io-{name}-{i}");
+            let beat = crate::liveness::Liveness::global().register(thread.clone());
+            let h = crate::worker::spawn(thread, move || worker(&inner, &metrics, &beat))?;
             handles.push(h);
         }
         Ok(Self {
@@ -323,7 +324,7 @@ impl IoPool {
     }
 }
 
-fn worker(inner: &PoolInner, metrics: &DiskMetrics) {
+fn worker(inner: &PoolInner, metrics: &DiskMetrics, beat: &crate::liveness::Beat) {
     loop {
         let job = {
             let mut s = lock(&inner.state);
@@ -342,6 +343,7 @@ fn worker(inner: &PoolInner, metrics: &DiskMetrics) {
         };
         // Jobs catch their own panics and reset their device; this is the
         // backstop that keeps the thread (and the pool) alive regardless.
+        let _busy = beat.busy();
         if catch_unwind(AssertUnwindSafe(job)).is_err() {
             metrics.error("io_panic");
             error!("an I/O thread job panicked outside its own handler");

@@ -61,6 +61,11 @@ struct DiskServer {
     pool: Arc<IoPool>,
     /// The backend of the connection being served, if any.
     conn: Mutex<Option<BlkBackend>>,
+    /// The table it was started from (a reload compares against it).
+    config: DiskConfig,
+    /// A reload removed it: the thread ends as on stop (only while no
+    /// frontend is connected).
+    retire: AtomicBool,
 }
 
 impl DiskServer {
@@ -73,17 +78,26 @@ impl DiskServer {
     }
 }
 
-fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicBool>) {
+fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicBool>, wedge: bool) {
+    // Busy while it works between waits; idle while it waits for a
+    // connection or serves one (the queue workers mark themselves).
+    let beat = crate::liveness::Liveness::global().register(format!("disk-{}", server.name));
+    let started = Instant::now();
     info!(
         "disk '{}': serving {} on {}",
         server.name,
         server.disk.path().display(),
         server.socket.display()
     );
-    while !stop.load(Ordering::Acquire) {
+    while !stop.load(Ordering::Acquire) && !server.retire.load(Ordering::Acquire) {
+        if wedge {
+            let _busy = beat.busy();
+            Faults::get().wedge_if_due(started);
+        }
         if !listener::readable(&listener, Duration::from_millis(200)) {
             continue;
         }
+        let busy = beat.busy();
         let backend = BlkBackend::new(
             server.disk.clone(),
             server.params.clone(),
@@ -119,6 +133,7 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
         if stop.load(Ordering::Acquire) {
             backend.disconnect();
         }
+        drop(busy);
         match daemon.wait() {
             Ok(()) => info!("disk '{}': frontend disconnected", server.name),
             Err(e) => warn!("disk '{}': connection ended: {e}", server.name),
@@ -142,6 +157,8 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
 /// The disks being served: one thread per disk.
 pub struct BlkService {
     disks: Vec<(Arc<DiskServer>, JoinHandle<()>)>,
+    families: BlkFamilies,
+    stop: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for BlkService {
@@ -169,19 +186,102 @@ impl BlkService {
         for d in disks {
             servers.push(open_disk(d, &families)?);
         }
-        let mut threads: Vec<(Arc<DiskServer>, JoinHandle<()>)> = Vec::new();
-        for (server, listener) in servers {
-            let stop = stop.clone();
-            let (s, r) = (server.clone(), server.clone());
-            let handle = worker::spawn_with_reset(
-                format!("disk-{}", server.name),
-                move || r.disconnect(),
-                move || serve_disk(s, listener, stop),
-            )
-            .map_err(BlkError::Thread)?;
-            threads.push((server, handle));
+        let mut service = Self {
+            disks: Vec::new(),
+            families,
+            stop,
+        };
+        for (i, (server, listener)) in servers.into_iter().enumerate() {
+            service.spawn(server, listener, i == 0)?;
         }
-        Ok(Self { disks: threads })
+        Ok(service)
+    }
+
+    fn spawn(
+        &mut self,
+        server: Arc<DiskServer>,
+        listener: Listener,
+        wedge: bool,
+    ) -> Result<(), BlkError> {
+        let stop = self.stop.clone();
+        let (s, r) = (server.clone(), server.clone());
+        let handle = worker::spawn_with_reset(
+            format!("disk-{}", server.name),
+            move || r.disconnect(),
+            move || serve_disk(s, listener, stop, wedge),
+        )
+        .map_err(BlkError::Thread)?;
+        self.disks.push((server, handle));
+        Ok(())
+    }
+
+    /// Brings the served disks to `wanted` (a configuration reload), never
+    /// touching a disk whose table did not change: a disk whose socket is
+    /// new is opened and served; a disk no longer wanted is removed unless
+    /// a frontend is connected to it (refused, logged: its guest would
+    /// lose its disk); a disk whose table changed keeps running as it was
+    /// (logged: the change needs a restart). Every decision is logged;
+    /// returns the disks refused or failed, to report.
+    pub fn reload(&mut self, wanted: &[DiskConfig]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut kept = Vec::new();
+        for (server, handle) in std::mem::take(&mut self.disks) {
+            match wanted.iter().find(|d| d.socket == server.socket) {
+                Some(d) if *d == server.config => kept.push((server, handle)),
+                Some(_) => {
+                    let msg = format!(
+                        "disk '{}': changed settings are not applied to a running disk; restart the daemon to apply them",
+                        server.name
+                    );
+                    warn!("reload: {msg}");
+                    problems.push(msg);
+                    kept.push((server, handle));
+                }
+                None if server.conn.lock().map_or(true, |c| c.is_some()) => {
+                    let msg = format!(
+                        "disk '{}' not removed: a frontend is connected to {}; shut its guest down (or detach the disk) and reload again",
+                        server.name,
+                        server.socket.display()
+                    );
+                    warn!("reload: {msg}");
+                    problems.push(msg);
+                    kept.push((server, handle));
+                }
+                None => {
+                    server.retire.store(true, Ordering::Release);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    if !worker::join_until(handle, deadline) {
+                        warn!(
+                            "reload: disk '{}': thread still busy; leaving it",
+                            server.name
+                        );
+                    }
+                    if let Err(e) = server.disk.flush() {
+                        error!("disk '{}': final flush failed: {e}", server.name);
+                    }
+                    info!("reload: disk '{}' removed", server.name);
+                }
+            }
+        }
+        self.disks = kept;
+        for d in wanted {
+            if self.disks.iter().any(|(s, _)| s.socket == d.socket) {
+                continue;
+            }
+            let added = open_disk(d, &self.families).and_then(|(server, listener)| {
+                let name = server.name.clone();
+                self.spawn(server, listener, false).map(|()| name)
+            });
+            match added {
+                Ok(name) => info!("reload: disk '{name}' added on {}", d.socket.display()),
+                Err(e) => {
+                    let msg = format!("{e}: not added");
+                    error!("reload: {msg}");
+                    problems.push(msg);
+                }
+            }
+        }
+        problems
     }
 
     /// Disks served.
@@ -220,10 +320,11 @@ fn open_disk(
         name: name.clone(),
         source,
     })?;
-    let listener = listener::bind(&d.socket).map_err(|source| BlkError::Listen {
-        name: name.clone(),
-        source,
-    })?;
+    let listener =
+        listener::bind_with(&d.socket, &d.socket_access()).map_err(|source| BlkError::Listen {
+            name: name.clone(),
+            source,
+        })?;
     let metrics = families.guest_disk(&d.display_name(), d.guest.as_deref(), d.num_queues);
     let threads = match d.io_mode {
         IoMode::Sync => 0,
@@ -234,6 +335,9 @@ fn open_disk(
         "disk '{name}': io mode {}, {threads} I/O thread(s)",
         d.io_mode.name()
     );
+    let liveness = (0..d.num_queues)
+        .map(|q| crate::liveness::Liveness::global().register(format!("disk-{name} queue {q}")))
+        .collect();
     let server = DiskServer {
         name,
         socket: d.socket.clone(),
@@ -242,6 +346,7 @@ fn open_disk(
             num_queues: d.num_queues,
             queue_size: d.queue_size,
             serial: d.serial(),
+            liveness,
             poll_us: d.poll_us,
             io_mode: d.io_mode,
             stop_timeout: Duration::from_millis(u64::from(d.stop_timeout_ms)),
@@ -249,6 +354,8 @@ fn open_disk(
         metrics,
         pool: Arc::new(pool),
         conn: Mutex::new(None),
+        config: d.clone(),
+        retire: AtomicBool::new(false),
     };
     Ok((Arc::new(server), listener))
 }

@@ -5,7 +5,7 @@
 //! ```toml
 //! [guests]
 //! state_dir = "/var/lib/pvdrivers/save"   # saved guests: NAME.state (and NAME.console.log of a restored QEMU)
-//! control_socket = "/run/pvbackend/control.sock"  # default: $RUNTIME_DIRECTORY/control.sock, else /run/pvbackend/control.sock
+//! control_socket = "/run/pvdrivers/control.sock"  # default: $RUNTIME_DIRECTORY/control.sock, else /run/pvdrivers/control.sock
 //! control_mode = "0600"         # permissions of the control socket (octal)
 //! qmp_timeout_secs = 10         # longest wait for one QMP reply (never past a deadline)
 //! save_bandwidth_mib = 4096     # migrate max-bandwidth while saving, MiB/s (QEMU's default cap is 128)
@@ -75,7 +75,7 @@ impl Default for GuestsConfig {
 
 /// The control socket's default path: under systemd's runtime directory
 /// when the unit has one (`RuntimeDirectory=pvbackend`), else
-/// `/run/pvbackend/control.sock`.
+/// `/run/pvdrivers/control.sock`.
 pub fn default_control_socket() -> PathBuf {
     std::env::var_os("RUNTIME_DIRECTORY")
         .and_then(|d| {
@@ -83,7 +83,7 @@ pub fn default_control_socket() -> PathBuf {
             let s = d.to_string_lossy().split(':').next().map(PathBuf::from);
             s.filter(|p| p.is_absolute())
         })
-        .unwrap_or_else(|| PathBuf::from("/run/pvbackend"))
+        .unwrap_or_else(|| PathBuf::from("/run/pvdrivers"))
         .join("control.sock")
 }
 

@@ -53,12 +53,28 @@ pub struct NetPortConfig {
     /// ([`super::switch::PollBudget`]); an idle port never polls.
     #[serde(default)]
     pub poll_us: u32,
+    /// Socket owner, group and mode ([`crate::listener::SocketAccess`]).
+    #[serde(default)]
+    pub socket_owner: Option<String>,
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    #[serde(default)]
+    pub socket_mode: Option<String>,
 }
 
 impl NetPortConfig {
     /// Name for logs and metrics ([`crate::config::device_name`]).
     pub fn display_name(&self) -> String {
         crate::config::device_name(self.name.as_deref(), &self.socket)
+    }
+
+    /// Who may connect to the socket.
+    pub fn socket_access(&self) -> crate::listener::SocketAccess {
+        crate::listener::SocketAccess {
+            owner: self.socket_owner.clone(),
+            group: self.socket_group.clone(),
+            mode: self.socket_mode.clone(),
+        }
     }
 
     /// The configured MAC, parsed (validate() has checked it).
@@ -110,6 +126,7 @@ pub fn validate(
             port: p.display_name(),
             message,
         };
+        p.socket_access().resolve().map_err(bad)?;
         if p.poll_us > MAX_POLL_US {
             return Err(bad(format!("poll_us {} is over {MAX_POLL_US}", p.poll_us)));
         }
@@ -142,7 +159,7 @@ pub fn validate(
 }
 
 /// Parses a `--net-port` spec:
-/// `socket=SOCK[,name=N][,guest=G][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N]`.
+/// `socket=SOCK[,name=N][,guest=G][,mac=M][,mtu=N][,rate-mbps=N][,poll-us=N][,socket-owner=U][,socket-group=G][,socket-mode=0660]`.
 pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> {
     let err = |message: String| NetConfigError::Spec {
         spec: spec.to_owned(),
@@ -157,6 +174,9 @@ pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> 
         mtu: default_mtu(),
         rate_mbps: None,
         poll_us: 0,
+        socket_owner: None,
+        socket_group: None,
+        socket_mode: None,
     };
     for part in spec.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part
@@ -171,6 +191,9 @@ pub fn parse_net_port_spec(spec: &str) -> Result<NetPortConfig, NetConfigError> 
             "name" => p.name = Some(need(v)?),
             "guest" => p.guest = Some(need(v)?),
             "mac" => p.mac = Some(need(v)?),
+            "socket-owner" => p.socket_owner = Some(need(v)?),
+            "socket-group" => p.socket_group = Some(need(v)?),
+            "socket-mode" => p.socket_mode = Some(need(v)?),
             "mtu" => {
                 p.mtu = need(v)?
                     .parse()

@@ -65,6 +65,9 @@ struct Shared {
     /// A worker panicked: the port ignores its queues until the driver
     /// resets the device or reconnects.
     needs_reset: AtomicBool,
+    /// The worker's liveness for the systemd watchdog
+    /// ([`crate::liveness`]), busy while it handles an event.
+    beat: Arc<crate::liveness::Beat>,
 }
 
 /// A vhost-user-net backend for one port and one connection.
@@ -86,10 +89,12 @@ impl NetBackend {
         Self {
             shared: Arc::new(Shared {
                 switch,
-                port,
                 mem: RwLock::new(None),
                 event_idx: AtomicBool::new(false),
                 needs_reset: AtomicBool::new(false),
+                beat: crate::liveness::Liveness::global()
+                    .register(format!("port-{} worker", port.name)),
+                port,
             }),
         }
     }
@@ -385,6 +390,7 @@ impl VhostUserBackend for NetBackend {
         if self.shared.needs_reset.load(Ordering::Acquire) {
             return Ok(());
         }
+        let _busy = self.shared.beat.busy();
         log::trace!("port '{}': event {device_event}", self.shared.port.name);
         match catch_unwind(AssertUnwindSafe(|| self.run_event(device_event, vrings))) {
             Ok(r) => r,

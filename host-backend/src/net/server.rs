@@ -205,12 +205,12 @@ impl NetService {
         let mut all = Vec::new();
         for (id, p) in ports.iter().enumerate() {
             let name = p.display_name();
-            listeners.push(
-                listener::bind(&p.socket).map_err(|source| NetError::Listen {
+            listeners.push(listener::bind_with(&p.socket, &p.socket_access()).map_err(
+                |source| NetError::Listen {
                     name: name.clone(),
                     source,
-                })?,
-            );
+                },
+            )?);
             all.push(Arc::new(Port::new(
                 id,
                 name.clone(),
