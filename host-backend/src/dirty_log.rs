@@ -22,7 +22,7 @@
 //! - the log is replaced (`SET_LOG_BASE`, [`BitmapReplace`]) or switched
 //!   off ([`DirtyBitmap::clear`], when the frontend acks features without
 //!   `VHOST_F_LOG_ALL`) while other threads mark: the old log is released
-//!   only once no marker can still hold it (see [`Shared::swap`]).
+//!   only once no marker can still hold it (see `Shared::swap`).
 //!
 //! What it refuses: a log too small for a region (`SET_LOG_BASE` fails, as
 //! vhost-user-backend's bitmap would). Known gap, shared with
