@@ -386,6 +386,21 @@ pub fn virtio_hardware_ids(device: virtio_drivers::transport::DeviceType) -> Vec
         .collect()
 }
 
+/// The `package.version` of a driver crate (manifest path from the
+/// workspace root), as `cargo` reads it: what a DriverVer is stamped from.
+pub fn crate_version(manifest: &str) -> String {
+    let path = workspace_root().join(manifest);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let table: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+    table["package"]["version"]
+        .as_str()
+        .expect("a literal package version")
+        .to_owned()
+}
+
 /// The file names in a package folder, sorted.
 pub fn package_files(dir: &Path) -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(dir)

@@ -24,8 +24,6 @@ use std::path::PathBuf;
 use pvtest::inf_lint::{self, Inf};
 use pvtest::pe_lint::{self, Finding};
 use pvtest::windows;
-use virtio_drivers::transport::pci::bus::{DeviceFunctionInfo, HeaderType};
-use virtio_drivers::transport::pci::{virtio_device_type, VIRTIO_VENDOR_ID};
 use virtio_drivers::transport::DeviceType;
 
 /// (package, image name) of every driver built here.
@@ -267,21 +265,7 @@ fn balloon_driver_inflates_and_deflates_under_emulation() {
 /// every device ID for which the transport's decoding says "memory
 /// balloon"; the INF leaves out the one the core refuses.
 fn accepted_balloon_ids() -> Vec<String> {
-    (0..=u16::MAX)
-        .filter(|&device_id| {
-            let info = DeviceFunctionInfo {
-                vendor_id: VIRTIO_VENDOR_ID,
-                device_id,
-                class: 0,
-                subclass: 0,
-                prog_if: 0,
-                revision: 0,
-                header_type: HeaderType::Standard,
-            };
-            virtio_device_type(&info) == Some(DeviceType::MemoryBalloon)
-        })
-        .map(|d| format!("PCI\\VEN_{VIRTIO_VENDOR_ID:04X}&DEV_{d:04X}"))
-        .collect()
+    windows::virtio_hardware_ids(DeviceType::MemoryBalloon)
 }
 
 /// Accepted by the transport's decoding but deliberately not in the INF:
@@ -306,15 +290,7 @@ fn balloon_inf_path() -> PathBuf {
 
 /// The driver crate's version, as `cargo` reads it.
 fn balloon_crate_version() -> String {
-    let path = windows::workspace_root().join("pv-balloon/windows/Cargo.toml");
-    let manifest: toml::Table = std::fs::read_to_string(&path)
-        .expect("read the driver's Cargo.toml")
-        .parse()
-        .expect("parse the driver's Cargo.toml");
-    manifest["package"]["version"]
-        .as_str()
-        .expect("a literal package version")
-        .to_owned()
+    windows::crate_version("pv-balloon/windows/Cargo.toml")
 }
 
 #[test]

@@ -13,8 +13,6 @@ use std::path::PathBuf;
 use pvtest::inf_lint::{self, Inf};
 use pvtest::pe_lint;
 use pvtest::windows;
-use virtio_drivers::transport::pci::bus::{DeviceFunctionInfo, HeaderType};
-use virtio_drivers::transport::pci::{virtio_device_type, VIRTIO_VENDOR_ID};
 use virtio_drivers::transport::DeviceType;
 
 const NET: (&str, &str) = ("pv-net-windows-driver", "pvnet.sys");
@@ -151,21 +149,7 @@ fn ndis_miniport_sends_receives_and_answers_oids_under_emulation() {
 /// refuses a device the transport does not call a network device. So the
 /// list is every device ID that transport's decoding calls "network".
 fn accepted_net_ids() -> Vec<String> {
-    (0..=u16::MAX)
-        .filter(|&device_id| {
-            let info = DeviceFunctionInfo {
-                vendor_id: VIRTIO_VENDOR_ID,
-                device_id,
-                class: 0,
-                subclass: 0,
-                prog_if: 0,
-                revision: 0,
-                header_type: HeaderType::Standard,
-            };
-            virtio_device_type(&info) == Some(DeviceType::Network)
-        })
-        .map(|d| format!("PCI\\VEN_{VIRTIO_VENDOR_ID:04X}&DEV_{d:04X}"))
-        .collect()
+    windows::virtio_hardware_ids(DeviceType::Network)
 }
 
 #[test]
@@ -180,15 +164,7 @@ fn net_hardware_ids_are_the_modern_and_transitional_nic() {
 
 /// The driver crate's version, as `cargo` reads it.
 fn net_crate_version() -> String {
-    let path = windows::workspace_root().join("pv-net/windows/driver/Cargo.toml");
-    let manifest: toml::Table = std::fs::read_to_string(&path)
-        .expect("read the driver's Cargo.toml")
-        .parse()
-        .expect("parse the driver's Cargo.toml");
-    manifest["package"]["version"]
-        .as_str()
-        .expect("a literal package version")
-        .to_owned()
+    windows::crate_version("pv-net/windows/driver/Cargo.toml")
 }
 
 /// Builds `target/windows/package/pvnet/` (the `.sys` signed under a

@@ -164,15 +164,7 @@ fn blk_hardware_ids_are_the_modern_and_transitional_block_device() {
 }
 
 fn crate_version() -> String {
-    let path = windows::workspace_root().join("pv-blk/windows/driver/Cargo.toml");
-    let manifest: toml::Table = std::fs::read_to_string(&path)
-        .expect("read the driver's Cargo.toml")
-        .parse()
-        .expect("parse the driver's Cargo.toml");
-    manifest["package"]["version"]
-        .as_str()
-        .expect("a literal package version")
-        .to_owned()
+    windows::crate_version("pv-blk/windows/driver/Cargo.toml")
 }
 
 /// Builds `target/windows/package/pvblk/` (signed `.sys`, stamped INF) and
