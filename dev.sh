@@ -89,8 +89,15 @@ and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debia
     fi
     if [ -n "$miss_rest" ]; then
       log "installing $miss_rest"
+      # Packages installed only for their tools (prometheus for promtool,
+      # xen-utils for xenstored) must not leave daemons running or enabled on
+      # a developer's machine: policy-rc.d stops the maintainer scripts from
+      # starting them, and a service this run installed is disabled after.
+      no_service_starts
       # shellcheck disable=SC2086
       apt-get install -y -qq $miss_rest >/dev/null
+      allow_service_starts
+      disable_tool_services "$miss_rest"
     fi
     miss_rest=$(missing_packages "${PKGS_QEMU[@]}" "${PKGS_REST[@]}" "${PKGS_RUST_KERNEL[@]}")
     [ -z "$miss_rest" ] || die "still missing after apt-get install: $miss_rest"
@@ -109,6 +116,39 @@ and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debia
   # The service scripts of xen-utils may start daemons on some systems; the
   # tests start their own xenstored and never touch a system one.
   ensure_cargo_deb
+}
+
+# policy-rc.d (Debian's invoke-rc.d policy hook) answering 101 ("action
+# forbidden") while apt installs tool-only packages; left alone if the machine
+# already has one.
+POLICY_RC=/usr/sbin/policy-rc.d
+POLICY_RC_OURS=0
+no_service_starts() {
+  [ -e "$POLICY_RC" ] && return 0
+  printf '#!/bin/sh\n# written by pvdrivers dev.sh during apt-get install; removed after\nexit 101\n' > "$POLICY_RC"
+  chmod 755 "$POLICY_RC"
+  POLICY_RC_OURS=1
+  trap allow_service_starts EXIT
+}
+allow_service_starts() {
+  if [ "$POLICY_RC_OURS" = 1 ]; then
+    rm -f "$POLICY_RC"
+    POLICY_RC_OURS=0
+  fi
+}
+# Services of packages installed here only for their command-line tools.
+TOOL_SERVICES=(prometheus.service prometheus-node-exporter.service)
+disable_tool_services() {
+  local installed=" $1 " unit
+  command -v systemctl >/dev/null || return 0
+  [[ "$installed" == *" prometheus "* ]] || return 0
+  for unit in "${TOOL_SERVICES[@]}"; do
+    if systemctl list-unit-files "$unit" 2>/dev/null | grep -q "^$unit"; then
+      log "disabling $unit (installed only for promtool)"
+      systemctl disable --now "$unit" >/dev/null 2>&1 || systemctl disable "$unit" >/dev/null 2>&1 \
+        || log "warning: could not disable $unit; run: systemctl disable --now $unit"
+    fi
+  done
 }
 
 # cargo-deb builds the host package (pvdrivers-host) in host_package.
