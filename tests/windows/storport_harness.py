@@ -16,7 +16,8 @@ each completed SRB.
 
 Checked (each prints FAIL and exits 1 when wrong):
 - DriverEntry registers every callback, the extension size, mapped buffers
-  and classic SRBs; HwFindAdapter finds the adapter, maps BAR0 and fills
+  and both SRB kinds (classic and SRB_EX); HwFindAdapter asks for SRB_EX
+  (SrbType = STORAGE_REQUEST_BLOCK), finds the adapter, maps BAR0 and fills
   the port configuration; the bring-up negotiates FLUSH, DISCARD,
   WRITE_ZEROES and VERSION_1, reads the serial with GET_ID and sets
   DRIVER_OK.
@@ -36,6 +37,15 @@ Checked (each prints FAIL and exits 1 when wrong):
   and the data is still read back after the device came up again.
 - HwAdapterControl: supported types; stop resets and stops the device;
   restart brings it back and I/O works.
+- SRB_EX: STORAGE_REQUEST_BLOCKs as StorPort builds them (BTL8 address,
+  SRBEX_DATA_SCSI_CDB16 / CDB32 / CDB_VAR, SRBEX_DATA_PNP, _POWER): WRITE(16)
+  reaches the disk and READ(10) in a CDB32 and a variable CDB read it back
+  with the status and length in the SRB_EX; a bad opcode gets CHECK
+  CONDITION with ScsiStatus and SenseInfoBufferLength in the CDB block and
+  the sense in its buffer; QUERY_CAPABILITIES fills the capabilities; a
+  power SRB to D3 flushes; a non-zero LUN is refused INVALID_LUN; SRB_EXs
+  with a bad signature or a CDB block past SrbLength complete
+  INVALID_REQUEST without touching the device.
 
 No IRQL, no concurrency, no DMA, no real interrupts (HwInterrupt is called
 by the script); identity "physical" addresses. This tests the glue.
@@ -477,8 +487,8 @@ def main(path, dump=False):
     check(size == 0xD0 and bus == 5, 'HwInitializationDataSize / PCIBus')
     check(all((hw_initialize, start_io, interrupt, find_adapter, reset_bus, adapter_control)),
           'every callback registered')
-    check(ext_size > 0 and map_buffers == 3 and srb_types == 1,
-          'extension size, mapped buffers, classic SRBs')
+    check(ext_size > 0 and map_buffers == 3 and srb_types == 3,
+          'extension size, mapped buffers, classic and extended SRBs')
 
     def call(fn, args, what, bits=8):
         """Run `fn`; its return value cut to `bits` (BOOLEAN callbacks
@@ -529,6 +539,8 @@ def main(path, dump=False):
     check(sp['bus_data'] == 1 and sp['mapped'] == [(BAR, BAR_LEN)], 'config space read, BAR0 mapped')
     check(max_transfer == 128 * 1024 and cfg_bytes[0x59] == 3 and cfg_bytes[0x61] == 1,
           'port configuration: transfer length, mapped buffers, one target')
+    check(cfg_bytes[0x62] == 1 and cfg_bytes[0x63] == 0,
+          'port configuration: SrbType STORAGE_REQUEST_BLOCK, BTL8 addresses')
     requested = struct.unpack('<I', se.mem_read(cfg + 0xC0, 4))[0]
     if not dump:
         check(requested == DUMP_REGION, 'RequestedDumpBufferSize: %d' % requested)
@@ -721,6 +733,113 @@ def main(path, dump=False):
     check(good(o) and o['data'] == a, 'I/O after restart')
     if len(FAILS) == fails:
         print('emulated: HwAdapterControl stop/restart: OK')
+
+    # ---- SRB_EX ------------------------------------------------------------
+    fails = len(FAILS)
+
+    def srb_ex(function, flags=0, length=0, data=None, blocks=(), lun=0):
+        """A STORAGE_REQUEST_BLOCK laid out as StorPort does (srb.h,
+        x64): the 0x78-byte header, the SrbExDataOffset table, a
+        STOR_ADDR_BTL8, then each SRBEX_DATA block 8-aligned. Blocks:
+        ('cdb16'|'cdb32'|'var', cdb) with a 32-byte sense buffer, ('pnp',
+        action, flags), ('power', state). Returns (srb, data, sense)."""
+        buf = 0
+        if length:
+            buf = alloc(length + 0x1000, 'emu.srbex.data') + 0xE00
+            scramble(buf, length)
+            if data:
+                se.mem_write(buf, data)
+        sense = alloc(32, 'emu.srbex.sense')
+        table_end = 0x78 + 4 * len(blocks)
+        addr_at = (table_end + 7) & ~7
+        body, offsets, at = b'', [], addr_at + 16
+        for b in blocks:
+            kind = b[0]
+            if kind in ('cdb16', 'cdb32'):
+                n = 16 if kind == 'cdb16' else 32
+                blk = struct.pack('<IIBBBBIQ', 0x40 if n == 16 else 0x41, 32 if n == 16 else 48,
+                                  0, 32, len(b[1]), 0, 0, sense) + b[1].ljust(n, b'\0')
+            elif kind == 'var':
+                blk = struct.pack('<IIBBBBI8xQ', 0x42, 24 + len(b[1]), 0, 32, 0, 0, len(b[1]),
+                                  sense) + b[1]
+            elif kind == 'pnp':
+                blk = struct.pack('<IIB3xIII', 0x62, 16, 0, b[1], b[2], 0)
+            else:
+                blk = struct.pack('<IIB3xII', 0x61, 12, 0, b[1], 0)
+            blk = blk.ljust((len(blk) + 7) & ~7, b'\0')
+            offsets.append(at)
+            body += blk
+            at += len(blk)
+        total = at
+        hdr = bytearray(addr_at + 16)
+        struct.pack_into('<HBBIIIIII', hdr, 0, 0x58, 0x28, 0, 0, 0x53524258, 1, total, function, flags)
+        struct.pack_into('<I', hdr, 0x28, 10)
+        struct.pack_into('<III', hdr, 0x34, addr_at, len(blocks), length)
+        struct.pack_into('<Q', hdr, 0x40, buf)
+        for i, o in enumerate(offsets):
+            struct.pack_into('<I', hdr, 0x78 + 4 * i, o)
+        struct.pack_into('<HHIBBB', hdr, addr_at, 1, 0, 4, 0, 0, lun)
+        s = alloc(total, 'emu.srbex')
+        se.mem_write(s, bytes(hdr) + body)
+        return s, buf, sense, offsets
+
+    def outcome_ex(s, buf, sense, offsets):
+        st = se.mem_read(s + 3, 1)[0]
+        n = struct.unpack('<I', se.mem_read(s + 0x3C, 4))[0]
+        scsi, sn = (se.mem_read(s + offsets[0] + 8, 2) if offsets else (0, 0))
+        return dict(srb_status=st, scsi_status=scsi, n=n,
+                    data=bytes(se.mem_read(buf, n)) if buf and n else b'',
+                    sense=bytes(se.mem_read(sense, sn)) if sn else b'')
+
+    def io_ex(function, flags=0, length=0, data=None, blocks=(), lun=0, what=''):
+        s, buf, sense, offsets = srb_ex(function, flags, length, data, blocks, lun)
+        call(start_io, [ext, s], 'HwStartIo (SRB_EX %s)' % what)
+        for _ in range(32):
+            if completions_of(s) or not d.pending:
+                break
+            d.run()
+            check(call(interrupt, [ext], 'HwInterrupt') == 1, 'HwInterrupt claims the interrupt')
+        check(len(completions_of(s)) == 1, 'SRB_EX %s completed exactly once' % what)
+        return outcome_ex(s, buf, sense, offsets)
+
+    e = bytes((i * 5 + 9) & 0xFF for i in range(4 * 512))
+    o = io_ex(0, DATA_OUT, len(e), e, [('cdb16', bytes([0x8A, 0]) + struct.pack('>QI', 300, 4) + b'\0\0')],
+              what='WRITE(16)')
+    check(good(o) and o['n'] == len(e) and bytes(d.disk[300 * 512:304 * 512]) == e,
+          'SRB_EX CDB16 WRITE(16) reaches the disk: %s' % {k: v for k, v in o.items() if k != 'data'})
+    read10 = bytes([0x28, 0]) + struct.pack('>I', 300) + bytes([0, 0, 4, 0])
+    o = io_ex(0, DATA_IN, len(e), blocks=[('cdb32', read10)], what='READ(10) in a CDB32')
+    check(good(o) and o['data'] == e, 'SRB_EX CDB32 READ(10) reads it back')
+    o = io_ex(0, DATA_IN, len(e), blocks=[('var', read10)], what='READ(10) in a variable CDB')
+    check(good(o) and o['data'] == e, 'SRB_EX CDB_VAR READ(10) reads it back')
+    o = io_ex(0, blocks=[('cdb16', bytes([0xFF] + [0] * 5))], what='bad opcode')
+    check(o['srb_status'] == 0x84 and o['scsi_status'] == 2 and sense_of(o) == (5, 0x20, 0),
+          'SRB_EX bad opcode: CHECK CONDITION in the CDB block, sense in its buffer: %s' % o)
+    caps = io_ex(0x25, DATA_IN, 24, blocks=[('pnp', 0x9, 0)], what='QUERY_CAPABILITIES')
+    check(caps['srb_status'] == 1 and len(caps['data']) == 24
+          and struct.unpack_from('<I', caps['data'], 4)[0] & (1 << 9),
+          'SRB_EX PNP QUERY_CAPABILITIES: SurpriseRemovalOK filled in: %s' % caps)
+    before = d.flushes
+    o = io_ex(0x24, blocks=[('power', 4)], what='POWER D3')
+    check(o['srb_status'] == 1 and d.flushes == before + 1, 'SRB_EX POWER to D3 flushes first')
+    o = io_ex(0, DATA_IN, 8, blocks=[('cdb16', bytes([0x25] + [0] * 9))], lun=2, what='LUN 2')
+    check(o['srb_status'] == 0x20, 'SRB_EX to LUN 2: INVALID_LUN (%#x)' % o['srb_status'])
+    # Malformed: a bad signature, and a CDB block offset past SrbLength.
+    events = len(d.events)
+    s, buf, sense, offsets = srb_ex(0, DATA_IN, 512, blocks=[('cdb16', read10)])
+    se.mem_write(s + 8, b'SRBX')
+    call(start_io, [ext, s], 'HwStartIo (SRB_EX bad signature)')
+    check(len(completions_of(s)) == 1 and se.mem_read(s + 3, 1)[0] == 0x06,
+          'SRB_EX with a bad signature: INVALID_REQUEST')
+    s, buf, sense, offsets = srb_ex(0, DATA_IN, 512, blocks=[('cdb16', read10)])
+    se.mem_write(s + 0x78, struct.pack('<I', 0x7FF0))
+    call(start_io, [ext, s], 'HwStartIo (SRB_EX block past the end)')
+    check(len(completions_of(s)) == 1 and se.mem_read(s + 3, 1)[0] == 0x06,
+          'SRB_EX with a block past SrbLength: INVALID_REQUEST')
+    check(not d.pending and all(ev[0] == 'complete' for ev in d.events[events:]),
+          'malformed SRB_EXs never reach the device: %s' % d.events[events:])
+    if len(FAILS) == fails:
+        print('emulated: SRB_EX (CDB16/CDB32/CDB_VAR, PnP, power) decoded and completed: OK')
 
     print('device complaints', d.bad, 'messages', messages)
     check(not d.bad, 'the device saw no protocol fault: %s' % d.bad)

@@ -17,8 +17,10 @@ use pv_blk::virtio::{VirtioBlk, VirtioBlkConfig};
 use pv_blk::{BlockFrontend, IoBuf, ID_BYTES};
 use pv_blk_windows::cdb::op;
 use pv_blk_windows::srb::{self, status};
+use pv_blk_windows::srb_ex::{self, SrbEx};
 use pv_blk_windows::{
-    decide_srb, Completion, Decision, Disk, Engine, Identity, Plan, ScsiRequest, Serial, SrbAction,
+    decide_srb, Completion, Decision, Direction, Disk, Engine, Identity, Plan, ScsiRequest, Serial,
+    SrbAction, SrbCtx, SrbIn,
 };
 use pv_windows::arena;
 use pv_windows::ffi::{self, NTSTATUS};
@@ -57,7 +59,104 @@ const BARS: usize = 6;
 const MAX_RUNS: usize = MAX_TRANSFER as usize / translate::PAGE + 1;
 
 type Blk = VirtioBlk<DriverHal, PciTransport>;
+/// An SRB as StorPort hands it over: a classic `SCSI_REQUEST_BLOCK` or a
+/// `STORAGE_REQUEST_BLOCK` (SRB_EX); `Function` (byte 2) and `SrbStatus`
+/// (byte 3) are at the same place in both, and tell them apart.
 type Srb = *mut SCSI_REQUEST_BLOCK;
+
+/// Largest SRB_EX read (`SrbLength`): StorPort's are a few hundred bytes.
+const MAX_SRB_EX: usize = 4096;
+
+// Our FFI header and the portable decoder agree on the SRB_EX facts.
+const _: () = assert!(sp::SRB_SIGNATURE == srb_ex::SRB_SIGNATURE);
+const _: () = assert!(
+    core::mem::offset_of!(sp::STORAGE_REQUEST_BLOCK_HEADER, SrbFunction)
+        == srb_ex::offset::SRB_FUNCTION
+);
+const _: () = assert!(
+    core::mem::offset_of!(sp::STORAGE_REQUEST_BLOCK_HEADER, SrbFlags) == srb_ex::offset::SRB_FLAGS
+);
+
+/// The bytes of an SRB_EX (`SrbLength` of them), or `None` when `srb` is
+/// a classic SRB.
+///
+/// # Safety
+///
+/// `srb` is an SRB StorPort gave this miniport, not completed yet: valid
+/// for its header, and an SRB_EX for its `SrbLength` bytes.
+unsafe fn ex_bytes<'a>(srb: Srb) -> Option<Result<&'a mut [u8], ()>> {
+    let p = srb.cast::<u8>();
+    // SAFETY: the caller's contract: the first 0x14 bytes are in every
+    // SRB (classic ones are 0x58 long).
+    let header = unsafe { core::slice::from_raw_parts(p, srb_ex::offset::SRB_FUNCTION) };
+    let len = srb_ex::srb_length(header)?;
+    if !(srb_ex::HEADER_BYTES..=MAX_SRB_EX).contains(&len) {
+        return Some(Err(()));
+    }
+    // SAFETY: the caller's contract: an SRB_EX is valid for SrbLength
+    // bytes, and StorPort serialises us, so no other reference to it is
+    // live.
+    Some(Ok(unsafe { core::slice::from_raw_parts_mut(p, len) }))
+}
+
+/// What the miniport needs of a request, from either SRB kind.
+struct Req {
+    input: SrbIn,
+    ctx: SrbCtx,
+    cdb: [u8; srb_ex::MAX_CDB],
+    cdb_len: usize,
+    direction: Direction,
+    data: *mut u8,
+    data_len: u32,
+}
+
+impl Req {
+    fn cdb(&self) -> &[u8] {
+        &self.cdb[..self.cdb_len]
+    }
+}
+
+/// Read `srb` (either kind) into a [`Req`]; `Err`: a malformed SRB_EX.
+///
+/// # Safety
+///
+/// As [`ex_bytes`].
+unsafe fn request(srb: Srb) -> Result<Req, srb_ex::SrbExError> {
+    let mut cdb = [0u8; srb_ex::MAX_CDB];
+    // SAFETY: the caller's contract.
+    match unsafe { ex_bytes(srb) } {
+        Some(Err(())) => Err(srb_ex::SrbExError::TooShort),
+        Some(Ok(bytes)) => {
+            let ex: SrbEx = srb_ex::parse(bytes)?;
+            let c = ex.cdb();
+            cdb[..c.len()].copy_from_slice(c);
+            Ok(Req {
+                input: ex.srb_in(),
+                ctx: ex.ctx(),
+                cdb,
+                cdb_len: c.len(),
+                direction: ex.direction(),
+                data: ex.data_buffer as *mut u8,
+                data_len: ex.data_transfer_length,
+            })
+        }
+        None => {
+            // SAFETY: the caller's contract: a classic SRB.
+            let s = unsafe { &*srb };
+            let c = translate::cdb(s);
+            cdb[..c.len()].copy_from_slice(c);
+            Ok(Req {
+                input: translate::srb_in(s),
+                ctx: translate::ctx(s),
+                cdb,
+                cdb_len: c.len(),
+                direction: translate::direction(s),
+                data: s.DataBuffer.cast(),
+                data_len: s.DataTransferLength,
+            })
+        }
+    }
+}
 
 /// The device extension StorPort allocates for us
 /// (`DeviceExtensionSize`), written whole in `HwFindAdapter`.
@@ -93,6 +192,15 @@ unsafe fn adapter<'a>(ext: *mut c_void) -> &'a mut Adapter {
 /// yet; its data and sense buffers are valid for their lengths
 /// (`MapBuffers` = all buffers mapped).
 unsafe fn finish(ext: *mut c_void, srb: Srb, c: &Completion) {
+    // SAFETY: the caller's contract.
+    if let Some(bytes) = unsafe { ex_bytes(srb) } {
+        // SAFETY: the caller's contract; the buffers an SRB_EX names are
+        // distinct from it.
+        unsafe { finish_ex(bytes, c) };
+        // SAFETY: as above.
+        unsafe { sp::request_complete(ext, srb) };
+        return;
+    }
     // SAFETY: the caller's contract. The data and sense buffers are
     // distinct from the SRB itself.
     unsafe {
@@ -114,6 +222,38 @@ unsafe fn finish(ext: *mut c_void, srb: Srb, c: &Completion) {
         translate::apply(s, c, data, sense);
         sp::request_complete(ext, srb);
     }
+}
+
+/// Write `c` into an SRB_EX (its bytes, or `Err` when its length was out
+/// of bounds: then only `SrbStatus`, which every SRB has at byte 3).
+///
+/// # Safety
+///
+/// As [`finish`].
+unsafe fn finish_ex(bytes: Result<&mut [u8], ()>, c: &Completion) {
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(()) => return,
+    };
+    let Ok(ex) = srb_ex::parse(bytes) else {
+        // Refused at start: it carries no more than a status.
+        bytes[srb_ex::offset::SRB_STATUS] = c.srb_status;
+        return;
+    };
+    // SAFETY: the caller's contract: the data buffer is valid for
+    // DataTransferLength bytes and the sense buffer for its room
+    // (`MapBuffers` = all buffers mapped).
+    let data = (c.data.is_some() && ex.data_buffer != 0).then(|| unsafe {
+        core::slice::from_raw_parts_mut(ex.data_buffer as *mut u8, ex.data_transfer_length as usize)
+    });
+    let sense = ex
+        .scsi
+        .filter(|s| s.sense_buffer != 0 && s.sense_room > 0)
+        // SAFETY: as above.
+        .map(|s| unsafe {
+            core::slice::from_raw_parts_mut(s.sense_buffer as *mut u8, usize::from(s.sense_room))
+        });
+    translate::apply_ex(bytes, &ex, c, data, sense);
 }
 
 /// Take the core's completions and complete the SRBs that ended; after a
@@ -179,8 +319,12 @@ unsafe fn start_plan(ext: *mut c_void, srb: Srb, plan: Plan) {
         return;
     };
     // SAFETY: the caller's contract.
-    let s = unsafe { &*srb };
-    let ctx = translate::ctx(s);
+    let Ok(r) = (unsafe { request(srb) }) else {
+        // SAFETY: the caller's contract.
+        unsafe { finish(ext, srb, &Completion::status(status::INVALID_REQUEST)) };
+        return;
+    };
+    let ctx = r.ctx;
     // The data buffer, cut where its pages stop being physically
     // contiguous: each run is shared with the device in place, so the I/O
     // path allocates nothing (no bounce). A buffer missing or in too many
@@ -188,7 +332,7 @@ unsafe fn start_plan(ext: *mut c_void, srb: Srb, plan: Plan) {
     // mismatch with an internal-failure sense.
     let mut storage = [IoBuf::new(NonNull::dangling(), 0); MAX_RUNS];
     let mut runs = 0;
-    let data = s.DataBuffer.cast::<u8>();
+    let data = r.data;
     if plan.parts().first().is_some_and(|p| p.has_data()) && !data.is_null() {
         let mut spans = [(0usize, 0usize); MAX_RUNS];
         // SAFETY: MmGetPhysicalAddress takes any resident kernel address;
@@ -229,12 +373,13 @@ unsafe fn execute(ext: *mut c_void, srb: Srb) {
         return;
     };
     // SAFETY: the caller's contract.
-    let s = unsafe { &*srb };
-    let mut cdb = [0u8; 16];
-    let src = translate::cdb(s);
-    cdb[..src.len()].copy_from_slice(src);
-    let cdb = &cdb[..src.len()];
-    let data_len = s.DataTransferLength;
+    let Ok(r) = (unsafe { request(srb) }) else {
+        // SAFETY: the caller's contract.
+        unsafe { finish(ext, srb, &Completion::status(status::INVALID_REQUEST)) };
+        return;
+    };
+    let cdb = r.cdb();
+    let data_len = r.data_len;
     // UNMAP and WRITE SAME read their parameter data out of the data
     // buffer: the initiator's memory (the class driver's), not the
     // device's, so it is read in place rather than bounced.
@@ -242,20 +387,20 @@ unsafe fn execute(ext: *mut c_void, srb: Srb) {
         cdb.first(),
         Some(&op::UNMAP | &op::WRITE_SAME_10 | &op::WRITE_SAME_16)
     );
-    let data_out: &[u8] = if params && !s.DataBuffer.is_null() {
+    let data_out: &[u8] = if params && !r.data.is_null() {
         // SAFETY: the data buffer is valid for DataTransferLength bytes
         // (the caller's contract).
-        unsafe { core::slice::from_raw_parts(s.DataBuffer.cast::<u8>(), data_len as usize) }
+        unsafe { core::slice::from_raw_parts(r.data, data_len as usize) }
     } else {
         &[]
     };
     let req = ScsiRequest {
         cdb,
         data_len,
-        direction: translate::direction(s),
+        direction: r.direction,
         data_out,
     };
-    let ctx = translate::ctx(s);
+    let ctx = r.ctx;
     match engine.decide(&req) {
         // SAFETY: the caller's contract.
         Decision::Io(plan) => unsafe { start_plan(ext, srb, plan) },
@@ -272,7 +417,19 @@ unsafe extern "system" fn hw_start_io(ext: *mut c_void, srb: Srb) -> u8 {
     // SAFETY: StorPort calls us with our extension and an SRB it owns us.
     let a = unsafe { adapter(ext) };
     // SAFETY: as above.
-    let input = translate::srb_in(unsafe { &*srb });
+    let r = match unsafe { request(srb) } {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("virtio-blk: malformed SRB_EX refused: {e}");
+            // SAFETY: as above.
+            unsafe {
+                finish(ext, srb, &Completion::status(status::INVALID_REQUEST));
+                service(ext);
+            }
+            return 1;
+        }
+    };
+    let input = r.input;
     let write_cache = a.engine.as_ref().is_some_and(|e| e.disk().write_cache());
     // SAFETY: as above for every call below.
     unsafe {
@@ -292,22 +449,19 @@ unsafe extern "system" fn hw_start_io(ext: *mut c_void, srb: Srb) -> u8 {
                 removable,
                 surprise_removal_ok,
             } => {
-                let s = &*srb;
-                let filled = !s.DataBuffer.is_null()
+                let filled = !r.data.is_null()
                     && translate::capabilities(
-                        core::slice::from_raw_parts_mut(
-                            s.DataBuffer.cast::<u8>(),
-                            s.DataTransferLength as usize,
-                        ),
+                        core::slice::from_raw_parts_mut(r.data, r.data_len as usize),
                         removable,
                         surprise_removal_ok,
                     );
-                let st = if filled {
-                    status::SUCCESS
+                // The capabilities are data produced: say how much.
+                let c = if filled {
+                    Completion::good(translate::DEVICE_CAPABILITIES_EX_BYTES as u32)
                 } else {
-                    status::ERROR
+                    Completion::status(status::ERROR)
                 };
-                finish(ext, srb, &Completion::status(st));
+                finish(ext, srb, &c);
             }
         }
         // Polled completion as well: what the device finished already
@@ -611,7 +765,9 @@ unsafe extern "system" fn hw_find_adapter(
     cfg.MapBuffers = sp::STOR_MAP_ALL_BUFFERS_INCLUDING_READ_WRITE;
     cfg.Dma64BitAddresses = sp::SCSI_DMA64_MINIPORT_SUPPORTED;
     cfg.SynchronizationModel = sp::STOR_SYNCHRONIZE_HALF_DUPLEX;
-    cfg.SrbType = sp::SRB_TYPE_SCSI_REQUEST_BLOCK;
+    // SRB_EX: StorPort sends STORAGE_REQUEST_BLOCKs (the miniport still
+    // reads classic SRBs, should any come).
+    cfg.SrbType = sp::SRB_TYPE_STORAGE_REQUEST_BLOCK;
     cfg.AddressType = sp::STOR_ADDRESS_TYPE_BTL8;
     sp::SP_RETURN_FOUND
 }
@@ -644,7 +800,8 @@ pub unsafe extern "system" fn DriverEntry(
     init.TaggedQueuing = 1;
     init.AutoRequestSense = 1;
     init.MultipleRequestPerLu = 1;
-    init.SrbTypeFlags = sp::SRB_TYPE_FLAG_SCSI_REQUEST_BLOCK;
+    init.SrbTypeFlags =
+        sp::SRB_TYPE_FLAG_SCSI_REQUEST_BLOCK | sp::SRB_TYPE_FLAG_STORAGE_REQUEST_BLOCK;
     // SAFETY: StorPort copies what it needs from `init` during the call.
     let st = unsafe { sp::StorPortInitialize(driver, registry_path, &mut init, ptr::null_mut()) };
     log::info!("pv-blk StorPort miniport: StorPortInitialize {st:#x}");
