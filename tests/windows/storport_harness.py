@@ -37,6 +37,13 @@ Checked (each prints FAIL and exits 1 when wrong):
   and the data is still read back after the device came up again.
 - HwAdapterControl: supported types; stop resets and stops the device;
   restart brings it back and I/O works.
+- D0 -> D3 -> D0 (HwAdapterControl stop, a power cut that drops the
+  fake device's volatile cache, restart) with a write and a read
+  outstanding: both complete GOOD before the stop returns, a flush reaches
+  the device after the last write and before the reset, and the data
+  written before D3 reads back after D0; with a device that answers
+  nothing, the outstanding write comes back BUS_RESET once and its retry
+  reads back. (StorPortStallExecution lets the fake device run.)
 - SRB_EX: STORAGE_REQUEST_BLOCKs as StorPort builds them (BTL8 address,
   SRBEX_DATA_SCSI_CDB16 / CDB32 / CDB_VAR, SRBEX_DATA_PNP, _POWER): WRITE(16)
   reaches the disk and READ(10) in a CDB32 and a variable CDB read it back
@@ -114,6 +121,9 @@ class Blk:
         self.p2v = {}             # physical page -> virtual page (data buffers)
         self.in_place = 0         # data descriptors on scrambled pages
         self.garbage = False      # answer the next chain with a bogus id
+        self.volatile = False     # writes sit in a volatile cache until a flush
+        self.unflushed = []       # (offset, bytes before) of cached writes
+        self.stall_works = True   # the device runs held chains while the driver stalls
         self.bad = []
         self.clear()
 
@@ -222,6 +232,14 @@ class Blk:
         self.se.mem_write(q['device'] + 2, struct.pack('<H', (i + 1) & 0xFFFF))
         self.isr |= 1
 
+    def power_loss(self):
+        """D3 cut the power: what was written since the last flush is
+        gone (the volatile cache), and so is every queued request."""
+        for pos, old in reversed(self.unflushed):
+            self.disk[pos:pos + len(old)] = old
+        self.unflushed = []
+        self.pending = False
+
     def run(self):
         self.pending = False
         for head, descs in list(self.chains()):
@@ -252,10 +270,14 @@ class Blk:
                     self.se.mem_write(a, bytes(self.disk[pos:pos + ln]))
                     written += ln
                 else:
+                    if self.volatile:
+                        self.unflushed.append((pos, bytes(self.disk[pos:pos + ln])))
                     self.disk[pos:pos + ln] = self.se.mem_read(a, ln)
                 pos += ln
         elif ty == T_FLUSH:
             self.flushes += 1
+            self.unflushed = []
+            self.events.append(('flush',))
         elif ty == T_GET_ID:
             a, ln, _ = body[0]
             self.se.mem_write(a, SERIAL.ljust(ln, b'\0')[:ln])
@@ -459,7 +481,14 @@ def main(path, dump=False):
     hook('storport', 'StorPortGetBusData', bus_data, 6)
     hook('storport', 'StorPortGetDeviceBase', device_base, 6)
     hook('storport', 'StorPortNotification', notification, 4)
-    hook('storport', 'StorPortStallExecution', 0, 1)
+    def stall(emu, p):
+        # Time passes for the device too: it answers what it holds.
+        d = dev[0]
+        if d is not None and d.stall_works and d.pending:
+            d.run()
+        return 0
+
+    hook('storport', 'StorPortStallExecution', stall, 1)
 
     module = se.load_module(path)
     se.emu.stack_base, _ = se.emu.alloc_stack(0x6000)   # a 24 KiB kernel stack
@@ -733,6 +762,58 @@ def main(path, dump=False):
     check(good(o) and o['data'] == a, 'I/O after restart')
     if len(FAILS) == fails:
         print('emulated: HwAdapterControl stop/restart: OK')
+
+    # ---- D0 -> D3 -> D0 with requests outstanding ---------------------------
+    fails = len(FAILS)
+    d.volatile = True
+    x = bytes((i * 3 + 17) & 0xFF for i in range(4 * 512))
+    y = bytes((i * 29 + 4) & 0xFF for i in range(4 * 512))
+    o = io(bytes([0x2A, 0, 0, 0, 1, 0x90, 0, 0, 4, 0]), DATA_OUT, len(x), x)   # LBA 400
+    check(good(o) and d.unflushed, 'a write completed GOOD, still in the volatile cache')
+    # Outstanding when the stop comes: a write and a read the device holds.
+    sw, bw, nw = srb(bytes([0x2A, 0, 0, 0, 1, 0xF4, 0, 0, 4, 0]), DATA_OUT, len(y), y)  # LBA 500
+    call(start_io, [ext, sw], 'HwStartIo (held write)')
+    sr, br, nr = srb(bytes([0x28, 0, 0, 0, 1, 0x90, 0, 0, 4, 0]), DATA_IN, len(x))
+    call(start_io, [ext, sr], 'HwStartIo (held read)')
+    check(d.pending and not completions_of(sw) and not completions_of(sr), 'two requests outstanding')
+    mark = len(d.events)
+    ok = call(adapter_control, [ext, 1, 0], 'HwAdapterControl(stop) with I/O outstanding', 32)
+    ev = d.events[mark:]
+    print('stop with I/O outstanding: %d, events %s' % (ok, ev))
+    check(ok == 0 and d.status == 0, 'stop: the device is stopped')
+    check(len(completions_of(sw)) == 1 and good(outcome(sw, bw, nw))
+          and len(completions_of(sr)) == 1 and outcome(sr, br, nr)['data'] == x,
+          'the outstanding write and read complete GOOD before D3 (drained, not dropped)')
+    check(('flush',) in ev and ('reset',) in ev and ev.index(('flush',)) < ev.index(('reset',))
+          and ev.index(('complete', sw)) < ev.index(('flush',)),
+          'a flush after the last write completed, before the reset')
+    d.power_loss()
+    ok = call(adapter_control, [ext, 2, 0], 'HwAdapterControl(restart)', 32)
+    check(ok == 0 and d.status == 0xF, 'restart: the device is up')
+    o = io(bytes([0x28, 0, 0, 0, 1, 0x90, 0, 0, 4, 0]), DATA_IN, len(x))
+    check(good(o) and o['data'] == x, 'data written before D3 reads back after D0 (LBA 400)')
+    o = io(bytes([0x28, 0, 0, 0, 1, 0xF4, 0, 0, 4, 0]), DATA_IN, len(y))
+    check(good(o) and o['data'] == y, 'the write outstanding at D3 reads back after D0 (LBA 500)')
+    # A device that answers nothing during the stop: the outstanding write
+    # comes back BUS_RESET (the class driver retries it), never lost.
+    d.stall_works = False
+    z = bytes((i * 31 + 2) & 0xFF for i in range(512))
+    sz, bz, nz = srb(bytes([0x2A, 0, 0, 0, 2, 0x58, 0, 0, 1, 0]), DATA_OUT, len(z), z)  # LBA 600
+    call(start_io, [ext, sz], 'HwStartIo (write to a stuck device)')
+    ok = call(adapter_control, [ext, 1, 0], 'HwAdapterControl(stop), device stuck', 32)
+    check(ok == 0 and d.status == 0 and len(completions_of(sz)) == 1
+          and outcome(sz, bz, nz)['srb_status'] == 0x0E,
+          'a request the device never answered comes back BUS_RESET at D3, once')
+    d.power_loss()
+    d.stall_works = True
+    ok = call(adapter_control, [ext, 2, 0], 'HwAdapterControl(restart)', 32)
+    o = io(bytes([0x2A, 0, 0, 0, 2, 0x58, 0, 0, 1, 0]), DATA_OUT, len(z), z)        # the retry
+    check(ok == 0 and good(o), 'the retried write succeeds after D0')
+    o = io(bytes([0x28, 0, 0, 0, 2, 0x58, 0, 0, 1, 0]), DATA_IN, len(z))
+    check(good(o) and o['data'] == z, 'the retried write reads back')
+    d.volatile = False
+    if len(FAILS) == fails:
+        print('emulated: D0 -> D3 -> D0: outstanding I/O drained or retried, data read back: OK')
 
     # ---- SRB_EX ------------------------------------------------------------
     fails = len(FAILS)

@@ -52,6 +52,11 @@ const DUMP_QUEUE_SIZE: u16 = 32;
 const DUMP_BYTES: u32 = 256 * 1024;
 /// GET_ID at start: polls of 10 µs before giving up (100 ms).
 const GET_ID_POLLS: u32 = 10_000;
+/// Leaving D0: polls of [`QUIESCE_STALL_US`] while outstanding requests
+/// drain, and again while the flush runs (100 ms each at most).
+const QUIESCE_POLLS: u32 = 100;
+/// Stall between those polls, µs.
+const QUIESCE_STALL_US: u32 = 1000;
 /// BARs a PCI function has.
 const BARS: usize = 6;
 /// Most physically contiguous runs of one data buffer: one per page, and
@@ -192,6 +197,10 @@ unsafe fn adapter<'a>(ext: *mut c_void) -> &'a mut Adapter {
 /// yet; its data and sense buffers are valid for their lengths
 /// (`MapBuffers` = all buffers mapped).
 unsafe fn finish(ext: *mut c_void, srb: Srb, c: &Completion) {
+    if srb.is_null() {
+        // The power-down flush's own request ([`power_down`]): no SRB.
+        return;
+    }
     // SAFETY: the caller's contract.
     if let Some(bytes) = unsafe { ex_bytes(srb) } {
         // SAFETY: the caller's contract; the buffers an SRB_EX names are
@@ -302,6 +311,82 @@ unsafe fn reset(ext: *mut c_void) -> bool {
             log::error!("virtio-blk: bus reset: the device will not reset: {e}");
             false
         }
+    }
+}
+
+/// Leaving D0 (`ScsiStopAdapter`): nothing StorPort gave us may be lost,
+/// and nothing completed GOOD may sit only in the device's volatile cache
+/// when the power goes.
+///
+/// 1. Drain: poll (with stalls, bounded) until no request is outstanding;
+///    each one the device finishes completes as it ended.
+/// 2. With a write cache, a FLUSH, polled the same way. A request that
+///    ends while the flush runs is completed `SRB_STATUS_BUS_RESET`
+///    instead of GOOD (the flush may not cover it): the class driver
+///    retries it after D0, and a rewrite is harmless.
+/// 3. Reset the device: what is still outstanding (a device that did not
+///    answer in time) comes back BUS_RESET, to be retried; then status 0,
+///    so the device touches no queue while powered down.
+///
+/// # Safety
+///
+/// As [`service`].
+unsafe fn power_down(ext: *mut c_void) {
+    // SAFETY: the caller's contract.
+    let a = unsafe { adapter(ext) };
+    if let (Some(blk), Some(engine)) = (a.blk.as_mut(), a.engine.as_mut()) {
+        for _ in 0..QUIESCE_POLLS {
+            if engine.pending() == 0 {
+                break;
+            }
+            // SAFETY: every SRB the engine gives back is one StorPort gave us.
+            if engine
+                .poll(blk, &mut |srb, c| unsafe { finish(ext, srb, &c) })
+                .is_err()
+            {
+                break;
+            }
+            // SAFETY: a plain delay; any IRQL.
+            unsafe { sp::StorPortStallExecution(QUIESCE_STALL_US) };
+        }
+        if engine.disk().write_cache() {
+            let mut flushed = None;
+            let ctx = SrbCtx::default();
+            // SAFETY: a flush has no buffers; the null SRB is ours (finish
+            // skips it).
+            match unsafe { engine.start(blk, ptr::null_mut(), ctx, Plan::flush(), &[]) } {
+                Ok(()) => {
+                    for _ in 0..QUIESCE_POLLS {
+                        // SAFETY: as above; a real SRB ending now goes
+                        // back for a retry (see above).
+                        let polled = engine.poll(blk, &mut |srb, c| {
+                            if srb.is_null() {
+                                flushed = Some(c);
+                            } else {
+                                let retry = Completion::status(status::BUS_RESET);
+                                unsafe { finish(ext, srb, &retry) };
+                            }
+                        });
+                        if flushed.is_some() || polled.is_err() {
+                            break;
+                        }
+                        // SAFETY: a plain delay.
+                        unsafe { sp::StorPortStallExecution(QUIESCE_STALL_US) };
+                    }
+                }
+                Err((_, c)) => flushed = Some(c),
+            }
+            if flushed.is_none_or(|c| c.srb_status != status::SUCCESS) {
+                log::error!("virtio-blk: the flush before D3 did not complete: {flushed:?}");
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { reset(ext) };
+    // SAFETY: as above.
+    let a = unsafe { adapter(ext) };
+    if let Some(blk) = a.blk.as_mut() {
+        blk.transport_mut().set_status(DeviceStatus::empty());
     }
 }
 
@@ -518,14 +603,10 @@ unsafe extern "system" fn hw_adapter_control(
             }
             sp::SCSI_ADAPTER_CONTROL_SUCCESS
         }
-        // Leaving D0: give every SRB back (device reset first), then stop
-        // the device so it touches no queue while powered down.
+        // Leaving D0: drain, flush, reset, stop ([`power_down`]).
         adapter_control::STOP_ADAPTER => {
             // SAFETY: our extension, interrupt lock held.
-            unsafe { reset(ext) };
-            if let Some(blk) = a.blk.as_mut() {
-                blk.transport_mut().set_status(DeviceStatus::empty());
-            }
+            unsafe { power_down(ext) };
             sp::SCSI_ADAPTER_CONTROL_SUCCESS
         }
         // Back in D0: the core's reset brings the queues up fresh.
