@@ -57,16 +57,82 @@ import sys
 
 import speakeasy
 
-from virtio_pci import (  # noqa: F401 - the fake device and its layout
-    MAC, BAR, BAR_LEN, COMMON, NOTIFY, ISR, DEVCFG, NOTIFY_MULT, QSIZE,
-    NQUEUES, F_CSUM, F_GUEST_CSUM, F_MAC, F_STATUS, F_VERSION_1, FEATURES, HDR, config_space, Device,
-)
+from virtio_pci import BAR, BAR_LEN, DEVCFG, F_VERSION_1, ISR, VirtioPciDevice, config_space
+
+MAC = bytes([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])
+F_CSUM, F_GUEST_CSUM = 1 << 0, 1 << 1
+F_MAC, F_STATUS = 1 << 5, 1 << 16
+FEATURES = F_CSUM | F_GUEST_CSUM | F_MAC | F_STATUS | F_VERSION_1
+HDR = 12                  # virtio_net_hdr with VERSION_1
 STATUS_PAUSED = 0xC023002A
 
 
 def partial_resource_list():
     # NDIS_RESOURCE_LIST = CM_PARTIAL_RESOURCE_LIST: one CmResourceTypeMemory.
     return struct.pack('<HHI', 1, 1, 1) + struct.pack('<BBHQII', 3, 1, 0, BAR, BAR_LEN, 0)
+
+
+class Device(VirtioPciDevice):
+    """A virtio-net function: receive and transmit queues, MAC and link
+    status in config. A reset keeps what was sent and the link."""
+
+    FEATURES = FEATURES
+    NQUEUES = 2
+
+    def __init__(self, se, virt):
+        self.resets = 0
+        self.link = 1
+        self.sent = []
+        self.rx_ready = []          # (head, [(addr, len, flags)])
+        self.isr_reads = 0
+        super().__init__(se, virt)
+
+    def on_reset(self, was):
+        self.resets += 1
+        self.rx_ready = []
+
+    def device_config(self):
+        self.se.mem_write(self.virt + DEVCFG, MAC)
+        self.w(DEVCFG + 6, '<H', self.link)    # VIRTIO_NET_S_LINK_UP
+        self.w(DEVCFG + 8, '<H', 1)            # max_virtqueue_pairs
+        self.w(DEVCFG + 10, '<H', 1500)        # mtu
+
+    def on_read(self, se, access, addr, size, value, ctx):
+        if addr - self.virt == ISR:
+            self.isr_reads += 1
+        return super().on_read(se, access, addr, size, value, ctx)
+
+    def set_link(self, up):
+        self.link = up
+        self.isr |= 2
+
+    def notify(self, qi):
+        if qi == 0:
+            self.rx_ready.extend(self.chains(0))
+            return
+        for head, descs in self.chains(1):
+            data = b''.join(self.se.mem_read(a, ln) for a, ln, _ in descs)
+            self.sent.append(data[HDR:])
+            self.push_used(1, head, 0)
+
+    def inject(self, frame):
+        """Hand one frame to the driver: the next posted receive buffer."""
+        if not self.rx_ready:
+            self.rx_ready.extend(self.chains(0))
+        if not self.rx_ready:
+            return False
+        head, descs = self.rx_ready.pop(0)
+        addr, ln, _ = descs[0]
+        data = struct.pack('<BBHHHHH', 0, 0, 0, 0, 0, 0, 1) + frame
+        if len(data) > ln:
+            return False
+        self.se.mem_write(addr, data)
+        self.push_used(0, head, len(data))
+        return True
+
+    def garbage_used(self):
+        """A used entry whose id was never posted."""
+        self.push_used(0, 999, 64)
 
 
 def frame(dst, payload):
@@ -159,10 +225,8 @@ def main(path):
     bar_virt = emu.mem_map(BAR_LEN, tag='emu.virtio_net_bar0')
     emu.mem_write(bar_virt, b'\0' * BAR_LEN)
     dev = Device(se, bar_virt)
-    dev.refresh()
-    se.add_mem_write_hook(dev.on_write, begin=bar_virt, end=bar_virt + BAR_LEN - 1)
-    se.add_mem_read_hook(dev.on_read, begin=bar_virt, end=bar_virt + BAR_LEN - 1)
-    cfg = config_space()
+    dev.hook()
+    cfg = config_space(0x1041, 0x0200)   # network (modern)
     attrs = {}
 
     def set_attrs(e, p):
@@ -529,6 +593,8 @@ def main(path):
         sys.exit('FAIL: the interrupt must be deregistered once, after the device reset')
     if freed['pool'] != 1 or freed['nbl'] != freed['mdl'] or freed['nbl'] < 1:
         sys.exit('FAIL: NBLs, MDLs or the pool not freed')
+    if dev.bad:
+        sys.exit('FAIL: the device saw protocol faults: %s' % dev.bad)
     print('emulated: Halt resets the device and frees everything: OK')
     return 0
 

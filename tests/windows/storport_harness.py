@@ -72,51 +72,33 @@ import sys
 
 import speakeasy
 
+from virtio_pci import (BAR, BAR_LEN, DEVCFG, F_VERSION_1, WRITE, VirtioPciDevice,
+                        config_space)
+
 # ---- the fake virtio-blk PCI function --------------------------------------
 
-BAR = 0xFE000000
-BAR_LEN = 0x4000
-COMMON, NOTIFY, ISR, DEVCFG = 0x0, 0x1000, 0x2000, 0x3000
-NOTIFY_MULT = 4
 QMAX = 128
 SECTORS = 2048                      # a 1 MiB disk
 SERIAL = b'PVSERIAL-0001'
 F_FLUSH, F_DISCARD, F_WRITE_ZEROES = 1 << 9, 1 << 13, 1 << 14
-F_VERSION_1 = 1 << 32
 FEATURES = F_FLUSH | F_DISCARD | F_WRITE_ZEROES | F_VERSION_1
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
-NEXT, WRITE = 1, 2
 
 
-def config_space():
-    c = bytearray(256)
-    struct.pack_into('<HH', c, 0, 0x1AF4, 0x1042)        # virtio, block (modern)
-    struct.pack_into('<H', c, 0x06, 0x10)                 # capability list
-    struct.pack_into('<I', c, 0x08, 0x01000001)           # mass storage, rev 1
-    struct.pack_into('<I', c, 0x10, BAR | 0xC)            # BAR0: 64-bit prefetchable
-    c[0x34] = 0x40
-    caps = [(1, COMMON, 0x38), (2, NOTIFY, 0x1000), (3, ISR, 4), (4, DEVCFG, 0x40)]
-    off = 0x40
-    for i, (kind, where, length) in enumerate(caps):
-        nxt = off + 20 if i + 1 < len(caps) else 0
-        c[off:off + 16] = struct.pack('<BBBBBBHII', 9, nxt, 20 if kind == 2 else 16,
-                                      kind, 0, 0, 0, where, length)
-        if kind == 2:
-            struct.pack_into('<I', c, off + 16, NOTIFY_MULT)
-        off = nxt or off
-    return bytes(c)
+class Blk(VirtioPciDevice):
+    """virtio-blk (virtio 1.2 5.2) over the shared PCI model, one queue,
+    a byte-array disk. A reset keeps the disk and the counters."""
 
-
-class Blk:
-    """virtio-blk (virtio 1.2 5.2) over the modern PCI layout, one queue."""
+    FEATURES = FEATURES
+    NQUEUES = 1
+    QSIZE = QMAX
 
     def __init__(self, se, virt):
-        self.se, self.virt = se, virt
         self.disk = bytearray(SECTORS * 512)
         self.flushes = 0
         self.discards = []
         self.resets = 0
-        self.events = []          # ('reset',) / ('complete', srb) in order
+        self.events = []          # ('reset',) / ('flush',) / ('complete', srb) in order
         self.defer = False        # hold notified chains until run()
         self.p2v = {}             # physical page -> virtual page (data buffers)
         self.in_place = 0         # data descriptors on scrambled pages
@@ -124,113 +106,29 @@ class Blk:
         self.volatile = False     # writes sit in a volatile cache until a flush
         self.unflushed = []       # (offset, bytes before) of cached writes
         self.stall_works = True   # the device runs held chains while the driver stalls
-        self.bad = []
-        self.clear()
+        self.pending = False
+        super().__init__(se, virt)
 
-    def clear(self):
-        self.status = 0
-        self.dfsel = self.gfsel = 0
-        self.driver_features = 0
-        self.qsel = 0
-        self.q = dict(size=QMAX, enable=0, desc=0, driver=0, device=0, last=0)
-        self.isr = 0
+    def on_reset(self, was):
+        # A reset of a device that was not reset already (the driver's
+        # init writes 0 first too).
+        if was != 0:
+            self.resets += 1
+            self.events.append(('reset',))
         self.pending = False
 
-    def w(self, off, fmt, v):
-        self.se.mem_write(self.virt + off, struct.pack(fmt, v))
-
-    def r(self, addr, fmt):
-        return struct.unpack(fmt, self.se.mem_read(addr, struct.calcsize(fmt)))[0]
-
-    def refresh(self):
-        q = self.q if self.qsel == 0 else None
-        self.w(COMMON + 0x04, '<I', (FEATURES >> (32 * self.dfsel)) & 0xFFFFFFFF if self.dfsel < 2 else 0)
-        self.w(COMMON + 0x12, '<H', 1)
-        self.w(COMMON + 0x14, '<B', self.status)
-        self.w(COMMON + 0x15, '<B', 0)
-        self.w(COMMON + 0x18, '<H', q['size'] if q else 0)
-        self.w(COMMON + 0x1C, '<H', q['enable'] if q else 0)
-        self.w(COMMON + 0x1E, '<H', 0)
-        for o, k in ((0x20, 'desc'), (0x28, 'driver'), (0x30, 'device')):
-            self.w(COMMON + o, '<Q', q[k] if q else 0)
-        self.w(ISR, '<I', self.isr)
+    def device_config(self):
         self.w(DEVCFG + 0, '<Q', SECTORS)
         self.w(DEVCFG + 36, '<I', 4096)       # max_discard_sectors
         self.w(DEVCFG + 40, '<I', 16)         # max_discard_seg
         self.w(DEVCFG + 48, '<I', 4096)       # max_write_zeroes_sectors
         self.w(DEVCFG + 52, '<I', 1)
 
-    def on_write(self, se, access, addr, size, value, ctx):
-        off = addr - self.virt
-        if NOTIFY <= off < ISR:
-            if value & 0xFFFF != 0 or not self.q['enable']:
-                self.bad.append('notify of queue %d' % value)
-            elif self.defer:
-                self.pending = True
-            else:
-                self.run()
-            return True
-        q = self.q if self.qsel == 0 else None
-        if off == 0x00:
-            self.dfsel = value
-        elif off == 0x08:
-            self.gfsel = value
-        elif off == 0x0C:
-            mask = 0xFFFFFFFF << (32 * self.gfsel)
-            self.driver_features = (self.driver_features & ~mask) | ((value & 0xFFFFFFFF) << (32 * self.gfsel))
-        elif off == 0x14:
-            if value & 0xFF == 0:
-                # A reset of a device that was not reset already (the
-                # driver's init writes 0 first too).
-                if self.status != 0:
-                    self.resets += 1
-                    self.events.append(('reset',))
-                self.clear()
-            else:
-                self.status = value & 0xFF
-        elif off == 0x16:
-            self.qsel = value & 0xFFFF
-        elif q and off == 0x18:
-            q['size'] = value & 0xFFFF
-        elif q and off == 0x1C:
-            q['enable'] = value & 0xFFFF
-        elif q and 0x20 <= off < 0x38:
-            key = {0x20: 'desc', 0x28: 'driver', 0x30: 'device'}[off & ~7]
-            if size == 8:
-                q[key] = value
-            elif off & 4:
-                q[key] = (q[key] & 0xFFFFFFFF) | (value << 32)
-            else:
-                q[key] = (q[key] & ~0xFFFFFFFF) | value
-        return True
-
-    def on_read(self, se, access, addr, size, value, ctx):
-        self.refresh()
-        if addr - self.virt == ISR:
-            self.isr = 0                  # reading the ISR acknowledges it
-        return True
-
-    def chains(self):
-        q = self.q
-        idx = self.r(q['driver'] + 2, '<H')
-        while q['last'] != idx:
-            head = self.r(q['driver'] + 4 + 2 * (q['last'] % q['size']), '<H')
-            descs, d = [], head
-            for _ in range(q['size']):
-                a, ln, fl, nx = struct.unpack('<QIHH', self.se.mem_read(q['desc'] + 16 * d, 16))
-                descs.append((a, ln, fl))
-                if not fl & NEXT:
-                    break
-                d = nx
-            q['last'] = (q['last'] + 1) & 0xFFFF
-            yield head, descs
-
-    def push_used(self, head, length):
-        q = self.q
-        i = self.r(q['device'] + 2, '<H')
-        self.se.mem_write(q['device'] + 4 + 8 * (i % q['size']), struct.pack('<II', head, length))
-        self.se.mem_write(q['device'] + 2, struct.pack('<H', (i + 1) & 0xFFFF))
-        self.isr |= 1
+    def notify(self, qi):
+        if self.defer:
+            self.pending = True
+        else:
+            self.run()
 
     def power_loss(self):
         """D3 cut the power: what was written since the last flush is
@@ -242,10 +140,10 @@ class Blk:
 
     def run(self):
         self.pending = False
-        for head, descs in list(self.chains()):
+        for head, descs in self.chains(0):
             if self.garbage:
                 self.garbage = False
-                self.push_used(QMAX + 77, 1)        # names no descriptor at all
+                self.push_used(0, QMAX + 77, 1)     # names no descriptor at all
                 continue
             self.execute(head, descs)
 
@@ -292,7 +190,7 @@ class Blk:
         else:
             status = 2
         self.se.mem_write(st_addr, bytes([status]))
-        self.push_used(head, written + 1)
+        self.push_used(0, head, written + 1)
 
 
 # ---- the script -------------------------------------------------------------
@@ -441,7 +339,7 @@ def main(path, dump=False):
 
     # StorPort.
     sp = {'init': None, 'passive': None, 'bus_data': 0, 'mapped': [], 'reset_detected': 0}
-    cfg_space = config_space()
+    cfg_space = config_space(0x1042, 0x0100, 0x40)   # block (modern), mass storage
     bar_virt = [0]
     dev = [None]
 
@@ -494,9 +392,7 @@ def main(path, dump=False):
     se.emu.stack_base, _ = se.emu.alloc_stack(0x6000)   # a 24 KiB kernel stack
     bar_virt[0] = alloc(BAR_LEN, 'emu.virtio_blk_bar0')
     d = dev[0] = Blk(se, bar_virt[0])
-    d.refresh()
-    se.add_mem_write_hook(d.on_write, begin=bar_virt[0], end=bar_virt[0] + BAR_LEN - 1)
-    se.add_mem_read_hook(d.on_read, begin=bar_virt[0], end=bar_virt[0] + BAR_LEN - 1)
+    d.hook()
 
     se.run_module(module)
     ep = se.get_report()['entry_points'][0]
