@@ -75,20 +75,25 @@ fn ndis_miniport_cross_builds_and_passes_the_pe_lint() {
 }
 
 /// An import missing from `ndis.sys.txt` is caught (the list is what the
-/// lint trusts; a name dropped from it must fail the image).
+/// lint trusts; a name dropped from it must fail the image): the receive
+/// indication, and the interrupt registration pair.
 #[test]
 fn an_ndis_import_off_the_list_is_caught() {
     let (_, image) = build();
-    let mut lists = exports();
-    let ndis = lists.get_mut("ndis.sys").expect("ndis.sys list");
-    assert!(ndis.remove("NdisMIndicateReceiveNetBufferLists"));
-    let findings = pe_lint::lint(&image, &lists);
-    assert!(
-        findings
-            .iter()
-            .any(|f| format!("{f:?}").contains("NdisMIndicateReceiveNetBufferLists")),
-        "{findings:?}"
-    );
+    for name in [
+        "NdisMIndicateReceiveNetBufferLists",
+        "NdisMRegisterInterruptEx",
+        "NdisMDeregisterInterruptEx",
+    ] {
+        let mut lists = exports();
+        let ndis = lists.get_mut("ndis.sys").expect("ndis.sys list");
+        assert!(ndis.remove(name), "{name} is not on the list");
+        let findings = pe_lint::lint(&image, &lists);
+        assert!(
+            findings.iter().any(|f| format!("{f:?}").contains(name)),
+            "{name}: {findings:?}"
+        );
+    }
 }
 
 /// The image test-signs and verifies under a throw-away certificate.
