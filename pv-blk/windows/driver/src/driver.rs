@@ -390,23 +390,18 @@ unsafe fn power_down(ext: *mut c_void) {
     }
 }
 
-/// Submit `plan` for `srb`, or complete it at once when it cannot go.
+/// Submit `plan` for `srb` (read into `r`), or complete it at once when it
+/// cannot go.
 ///
 /// # Safety
 ///
 /// As [`finish`].
-unsafe fn start_plan(ext: *mut c_void, srb: Srb, plan: Plan) {
+unsafe fn start_plan(ext: *mut c_void, srb: Srb, r: &Req, plan: Plan) {
     // SAFETY: the caller's contract.
     let a = unsafe { adapter(ext) };
     let (Some(blk), Some(engine)) = (a.blk.as_mut(), a.engine.as_mut()) else {
         // SAFETY: the caller's contract.
         unsafe { finish(ext, srb, &Completion::status(status::NO_DEVICE)) };
-        return;
-    };
-    // SAFETY: the caller's contract.
-    let Ok(r) = (unsafe { request(srb) }) else {
-        // SAFETY: the caller's contract.
-        unsafe { finish(ext, srb, &Completion::status(status::INVALID_REQUEST)) };
         return;
     };
     let ctx = r.ctx;
@@ -444,23 +439,18 @@ unsafe fn start_plan(ext: *mut c_void, srb: Srb, plan: Plan) {
     }
 }
 
-/// EXECUTE_SCSI: decode the CDB and act on the decision.
+/// EXECUTE_SCSI: decode the CDB of `srb` (read into `r`) and act on the
+/// decision.
 ///
 /// # Safety
 ///
 /// As [`finish`].
-unsafe fn execute(ext: *mut c_void, srb: Srb) {
+unsafe fn execute(ext: *mut c_void, srb: Srb, r: &Req) {
     // SAFETY: the caller's contract.
     let a = unsafe { adapter(ext) };
     let Some(engine) = a.engine.as_ref() else {
         // SAFETY: the caller's contract.
         unsafe { finish(ext, srb, &Completion::status(status::NO_DEVICE)) };
-        return;
-    };
-    // SAFETY: the caller's contract.
-    let Ok(r) = (unsafe { request(srb) }) else {
-        // SAFETY: the caller's contract.
-        unsafe { finish(ext, srb, &Completion::status(status::INVALID_REQUEST)) };
         return;
     };
     let cdb = r.cdb();
@@ -488,7 +478,7 @@ unsafe fn execute(ext: *mut c_void, srb: Srb) {
     let ctx = r.ctx;
     match engine.decide(&req) {
         // SAFETY: the caller's contract.
-        Decision::Io(plan) => unsafe { start_plan(ext, srb, plan) },
+        Decision::Io(plan) => unsafe { start_plan(ext, srb, r, plan) },
         d => {
             let c = srb::immediate(&d, ctx.sense_room, ctx.flags)
                 .unwrap_or_else(|| Completion::status(status::ERROR));
@@ -519,8 +509,8 @@ unsafe extern "system" fn hw_start_io(ext: *mut c_void, srb: Srb) -> u8 {
     // SAFETY: as above for every call below.
     unsafe {
         match decide_srb(&input, write_cache) {
-            SrbAction::ExecuteScsi => execute(ext, srb),
-            SrbAction::Flush => start_plan(ext, srb, Plan::flush()),
+            SrbAction::ExecuteScsi => execute(ext, srb, &r),
+            SrbAction::Flush => start_plan(ext, srb, &r, Plan::flush()),
             SrbAction::Reset => {
                 let st = if reset(ext) {
                     status::SUCCESS
