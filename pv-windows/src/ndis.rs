@@ -482,6 +482,85 @@ pub struct NDIS_TIMER_CHARACTERISTICS {
 const _: () = assert!(size_of::<NDIS_TIMER_CHARACTERISTICS>() == 0x18);
 const _: () = assert!(offset_of!(NDIS_TIMER_CHARACTERISTICS, TimerFunction) == 0x08);
 
+/// `NDIS_OBJECT_TYPE_MINIPORT_INTERRUPT` (`NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS`).
+pub const NDIS_OBJECT_TYPE_MINIPORT_INTERRUPT: u8 = 0x84;
+/// `NDIS_MINIPORT_INTERRUPT_REVISION_1`.
+pub const NDIS_MINIPORT_INTERRUPT_REVISION_1: u8 = 1;
+/// `NDIS_SIZEOF_MINIPORT_INTERRUPT_CHARACTERISTICS_REVISION_1` (the whole
+/// structure, through `MessageInfoTable`).
+pub const NDIS_SIZEOF_MINIPORT_INTERRUPT_CHARACTERISTICS_REVISION_1: u16 = 0x60;
+/// `NDIS_CONNECT_LINE_BASED` (`NDIS_INTERRUPT_TYPE`).
+pub const NDIS_CONNECT_LINE_BASED: u32 = 1;
+/// `NDIS_CONNECT_MESSAGE_BASED`.
+pub const NDIS_CONNECT_MESSAGE_BASED: u32 = 2;
+
+/// `MINIPORT_ISR` (interrupt context, out `QueueDefaultInterruptDpc`, out
+/// `TargetProcessors`): TRUE if the interrupt was ours. Runs at DIRQL.
+pub type IsrFn = unsafe extern "system" fn(NDIS_HANDLE, *mut u8, *mut u32) -> u8;
+/// `MINIPORT_INTERRUPT_DPC` (interrupt context, DPC context, two reserved
+/// in NDIS 6.0). Runs at DISPATCH_LEVEL.
+pub type InterruptDpcFn =
+    unsafe extern "system" fn(NDIS_HANDLE, *mut c_void, *mut c_void, *mut c_void);
+/// `MINIPORT_DISABLE_INTERRUPT` / `MINIPORT_ENABLE_INTERRUPT`.
+pub type InterruptEnableFn = unsafe extern "system" fn(NDIS_HANDLE);
+/// `MINIPORT_MSI_ISR` (context, message ID, out queue DPC, out target
+/// processors).
+pub type MsiIsrFn = unsafe extern "system" fn(NDIS_HANDLE, u32, *mut u8, *mut u32) -> u8;
+/// `MINIPORT_MSI_INTERRUPT_DPC` (context, message ID, DPC context, two
+/// reserved).
+pub type MsiDpcFn =
+    unsafe extern "system" fn(NDIS_HANDLE, u32, *mut c_void, *mut c_void, *mut c_void);
+/// `MINIPORT_DISABLE_MSI_INTERRUPT` / `MINIPORT_ENABLE_MSI_INTERRUPT`.
+pub type MsiEnableFn = unsafe extern "system" fn(NDIS_HANDLE, u32);
+
+/// `NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS` (`ndis.h`), revision 1: the
+/// handlers `NdisMRegisterInterruptEx` connects; NDIS writes back
+/// `InterruptType` and `MessageInfoTable`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS {
+    pub Header: NDIS_OBJECT_HEADER,
+    pub InterruptHandler: Option<IsrFn>,
+    pub InterruptDpcHandler: Option<InterruptDpcFn>,
+    pub DisableInterruptHandler: Option<InterruptEnableFn>,
+    pub EnableInterruptHandler: Option<InterruptEnableFn>,
+    pub MsiSupported: u8,
+    pub MsiSyncWithAllMessages: u8,
+    pub MessageInterruptHandler: Option<MsiIsrFn>,
+    pub MessageInterruptDpcHandler: Option<MsiDpcFn>,
+    pub DisableMessageInterruptHandler: Option<MsiEnableFn>,
+    pub EnableMessageInterruptHandler: Option<MsiEnableFn>,
+    pub InterruptType: u32,
+    pub MessageInfoTable: *mut c_void,
+}
+const _: () = assert!(size_of::<NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS>() == 0x60);
+const _: () =
+    assert!(offset_of!(NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS, InterruptHandler) == 0x08);
+const _: () =
+    assert!(offset_of!(NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS, InterruptDpcHandler) == 0x10);
+const _: () = assert!(
+    offset_of!(
+        NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS,
+        DisableInterruptHandler
+    ) == 0x18
+);
+const _: () = assert!(
+    offset_of!(
+        NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS,
+        EnableInterruptHandler
+    ) == 0x20
+);
+const _: () = assert!(offset_of!(NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS, MsiSupported) == 0x28);
+const _: () = assert!(
+    offset_of!(
+        NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS,
+        MessageInterruptHandler
+    ) == 0x30
+);
+const _: () = assert!(offset_of!(NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS, InterruptType) == 0x50);
+const _: () =
+    assert!(offset_of!(NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS, MessageInfoTable) == 0x58);
+
 /// `NDIS_SPIN_LOCK` (`ndis.h`): a `KSPIN_LOCK` and the IRQL to return to.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -597,6 +676,13 @@ unsafe extern "system" {
     pub fn NdisReleaseSpinLock(lock: *mut NDIS_SPIN_LOCK);
     pub fn NdisMPauseComplete(adapter: NDIS_HANDLE);
     pub fn NdisMIndicateStatusEx(adapter: NDIS_HANDLE, indication: *mut NDIS_STATUS_INDICATION);
+    pub fn NdisMRegisterInterruptEx(
+        adapter: NDIS_HANDLE,
+        context: NDIS_HANDLE,
+        characteristics: *mut NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS,
+        interrupt: *mut NDIS_HANDLE,
+    ) -> NDIS_STATUS;
+    pub fn NdisMDeregisterInterruptEx(interrupt: NDIS_HANDLE);
 }
 
 // From `ntoskrnl.exe`: mapping a send MDL that has no system address yet

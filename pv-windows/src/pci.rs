@@ -279,6 +279,20 @@ pub fn virtio_isr(config: &[u8; CONFIG_BYTES]) -> Option<(u8, u32)> {
     None
 }
 
+/// ISR status bit: a queue has new used buffers (virtio 1.2 §4.1.4.5).
+pub const ISR_QUEUE: u8 = 0x1;
+/// ISR status bit: the device configuration changed.
+pub const ISR_CONFIG: u8 = 0x2;
+
+/// Whether an ISR status byte, as read (and so cleared) by an ISR on a
+/// line-based interrupt, makes the interrupt this function's. Zero is
+/// another device on a shared line; any bit besides [`ISR_QUEUE`] and
+/// [`ISR_CONFIG`] is not a virtio value (a surprise-removed function reads
+/// all-ones) and is not claimed either, so the line's other handlers run.
+pub fn isr_is_ours(bits: u8) -> bool {
+    bits != 0 && bits & !(ISR_QUEUE | ISR_CONFIG) == 0
+}
+
 /// The memory ranges of one function: six at most (one per BAR).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ranges {
@@ -622,5 +636,17 @@ mod tests {
             root.bar_info(f, 1).expect("again"),
             root.bar_info(f, 1).expect("again")
         );
+    }
+
+    #[test]
+    fn isr_claims_only_virtio_status_values() {
+        assert!(!isr_is_ours(0), "an idle function on a shared line");
+        assert!(isr_is_ours(ISR_QUEUE));
+        assert!(isr_is_ours(ISR_CONFIG));
+        assert!(isr_is_ours(ISR_QUEUE | ISR_CONFIG));
+        assert!(!isr_is_ours(0xFF), "a removed function reads all-ones");
+        for bits in 4..=u8::MAX {
+            assert!(!isr_is_ours(bits), "{bits:#x}");
+        }
     }
 }

@@ -10,10 +10,9 @@
 //! `PORT_CONFIGURATION_INFORMATION`, `SCSI_REQUEST_BLOCK`, `ACCESS_RANGE`)
 //! are declared whole, with their full size asserted. Of the
 //! `STORAGE_REQUEST_BLOCK` (SRB_EX) only the fixed header is declared: the
-//! miniport does not set `SRB_TYPE_FLAG_STORAGE_REQUEST_BLOCK`, so StorPort
-//! sends it classic SRBs; the header is here so a driver can recognise one
-//! (`Function == SRB_FUNCTION_STORAGE_REQUEST_BLOCK`) and read its
-//! `SrbFunction`.
+//! miniport takes SRB_EX (`SRB_TYPE_FLAG_STORAGE_REQUEST_BLOCK`), but reads
+//! it as bytes through `pv_blk_windows::srb_ex`, which checks every offset
+//! and length in it (host-tested and fuzzed) before anything is used.
 //!
 //! The layout facts come from the WDK headers as published (read, not
 //! copied); on Windows CI they are meant to be diffed against `wdk-sys`'
@@ -50,8 +49,12 @@ pub const SP_RETURN_BAD_CONFIG: u32 = 3;
 pub const STOR_MAP_ALL_BUFFERS_INCLUDING_READ_WRITE: u8 = 3;
 /// `SRB_TYPE_FLAG_SCSI_REQUEST_BLOCK`: the miniport takes classic SRBs.
 pub const SRB_TYPE_FLAG_SCSI_REQUEST_BLOCK: u32 = 0x1;
+/// `SRB_TYPE_FLAG_STORAGE_REQUEST_BLOCK`: the miniport takes SRB_EX.
+pub const SRB_TYPE_FLAG_STORAGE_REQUEST_BLOCK: u32 = 0x2;
 /// `SRB_TYPE_SCSI_REQUEST_BLOCK` (`PORT_CONFIGURATION_INFORMATION.SrbType`).
 pub const SRB_TYPE_SCSI_REQUEST_BLOCK: u8 = 0;
+/// `SRB_TYPE_STORAGE_REQUEST_BLOCK`: StorPort sends SRB_EX.
+pub const SRB_TYPE_STORAGE_REQUEST_BLOCK: u8 = 1;
 /// `STOR_ADDRESS_TYPE_BTL8`.
 pub const STOR_ADDRESS_TYPE_BTL8: u8 = 0;
 /// `SCSI_DMA64_MINIPORT_SUPPORTED` (`Dma64BitAddresses`).
@@ -463,8 +466,9 @@ pub struct STORAGE_REQUEST_BLOCK_HEADER {
 const _: () = assert!(offset_of!(STORAGE_REQUEST_BLOCK_HEADER, Signature) == 0x08);
 const _: () = assert!(offset_of!(STORAGE_REQUEST_BLOCK_HEADER, SrbFunction) == 0x14);
 const _: () = assert!(offset_of!(STORAGE_REQUEST_BLOCK_HEADER, SrbFlags) == 0x18);
-/// `SRB_SIGNATURE`: "SRBX" little-endian.
-pub const SRB_SIGNATURE: u32 = 0x5842_5253;
+/// `SRB_SIGNATURE` as `srb.h` defines it (0x53524258: the bytes
+/// "XBRS" in memory).
+pub const SRB_SIGNATURE: u32 = 0x5352_4258;
 
 #[cfg(target_os = "windows")]
 #[link(name = "storport.sys", kind = "raw-dylib", modifiers = "+verbatim")]

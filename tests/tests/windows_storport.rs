@@ -82,7 +82,7 @@ fn storport_miniport_cross_builds_and_passes_the_pe_lint() {
 }
 
 /// The lines the harness prints when each stage's checks all passed.
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 9] = [
     "emulated: INQUIRY, VPD, READ CAPACITY, MODE SENSE, REPORT LUNS, TEST UNIT READY: OK",
     "emulated: READ/WRITE(10/16) read back, interrupt and polled completion: OK",
     "emulated: SYNCHRONIZE CACHE and UNMAP reach the device: OK",
@@ -90,6 +90,8 @@ const STAGES: [&str; 7] = [
     "emulated: HwResetBus resets the device before completing outstanding SRBs: OK",
     "emulated: a garbage used-ring entry resets the device, no crash: OK",
     "emulated: HwAdapterControl stop/restart: OK",
+    "emulated: D0 -> D3 -> D0: outstanding I/O drained or retried, data read back: OK",
+    "emulated: SRB_EX (CDB16/CDB32/CDB_VAR, PnP, power) decoded and completed: OK",
 ];
 
 /// The miniport under speakeasy (`tests/windows/storport_harness.py`):
@@ -98,7 +100,10 @@ const STAGES: [&str; 7] = [
 /// BAR0 from StorPortGetDeviceBase), HwInitialize and its passive routine,
 /// then HwStartIo/HwInterrupt for every SCSI command the class driver
 /// sends, HwResetBus with a read outstanding, a garbage used-ring entry,
-/// and HwAdapterControl stop/restart, against a fake virtio-blk device with
+/// HwAdapterControl stop/restart, a D0 -> D3 -> D0 cycle with I/O
+/// outstanding and a device cache the power cut empties (drained, flushed,
+/// retried: nothing lost), and SRB_EX requests of every block kind
+/// (and two malformed ones), against a fake virtio-blk device with
 /// a byte-array disk. Every check the harness makes must pass (it exits 1
 /// and prints FAIL lines otherwise) and every stage must report OK.
 #[test]

@@ -64,6 +64,8 @@ import sys
 
 import speakeasy
 
+from virtio_pci import BAR, BAR_LEN, DEVCFG, F_VERSION_1, VirtioPciDevice, config_space
+
 DRIVER_OBJECT_EXTENSION = 0x30
 DRIVER_OBJECT_MAJOR = 0x70
 IRP_MJ_PNP = 0x1B
@@ -182,35 +184,11 @@ def main(path, mode='interrupt'):
 
 # ---- the fake virtio-balloon PCI function ---------------------------------
 
-BAR = 0xFE000000          # bus = CPU physical address of BAR0 (64-bit)
-BAR_LEN = 0x4000
-COMMON, NOTIFY, ISR, DEVCFG = 0x0, 0x1000, 0x2000, 0x3000
-NOTIFY_MULT = 4
 QSIZE = 32
 NQUEUES = 3               # inflate, deflate, stats
-F_MUST_TELL_HOST, F_STATS_VQ, F_VERSION_1 = 1 << 0, 1 << 1, 1 << 32
+F_MUST_TELL_HOST, F_STATS_VQ = 1 << 0, 1 << 1
 FEATURES = F_MUST_TELL_HOST | F_STATS_VQ | F_VERSION_1
 GUEST_PAGES = 262144      # 1 GiB of 4 KiB pages
-
-
-def config_space():
-    c = bytearray(256)
-    struct.pack_into('<HH', c, 0, 0x1AF4, 0x1045)       # virtio, balloon (modern)
-    struct.pack_into('<H', c, 0x06, 0x10)                # status: capability list
-    struct.pack_into('<I', c, 0x08, 0x05000001)          # class, revision 1
-    struct.pack_into('<I', c, 0x10, BAR | 0xC)           # BAR0: 64-bit prefetchable
-    struct.pack_into('<I', c, 0x14, 0)
-    c[0x34] = 0x40
-    caps = [(1, COMMON, 0x38), (2, NOTIFY, 0x1000), (3, ISR, 4), (4, DEVCFG, 0x10)]
-    off = 0x40
-    for i, (kind, where, length) in enumerate(caps):
-        nxt = off + 20 if i + 1 < len(caps) else 0
-        size = 20 if kind == 2 else 16
-        c[off:off + 16] = struct.pack('<BBBBBBHII', 9, nxt, size, kind, 0, 0, 0, where, length)
-        if kind == 2:
-            struct.pack_into('<I', c, off + 16, NOTIFY_MULT)
-        off = nxt or off
-    return bytes(c)
 
 
 def end_run(emu):
@@ -234,51 +212,41 @@ def resource_list(interrupt=True):
     return head + b''.join(parts)
 
 
-class Device:
+class Device(VirtioPciDevice):
+    """virtio-balloon (virtio 1.2 5.5) over the shared PCI model: inflate,
+    deflate and stats queues; num_pages and actual in config. It also
+    plays power and removal: any access in D3 is a fault, and a removed
+    function reads all-ones."""
+
+    FEATURES = FEATURES
+    NQUEUES = NQUEUES
+    QSIZE = QSIZE
+
     def __init__(self, se, virt):
-        self.se, self.virt = se, virt
-        self.bad = []
         self.powered = True
         self.gone = False
         self.gone_reads = 0
         self.num_pages = 0
-        self.reset()
+        self.balloon_reset()
+        super().__init__(se, virt)
 
-    def reset(self):
-        # A reset forgets the driver's state; num_pages is the host's.
-        self.status = 0
-        self.dfsel = self.gfsel = 0
-        self.driver_features = 0
-        self.qsel = 0
-        self.q = [dict(size=QSIZE, enable=0, desc=0, driver=0, device=0, last=0)
-                  for _ in range(NQUEUES)]
+    def balloon_reset(self):
         self.actual = 0
         self.generation = 0
         self.balloon = set()
         self.stats_head = None
         self.last_stats = b''
-        self.isr = 0
 
-    def w(self, off, fmt, v):
-        self.se.mem_write(self.virt + off, struct.pack(fmt, v))
+    def on_reset(self, was):
+        self.balloon_reset()
 
-    def r(self, addr, fmt):
-        return struct.unpack(fmt, self.se.mem_read(addr, struct.calcsize(fmt)))[0]
-
-    def refresh(self):
-        self.w(COMMON + 0x04, '<I', (FEATURES >> (32 * self.dfsel)) & 0xFFFFFFFF if self.dfsel < 2 else 0)
-        self.w(COMMON + 0x12, '<H', NQUEUES)
-        self.w(COMMON + 0x14, '<B', self.status)
-        self.w(COMMON + 0x15, '<B', self.generation & 0xFF)
-        q = self.q[self.qsel] if self.qsel < NQUEUES else None
-        self.w(COMMON + 0x18, '<H', q['size'] if q else 0)
-        self.w(COMMON + 0x1C, '<H', q['enable'] if q else 0)
-        self.w(COMMON + 0x1E, '<H', self.qsel)
-        for o, k in ((0x20, 'desc'), (0x28, 'driver'), (0x30, 'device')):
-            self.w(COMMON + o, '<Q', q[k] if q else 0)
+    def device_config(self):
         self.w(DEVCFG + 0, '<I', self.num_pages)
         self.w(DEVCFG + 4, '<I', self.actual)
-        self.w(ISR, '<B', self.isr)
+
+    def device_config_write(self, off, value):
+        if off == 4:
+            self.actual = value & 0xFFFFFFFF
 
     def set_num_pages(self, n):
         self.num_pages = n
@@ -291,50 +259,13 @@ class Device:
             self.bad.append('%s while in D3' % what)
 
     def on_write(self, se, access, addr, size, value, ctx):
-        off = addr - self.virt
-        self.check_access('write at %#x' % off)
+        self.check_access('write at %#x' % (addr - self.virt))
         if self.gone:
             return True
-        if NOTIFY <= off < ISR:
-            self.process(value & 0xFFFF)
-            return True
-        if DEVCFG <= off < DEVCFG + 0x10:
-            if off == DEVCFG + 4:
-                self.actual = value & 0xFFFFFFFF
-            return True
-        q = self.q[self.qsel] if self.qsel < NQUEUES else None
-        if off == 0x00:
-            self.dfsel = value
-        elif off == 0x08:
-            self.gfsel = value
-        elif off == 0x0C:
-            mask = 0xFFFFFFFF << (32 * self.gfsel)
-            self.driver_features = (self.driver_features & ~mask) | ((value & 0xFFFFFFFF) << (32 * self.gfsel))
-        elif off == 0x14:
-            self.status = value & 0xFF
-            if self.status == 0:
-                self.reset()
-        elif off == 0x16:
-            self.qsel = value & 0xFFFF
-        elif q and off == 0x18:
-            q['size'] = value & 0xFFFF
-        elif q and off == 0x1C:
-            q['enable'] = value & 0xFFFF
-        elif q and off in (0x20, 0x24, 0x28, 0x2C, 0x30, 0x34):
-            key = {0x20: 'desc', 0x28: 'driver', 0x30: 'device'}[off & ~7]
-            if size == 8:
-                q[key] = value
-            elif off & 4:
-                q[key] = (q[key] & 0xFFFFFFFF) | (value << 32)
-            else:
-                q[key] = (q[key] & ~0xFFFFFFFF) | value
-        # Registers that depend on this write are refreshed on the next
-        # read (on_read), after the write itself has landed.
-        return True
+        return super().on_write(se, access, addr, size, value, ctx)
 
     def on_read(self, se, access, addr, size, value, ctx):
-        off = addr - self.virt
-        self.check_access('read at %#x' % off)
+        self.check_access('read at %#x' % (addr - self.virt))
         if self.gone:
             # Surprise-removed: every register reads all-ones. A driver
             # that spins on it is stopped after a bound.
@@ -344,39 +275,9 @@ class Device:
                 self.bad.append('spins on a removed device')
                 end_run(se.emu)
             return True
-        self.refresh()
-        if off == ISR:
-            self.isr = 0                   # read-to-clear: the line drops
-        return True
+        return super().on_read(se, access, addr, size, value, ctx)
 
-    def chains(self, qi):
-        # Available chains not yet taken: (head, [(addr, len, flags)]).
-        q = self.q[qi]
-        idx = self.r(q['driver'] + 2, '<H')
-        out = []
-        while q['last'] != idx:
-            head = self.r(q['driver'] + 4 + 2 * (q['last'] % q['size']), '<H')
-            descs, d = [], head
-            for _ in range(q['size']):
-                a, ln, fl, nx = struct.unpack('<QIHH', self.se.mem_read(q['desc'] + 16 * d, 16))
-                descs.append((a, ln, fl))
-                if not fl & 1:
-                    break
-                d = nx
-            out.append((head, descs))
-            q['last'] = (q['last'] + 1) & 0xFFFF
-        return out
-
-    def push_used(self, qi, head, length=0):
-        q = self.q[qi]
-        used_idx = self.r(q['device'] + 2, '<H')
-        self.se.mem_write(q['device'] + 4 + 8 * (used_idx % q['size']), struct.pack('<II', head, length))
-        self.se.mem_write(q['device'] + 2, struct.pack('<H', (used_idx + 1) & 0xFFFF))
-
-    def process(self, qi):
-        if qi >= NQUEUES or not self.q[qi]['enable']:
-            self.bad.append('notify of queue %d' % qi)
-            return
+    def notify(self, qi):
         for head, descs in self.chains(qi):
             data = b''.join(self.se.mem_read(a, ln) for a, ln, _ in descs)
             if qi == 2:
@@ -388,15 +289,12 @@ class Device:
             else:
                 self.balloon.difference_update(pfns)
             self.push_used(qi, head)
-        if qi != 2:
-            self.isr |= 1                  # used buffer notification
 
     def request_stats(self):
         if self.stats_head is None:
             return False
         self.push_used(2, self.stats_head)
         self.stats_head = None
-        self.isr |= 1
         self.refresh()
         return True
 
@@ -410,10 +308,8 @@ def start_and_balloon(se, hook, calls, drv, fdo, pnp, pdo, interrupt=True):
     bar_virt = emu.mem_map(BAR_LEN, tag='emu.virtio_balloon_bar0')
     emu.mem_write(bar_virt, b'\0' * BAR_LEN)
     dev = Device(se, bar_virt)
-    dev.refresh()
-    se.add_mem_write_hook(dev.on_write, begin=bar_virt, end=bar_virt + BAR_LEN - 1)
-    se.add_mem_read_hook(dev.on_read, begin=bar_virt, end=bar_virt + BAR_LEN - 1)
-    cfg = config_space()
+    dev.hook()
+    cfg = config_space(0x1045, 0x0500)   # balloon (modern)
     power = struct.unpack('<Q', se.mem_read(drv + DRIVER_OBJECT_MAJOR + 8 * IRP_MJ_POWER, 8))[0]
 
     def u64(a):

@@ -16,7 +16,8 @@ each completed SRB.
 
 Checked (each prints FAIL and exits 1 when wrong):
 - DriverEntry registers every callback, the extension size, mapped buffers
-  and classic SRBs; HwFindAdapter finds the adapter, maps BAR0 and fills
+  and both SRB kinds (classic and SRB_EX); HwFindAdapter asks for SRB_EX
+  (SrbType = STORAGE_REQUEST_BLOCK), finds the adapter, maps BAR0 and fills
   the port configuration; the bring-up negotiates FLUSH, DISCARD,
   WRITE_ZEROES and VERSION_1, reads the serial with GET_ID and sets
   DRIVER_OK.
@@ -36,6 +37,22 @@ Checked (each prints FAIL and exits 1 when wrong):
   and the data is still read back after the device came up again.
 - HwAdapterControl: supported types; stop resets and stops the device;
   restart brings it back and I/O works.
+- D0 -> D3 -> D0 (HwAdapterControl stop, a power cut that drops the
+  fake device's volatile cache, restart) with a write and a read
+  outstanding: both complete GOOD before the stop returns, a flush reaches
+  the device after the last write and before the reset, and the data
+  written before D3 reads back after D0; with a device that answers
+  nothing, the outstanding write comes back BUS_RESET once and its retry
+  reads back. (StorPortStallExecution lets the fake device run.)
+- SRB_EX: STORAGE_REQUEST_BLOCKs as StorPort builds them (BTL8 address,
+  SRBEX_DATA_SCSI_CDB16 / CDB32 / CDB_VAR, SRBEX_DATA_PNP, _POWER): WRITE(16)
+  reaches the disk and READ(10) in a CDB32 and a variable CDB read it back
+  with the status and length in the SRB_EX; a bad opcode gets CHECK
+  CONDITION with ScsiStatus and SenseInfoBufferLength in the CDB block and
+  the sense in its buffer; QUERY_CAPABILITIES fills the capabilities; a
+  power SRB to D3 flushes; a non-zero LUN is refused INVALID_LUN; SRB_EXs
+  with a bad signature or a CDB block past SrbLength complete
+  INVALID_REQUEST without touching the device.
 
 No IRQL, no concurrency, no DMA, no real interrupts (HwInterrupt is called
 by the script); identity "physical" addresses. This tests the glue.
@@ -55,169 +72,78 @@ import sys
 
 import speakeasy
 
+from virtio_pci import (BAR, BAR_LEN, DEVCFG, F_VERSION_1, WRITE, VirtioPciDevice,
+                        config_space)
+
 # ---- the fake virtio-blk PCI function --------------------------------------
 
-BAR = 0xFE000000
-BAR_LEN = 0x4000
-COMMON, NOTIFY, ISR, DEVCFG = 0x0, 0x1000, 0x2000, 0x3000
-NOTIFY_MULT = 4
 QMAX = 128
 SECTORS = 2048                      # a 1 MiB disk
 SERIAL = b'PVSERIAL-0001'
 F_FLUSH, F_DISCARD, F_WRITE_ZEROES = 1 << 9, 1 << 13, 1 << 14
-F_VERSION_1 = 1 << 32
 FEATURES = F_FLUSH | F_DISCARD | F_WRITE_ZEROES | F_VERSION_1
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
-NEXT, WRITE = 1, 2
 
 
-def config_space():
-    c = bytearray(256)
-    struct.pack_into('<HH', c, 0, 0x1AF4, 0x1042)        # virtio, block (modern)
-    struct.pack_into('<H', c, 0x06, 0x10)                 # capability list
-    struct.pack_into('<I', c, 0x08, 0x01000001)           # mass storage, rev 1
-    struct.pack_into('<I', c, 0x10, BAR | 0xC)            # BAR0: 64-bit prefetchable
-    c[0x34] = 0x40
-    caps = [(1, COMMON, 0x38), (2, NOTIFY, 0x1000), (3, ISR, 4), (4, DEVCFG, 0x40)]
-    off = 0x40
-    for i, (kind, where, length) in enumerate(caps):
-        nxt = off + 20 if i + 1 < len(caps) else 0
-        c[off:off + 16] = struct.pack('<BBBBBBHII', 9, nxt, 20 if kind == 2 else 16,
-                                      kind, 0, 0, 0, where, length)
-        if kind == 2:
-            struct.pack_into('<I', c, off + 16, NOTIFY_MULT)
-        off = nxt or off
-    return bytes(c)
+class Blk(VirtioPciDevice):
+    """virtio-blk (virtio 1.2 5.2) over the shared PCI model, one queue,
+    a byte-array disk. A reset keeps the disk and the counters."""
 
-
-class Blk:
-    """virtio-blk (virtio 1.2 5.2) over the modern PCI layout, one queue."""
+    FEATURES = FEATURES
+    NQUEUES = 1
+    QSIZE = QMAX
 
     def __init__(self, se, virt):
-        self.se, self.virt = se, virt
         self.disk = bytearray(SECTORS * 512)
         self.flushes = 0
         self.discards = []
         self.resets = 0
-        self.events = []          # ('reset',) / ('complete', srb) in order
+        self.events = []          # ('reset',) / ('flush',) / ('complete', srb) in order
         self.defer = False        # hold notified chains until run()
         self.p2v = {}             # physical page -> virtual page (data buffers)
         self.in_place = 0         # data descriptors on scrambled pages
         self.garbage = False      # answer the next chain with a bogus id
-        self.bad = []
-        self.clear()
+        self.volatile = False     # writes sit in a volatile cache until a flush
+        self.unflushed = []       # (offset, bytes before) of cached writes
+        self.stall_works = True   # the device runs held chains while the driver stalls
+        self.pending = False
+        super().__init__(se, virt)
 
-    def clear(self):
-        self.status = 0
-        self.dfsel = self.gfsel = 0
-        self.driver_features = 0
-        self.qsel = 0
-        self.q = dict(size=QMAX, enable=0, desc=0, driver=0, device=0, last=0)
-        self.isr = 0
+    def on_reset(self, was):
+        # A reset of a device that was not reset already (the driver's
+        # init writes 0 first too).
+        if was != 0:
+            self.resets += 1
+            self.events.append(('reset',))
         self.pending = False
 
-    def w(self, off, fmt, v):
-        self.se.mem_write(self.virt + off, struct.pack(fmt, v))
-
-    def r(self, addr, fmt):
-        return struct.unpack(fmt, self.se.mem_read(addr, struct.calcsize(fmt)))[0]
-
-    def refresh(self):
-        q = self.q if self.qsel == 0 else None
-        self.w(COMMON + 0x04, '<I', (FEATURES >> (32 * self.dfsel)) & 0xFFFFFFFF if self.dfsel < 2 else 0)
-        self.w(COMMON + 0x12, '<H', 1)
-        self.w(COMMON + 0x14, '<B', self.status)
-        self.w(COMMON + 0x15, '<B', 0)
-        self.w(COMMON + 0x18, '<H', q['size'] if q else 0)
-        self.w(COMMON + 0x1C, '<H', q['enable'] if q else 0)
-        self.w(COMMON + 0x1E, '<H', 0)
-        for o, k in ((0x20, 'desc'), (0x28, 'driver'), (0x30, 'device')):
-            self.w(COMMON + o, '<Q', q[k] if q else 0)
-        self.w(ISR, '<I', self.isr)
+    def device_config(self):
         self.w(DEVCFG + 0, '<Q', SECTORS)
         self.w(DEVCFG + 36, '<I', 4096)       # max_discard_sectors
         self.w(DEVCFG + 40, '<I', 16)         # max_discard_seg
         self.w(DEVCFG + 48, '<I', 4096)       # max_write_zeroes_sectors
         self.w(DEVCFG + 52, '<I', 1)
 
-    def on_write(self, se, access, addr, size, value, ctx):
-        off = addr - self.virt
-        if NOTIFY <= off < ISR:
-            if value & 0xFFFF != 0 or not self.q['enable']:
-                self.bad.append('notify of queue %d' % value)
-            elif self.defer:
-                self.pending = True
-            else:
-                self.run()
-            return True
-        q = self.q if self.qsel == 0 else None
-        if off == 0x00:
-            self.dfsel = value
-        elif off == 0x08:
-            self.gfsel = value
-        elif off == 0x0C:
-            mask = 0xFFFFFFFF << (32 * self.gfsel)
-            self.driver_features = (self.driver_features & ~mask) | ((value & 0xFFFFFFFF) << (32 * self.gfsel))
-        elif off == 0x14:
-            if value & 0xFF == 0:
-                # A reset of a device that was not reset already (the
-                # driver's init writes 0 first too).
-                if self.status != 0:
-                    self.resets += 1
-                    self.events.append(('reset',))
-                self.clear()
-            else:
-                self.status = value & 0xFF
-        elif off == 0x16:
-            self.qsel = value & 0xFFFF
-        elif q and off == 0x18:
-            q['size'] = value & 0xFFFF
-        elif q and off == 0x1C:
-            q['enable'] = value & 0xFFFF
-        elif q and 0x20 <= off < 0x38:
-            key = {0x20: 'desc', 0x28: 'driver', 0x30: 'device'}[off & ~7]
-            if size == 8:
-                q[key] = value
-            elif off & 4:
-                q[key] = (q[key] & 0xFFFFFFFF) | (value << 32)
-            else:
-                q[key] = (q[key] & ~0xFFFFFFFF) | value
-        return True
+    def notify(self, qi):
+        if self.defer:
+            self.pending = True
+        else:
+            self.run()
 
-    def on_read(self, se, access, addr, size, value, ctx):
-        self.refresh()
-        if addr - self.virt == ISR:
-            self.isr = 0                  # reading the ISR acknowledges it
-        return True
-
-    def chains(self):
-        q = self.q
-        idx = self.r(q['driver'] + 2, '<H')
-        while q['last'] != idx:
-            head = self.r(q['driver'] + 4 + 2 * (q['last'] % q['size']), '<H')
-            descs, d = [], head
-            for _ in range(q['size']):
-                a, ln, fl, nx = struct.unpack('<QIHH', self.se.mem_read(q['desc'] + 16 * d, 16))
-                descs.append((a, ln, fl))
-                if not fl & NEXT:
-                    break
-                d = nx
-            q['last'] = (q['last'] + 1) & 0xFFFF
-            yield head, descs
-
-    def push_used(self, head, length):
-        q = self.q
-        i = self.r(q['device'] + 2, '<H')
-        self.se.mem_write(q['device'] + 4 + 8 * (i % q['size']), struct.pack('<II', head, length))
-        self.se.mem_write(q['device'] + 2, struct.pack('<H', (i + 1) & 0xFFFF))
-        self.isr |= 1
+    def power_loss(self):
+        """D3 cut the power: what was written since the last flush is
+        gone (the volatile cache), and so is every queued request."""
+        for pos, old in reversed(self.unflushed):
+            self.disk[pos:pos + len(old)] = old
+        self.unflushed = []
+        self.pending = False
 
     def run(self):
         self.pending = False
-        for head, descs in list(self.chains()):
+        for head, descs in self.chains(0):
             if self.garbage:
                 self.garbage = False
-                self.push_used(QMAX + 77, 1)        # names no descriptor at all
+                self.push_used(0, QMAX + 77, 1)     # names no descriptor at all
                 continue
             self.execute(head, descs)
 
@@ -242,10 +168,14 @@ class Blk:
                     self.se.mem_write(a, bytes(self.disk[pos:pos + ln]))
                     written += ln
                 else:
+                    if self.volatile:
+                        self.unflushed.append((pos, bytes(self.disk[pos:pos + ln])))
                     self.disk[pos:pos + ln] = self.se.mem_read(a, ln)
                 pos += ln
         elif ty == T_FLUSH:
             self.flushes += 1
+            self.unflushed = []
+            self.events.append(('flush',))
         elif ty == T_GET_ID:
             a, ln, _ = body[0]
             self.se.mem_write(a, SERIAL.ljust(ln, b'\0')[:ln])
@@ -260,7 +190,7 @@ class Blk:
         else:
             status = 2
         self.se.mem_write(st_addr, bytes([status]))
-        self.push_used(head, written + 1)
+        self.push_used(0, head, written + 1)
 
 
 # ---- the script -------------------------------------------------------------
@@ -409,7 +339,7 @@ def main(path, dump=False):
 
     # StorPort.
     sp = {'init': None, 'passive': None, 'bus_data': 0, 'mapped': [], 'reset_detected': 0}
-    cfg_space = config_space()
+    cfg_space = config_space(0x1042, 0x0100, 0x40)   # block (modern), mass storage
     bar_virt = [0]
     dev = [None]
 
@@ -449,15 +379,20 @@ def main(path, dump=False):
     hook('storport', 'StorPortGetBusData', bus_data, 6)
     hook('storport', 'StorPortGetDeviceBase', device_base, 6)
     hook('storport', 'StorPortNotification', notification, 4)
-    hook('storport', 'StorPortStallExecution', 0, 1)
+    def stall(emu, p):
+        # Time passes for the device too: it answers what it holds.
+        d = dev[0]
+        if d is not None and d.stall_works and d.pending:
+            d.run()
+        return 0
+
+    hook('storport', 'StorPortStallExecution', stall, 1)
 
     module = se.load_module(path)
     se.emu.stack_base, _ = se.emu.alloc_stack(0x6000)   # a 24 KiB kernel stack
     bar_virt[0] = alloc(BAR_LEN, 'emu.virtio_blk_bar0')
     d = dev[0] = Blk(se, bar_virt[0])
-    d.refresh()
-    se.add_mem_write_hook(d.on_write, begin=bar_virt[0], end=bar_virt[0] + BAR_LEN - 1)
-    se.add_mem_read_hook(d.on_read, begin=bar_virt[0], end=bar_virt[0] + BAR_LEN - 1)
+    d.hook()
 
     se.run_module(module)
     ep = se.get_report()['entry_points'][0]
@@ -477,8 +412,8 @@ def main(path, dump=False):
     check(size == 0xD0 and bus == 5, 'HwInitializationDataSize / PCIBus')
     check(all((hw_initialize, start_io, interrupt, find_adapter, reset_bus, adapter_control)),
           'every callback registered')
-    check(ext_size > 0 and map_buffers == 3 and srb_types == 1,
-          'extension size, mapped buffers, classic SRBs')
+    check(ext_size > 0 and map_buffers == 3 and srb_types == 3,
+          'extension size, mapped buffers, classic and extended SRBs')
 
     def call(fn, args, what, bits=8):
         """Run `fn`; its return value cut to `bits` (BOOLEAN callbacks
@@ -529,6 +464,8 @@ def main(path, dump=False):
     check(sp['bus_data'] == 1 and sp['mapped'] == [(BAR, BAR_LEN)], 'config space read, BAR0 mapped')
     check(max_transfer == 128 * 1024 and cfg_bytes[0x59] == 3 and cfg_bytes[0x61] == 1,
           'port configuration: transfer length, mapped buffers, one target')
+    check(cfg_bytes[0x62] == 1 and cfg_bytes[0x63] == 0,
+          'port configuration: SrbType STORAGE_REQUEST_BLOCK, BTL8 addresses')
     requested = struct.unpack('<I', se.mem_read(cfg + 0xC0, 4))[0]
     if not dump:
         check(requested == DUMP_REGION, 'RequestedDumpBufferSize: %d' % requested)
@@ -721,6 +658,165 @@ def main(path, dump=False):
     check(good(o) and o['data'] == a, 'I/O after restart')
     if len(FAILS) == fails:
         print('emulated: HwAdapterControl stop/restart: OK')
+
+    # ---- D0 -> D3 -> D0 with requests outstanding ---------------------------
+    fails = len(FAILS)
+    d.volatile = True
+    x = bytes((i * 3 + 17) & 0xFF for i in range(4 * 512))
+    y = bytes((i * 29 + 4) & 0xFF for i in range(4 * 512))
+    o = io(bytes([0x2A, 0, 0, 0, 1, 0x90, 0, 0, 4, 0]), DATA_OUT, len(x), x)   # LBA 400
+    check(good(o) and d.unflushed, 'a write completed GOOD, still in the volatile cache')
+    # Outstanding when the stop comes: a write and a read the device holds.
+    sw, bw, nw = srb(bytes([0x2A, 0, 0, 0, 1, 0xF4, 0, 0, 4, 0]), DATA_OUT, len(y), y)  # LBA 500
+    call(start_io, [ext, sw], 'HwStartIo (held write)')
+    sr, br, nr = srb(bytes([0x28, 0, 0, 0, 1, 0x90, 0, 0, 4, 0]), DATA_IN, len(x))
+    call(start_io, [ext, sr], 'HwStartIo (held read)')
+    check(d.pending and not completions_of(sw) and not completions_of(sr), 'two requests outstanding')
+    mark = len(d.events)
+    ok = call(adapter_control, [ext, 1, 0], 'HwAdapterControl(stop) with I/O outstanding', 32)
+    ev = d.events[mark:]
+    print('stop with I/O outstanding: %d, events %s' % (ok, ev))
+    check(ok == 0 and d.status == 0, 'stop: the device is stopped')
+    check(len(completions_of(sw)) == 1 and good(outcome(sw, bw, nw))
+          and len(completions_of(sr)) == 1 and outcome(sr, br, nr)['data'] == x,
+          'the outstanding write and read complete GOOD before D3 (drained, not dropped)')
+    check(('flush',) in ev and ('reset',) in ev and ev.index(('flush',)) < ev.index(('reset',))
+          and ev.index(('complete', sw)) < ev.index(('flush',)),
+          'a flush after the last write completed, before the reset')
+    d.power_loss()
+    ok = call(adapter_control, [ext, 2, 0], 'HwAdapterControl(restart)', 32)
+    check(ok == 0 and d.status == 0xF, 'restart: the device is up')
+    o = io(bytes([0x28, 0, 0, 0, 1, 0x90, 0, 0, 4, 0]), DATA_IN, len(x))
+    check(good(o) and o['data'] == x, 'data written before D3 reads back after D0 (LBA 400)')
+    o = io(bytes([0x28, 0, 0, 0, 1, 0xF4, 0, 0, 4, 0]), DATA_IN, len(y))
+    check(good(o) and o['data'] == y, 'the write outstanding at D3 reads back after D0 (LBA 500)')
+    # A device that answers nothing during the stop: the outstanding write
+    # comes back BUS_RESET (the class driver retries it), never lost.
+    d.stall_works = False
+    z = bytes((i * 31 + 2) & 0xFF for i in range(512))
+    sz, bz, nz = srb(bytes([0x2A, 0, 0, 0, 2, 0x58, 0, 0, 1, 0]), DATA_OUT, len(z), z)  # LBA 600
+    call(start_io, [ext, sz], 'HwStartIo (write to a stuck device)')
+    ok = call(adapter_control, [ext, 1, 0], 'HwAdapterControl(stop), device stuck', 32)
+    check(ok == 0 and d.status == 0 and len(completions_of(sz)) == 1
+          and outcome(sz, bz, nz)['srb_status'] == 0x0E,
+          'a request the device never answered comes back BUS_RESET at D3, once')
+    d.power_loss()
+    d.stall_works = True
+    ok = call(adapter_control, [ext, 2, 0], 'HwAdapterControl(restart)', 32)
+    o = io(bytes([0x2A, 0, 0, 0, 2, 0x58, 0, 0, 1, 0]), DATA_OUT, len(z), z)        # the retry
+    check(ok == 0 and good(o), 'the retried write succeeds after D0')
+    o = io(bytes([0x28, 0, 0, 0, 2, 0x58, 0, 0, 1, 0]), DATA_IN, len(z))
+    check(good(o) and o['data'] == z, 'the retried write reads back')
+    d.volatile = False
+    if len(FAILS) == fails:
+        print('emulated: D0 -> D3 -> D0: outstanding I/O drained or retried, data read back: OK')
+
+    # ---- SRB_EX ------------------------------------------------------------
+    fails = len(FAILS)
+
+    def srb_ex(function, flags=0, length=0, data=None, blocks=(), lun=0):
+        """A STORAGE_REQUEST_BLOCK laid out as StorPort does (srb.h,
+        x64): the 0x78-byte header, the SrbExDataOffset table, a
+        STOR_ADDR_BTL8, then each SRBEX_DATA block 8-aligned. Blocks:
+        ('cdb16'|'cdb32'|'var', cdb) with a 32-byte sense buffer, ('pnp',
+        action, flags), ('power', state). Returns (srb, data, sense)."""
+        buf = 0
+        if length:
+            buf = alloc(length + 0x1000, 'emu.srbex.data') + 0xE00
+            scramble(buf, length)
+            if data:
+                se.mem_write(buf, data)
+        sense = alloc(32, 'emu.srbex.sense')
+        table_end = 0x78 + 4 * len(blocks)
+        addr_at = (table_end + 7) & ~7
+        body, offsets, at = b'', [], addr_at + 16
+        for b in blocks:
+            kind = b[0]
+            if kind in ('cdb16', 'cdb32'):
+                n = 16 if kind == 'cdb16' else 32
+                blk = struct.pack('<IIBBBBIQ', 0x40 if n == 16 else 0x41, 32 if n == 16 else 48,
+                                  0, 32, len(b[1]), 0, 0, sense) + b[1].ljust(n, b'\0')
+            elif kind == 'var':
+                blk = struct.pack('<IIBBBBI8xQ', 0x42, 24 + len(b[1]), 0, 32, 0, 0, len(b[1]),
+                                  sense) + b[1]
+            elif kind == 'pnp':
+                blk = struct.pack('<IIB3xIII', 0x62, 16, 0, b[1], b[2], 0)
+            else:
+                blk = struct.pack('<IIB3xII', 0x61, 12, 0, b[1], 0)
+            blk = blk.ljust((len(blk) + 7) & ~7, b'\0')
+            offsets.append(at)
+            body += blk
+            at += len(blk)
+        total = at
+        hdr = bytearray(addr_at + 16)
+        struct.pack_into('<HBBIIIIII', hdr, 0, 0x58, 0x28, 0, 0, 0x53524258, 1, total, function, flags)
+        struct.pack_into('<I', hdr, 0x28, 10)
+        struct.pack_into('<III', hdr, 0x34, addr_at, len(blocks), length)
+        struct.pack_into('<Q', hdr, 0x40, buf)
+        for i, o in enumerate(offsets):
+            struct.pack_into('<I', hdr, 0x78 + 4 * i, o)
+        struct.pack_into('<HHIBBB', hdr, addr_at, 1, 0, 4, 0, 0, lun)
+        s = alloc(total, 'emu.srbex')
+        se.mem_write(s, bytes(hdr) + body)
+        return s, buf, sense, offsets
+
+    def outcome_ex(s, buf, sense, offsets):
+        st = se.mem_read(s + 3, 1)[0]
+        n = struct.unpack('<I', se.mem_read(s + 0x3C, 4))[0]
+        scsi, sn = (se.mem_read(s + offsets[0] + 8, 2) if offsets else (0, 0))
+        return dict(srb_status=st, scsi_status=scsi, n=n,
+                    data=bytes(se.mem_read(buf, n)) if buf and n else b'',
+                    sense=bytes(se.mem_read(sense, sn)) if sn else b'')
+
+    def io_ex(function, flags=0, length=0, data=None, blocks=(), lun=0, what=''):
+        s, buf, sense, offsets = srb_ex(function, flags, length, data, blocks, lun)
+        call(start_io, [ext, s], 'HwStartIo (SRB_EX %s)' % what)
+        for _ in range(32):
+            if completions_of(s) or not d.pending:
+                break
+            d.run()
+            check(call(interrupt, [ext], 'HwInterrupt') == 1, 'HwInterrupt claims the interrupt')
+        check(len(completions_of(s)) == 1, 'SRB_EX %s completed exactly once' % what)
+        return outcome_ex(s, buf, sense, offsets)
+
+    e = bytes((i * 5 + 9) & 0xFF for i in range(4 * 512))
+    o = io_ex(0, DATA_OUT, len(e), e, [('cdb16', bytes([0x8A, 0]) + struct.pack('>QI', 300, 4) + b'\0\0')],
+              what='WRITE(16)')
+    check(good(o) and o['n'] == len(e) and bytes(d.disk[300 * 512:304 * 512]) == e,
+          'SRB_EX CDB16 WRITE(16) reaches the disk: %s' % {k: v for k, v in o.items() if k != 'data'})
+    read10 = bytes([0x28, 0]) + struct.pack('>I', 300) + bytes([0, 0, 4, 0])
+    o = io_ex(0, DATA_IN, len(e), blocks=[('cdb32', read10)], what='READ(10) in a CDB32')
+    check(good(o) and o['data'] == e, 'SRB_EX CDB32 READ(10) reads it back')
+    o = io_ex(0, DATA_IN, len(e), blocks=[('var', read10)], what='READ(10) in a variable CDB')
+    check(good(o) and o['data'] == e, 'SRB_EX CDB_VAR READ(10) reads it back')
+    o = io_ex(0, blocks=[('cdb16', bytes([0xFF] + [0] * 5))], what='bad opcode')
+    check(o['srb_status'] == 0x84 and o['scsi_status'] == 2 and sense_of(o) == (5, 0x20, 0),
+          'SRB_EX bad opcode: CHECK CONDITION in the CDB block, sense in its buffer: %s' % o)
+    caps = io_ex(0x25, DATA_IN, 24, blocks=[('pnp', 0x9, 0)], what='QUERY_CAPABILITIES')
+    check(caps['srb_status'] == 1 and len(caps['data']) == 24
+          and struct.unpack_from('<I', caps['data'], 4)[0] & (1 << 9),
+          'SRB_EX PNP QUERY_CAPABILITIES: SurpriseRemovalOK filled in: %s' % caps)
+    before = d.flushes
+    o = io_ex(0x24, blocks=[('power', 4)], what='POWER D3')
+    check(o['srb_status'] == 1 and d.flushes == before + 1, 'SRB_EX POWER to D3 flushes first')
+    o = io_ex(0, DATA_IN, 8, blocks=[('cdb16', bytes([0x25] + [0] * 9))], lun=2, what='LUN 2')
+    check(o['srb_status'] == 0x20, 'SRB_EX to LUN 2: INVALID_LUN (%#x)' % o['srb_status'])
+    # Malformed: a bad signature, and a CDB block offset past SrbLength.
+    events = len(d.events)
+    s, buf, sense, offsets = srb_ex(0, DATA_IN, 512, blocks=[('cdb16', read10)])
+    se.mem_write(s + 8, b'SRBX')
+    call(start_io, [ext, s], 'HwStartIo (SRB_EX bad signature)')
+    check(len(completions_of(s)) == 1 and se.mem_read(s + 3, 1)[0] == 0x06,
+          'SRB_EX with a bad signature: INVALID_REQUEST')
+    s, buf, sense, offsets = srb_ex(0, DATA_IN, 512, blocks=[('cdb16', read10)])
+    se.mem_write(s + 0x78, struct.pack('<I', 0x7FF0))
+    call(start_io, [ext, s], 'HwStartIo (SRB_EX block past the end)')
+    check(len(completions_of(s)) == 1 and se.mem_read(s + 3, 1)[0] == 0x06,
+          'SRB_EX with a block past SrbLength: INVALID_REQUEST')
+    check(not d.pending and all(ev[0] == 'complete' for ev in d.events[events:]),
+          'malformed SRB_EXs never reach the device: %s' % d.events[events:])
+    if len(FAILS) == fails:
+        print('emulated: SRB_EX (CDB16/CDB32/CDB_VAR, PnP, power) decoded and completed: OK')
 
     print('device complaints', d.bad, 'messages', messages)
     check(not d.bad, 'the device saw no protocol fault: %s' % d.bad)

@@ -233,10 +233,6 @@ struct BarMap {
     len: usize,
 }
 
-/// virtio ISR status bits (virtio 1.2 §4.1.4.5).
-const ISR_QUEUE: u8 = 0x1;
-const ISR_CONFIG: u8 = 0x2;
-
 /// What the ISR and the DPC share with the worker. Lives in the worker's
 /// box (non-paged pool); its address is the ISR's and the DPC's context.
 #[repr(C)]
@@ -314,7 +310,7 @@ unsafe extern "system" fn isr(_interrupt: *mut c_void, ctx: *mut c_void) -> u8 {
     // mapping that outlives it too. A device register, read once (reading
     // clears it).
     let bits = unsafe { ptr::read_volatile((*s).isr) };
-    if bits == 0 || bits & !(ISR_QUEUE | ISR_CONFIG) != 0 {
+    if !pci::isr_is_ours(bits) {
         // Not ours (shared line), or the function is gone (all-ones).
         return 0;
     }
@@ -388,7 +384,7 @@ unsafe extern "system" fn worker_main(ctx: *mut c_void) {
             // the device raised does not stay asserted.
             b.transport_mut().ack_interrupt();
         }
-        if bits & ISR_CONFIG != 0 {
+        if bits & pci::ISR_CONFIG != 0 {
             log::info!("virtio-balloon: config change");
         }
         for _ in 0..ROUNDS_PER_TICK {

@@ -11,6 +11,9 @@
 //! - [`srb`]: SRB and SRB_EX function codes into actions; SRB status,
 //!   SCSI status and autosense for every outcome, including block-core
 //!   failures.
+//! - [`srb_ex`]: a `STORAGE_REQUEST_BLOCK`'s bytes (header, BTL8 address,
+//!   CDB16/CDB32/variable CDB, PnP and power blocks) checked and decoded
+//!   into the same plain types, and a completion written back.
 //! - [`engine`]: the in-flight table (each SRB completed exactly once),
 //!   multi-part plans (UNMAP descriptors, FUA writes), and the bus reset
 //!   policy (device reset before SRBs are completed).
@@ -33,6 +36,7 @@ pub mod engine;
 pub mod pages;
 pub mod sense;
 pub mod srb;
+pub mod srb_ex;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 

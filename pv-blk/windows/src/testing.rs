@@ -272,3 +272,51 @@ fn through_core(disk: &Disk, req: &ScsiRequest<'_>) {
         "{plan:?}"
     );
 }
+
+/// What a fuzzed SRB_EX became (the smoke run checks it reaches each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SrbExOutcome {
+    /// Refused by [`crate::srb_ex::parse`].
+    Refused,
+    /// Decoded, with a CDB block.
+    Scsi,
+    /// Decoded, without one.
+    Other,
+}
+
+/// Fuzz driver for [`crate::srb_ex`]: `data` is the SRB's bytes. Never a
+/// panic; a decoded SRB keeps its CDB within [`crate::srb_ex::MAX_CDB`]
+/// and its CDB block inside `SrbLength`; writing a completion back keeps
+/// the SRB decodable as the same request, and the fields written read
+/// back.
+pub fn srb_ex(data: &[u8]) -> SrbExOutcome {
+    use crate::sense::Sense;
+    use crate::srb::Completion;
+    use crate::srb_ex::{offset, parse, write_completion, MAX_CDB};
+
+    let Ok(ex) = parse(data) else {
+        return SrbExOutcome::Refused;
+    };
+    let len = u32::from_le_bytes(take(data, offset::SRB_LENGTH)) as usize;
+    assert!(ex.cdb().len() <= MAX_CDB);
+    let _ = ex.srb_in();
+    let ctx = ex.ctx();
+    let mut copy = data.to_vec();
+    let c = Completion::check(Sense::invalid_opcode(), ctx.sense_room, ctx.flags);
+    write_completion(&mut copy, &ex, &c, 18);
+    let again = parse(&copy).expect("a completed SRB_EX still decodes");
+    assert_eq!(
+        (again.function, again.address, again.cdb()),
+        (ex.function, ex.address, ex.cdb())
+    );
+    assert_eq!(copy[offset::SRB_STATUS], c.srb_status);
+    assert_eq!(copy[len..], data[len..], "nothing written past SrbLength");
+    match ex.scsi {
+        Some(s) => {
+            assert!(s.at + 8 + 16 <= len);
+            assert_eq!(copy[s.scsi_status_at()], c.scsi_status);
+            SrbExOutcome::Scsi
+        }
+        None => SrbExOutcome::Other,
+    }
+}

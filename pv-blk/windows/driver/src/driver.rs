@@ -17,8 +17,10 @@ use pv_blk::virtio::{VirtioBlk, VirtioBlkConfig};
 use pv_blk::{BlockFrontend, IoBuf, ID_BYTES};
 use pv_blk_windows::cdb::op;
 use pv_blk_windows::srb::{self, status};
+use pv_blk_windows::srb_ex::{self, SrbEx};
 use pv_blk_windows::{
-    decide_srb, Completion, Decision, Disk, Engine, Identity, Plan, ScsiRequest, Serial, SrbAction,
+    decide_srb, Completion, Decision, Direction, Disk, Engine, Identity, Plan, ScsiRequest, Serial,
+    SrbAction, SrbCtx, SrbIn,
 };
 use pv_windows::arena;
 use pv_windows::ffi::{self, NTSTATUS};
@@ -50,6 +52,11 @@ const DUMP_QUEUE_SIZE: u16 = 32;
 const DUMP_BYTES: u32 = 256 * 1024;
 /// GET_ID at start: polls of 10 µs before giving up (100 ms).
 const GET_ID_POLLS: u32 = 10_000;
+/// Leaving D0: polls of [`QUIESCE_STALL_US`] while outstanding requests
+/// drain, and again while the flush runs (100 ms each at most).
+const QUIESCE_POLLS: u32 = 100;
+/// Stall between those polls, µs.
+const QUIESCE_STALL_US: u32 = 1000;
 /// BARs a PCI function has.
 const BARS: usize = 6;
 /// Most physically contiguous runs of one data buffer: one per page, and
@@ -57,7 +64,104 @@ const BARS: usize = 6;
 const MAX_RUNS: usize = MAX_TRANSFER as usize / translate::PAGE + 1;
 
 type Blk = VirtioBlk<DriverHal, PciTransport>;
+/// An SRB as StorPort hands it over: a classic `SCSI_REQUEST_BLOCK` or a
+/// `STORAGE_REQUEST_BLOCK` (SRB_EX); `Function` (byte 2) and `SrbStatus`
+/// (byte 3) are at the same place in both, and tell them apart.
 type Srb = *mut SCSI_REQUEST_BLOCK;
+
+/// Largest SRB_EX read (`SrbLength`): StorPort's are a few hundred bytes.
+const MAX_SRB_EX: usize = 4096;
+
+// Our FFI header and the portable decoder agree on the SRB_EX facts.
+const _: () = assert!(sp::SRB_SIGNATURE == srb_ex::SRB_SIGNATURE);
+const _: () = assert!(
+    core::mem::offset_of!(sp::STORAGE_REQUEST_BLOCK_HEADER, SrbFunction)
+        == srb_ex::offset::SRB_FUNCTION
+);
+const _: () = assert!(
+    core::mem::offset_of!(sp::STORAGE_REQUEST_BLOCK_HEADER, SrbFlags) == srb_ex::offset::SRB_FLAGS
+);
+
+/// The bytes of an SRB_EX (`SrbLength` of them), or `None` when `srb` is
+/// a classic SRB.
+///
+/// # Safety
+///
+/// `srb` is an SRB StorPort gave this miniport, not completed yet: valid
+/// for its header, and an SRB_EX for its `SrbLength` bytes.
+unsafe fn ex_bytes<'a>(srb: Srb) -> Option<Result<&'a mut [u8], ()>> {
+    let p = srb.cast::<u8>();
+    // SAFETY: the caller's contract: the first 0x14 bytes are in every
+    // SRB (classic ones are 0x58 long).
+    let header = unsafe { core::slice::from_raw_parts(p, srb_ex::offset::SRB_FUNCTION) };
+    let len = srb_ex::srb_length(header)?;
+    if !(srb_ex::HEADER_BYTES..=MAX_SRB_EX).contains(&len) {
+        return Some(Err(()));
+    }
+    // SAFETY: the caller's contract: an SRB_EX is valid for SrbLength
+    // bytes, and StorPort serialises us, so no other reference to it is
+    // live.
+    Some(Ok(unsafe { core::slice::from_raw_parts_mut(p, len) }))
+}
+
+/// What the miniport needs of a request, from either SRB kind.
+struct Req {
+    input: SrbIn,
+    ctx: SrbCtx,
+    cdb: [u8; srb_ex::MAX_CDB],
+    cdb_len: usize,
+    direction: Direction,
+    data: *mut u8,
+    data_len: u32,
+}
+
+impl Req {
+    fn cdb(&self) -> &[u8] {
+        &self.cdb[..self.cdb_len]
+    }
+}
+
+/// Read `srb` (either kind) into a [`Req`]; `Err`: a malformed SRB_EX.
+///
+/// # Safety
+///
+/// As [`ex_bytes`].
+unsafe fn request(srb: Srb) -> Result<Req, srb_ex::SrbExError> {
+    let mut cdb = [0u8; srb_ex::MAX_CDB];
+    // SAFETY: the caller's contract.
+    match unsafe { ex_bytes(srb) } {
+        Some(Err(())) => Err(srb_ex::SrbExError::TooShort),
+        Some(Ok(bytes)) => {
+            let ex: SrbEx = srb_ex::parse(bytes)?;
+            let c = ex.cdb();
+            cdb[..c.len()].copy_from_slice(c);
+            Ok(Req {
+                input: ex.srb_in(),
+                ctx: ex.ctx(),
+                cdb,
+                cdb_len: c.len(),
+                direction: ex.direction(),
+                data: ex.data_buffer as *mut u8,
+                data_len: ex.data_transfer_length,
+            })
+        }
+        None => {
+            // SAFETY: the caller's contract: a classic SRB.
+            let s = unsafe { &*srb };
+            let c = translate::cdb(s);
+            cdb[..c.len()].copy_from_slice(c);
+            Ok(Req {
+                input: translate::srb_in(s),
+                ctx: translate::ctx(s),
+                cdb,
+                cdb_len: c.len(),
+                direction: translate::direction(s),
+                data: s.DataBuffer.cast(),
+                data_len: s.DataTransferLength,
+            })
+        }
+    }
+}
 
 /// The device extension StorPort allocates for us
 /// (`DeviceExtensionSize`), written whole in `HwFindAdapter`.
@@ -93,6 +197,19 @@ unsafe fn adapter<'a>(ext: *mut c_void) -> &'a mut Adapter {
 /// yet; its data and sense buffers are valid for their lengths
 /// (`MapBuffers` = all buffers mapped).
 unsafe fn finish(ext: *mut c_void, srb: Srb, c: &Completion) {
+    if srb.is_null() {
+        // The power-down flush's own request ([`power_down`]): no SRB.
+        return;
+    }
+    // SAFETY: the caller's contract.
+    if let Some(bytes) = unsafe { ex_bytes(srb) } {
+        // SAFETY: the caller's contract; the buffers an SRB_EX names are
+        // distinct from it.
+        unsafe { finish_ex(bytes, c) };
+        // SAFETY: as above.
+        unsafe { sp::request_complete(ext, srb) };
+        return;
+    }
     // SAFETY: the caller's contract. The data and sense buffers are
     // distinct from the SRB itself.
     unsafe {
@@ -114,6 +231,38 @@ unsafe fn finish(ext: *mut c_void, srb: Srb, c: &Completion) {
         translate::apply(s, c, data, sense);
         sp::request_complete(ext, srb);
     }
+}
+
+/// Write `c` into an SRB_EX (its bytes, or `Err` when its length was out
+/// of bounds: then only `SrbStatus`, which every SRB has at byte 3).
+///
+/// # Safety
+///
+/// As [`finish`].
+unsafe fn finish_ex(bytes: Result<&mut [u8], ()>, c: &Completion) {
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(()) => return,
+    };
+    let Ok(ex) = srb_ex::parse(bytes) else {
+        // Refused at start: it carries no more than a status.
+        bytes[srb_ex::offset::SRB_STATUS] = c.srb_status;
+        return;
+    };
+    // SAFETY: the caller's contract: the data buffer is valid for
+    // DataTransferLength bytes and the sense buffer for its room
+    // (`MapBuffers` = all buffers mapped).
+    let data = (c.data.is_some() && ex.data_buffer != 0).then(|| unsafe {
+        core::slice::from_raw_parts_mut(ex.data_buffer as *mut u8, ex.data_transfer_length as usize)
+    });
+    let sense = ex
+        .scsi
+        .filter(|s| s.sense_buffer != 0 && s.sense_room > 0)
+        // SAFETY: as above.
+        .map(|s| unsafe {
+            core::slice::from_raw_parts_mut(s.sense_buffer as *mut u8, usize::from(s.sense_room))
+        });
+    translate::apply_ex(bytes, &ex, c, data, sense);
 }
 
 /// Take the core's completions and complete the SRBs that ended; after a
@@ -165,12 +314,89 @@ unsafe fn reset(ext: *mut c_void) -> bool {
     }
 }
 
-/// Submit `plan` for `srb`, or complete it at once when it cannot go.
+/// Leaving D0 (`ScsiStopAdapter`): nothing StorPort gave us may be lost,
+/// and nothing completed GOOD may sit only in the device's volatile cache
+/// when the power goes.
+///
+/// 1. Drain: poll (with stalls, bounded) until no request is outstanding;
+///    each one the device finishes completes as it ended.
+/// 2. With a write cache, a FLUSH, polled the same way. A request that
+///    ends while the flush runs is completed `SRB_STATUS_BUS_RESET`
+///    instead of GOOD (the flush may not cover it): the class driver
+///    retries it after D0, and a rewrite is harmless.
+/// 3. Reset the device: what is still outstanding (a device that did not
+///    answer in time) comes back BUS_RESET, to be retried; then status 0,
+///    so the device touches no queue while powered down.
+///
+/// # Safety
+///
+/// As [`service`].
+unsafe fn power_down(ext: *mut c_void) {
+    // SAFETY: the caller's contract.
+    let a = unsafe { adapter(ext) };
+    if let (Some(blk), Some(engine)) = (a.blk.as_mut(), a.engine.as_mut()) {
+        for _ in 0..QUIESCE_POLLS {
+            if engine.pending() == 0 {
+                break;
+            }
+            // SAFETY: every SRB the engine gives back is one StorPort gave us.
+            if engine
+                .poll(blk, &mut |srb, c| unsafe { finish(ext, srb, &c) })
+                .is_err()
+            {
+                break;
+            }
+            // SAFETY: a plain delay; any IRQL.
+            unsafe { sp::StorPortStallExecution(QUIESCE_STALL_US) };
+        }
+        if engine.disk().write_cache() {
+            let mut flushed = None;
+            let ctx = SrbCtx::default();
+            // SAFETY: a flush has no buffers; the null SRB is ours (finish
+            // skips it).
+            match unsafe { engine.start(blk, ptr::null_mut(), ctx, Plan::flush(), &[]) } {
+                Ok(()) => {
+                    for _ in 0..QUIESCE_POLLS {
+                        // SAFETY: as above; a real SRB ending now goes
+                        // back for a retry (see above).
+                        let polled = engine.poll(blk, &mut |srb, c| {
+                            if srb.is_null() {
+                                flushed = Some(c);
+                            } else {
+                                let retry = Completion::status(status::BUS_RESET);
+                                unsafe { finish(ext, srb, &retry) };
+                            }
+                        });
+                        if flushed.is_some() || polled.is_err() {
+                            break;
+                        }
+                        // SAFETY: a plain delay.
+                        unsafe { sp::StorPortStallExecution(QUIESCE_STALL_US) };
+                    }
+                }
+                Err((_, c)) => flushed = Some(c),
+            }
+            if flushed.is_none_or(|c| c.srb_status != status::SUCCESS) {
+                log::error!("virtio-blk: the flush before D3 did not complete: {flushed:?}");
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { reset(ext) };
+    // SAFETY: as above.
+    let a = unsafe { adapter(ext) };
+    if let Some(blk) = a.blk.as_mut() {
+        blk.transport_mut().set_status(DeviceStatus::empty());
+    }
+}
+
+/// Submit `plan` for `srb` (read into `r`), or complete it at once when it
+/// cannot go.
 ///
 /// # Safety
 ///
 /// As [`finish`].
-unsafe fn start_plan(ext: *mut c_void, srb: Srb, plan: Plan) {
+unsafe fn start_plan(ext: *mut c_void, srb: Srb, r: &Req, plan: Plan) {
     // SAFETY: the caller's contract.
     let a = unsafe { adapter(ext) };
     let (Some(blk), Some(engine)) = (a.blk.as_mut(), a.engine.as_mut()) else {
@@ -178,9 +404,7 @@ unsafe fn start_plan(ext: *mut c_void, srb: Srb, plan: Plan) {
         unsafe { finish(ext, srb, &Completion::status(status::NO_DEVICE)) };
         return;
     };
-    // SAFETY: the caller's contract.
-    let s = unsafe { &*srb };
-    let ctx = translate::ctx(s);
+    let ctx = r.ctx;
     // The data buffer, cut where its pages stop being physically
     // contiguous: each run is shared with the device in place, so the I/O
     // path allocates nothing (no bounce). A buffer missing or in too many
@@ -188,7 +412,7 @@ unsafe fn start_plan(ext: *mut c_void, srb: Srb, plan: Plan) {
     // mismatch with an internal-failure sense.
     let mut storage = [IoBuf::new(NonNull::dangling(), 0); MAX_RUNS];
     let mut runs = 0;
-    let data = s.DataBuffer.cast::<u8>();
+    let data = r.data;
     if plan.parts().first().is_some_and(|p| p.has_data()) && !data.is_null() {
         let mut spans = [(0usize, 0usize); MAX_RUNS];
         // SAFETY: MmGetPhysicalAddress takes any resident kernel address;
@@ -215,12 +439,13 @@ unsafe fn start_plan(ext: *mut c_void, srb: Srb, plan: Plan) {
     }
 }
 
-/// EXECUTE_SCSI: decode the CDB and act on the decision.
+/// EXECUTE_SCSI: decode the CDB of `srb` (read into `r`) and act on the
+/// decision.
 ///
 /// # Safety
 ///
 /// As [`finish`].
-unsafe fn execute(ext: *mut c_void, srb: Srb) {
+unsafe fn execute(ext: *mut c_void, srb: Srb, r: &Req) {
     // SAFETY: the caller's contract.
     let a = unsafe { adapter(ext) };
     let Some(engine) = a.engine.as_ref() else {
@@ -228,13 +453,8 @@ unsafe fn execute(ext: *mut c_void, srb: Srb) {
         unsafe { finish(ext, srb, &Completion::status(status::NO_DEVICE)) };
         return;
     };
-    // SAFETY: the caller's contract.
-    let s = unsafe { &*srb };
-    let mut cdb = [0u8; 16];
-    let src = translate::cdb(s);
-    cdb[..src.len()].copy_from_slice(src);
-    let cdb = &cdb[..src.len()];
-    let data_len = s.DataTransferLength;
+    let cdb = r.cdb();
+    let data_len = r.data_len;
     // UNMAP and WRITE SAME read their parameter data out of the data
     // buffer: the initiator's memory (the class driver's), not the
     // device's, so it is read in place rather than bounced.
@@ -242,23 +462,23 @@ unsafe fn execute(ext: *mut c_void, srb: Srb) {
         cdb.first(),
         Some(&op::UNMAP | &op::WRITE_SAME_10 | &op::WRITE_SAME_16)
     );
-    let data_out: &[u8] = if params && !s.DataBuffer.is_null() {
+    let data_out: &[u8] = if params && !r.data.is_null() {
         // SAFETY: the data buffer is valid for DataTransferLength bytes
         // (the caller's contract).
-        unsafe { core::slice::from_raw_parts(s.DataBuffer.cast::<u8>(), data_len as usize) }
+        unsafe { core::slice::from_raw_parts(r.data, data_len as usize) }
     } else {
         &[]
     };
     let req = ScsiRequest {
         cdb,
         data_len,
-        direction: translate::direction(s),
+        direction: r.direction,
         data_out,
     };
-    let ctx = translate::ctx(s);
+    let ctx = r.ctx;
     match engine.decide(&req) {
         // SAFETY: the caller's contract.
-        Decision::Io(plan) => unsafe { start_plan(ext, srb, plan) },
+        Decision::Io(plan) => unsafe { start_plan(ext, srb, r, plan) },
         d => {
             let c = srb::immediate(&d, ctx.sense_room, ctx.flags)
                 .unwrap_or_else(|| Completion::status(status::ERROR));
@@ -272,13 +492,25 @@ unsafe extern "system" fn hw_start_io(ext: *mut c_void, srb: Srb) -> u8 {
     // SAFETY: StorPort calls us with our extension and an SRB it owns us.
     let a = unsafe { adapter(ext) };
     // SAFETY: as above.
-    let input = translate::srb_in(unsafe { &*srb });
+    let r = match unsafe { request(srb) } {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("virtio-blk: malformed SRB_EX refused: {e}");
+            // SAFETY: as above.
+            unsafe {
+                finish(ext, srb, &Completion::status(status::INVALID_REQUEST));
+                service(ext);
+            }
+            return 1;
+        }
+    };
+    let input = r.input;
     let write_cache = a.engine.as_ref().is_some_and(|e| e.disk().write_cache());
     // SAFETY: as above for every call below.
     unsafe {
         match decide_srb(&input, write_cache) {
-            SrbAction::ExecuteScsi => execute(ext, srb),
-            SrbAction::Flush => start_plan(ext, srb, Plan::flush()),
+            SrbAction::ExecuteScsi => execute(ext, srb, &r),
+            SrbAction::Flush => start_plan(ext, srb, &r, Plan::flush()),
             SrbAction::Reset => {
                 let st = if reset(ext) {
                     status::SUCCESS
@@ -292,22 +524,19 @@ unsafe extern "system" fn hw_start_io(ext: *mut c_void, srb: Srb) -> u8 {
                 removable,
                 surprise_removal_ok,
             } => {
-                let s = &*srb;
-                let filled = !s.DataBuffer.is_null()
+                let filled = !r.data.is_null()
                     && translate::capabilities(
-                        core::slice::from_raw_parts_mut(
-                            s.DataBuffer.cast::<u8>(),
-                            s.DataTransferLength as usize,
-                        ),
+                        core::slice::from_raw_parts_mut(r.data, r.data_len as usize),
                         removable,
                         surprise_removal_ok,
                     );
-                let st = if filled {
-                    status::SUCCESS
+                // The capabilities are data produced: say how much.
+                let c = if filled {
+                    Completion::good(translate::DEVICE_CAPABILITIES_EX_BYTES as u32)
                 } else {
-                    status::ERROR
+                    Completion::status(status::ERROR)
                 };
-                finish(ext, srb, &Completion::status(st));
+                finish(ext, srb, &c);
             }
         }
         // Polled completion as well: what the device finished already
@@ -364,14 +593,10 @@ unsafe extern "system" fn hw_adapter_control(
             }
             sp::SCSI_ADAPTER_CONTROL_SUCCESS
         }
-        // Leaving D0: give every SRB back (device reset first), then stop
-        // the device so it touches no queue while powered down.
+        // Leaving D0: drain, flush, reset, stop ([`power_down`]).
         adapter_control::STOP_ADAPTER => {
             // SAFETY: our extension, interrupt lock held.
-            unsafe { reset(ext) };
-            if let Some(blk) = a.blk.as_mut() {
-                blk.transport_mut().set_status(DeviceStatus::empty());
-            }
+            unsafe { power_down(ext) };
             sp::SCSI_ADAPTER_CONTROL_SUCCESS
         }
         // Back in D0: the core's reset brings the queues up fresh.
@@ -611,7 +836,9 @@ unsafe extern "system" fn hw_find_adapter(
     cfg.MapBuffers = sp::STOR_MAP_ALL_BUFFERS_INCLUDING_READ_WRITE;
     cfg.Dma64BitAddresses = sp::SCSI_DMA64_MINIPORT_SUPPORTED;
     cfg.SynchronizationModel = sp::STOR_SYNCHRONIZE_HALF_DUPLEX;
-    cfg.SrbType = sp::SRB_TYPE_SCSI_REQUEST_BLOCK;
+    // SRB_EX: StorPort sends STORAGE_REQUEST_BLOCKs (the miniport still
+    // reads classic SRBs, should any come).
+    cfg.SrbType = sp::SRB_TYPE_STORAGE_REQUEST_BLOCK;
     cfg.AddressType = sp::STOR_ADDRESS_TYPE_BTL8;
     sp::SP_RETURN_FOUND
 }
@@ -644,7 +871,8 @@ pub unsafe extern "system" fn DriverEntry(
     init.TaggedQueuing = 1;
     init.AutoRequestSense = 1;
     init.MultipleRequestPerLu = 1;
-    init.SrbTypeFlags = sp::SRB_TYPE_FLAG_SCSI_REQUEST_BLOCK;
+    init.SrbTypeFlags =
+        sp::SRB_TYPE_FLAG_SCSI_REQUEST_BLOCK | sp::SRB_TYPE_FLAG_STORAGE_REQUEST_BLOCK;
     // SAFETY: StorPort copies what it needs from `init` during the call.
     let st = unsafe { sp::StorPortInitialize(driver, registry_path, &mut init, ptr::null_mut()) };
     log::info!("pv-blk StorPort miniport: StorPortInitialize {st:#x}");

@@ -4,6 +4,7 @@
 //! (status, transferred length, in-place data, autosense). Host-tested.
 
 use pv_blk_windows::srb::{function, Address};
+use pv_blk_windows::srb_ex::{self, SrbEx};
 use pv_blk_windows::{Completion, Direction, SrbCtx, SrbIn};
 use pv_windows::storport::SCSI_REQUEST_BLOCK;
 
@@ -90,6 +91,36 @@ pub fn apply(
         s[..n].copy_from_slice(&bytes[..n]);
         srb.SenseInfoBufferLength = n as u8;
     }
+}
+
+/// [`apply`] for an SRB_EX: `srb` is its `SrbLength` bytes, which
+/// [`srb_ex::parse`] decoded into `ex`. In-place data into `data`, the
+/// sense bytes into `sense` (the CDB block's buffer, at most its room),
+/// then `SrbStatus`, `DataTransferLength`, `ScsiStatus` and
+/// `SenseInfoBufferLength` into the SRB.
+pub fn apply_ex(
+    srb: &mut [u8],
+    ex: &SrbEx,
+    c: &Completion,
+    data: Option<&mut [u8]>,
+    sense: Option<&mut [u8]>,
+) {
+    let mut c = *c;
+    if let Some(r) = c.data {
+        let bytes = r.bytes();
+        match data {
+            Some(d) if d.len() >= bytes.len() => d[..bytes.len()].copy_from_slice(bytes),
+            _ => c.transferred = 0,
+        }
+    }
+    let room = ex.scsi.map_or(0, |s| u32::from(s.sense_room));
+    let mut copied = 0u8;
+    if let (Some((bytes, n)), Some(s)) = (c.sense_bytes(room), sense) {
+        let n = n.min(s.len());
+        s[..n].copy_from_slice(&bytes[..n]);
+        copied = n as u8;
+    }
+    srb_ex::write_completion(srb, ex, &c, copied);
 }
 
 /// Bytes of `STOR_DEVICE_CAPABILITIES_EX` (`storport.h`): `Version`,
@@ -272,6 +303,34 @@ mod tests {
         let mut s = srb(0);
         apply(&mut s, &c, None, None);
         assert_eq!(s.DataTransferLength, 0);
+    }
+
+    #[test]
+    fn an_srb_ex_check_condition_lands_in_its_cdb_block_and_sense_buffer() {
+        use pv_blk_windows::srb_ex::build::{srb as srb_ex_bytes, Block};
+        let mut sense = [0u8; 32];
+        let mut b = srb_ex_bytes(
+            function::EXECUTE_SCSI,
+            0,
+            Address::default(),
+            (0, 0),
+            &[Block::Cdb16(std::vec![0xFF; 6], 32, 0x1000)],
+        );
+        let ex = srb_ex::parse(&b).expect("parse");
+        let x = ex.ctx();
+        let c = Completion::check(Sense::invalid_opcode(), x.sense_room, x.flags);
+        apply_ex(&mut b, &ex, &c, None, Some(&mut sense));
+        let s = ex.scsi.expect("cdb block");
+        assert_eq!(b[3], status::ERROR | status::AUTOSENSE_VALID);
+        assert_eq!(b[s.scsi_status_at()], scsi_status::CHECK_CONDITION);
+        assert_eq!(b[s.sense_length_at()], 18);
+        assert_eq!(parse_fixed(&sense[..18]), Some((0x05, Asc::INVALID_OPCODE)));
+        // In-place data into the data buffer, its length into the header.
+        let c = Completion::good(0);
+        let mut data = [0u8; 4];
+        apply_ex(&mut b, &ex, &c, Some(&mut data), None);
+        assert_eq!(b[3], status::SUCCESS);
+        assert_eq!(b[s.sense_length_at()], 0);
     }
 
     #[test]

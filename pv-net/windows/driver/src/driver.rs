@@ -1,7 +1,7 @@
 //! The NDIS miniport: entry points, adapter bring-up and teardown, the
 //! send, receive and OID paths.
 //!
-//! Concurrency: NDIS calls Send, OidRequest, Return and the timer on any
+//! Concurrency: NDIS calls Send, OidRequest, Return and the interrupt DPC on any
 //! processor at up to DISPATCH_LEVEL. Everything mutable of an adapter is
 //! behind its `NDIS_SPIN_LOCK`; NDIS indications and completions are made
 //! after the lock is released (NDIS may call back into us from them).
@@ -10,15 +10,24 @@
 //! buffers). A send copies each NET_BUFFER into a transmit slot and
 //! completes the NBL at once; a receive copies the frame into one of the
 //! adapter's own NBLs (one per RX buffer), which NDIS hands back through
-//! ReturnNetBufferLists. No interrupt is connected yet: a 10 ms NDIS timer
-//! polls (see docs/WINDOWS.md).
+//! ReturnNetBufferLists.
+//!
+//! Interrupts: one line-based interrupt, registered with
+//! `NdisMRegisterInterruptEx`. The ISR reads the virtio ISR status byte
+//! (which clears it and de-asserts the line), claims the interrupt only if
+//! the byte is a virtio value (`pv_windows::pci::isr_is_ours`: zero is
+//! another device on a shared line), keeps the bits and asks NDIS for the
+//! DPC; the DPC reclaims transmit slots, receives and indicates frames and
+//! observes the link. There is no polling timer: a device whose ISR status
+//! the driver cannot reach fails InitializeEx. Why line-based and not MSI:
+//! docs/WINDOWS.md.
 
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ffi::c_void;
 use core::ptr::{self, null_mut};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use pv_net::virtio::{VirtioNet, VirtioNetConfig};
 use pv_net::NetFrontend;
@@ -34,9 +43,7 @@ use virtio_drivers::transport::pci::PciTransport;
 
 type Nic = VirtioNet<KernelHal, PciTransport>;
 
-/// Poll period of the timer, ms.
-const POLL_MS: u32 = 10;
-/// Frames delivered per poll at most.
+/// Frames delivered per DPC at most.
 const RX_BUDGET: usize = 256;
 
 static DRIVER_HANDLE: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
@@ -52,6 +59,7 @@ struct RxSlot {
 
 /// A BAR mapped with `NdisMMapIoSpace`.
 struct BarMap {
+    raw: u64,
     virt: *mut c_void,
     len: u32,
 }
@@ -65,7 +73,15 @@ struct Ctx {
     maps: Vec<BarMap>,
     pool: NDIS_HANDLE,
     rx: Vec<RxSlot>,
-    timer: NDIS_HANDLE,
+    /// The `NdisMRegisterInterruptEx` handle (null: not registered).
+    interrupt: NDIS_HANDLE,
+    /// The ISR status byte in a BAR mapping. Set before the interrupt is
+    /// registered; the mapping outlives the registration.
+    isr: *mut u8,
+    /// ISR bits the DPC has not seen yet (the ISR sets, the DPC takes).
+    /// Outside the lock: the ISR runs at DIRQL, where no spin lock of
+    /// ours may be taken.
+    pending: AtomicU8,
     paused: bool,
     pause_pending: bool,
     tx_frame: Vec<u8>,
@@ -206,7 +222,9 @@ unsafe fn bring_up(
         maps: Vec::new(),
         pool: null_mut(),
         rx: Vec::new(),
-        timer: null_mut(),
+        interrupt: null_mut(),
+        isr: null_mut(),
+        pending: AtomicU8::new(0),
         paused: true,
         pause_pending: false,
         tx_frame: Vec::new(),
@@ -268,7 +286,11 @@ unsafe fn bring_up(
         if st != NDIS_STATUS_SUCCESS || virt.is_null() {
             return Err(teardown(ctx, NDIS_STATUS_RESOURCES));
         }
-        ctx.maps.push(BarMap { virt, len });
+        ctx.maps.push(BarMap {
+            raw: r.raw,
+            virt,
+            len,
+        });
         if !hal::register_mmio(r.raw, r.len, virt) {
             return Err(teardown(ctx, NDIS_STATUS_RESOURCES));
         }
@@ -278,7 +300,13 @@ unsafe fn bring_up(
         device: 0,
         function: 0,
     };
-    let mut root = PciRoot::new(SnapshotConfig::new(function, config, ranges.as_slice()));
+    let snap = SnapshotConfig::new(function, config, ranges.as_slice());
+    let Some(isr) = isr_register(&ctx.maps, &config, &snap) else {
+        log::error!("pvnet: no virtio ISR status in a mapped BAR: cannot take interrupts");
+        return Err(teardown(ctx, NDIS_STATUS_ADAPTER_NOT_FOUND));
+    };
+    ctx.isr = isr;
+    let mut root = PciRoot::new(snap);
     let transport = match PciTransport::new::<KernelHal, _>(&mut root, function) {
         Ok(t) => t,
         Err(e) => {
@@ -303,29 +331,69 @@ unsafe fn bring_up(
     if let Err(st) = unsafe { set_attributes(&mut ctx) } {
         return Err(teardown(ctx, st));
     }
-    let mut tc = NDIS_TIMER_CHARACTERISTICS {
+    // Last: from here on the ISR and the DPC may run on other processors,
+    // so nothing below touches the context without the lock. The device
+    // is live already (DRIVER_OK); anything it raised before this point
+    // is not lost: the line is level-triggered and its ISR status stays
+    // set until the ISR reads it.
+    let mut ic = NDIS_MINIPORT_INTERRUPT_CHARACTERISTICS {
         Header: NDIS_OBJECT_HEADER {
-            Type: NDIS_OBJECT_TYPE_TIMER_CHARACTERISTICS,
-            Revision: 1,
-            Size: 0x18,
+            Type: NDIS_OBJECT_TYPE_MINIPORT_INTERRUPT,
+            Revision: NDIS_MINIPORT_INTERRUPT_REVISION_1,
+            Size: NDIS_SIZEOF_MINIPORT_INTERRUPT_CHARACTERISTICS_REVISION_1,
         },
-        AllocationTag: pv_windows::POOL_TAG,
-        TimerFunction: Some(poll_timer),
-        FunctionContext: ctxp.cast(),
+        InterruptHandler: Some(isr_handler),
+        InterruptDpcHandler: Some(interrupt_dpc),
+        DisableInterruptHandler: Some(disable_interrupt),
+        EnableInterruptHandler: Some(enable_interrupt),
+        MsiSupported: 0,
+        MsiSyncWithAllMessages: 0,
+        MessageInterruptHandler: None,
+        MessageInterruptDpcHandler: None,
+        DisableMessageInterruptHandler: None,
+        EnableMessageInterruptHandler: None,
+        InterruptType: 0,
+        MessageInfoTable: null_mut(),
     };
-    // SAFETY: the characteristics live for the call.
-    let st = unsafe { NdisAllocateTimerObject(handle, &mut tc, &mut ctx.timer) };
-    if st != NDIS_STATUS_SUCCESS {
-        return Err(teardown(ctx, st));
+    let mut interrupt = null_mut();
+    // SAFETY: the characteristics live for the call; the context (the
+    // box) lives until halt, which deregisters the interrupt first.
+    let st = unsafe { NdisMRegisterInterruptEx(handle, ctxp.cast(), &mut ic, &mut interrupt) };
+    if st != NDIS_STATUS_SUCCESS || interrupt.is_null() {
+        log::error!("pvnet: NdisMRegisterInterruptEx failed: {st:#x}");
+        return Err(teardown(ctx, NDIS_STATUS_RESOURCES));
     }
-    let timer = ctx.timer;
-    log::info!("pvnet: adapter up, mtu {}", info.mtu);
+    {
+        // SAFETY: the lock was initialised above; the ISR and DPC may
+        // run from now.
+        let mut g = unsafe { Guard::lock(ctxp) };
+        g.ctx().interrupt = interrupt;
+    }
+    log::info!(
+        "pvnet: adapter up, mtu {}, interrupt type {}",
+        info.mtu,
+        ic.InterruptType
+    );
     // The adapter starts paused (NDIS calls Restart); the box is NDIS'
     // until halt.
     let _ = Box::into_raw(ctx);
-    // SAFETY: a timer we allocated; negative due time is relative (100 ns).
-    unsafe { NdisSetTimerObject(timer, -(i64::from(POLL_MS) * 10_000), POLL_MS, null_mut()) };
     Ok(())
+}
+
+/// The ISR status byte's address in our mappings, from the virtio ISR
+/// capability of the config snapshot.
+fn isr_register(
+    maps: &[BarMap],
+    config: &[u8; CONFIG_BYTES],
+    snap: &SnapshotConfig,
+) -> Option<*mut u8> {
+    let (bar, offset) = pci::virtio_isr(config)?;
+    let range = snap.bar(usize::from(bar))?;
+    let map = maps.iter().find(|m| m.raw == range.raw)?;
+    let offset = usize::try_from(offset)
+        .ok()
+        .filter(|&o| o < map.len as usize)?;
+    Some(map.virt.cast::<u8>().wrapping_add(offset))
 }
 
 /// # Safety
@@ -451,17 +519,34 @@ unsafe fn set_attributes(ctx: &mut Ctx) -> Result<(), NDIS_STATUS> {
     Ok(())
 }
 
-/// Free everything `ctx` holds; returns `st` for the caller's error path.
-fn teardown(mut ctx: Box<Ctx>, st: NDIS_STATUS) -> NDIS_STATUS {
-    if !ctx.timer.is_null() {
-        // SAFETY: our timer; cancelled, then any run of its function
-        // already under way is waited out, before it and the context go.
-        unsafe {
-            NdisCancelTimerObject(ctx.timer);
-            KeFlushQueuedDpcs();
-            NdisFreeTimerObject(ctx.timer);
-        }
+/// Stop the device and the interrupt of a registered adapter: the device
+/// is reset under the lock (so it raises nothing more and touches no
+/// buffer; a DPC after this finds no device), then the interrupt is
+/// deregistered, which waits out any ISR and DPC still running. In that
+/// order because the line may be shared: a device left asserting a
+/// level-triggered line with no handler claiming it would storm it.
+///
+/// # Safety
+///
+/// `cp` is our live context, at PASSIVE_LEVEL (halt).
+unsafe fn quiesce(cp: *mut Ctx) {
+    let interrupt = {
+        // SAFETY: the caller's contract.
+        let mut g = unsafe { Guard::lock(cp) };
+        let c = g.ctx();
+        c.nic = None;
+        core::mem::replace(&mut c.interrupt, null_mut())
+    };
+    if !interrupt.is_null() {
+        // SAFETY: registered in bring-up, deregistered once.
+        unsafe { NdisMDeregisterInterruptEx(interrupt) };
     }
+}
+
+/// Free everything `ctx` holds; returns `st` for the caller's error path.
+/// The interrupt is not registered (bring-up registers it last; halt
+/// deregisters it in [`quiesce`] first).
+fn teardown(mut ctx: Box<Ctx>, st: NDIS_STATUS) -> NDIS_STATUS {
     // The device first: dropping the frontend resets it, so it touches no
     // buffer again.
     ctx.nic = None;
@@ -489,7 +574,10 @@ fn teardown(mut ctx: Box<Ctx>, st: NDIS_STATUS) -> NDIS_STATUS {
 }
 
 unsafe extern "system" fn halt(ctx: NDIS_HANDLE, _action: u32) {
-    // SAFETY: the context registered in initialize, ours again from now.
+    // SAFETY: the context registered in initialize; halt is at
+    // PASSIVE_LEVEL with no send, OID or return outstanding.
+    unsafe { quiesce(ctx.cast()) };
+    // SAFETY: no ISR or DPC can run any more: ours again from now.
     let ctx = unsafe { Box::from_raw(ctx.cast::<Ctx>()) };
     teardown(ctx, NDIS_STATUS_SUCCESS);
     log::info!("pvnet: halted");
@@ -827,15 +915,56 @@ unsafe extern "system" fn return_nbls(ctx: NDIS_HANDLE, nbls: *mut NET_BUFFER_LI
     }
 }
 
-unsafe extern "system" fn poll_timer(
-    _s1: *mut c_void,
-    ctx: *mut c_void,
-    _s2: *mut c_void,
-    _s3: *mut c_void,
-) {
-    // SAFETY: the context given to the timer, live until halt cancels it.
-    unsafe { poll(ctx.cast()) };
+/// `MiniportInterrupt`, at DIRQL, maybe on a line other devices share.
+unsafe extern "system" fn isr_handler(
+    ctx: NDIS_HANDLE,
+    queue_dpc: *mut u8,
+    _target_processors: *mut u32,
+) -> u8 {
+    // Raw pointers only: other processors hold references to the context
+    // under its lock while this runs; `isr` and `pending` are not among
+    // what they change.
+    let cp = ctx.cast::<Ctx>();
+    // SAFETY: the context outlives the registration (halt deregisters
+    // before freeing it); `isr` was set before registering and points at
+    // the ISR status byte of a mapping that outlives the registration. A
+    // device register, read once: the read clears it.
+    let bits = unsafe { ptr::read_volatile((*cp).isr) };
+    let ours = pci::isr_is_ours(bits);
+    if ours {
+        // SAFETY: as above; an atomic, shared by design.
+        unsafe { (*ptr::addr_of!((*cp).pending)).fetch_or(bits, Ordering::AcqRel) };
+    }
+    // SAFETY: NDIS' out parameter.
+    unsafe { *queue_dpc = u8::from(ours) };
+    u8::from(ours)
 }
+
+/// `MiniportInterruptDPC`, at DISPATCH_LEVEL: complete what the device
+/// finished.
+unsafe extern "system" fn interrupt_dpc(
+    ctx: NDIS_HANDLE,
+    _dpc_ctx: *mut c_void,
+    _reserved1: *mut c_void,
+    _reserved2: *mut c_void,
+) {
+    let cp = ctx.cast::<Ctx>();
+    // SAFETY: as in the ISR. Queue and config bits need the same work
+    // (the link is read each time), so the bits are only consumed.
+    let _bits = unsafe { (*ptr::addr_of!((*cp).pending)).swap(0, Ordering::AcqRel) };
+    // SAFETY: the context, live until halt deregisters the interrupt.
+    unsafe { poll(cp) };
+}
+
+/// `MiniportDisableInterruptEx`. virtio PCI has no function-wide mask for
+/// a line interrupt (only the PCI command register's Interrupt Disable,
+/// which belongs to the bus driver); NDIS calls this only around its own
+/// diagnostics, and the ISR already refuses what is not ours. Nothing to
+/// do.
+unsafe extern "system" fn disable_interrupt(_ctx: NDIS_HANDLE) {}
+
+/// `MiniportEnableInterruptEx`: see [`disable_interrupt`].
+unsafe extern "system" fn enable_interrupt(_ctx: NDIS_HANDLE) {}
 
 /// Reclaim transmit slots, receive frames into our NBLs, indicate them.
 ///

@@ -8,7 +8,8 @@
 //! `NdisMRegisterMiniportDriver`; `MiniportInitializeEx` (config space
 //! with `NdisMGetBusData`, BARs from the allocated resources mapped with
 //! `NdisMMapIoSpace`, device bring-up, receive NBL pool, attributes, a
-//! 10 ms polling timer); Halt, Pause, Restart, SendNetBufferLists,
+//! line interrupt with `NdisMRegisterInterruptEx` whose DPC does receive
+//! and transmit completion); Halt, Pause, Restart, SendNetBufferLists,
 //! ReturnNetBufferLists, OidRequest, Reset, Shutdown, DevicePnPEvent,
 //! CancelSend, CancelOidRequest. See docs/WINDOWS.md for what is emulated
 //! and what has never run on Windows.
