@@ -111,7 +111,10 @@ fn serve_connection(
     mut daemon: VhostUserDaemon<BlkBackend>,
 ) {
     match daemon.wait() {
-        Ok(()) => info!("disk '{}': frontend {id} disconnected", server.name),
+        Ok(()) => info!(
+            "disk '{}': frontend disconnected (connection {id})",
+            server.name
+        ),
         Err(e) => warn!("disk '{}': connection {id} ended: {e}", server.name),
     }
     server.draining.fetch_add(1, Ordering::AcqRel);
@@ -199,9 +202,9 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
         }
         server.metrics.connections.inc();
         match threads.len() {
-            0 => info!("disk '{}': frontend {id} connected", server.name),
+            0 => info!("disk '{}': frontend connected (connection {id})", server.name),
             _ => info!(
-                "disk '{}': frontend {id} connected while another is served (a handover: it runs requests once the current owner has stopped)",
+                "disk '{}': frontend connected (connection {id}) while another is served (a handover: it runs requests once the current owner has stopped)",
                 server.name
             ),
         }
