@@ -80,7 +80,7 @@ struct DiskServer {
 
 /// Connections served at once per disk: the owner and one claimant (the
 /// destination of a live migration on this host, see [`super::handover`]).
-/// A third is closed at once (QEMU's `reconnect=` tries again).
+/// A third waits in the socket's backlog until one of them ends.
 pub const MAX_CONNECTIONS: usize = 2;
 
 impl DiskServer {
@@ -165,12 +165,11 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
-        if threads.len() >= MAX_CONNECTIONS {
-            warn!(
-                "disk '{}': {MAX_CONNECTIONS} frontends are connected; closing another one",
-                server.name
-            );
-            drop(listener.accept());
+        let connected = server.conns.lock().map_or(MAX_CONNECTIONS, |c| c.len());
+        if connected >= MAX_CONNECTIONS {
+            // Another one waits in the socket's backlog until one of the
+            // two goes (as every connection did before handovers).
+            std::thread::sleep(Duration::from_millis(20));
             continue;
         }
         let busy = beat.busy();
@@ -201,7 +200,7 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
             continue;
         }
         server.metrics.connections.inc();
-        match threads.len() {
+        match connected {
             0 => info!("disk '{}': frontend connected (connection {id})", server.name),
             _ => info!(
                 "disk '{}': frontend connected (connection {id}) while another is served (a handover: it runs requests once the current owner has stopped)",
