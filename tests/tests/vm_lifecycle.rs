@@ -4,7 +4,10 @@
 //! block verifies in the guest (first through the page cache the save left
 //! behind, then from the disk) and in the image on the host. A second run
 //! adds a switch NIC, and the guest pings a peer guest on the switch before
-//! the save and after the restore.
+//! the save and after the restore. A third runs the passes through our
+//! guest runtime `pvblkd` (the disk exported as `/dev/nbd0`), which keeps
+//! serving across the save and restore, then hands the device back to the
+//! kernel's driver, which reads the last pass intact.
 //!
 //! The save is the one operators make: `virsh save` (libvirt) pauses the
 //! domain (QMP `stop`), then migrates it to the file and quits it; the

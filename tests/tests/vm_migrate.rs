@@ -281,7 +281,7 @@ fn migrate_once(disk: BenchDisk, run: u32) -> (u64, u64) {
                 sock.display()
             )],
             &[],
-            &["--log-level", "warn"],
+            &["--log-level", "info"],
             &dir.path().join("backend.log"),
         )
         .expect("backend")
