@@ -224,10 +224,18 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
             .spawn(move || serve_connection(&s, id, backend, daemon));
         match spawned {
             Ok(h) => threads.push(h),
-            Err(e) => error!(
-                "disk '{}': cannot start a thread for connection {id}: {e}",
-                server.name
-            ),
+            Err(e) => {
+                // The closure, and with it the daemon, is dropped: the
+                // connection is closed; it must not count as served.
+                error!(
+                    "disk '{}': cannot start a thread for connection {id}: {e}",
+                    server.name
+                );
+                if let Ok(mut conns) = server.conns.lock() {
+                    conns.retain(|(c, _)| *c != id);
+                }
+                server.ownership.released(id);
+            }
         }
         drop(busy);
     }
