@@ -163,7 +163,8 @@ struct Incoming {
     initramfs: Vec<u8>,
     begin_marker: String,
     end_marker: String,
-    state: PathBuf,
+    /// QEMU's `-incoming` argument.
+    uri: String,
 }
 
 /// A running guest. Dropping it kills QEMU.
@@ -529,14 +530,30 @@ impl GuestBuilder {
     /// same devices, in the same order: build both from one builder).
     /// `saved`'s QEMU should have quit; the new guest's console and
     /// outcome are the rest of `saved`'s scenario.
-    pub fn restore(mut self, saved: &Guest, state: &Path) -> Result<Self, HarnessError> {
+    pub fn restore(self, saved: &Guest, state: &Path) -> Result<Self, HarnessError> {
+        // exec: runs through /bin/sh -c; the path is quoted for it.
+        let state = state.display().to_string().replace('\'', r"'\''");
+        self.incoming_from(saved, format!("exec:cat '{state}'"))
+    }
+
+    /// Instead of booting, be the destination of a live migration of
+    /// `source` (same machine, same devices in the same order): QEMU starts
+    /// with `-incoming URI` (e.g. `unix:/path/to/socket`, on which it
+    /// listens) and runs the guest once `source`'s QEMU has migrated it
+    /// there (QMP `migrate` with the same URI). The console and outcome are
+    /// the rest of `source`'s scenario.
+    pub fn migrate_from(self, source: &Guest, uri: &str) -> Result<Self, HarnessError> {
+        self.incoming_from(source, uri.to_owned())
+    }
+
+    fn incoming_from(mut self, saved: &Guest, uri: String) -> Result<Self, HarnessError> {
         let initramfs = fs::read(&saved.initrd)
             .map_err(|e| HarnessError::io(format!("read {}", saved.initrd.display()), e))?;
         self.incoming = Some(Incoming {
             initramfs,
             begin_marker: saved.begin_marker.clone(),
             end_marker: saved.end_marker.clone(),
-            state: state.to_owned(),
+            uri,
         });
         Ok(self)
     }
@@ -822,9 +839,7 @@ impl GuestBuilder {
             None
         };
         if let Some(i) = &self.incoming {
-            // exec: runs through /bin/sh -c; the path is quoted for it.
-            let state = i.state.display().to_string().replace('\'', r"'\''");
-            cmd.arg("-incoming").arg(format!("exec:cat '{state}'"));
+            cmd.arg("-incoming").arg(&i.uri);
         }
         cmd.args(&self.qemu_args)
             .stdin(Stdio::null())

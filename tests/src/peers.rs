@@ -273,9 +273,43 @@ impl PvBackend {
         problems
     }
 
+    /// Waits for `line` on `guest`'s console; panics with the console and
+    /// this daemon's log when it does not come within `timeout`.
+    pub fn expect_console(&self, guest: &mut crate::Guest, line: &str, timeout: Duration) {
+        if let Err(e) = guest.wait_for_console(line, timeout) {
+            panic!(
+                "{e}\n{}\n--- backend log ---\n{}",
+                guest.drain_console(),
+                self.log()
+            );
+        }
+    }
+
+    /// Panics with the guest's failure report and this daemon's log
+    /// unless the guest's scenario passed.
+    pub fn expect_guest_pass(&self, out: &crate::Outcome) {
+        if !out.passed() {
+            panic!(
+                "{}\n--- backend log ---\n{}",
+                out.failure_report(),
+                self.log()
+            );
+        }
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and panics unless the daemon exits 0 within a minute (its
+    /// disks flushed).
+    pub fn stop_cleanly(self) {
+        let status = self
+            .stop(Duration::from_secs(60))
+            .expect("signal")
+            .expect("backend exits after SIGTERM");
+        assert!(status.success(), "backend exit status {status}");
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit status.
@@ -292,6 +326,17 @@ impl PvBackend {
     /// SIGKILL, no cleanup (for crash tests).
     pub fn kill(mut self) {
         self.guard.kill();
+    }
+}
+
+/// Checks that every `block`-byte block of `image` holds `seed`'s stamp
+/// (`pv_blk::pattern`), panicking at the first that does not.
+pub fn verify_image(image: &Path, block: usize, seed: u64) {
+    let data = std::fs::read(image).expect("read image");
+    for (i, b) in data.chunks(block).enumerate() {
+        if let Err(e) = pv_blk::pattern::verify(b, seed, i as u64) {
+            panic!("{} block {i}: {e:?}", image.display());
+        }
     }
 }
 

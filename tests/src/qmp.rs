@@ -95,4 +95,32 @@ impl Qmp {
             )));
         }
     }
+
+    /// Polls `query-migrate` until the migration (outgoing, or incoming in
+    /// a QEMU started with `-incoming`) has completed, and returns its last
+    /// answer. A failed or cancelled migration, or one still running at
+    /// `timeout`, is an error naming `what`.
+    pub fn wait_for_migration(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Value, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info = self.execute("query-migrate", json!({}))?;
+            match info["status"].as_str() {
+                Some("completed") => return Ok(info),
+                Some("failed") | Some("cancelled") => {
+                    return Err(HarnessError::Setup(format!(
+                        "{what}: migration did not complete: {info}"
+                    )))
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Setup(format!("{what} still running: {info}")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

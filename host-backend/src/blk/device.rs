@@ -30,6 +30,7 @@ use vmm_sys_util::event::{
 
 use super::disk::{Disk, NoWait};
 use super::fault::Faults;
+use super::handover::{Claim, Ownership};
 use super::io::{lock, IoMode, IoPool, Window};
 use super::metrics::{BlkOp, DiskMetrics};
 use super::request::{self, Desc, Limits, Op, RequestError, S_IOERR, S_OK};
@@ -104,6 +105,13 @@ struct Shared {
     /// Per queue: this connection has handled its first event (and logged
     /// where the queue started).
     started: Vec<AtomicBool>,
+    /// This connection's number among the disk's connections.
+    conn_id: u64,
+    /// Who may run requests on the disk (see [`super::handover`]).
+    ownership: Arc<Ownership>,
+    /// Per queue: this connection holds the disk for the queue (claimed
+    /// since the queue was last started; cleared by `stop_vring`).
+    claimed: Vec<AtomicBool>,
 }
 
 /// A vhost-user-blk backend for one disk and one connection.
@@ -121,11 +129,15 @@ impl std::fmt::Debug for BlkBackend {
 }
 
 impl BlkBackend {
+    /// The backend of connection `conn_id` to `disk`; `ownership` is the
+    /// disk's, shared by all its connections (see [`super::handover`]).
     pub fn new(
         disk: Arc<Disk>,
         params: BlkParams,
         metrics: Arc<DiskMetrics>,
         pool: Arc<IoPool>,
+        conn_id: u64,
+        ownership: Arc<Ownership>,
     ) -> Self {
         let mut id = [0u8; request::ID_LEN];
         let n = params.serial.len().min(id.len());
@@ -155,6 +167,9 @@ impl BlkBackend {
                 conn: Mutex::new(None),
                 reset_requested: AtomicBool::new(false),
                 started: (0..params_queues).map(|_| AtomicBool::new(false)).collect(),
+                conn_id,
+                ownership,
+                claimed: (0..params_queues).map(|_| AtomicBool::new(false)).collect(),
             }),
         }
     }
@@ -299,10 +314,47 @@ impl BlkBackend {
         }
     }
 
+    /// Whether this connection may run `queue`'s requests: it holds the
+    /// disk, or claims it now (see [`super::handover`]; may wait while an
+    /// ended owner drains). Never called under a window lock.
+    fn claim(&self, queue: usize) -> bool {
+        let Some(claimed) = self.shared.claimed.get(queue) else {
+            return false;
+        };
+        if claimed.load(Ordering::Acquire) {
+            return true;
+        }
+        let what = format!("{}", self.shared.disk.path().display());
+        match self
+            .shared
+            .ownership
+            .claim(self.shared.conn_id, queue, &what)
+        {
+            Claim::Granted => {
+                claimed.store(true, Ordering::Release);
+                true
+            }
+            Claim::Refused { owner } => {
+                warn!(
+                    "{what}: queue {queue} of connection {} refused: connection {owner} owns the disk \
+                     (a frontend resumed after handing it over); its requests fail",
+                    self.shared.conn_id
+                );
+                false
+            }
+        }
+    }
+
     fn process_queue(&self, queue: usize, vring: &VringRwLock, mem: &Arc<Mem>) -> io::Result<()> {
         let Some(window) = self.shared.windows.get(queue) else {
             return Err(io::Error::other(format!("no window for queue {queue}")));
         };
+        let Some(claimed) = self.shared.claimed.get(queue) else {
+            return Err(io::Error::other(format!("no claim for queue {queue}")));
+        };
+        // Refused this pass: its requests fail (another connection owns
+        // the disk); claimed again on the next pass.
+        let mut refused = false;
         let mut published = false;
         loop {
             // The pop and the window slot are taken under the window lock:
@@ -310,10 +362,26 @@ impl BlkBackend {
             // window to empty (stop_vring) cannot miss a request popped
             // concurrently (the queue is marked not ready before it waits,
             // and pop refuses a queue that is not ready).
-            let (chain, seq) = {
+            let (chain, seq, owner) = {
                 let mut w = window.lock();
                 if w.closed() {
                     break;
+                }
+                // The handover check (see [`super::handover`]): the claim
+                // is read under the window lock that `stop_vring` clears
+                // it under. Not held: claim the disk (without the lock:
+                // the claim may wait), but only for a queue that is ready.
+                // A queue stopped by GET_VRING_BASE is not ready until
+                // QEMU starts it again; claiming for it would take back a
+                // disk this connection just handed over.
+                let owner = claimed.load(Ordering::Acquire);
+                if !owner && !refused {
+                    if !vring.get_ref().get_queue().ready() {
+                        break;
+                    }
+                    drop(w);
+                    refused = !self.claim(queue);
+                    continue;
                 }
                 let chain = vring
                     .get_mut()
@@ -346,7 +414,7 @@ impl BlkBackend {
                     self.shared.disk.path().display(),
                     vring.get_ref().get_queue().next_avail().wrapping_sub(1)
                 );
-                (chain, seq)
+                (chain, seq, owner)
             };
             // From here the request holds a window slot: a panic while it
             // is handled here must still finish the slot (after closing the
@@ -371,7 +439,9 @@ impl BlkBackend {
                         }
                     })
                     .collect();
-                if complete && !descs.is_empty() {
+                if !owner {
+                    Some(self.refuse_not_owner(&descs, mem))
+                } else if complete && !descs.is_empty() {
                     self.start(&descs, mem, queue, vring, seq, &mut counted)
                 } else {
                     Some(self.refuse_broken_chain(&descs, mem))
@@ -396,6 +466,22 @@ impl BlkBackend {
             self.signal(queue, vring);
         }
         Ok(())
+    }
+
+    /// A request of a connection that does not own the disk (see
+    /// [`super::handover`]): nothing of it reaches the disk; it completes
+    /// with an I/O error when it has a status byte.
+    fn refuse_not_owner(&self, descs: &[Desc], mem: &Mem) -> u32 {
+        let m = &self.shared.metrics;
+        m.error("not_owner");
+        let parsed = request::parse(descs, &self.shared.limits, |addr, buf| {
+            mem.read_slice(buf, GuestAddress(addr))
+                .map_err(|_| RequestError::GuestMemory)
+        });
+        match parsed.status {
+            Some(status_addr) => write_status(m, mem, status_addr, S_IOERR, 0),
+            None => 0,
+        }
     }
 
     /// Parses a request and runs it here or hands it to the pool. Returns
@@ -869,6 +955,17 @@ impl VhostUserBackend for BlkBackend {
         );
         let deadline = Instant::now() + self.shared.params.stop_timeout;
         if w.wait_idle_until(&what, Duration::from_secs(10), deadline) {
+            // Nothing of this queue is in the disk: the queue no longer
+            // holds it, and once every queue of this connection is stopped
+            // another connection may take the disk over (the handover
+            // point, see [`super::handover`]).
+            let _w = w.lock();
+            if let Some(c) = self.shared.claimed.get(queue_index as usize) {
+                c.store(false, Ordering::Release);
+            }
+            self.shared
+                .ownership
+                .stopped(self.shared.conn_id, queue_index as usize);
             return Ok(());
         }
         let running = w.lock().running();
@@ -906,6 +1003,18 @@ impl VhostUserBackend for BlkBackend {
             .write()
             .map_err(|_| io::Error::other("memory lock poisoned"))?;
         *slot = Some(mem);
+        drop(slot);
+        // QEMU's vhost start begins with SET_MEM_TABLE: the device starts
+        // here, and takes the disk if it may (see [`super::handover`]).
+        // Refused, the message still succeeds: each queue claims again
+        // before it runs a request, and fails the request if refused.
+        let what = format!("{}", self.shared.disk.path().display());
+        if let Claim::Refused { owner } = self.shared.ownership.start(self.shared.conn_id, &what) {
+            warn!(
+                "{what}: connection {} started while connection {owner} runs the disk; its requests fail until it may take the disk",
+                self.shared.conn_id
+            );
+        }
         Ok(())
     }
 

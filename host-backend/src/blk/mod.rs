@@ -1,5 +1,6 @@
 //! The vhost-user-blk device: one disk served to one QEMU at a time over a
-//! vhost-user socket, one worker thread per virtqueue, requests executed
+//! vhost-user socket (two while one hands the disk over to the other, see
+//! [`handover`]), one worker thread per virtqueue, requests executed
 //! concurrently on a bounded per-disk I/O pool and completed in ring order
 //! ([`io`] explains the design and its trade-off). A panic in a worker or
 //! an I/O thread resets the device (drops the connection; QEMU's
@@ -15,6 +16,7 @@ pub mod config;
 pub mod device;
 pub mod disk;
 pub mod fault;
+pub mod handover;
 pub mod io;
 pub mod metrics;
 pub mod request;

@@ -1,6 +1,10 @@
-//! Serving disks: one thread per disk accepts QEMU's connection on the
-//! disk's vhost-user socket, serves it until QEMU goes away, then waits for
-//! the next connection (QEMU's `reconnect=` option), until asked to stop.
+//! Serving disks: one thread per disk accepts QEMU's connections on the
+//! disk's vhost-user socket, each served by a thread of its own until QEMU
+//! goes away, until asked to stop. A second connection is accepted while
+//! one is served (a live migration's destination on this host, see
+//! [`super::handover`] for who may run requests then); a connection that
+//! ended drains its requests before the next one is accepted (QEMU's
+//! `reconnect=` option resubmits them).
 //!
 //! Stopping (SIGTERM/SIGINT): no new connections are accepted, connected
 //! devices are disconnected (their reorder windows closed first, so no
@@ -14,7 +18,7 @@
 //! waits for QEMU's next connection while the other disks carry on.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,6 +31,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::config::DiskConfig;
 use super::fault::Faults;
+use super::handover::Ownership;
 use super::metrics::{BlkFamilies, DiskMetrics};
 use super::{BlkBackend, BlkParams, Disk, DiskError, IoMode, IoPool};
 use crate::listener::{self, ListenError};
@@ -59,8 +64,13 @@ struct DiskServer {
     metrics: Arc<DiskMetrics>,
     /// The disk's I/O threads, shared by its successive connections.
     pool: Arc<IoPool>,
-    /// The backend of the connection being served, if any.
-    conn: Mutex<Option<BlkBackend>>,
+    /// The backends of the connections being served (at most
+    /// [`MAX_CONNECTIONS`]), by connection number.
+    conns: Mutex<Vec<(u64, BlkBackend)>>,
+    /// Which connection may run requests (see [`super::handover`]).
+    ownership: Arc<Ownership>,
+    /// Connections that ended and whose requests are still in the pool.
+    draining: AtomicUsize,
     /// The table it was started from (a reload compares against it).
     config: DiskConfig,
     /// A reload removed it: the thread ends as on stop (only while no
@@ -68,19 +78,67 @@ struct DiskServer {
     retire: AtomicBool,
 }
 
+/// Connections served at once per disk: the owner and one claimant (the
+/// destination of a live migration on this host, see [`super::handover`]).
+/// A third waits in the socket's backlog until one of them ends.
+pub const MAX_CONNECTIONS: usize = 2;
+
 impl DiskServer {
-    /// Ends the connection being served, if any (stop, or a reset after a
+    /// Ends the connections being served, if any (stop, or a reset after a
     /// panic of the disk's thread).
     fn disconnect(&self) {
-        if let Some(b) = self.conn.lock().ok().and_then(|s| s.clone()) {
+        let conns: Vec<BlkBackend> = self
+            .conns
+            .lock()
+            .map(|c| c.iter().map(|(_, b)| b.clone()).collect())
+            .unwrap_or_default();
+        for b in conns {
             b.disconnect();
         }
     }
+
+    fn connected(&self) -> bool {
+        self.conns.lock().map_or(true, |c| !c.is_empty())
+    }
+}
+
+/// Serves one connection until it ends, then drains it (see the module
+/// docs) and gives up its hold on the disk.
+fn serve_connection(
+    server: &DiskServer,
+    id: u64,
+    backend: BlkBackend,
+    mut daemon: VhostUserDaemon<BlkBackend>,
+) {
+    match daemon.wait() {
+        Ok(()) => info!(
+            "disk '{}': frontend disconnected (connection {id})",
+            server.name
+        ),
+        Err(e) => warn!("disk '{}': connection {id} ended: {e}", server.name),
+    }
+    server.draining.fetch_add(1, Ordering::AcqRel);
+    server.ownership.ended(id);
+    if let Ok(mut conns) = server.conns.lock() {
+        conns.retain(|(c, _)| *c != id);
+    }
+    // Nothing more is published into the rings of a connection that is
+    // gone (QEMU rewinds them to the used index on reconnect).
+    backend.disconnect();
+    // Dropping the daemon stops and joins its queue workers; each
+    // finishes the request in hand first.
+    drop(daemon);
+    // The pool finishes the requests it holds before another connection
+    // may run requests (rule 2 of `handover`): a stale write must not land
+    // after a newer one.
+    backend.wait_idle();
+    server.ownership.released(id);
+    server.draining.fetch_sub(1, Ordering::AcqRel);
 }
 
 fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicBool>, wedge: bool) {
     // Busy while it works between waits; idle while it waits for a
-    // connection or serves one (the queue workers mark themselves).
+    // connection (the queue workers mark themselves).
     let beat = crate::liveness::Liveness::global().register(format!("disk-{}", server.name));
     let started = Instant::now();
     info!(
@@ -89,23 +147,44 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
         server.disk.path().display(),
         server.socket.display()
     );
+    let mut next_id = 0u64;
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::Acquire) && !server.retire.load(Ordering::Acquire) {
         if wedge {
             let _busy = beat.busy();
             Faults::get().wedge_if_due(started);
         }
+        threads.retain(|h| !h.is_finished());
         if !listener::readable(&listener, Duration::from_millis(200)) {
             continue;
         }
+        if server.draining.load(Ordering::Acquire) > 0 {
+            // An ended connection's requests are still in the disk: the
+            // next connection is accepted once they are done (QEMU's
+            // reconnect resubmits them; they must not race the old ones).
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let connected = server.conns.lock().map_or(MAX_CONNECTIONS, |c| c.len());
+        if connected >= MAX_CONNECTIONS {
+            // Another one waits in the socket's backlog until one of the
+            // two goes (as every connection did before handovers).
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         let busy = beat.busy();
+        next_id += 1;
+        let id = next_id;
         let backend = BlkBackend::new(
             server.disk.clone(),
             server.params.clone(),
             server.metrics.clone(),
             server.pool.clone(),
+            id,
+            server.ownership.clone(),
         );
         let mut daemon = match VhostUserDaemon::new(
-            format!("vub-{}", server.name),
+            format!("vub-{}-{id}", server.name),
             backend.clone(),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         ) {
@@ -121,36 +200,49 @@ fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicB
             continue;
         }
         server.metrics.connections.inc();
-        info!("disk '{}': frontend connected", server.name);
+        match connected {
+            0 => info!("disk '{}': frontend connected (connection {id})", server.name),
+            _ => info!(
+                "disk '{}': frontend connected (connection {id}) while another is served (a handover: it runs requests once the current owner has stopped)",
+                server.name
+            ),
+        }
         if let Some(h) = daemon.shutdown_handle() {
             backend.attach(h);
         }
-        if let Ok(mut slot) = server.conn.lock() {
-            *slot = Some(backend.clone());
+        if let Ok(mut conns) = server.conns.lock() {
+            conns.push((id, backend.clone()));
         }
         // A stop requested between the check above and the backend being
         // published must still end this connection.
         if stop.load(Ordering::Acquire) {
             backend.disconnect();
         }
+        let s = server.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("disk-{}-c{id}", server.name))
+            .spawn(move || serve_connection(&s, id, backend, daemon));
+        match spawned {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                // The closure, and with it the daemon, is dropped: the
+                // connection is closed; it must not count as served.
+                error!(
+                    "disk '{}': cannot start a thread for connection {id}: {e}",
+                    server.name
+                );
+                if let Ok(mut conns) = server.conns.lock() {
+                    conns.retain(|(c, _)| *c != id);
+                }
+                server.ownership.released(id);
+            }
+        }
         drop(busy);
-        match daemon.wait() {
-            Ok(()) => info!("disk '{}': frontend disconnected", server.name),
-            Err(e) => warn!("disk '{}': connection ended: {e}", server.name),
-        }
-        if let Ok(mut slot) = server.conn.lock() {
-            *slot = None;
-        }
-        // Nothing more is published into the rings of a connection that is
-        // gone (QEMU rewinds them to the used index on reconnect).
-        backend.disconnect();
-        // Dropping the daemon stops and joins its queue workers; each
-        // finishes the request in hand first.
-        drop(daemon);
-        // The pool finishes the requests it holds before the next
-        // connection may resubmit them: a stale write must not land after
-        // a newer one.
-        backend.wait_idle();
+    }
+    // Stopping: `BlkService::stop` disconnected every connection; each
+    // thread drains its requests.
+    for h in threads {
+        let _ = h.join();
     }
 }
 
@@ -237,7 +329,7 @@ impl BlkService {
                     problems.push(msg);
                     kept.push((server, handle));
                 }
-                None if server.conn.lock().map_or(true, |c| c.is_some()) => {
+                None if server.connected() => {
                     let msg = format!(
                         "disk '{}' not removed: a frontend is connected to {}; shut its guest down (or detach the disk) and reload again",
                         server.name,
@@ -353,7 +445,9 @@ fn open_disk(
         },
         metrics,
         pool: Arc::new(pool),
-        conn: Mutex::new(None),
+        conns: Mutex::new(Vec::new()),
+        ownership: Arc::new(Ownership::default()),
+        draining: AtomicUsize::new(0),
         config: d.clone(),
         retire: AtomicBool::new(false),
     };
