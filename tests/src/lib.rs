@@ -40,6 +40,7 @@ pub mod inf_lint;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod package;
 pub mod pe_lint;
 pub mod peers;
 pub mod process;

@@ -10,7 +10,8 @@
 //! (files in `tests/src/rootfs/`) unpacks the scenario from the second
 //! virtio disk, a tar stream holding `run.sh` and its files, runs it with
 //! `sh -e`, prints its exit status between per-run nonce markers and
-//! powers off. No network device: a package test needs none.
+//! powers off. No network device unless the test adds one ([`Boot`]).
+//! [`Boot::overlay`] keeps what a boot wrote for the next one (a reboot).
 //!
 //! Bump [`ROOTFS_VERSION`] when the package list or the files in
 //! `tests/src/rootfs/` change: the cache is keyed by it.
@@ -108,6 +109,25 @@ pub fn debian12() -> Result<Rootfs, HarnessError> {
     Ok(fs)
 }
 
+/// How to boot the system beyond the defaults of [`Rootfs::run`].
+#[derive(Debug, Default, Clone)]
+pub struct Boot {
+    /// Boot from this qcow2 overlay of the cached image (made by
+    /// [`Rootfs::overlay`]) instead of a throw-away snapshot: what one boot
+    /// writes, the next boot of the same overlay sees (a reboot).
+    pub overlay: Option<PathBuf>,
+    /// Guest RAM from a shared memfd, as vhost-user devices need.
+    pub shared_memory: bool,
+    /// More QEMU arguments (devices). Give each PCI device an explicit
+    /// `addr=` above 0x3: QEMU creates `-device`s before `-drive
+    /// if=virtio` disks, so a device without one takes slot 2 and the root
+    /// disk stops being /dev/vda.
+    pub qemu_args: Vec<String>,
+}
+
+/// Guest RAM of the system, MiB.
+const MEM_MIB: u32 = 1024;
+
 /// What a boot with a scenario gave.
 #[derive(Debug)]
 pub struct SystemOutcome {
@@ -126,6 +146,29 @@ impl Rootfs {
     /// the power-off. The console is kept at `console_log`.
     pub fn run(
         &self,
+        files: &[(&str, &[u8])],
+        timeout: Duration,
+        console_log: &Path,
+    ) -> Result<SystemOutcome, HarnessError> {
+        self.run_with(&Boot::default(), files, timeout, console_log)
+    }
+
+    /// Makes a qcow2 overlay of the cached image at `path`, for
+    /// [`Boot::overlay`]: several boots of one system.
+    pub fn overlay(&self, path: &Path) -> Result<(), HarnessError> {
+        run(
+            "qemu-img create (overlay)",
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&self.image)
+                .arg(path),
+        )
+    }
+
+    /// [`Rootfs::run`] booted as `boot` says.
+    pub fn run_with(
+        &self,
+        boot: &Boot,
         files: &[(&str, &[u8])],
         timeout: Duration,
         console_log: &Path,
@@ -155,7 +198,8 @@ impl Rootfs {
         )?;
         let _ = std::fs::remove_file(console_log);
         let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        let mem = format!("{MEM_MIB}M");
+        qemu.args(["-accel", "tcg", "-cpu", "max", "-m", &mem, "-smp", "2"])
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
             .arg("-kernel")
             .arg(&self.kernel)
@@ -169,10 +213,13 @@ impl Rootfs {
                  systemd.mask=serial-getty@ttyS0.service",
             ])
             .arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=virtio,snapshot=on",
-                self.image.display()
-            ))
+            .arg(match &boot.overlay {
+                Some(o) => format!("file={},format=qcow2,if=virtio", o.display()),
+                None => format!(
+                    "file={},format=raw,if=virtio,snapshot=on",
+                    self.image.display()
+                ),
+            })
             .arg("-drive")
             .arg(format!(
                 "file={},format=raw,if=virtio,readonly=on",
@@ -180,7 +227,16 @@ impl Rootfs {
             ))
             .arg("-chardev")
             .arg(format!("file,id=con,path={}", console_log.display()))
-            .args(["-serial", "chardev:con"])
+            .args(["-serial", "chardev:con"]);
+        if boot.shared_memory {
+            qemu.args([
+                "-object",
+                &format!("memory-backend-memfd,id=pvmem,size={mem},share=on"),
+                "-numa",
+                "node,memdev=pvmem",
+            ]);
+        }
+        qemu.args(&boot.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -25,60 +25,14 @@ fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// Builds the .deb once per test process (`cargo deb`, installed by
-/// `./dev.sh setup`), into a directory of this process's own (nextest
-/// runs each test in its own process: two may build at once).
+/// Builds the .deb once per test process ([`pvtest::package::cargo_deb`]).
 fn deb() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
-    DEB.get_or_init(|| {
-        let out_dir = workspace()
-            .join("target/debian")
-            .join(std::process::id().to_string());
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(workspace())
-            .args(["deb", "--locked", "-p", "host-backend", "-o"])
-            .arg(&out_dir)
-            .output()
-            .expect("run cargo deb (./dev.sh setup installs cargo-deb)");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "cargo deb failed:\n{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = stdout
-            .lines()
-            .rev()
-            .find(|l| l.trim_end().ends_with(".deb"))
-            .map(|l| PathBuf::from(l.trim()))
-            .expect("cargo deb printed the package path");
-        let path = if path.is_absolute() {
-            path
-        } else {
-            workspace().join(path)
-        };
-        // Out of the per-process directory, which is then removed.
-        let kept = workspace().join("target/debian").join(format!(
-            "{}-{}",
-            std::process::id(),
-            path.file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-        ));
-        std::fs::rename(&path, &kept).expect("move the .deb");
-        let _ = std::fs::remove_dir_all(&out_dir);
-        kept
-    })
+    DEB.get_or_init(|| pvtest::package::cargo_deb("host-backend", false).expect("cargo deb"))
 }
 
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
-    let out = Command::new("dpkg-deb")
-        .args(args)
-        .arg(deb)
-        .output()
-        .expect("dpkg-deb");
-    assert!(out.status.success(), "dpkg-deb {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    pvtest::package::query("dpkg-deb", args, deb).expect("dpkg-deb")
 }
 
 #[test]
@@ -105,14 +59,7 @@ fn the_deb_holds_the_daemon_unit_conffile_and_scripts() {
     let info = dpkg_deb(&["-I"], deb);
     assert!(info.contains("Package: pvdrivers-host"), "{info}");
     assert!(info.contains("Depends: libc6"), "{info}");
-    let ctl = tempfile::tempdir().expect("tempdir");
-    let out = Command::new("dpkg-deb")
-        .arg("-e")
-        .arg(deb)
-        .arg(ctl.path())
-        .status()
-        .expect("dpkg-deb -e");
-    assert!(out.success());
+    let ctl = pvtest::package::deb_control(deb).expect("dpkg-deb -e");
     let read = |n: &str| std::fs::read_to_string(ctl.path().join(n)).unwrap_or_default();
     assert_eq!(read("conffiles").trim(), "/etc/pvdrivers/pvbackend.toml");
     let postinst = read("postinst");

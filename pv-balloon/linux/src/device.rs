@@ -22,8 +22,7 @@ use crate::pages::{self, Backing, PinMethod, PinnedPage};
 use crate::procfs::{self, MemInfo, VmStat};
 use crate::Error;
 
-/// PCI device ids of virtio-balloon: transitional and modern.
-pub const VIRTIO_BALLOON_IDS: [u16; 2] = [0x1002, 0x1045];
+pub use pv_linux::pci::VIRTIO_BALLOON_IDS;
 const MIB: u64 = 1 << 20;
 const COMPACT_UNEVICTABLE: &str = "/proc/sys/vm/compact_unevictable_allowed";
 const PSI_MEMORY: &str = "/proc/pressure/memory";
