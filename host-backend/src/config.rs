@@ -290,7 +290,7 @@ mod tests {
         );
         assert!(!c.daemon.landlock);
         let e = with("seccomp = \"kill\"\n").expect_err("bad mode");
-        assert!(e.to_string().contains("line 2"), "{e}");
+        assert!(e.to_string().contains("line 3"), "{e}");
         let c = with("user = \"root\"\nlandlock = true\nseccomp = \"log\"\n").expect("parses");
         c.validate().expect("root exists");
         let c = with("user = \"no-such-user-pvtest\"\n").expect("parses");

@@ -183,30 +183,9 @@ const CONNECTION: &[Rule] = &[
     Ioctl(SOCKET_IOCTLS),
 ];
 
-/// A queue worker (the framework's `vring_worker`): wait for kicks, read
-/// and write the disk, switch frames, signal the guest.
-const QUEUE_WORKER: &[Rule] = &[
-    Any(libc::SYS_epoll_pwait), // wait for kicks
-    Any(libc::SYS_preadv2),     // disk reads (glibc's preadv)
-    Any(libc::SYS_pwritev2),    // disk writes (glibc's pwritev)
-    Any(libc::SYS_epoll_ctl),   // the framework's event loop
-    Any(libc::SYS_preadv),      // disk reads
-    Any(libc::SYS_pwritev),     // disk writes
-    Any(libc::SYS_pread64),     // disk reads
-    Any(libc::SYS_pwrite64),    // disk writes
-    Any(libc::SYS_fsync),       // flush
-    Any(libc::SYS_fdatasync),   // flush
-    Any(libc::SYS_fallocate),   // discard, write-zeroes on files
-    Any(libc::SYS_readv),       // frames from a TAP
-    Any(libc::SYS_sendto),      // frames to sockets
-    Any(libc::SYS_sendmsg),     // frames to sockets
-    Any(libc::SYS_shutdown),    // a reset after a panic drops the connection
-    Ioctl(DISK_IOCTLS),
-    Ioctl(TAP_IOCTLS),
-];
-
-/// A disk's I/O pool thread: the same disk operations, nothing else.
-const IO: &[Rule] = &[
+/// Disk I/O: what a queue worker (`io=sync`, `hybrid`) and an I/O pool
+/// thread do to a disk, and the reset after a panic in either.
+const DISK_IO: &[Rule] = &[
     Any(libc::SYS_preadv2),   // disk reads (glibc's preadv)
     Any(libc::SYS_pwritev2),  // disk writes (glibc's pwritev)
     Any(libc::SYS_preadv),    // disk reads
@@ -220,63 +199,68 @@ const IO: &[Rule] = &[
     Ioctl(DISK_IOCTLS),
 ];
 
+/// A queue worker (the framework's `vring_worker`), besides
+/// [`DISK_IO`]: wait for kicks, switch frames, signal the guest.
+const QUEUE_WORKER: &[Rule] = &[
+    Any(libc::SYS_epoll_pwait), // wait for kicks
+    Any(libc::SYS_epoll_ctl),   // the framework's event loop
+    Any(libc::SYS_readv),       // frames from a TAP
+    Any(libc::SYS_sendto),      // frames to sockets
+    Any(libc::SYS_sendmsg),     // frames to sockets
+    Ioctl(TAP_IOCTLS),
+];
+
 /// The switch's uplink thread: frames to and from the TAP.
 const SWITCH: &[Rule] = &[
     Any(libc::SYS_readv), // frames from the TAP
     Ioctl(TAP_IOCTLS),    // offloads, header size
 ];
 
-/// The balloon manager: QMP over unix sockets (connect, timeouts,
-/// the peer's pid), /proc/meminfo and the watched socket directory.
-const BALLOON: &[Rule] = &[
-    Any(libc::SYS_socket),     // QMP connections
-    Any(libc::SYS_connect),    // QMP connections
-    Any(libc::SYS_setsockopt), // QMP timeouts
-    Any(libc::SYS_getsockopt), // SO_PEERCRED: the guest's QEMU pid
-    Any(libc::SYS_recvfrom),   // QMP replies
-    Any(libc::SYS_sendto),     // QMP commands
-    Any(libc::SYS_shutdown),   // closing QMP connections
-    Any(libc::SYS_openat),     // /proc/meminfo, host_available_file, watched dir
-    Any(libc::SYS_getdents64), // the watched directory
+/// A client of unix or TCP sockets (QMP): connect, timeouts, the peer's
+/// pid, requests and replies, close.
+const SOCKET_CLIENT: &[Rule] = &[
+    Any(libc::SYS_socket),     // connections
+    Any(libc::SYS_connect),    // connections
+    Any(libc::SYS_setsockopt), // timeouts
+    Any(libc::SYS_getsockopt), // SO_PEERCRED: the guest's QEMU pid; errors
+    Any(libc::SYS_recvfrom),   // replies
+    Any(libc::SYS_sendto),     // requests
+    Any(libc::SYS_shutdown),   // closing
     Ioctl(SOCKET_IOCTLS),
 ];
 
-/// The metrics endpoint: accept scrapers, answer them.
+/// A server of stream sockets, besides [`SOCKET_CLIENT`]: accept.
+const SOCKET_SERVER: &[Rule] = &[
+    Any(libc::SYS_accept4), // clients connect
+    Any(libc::SYS_accept),  // clients connect
+];
+
+/// The balloon manager, besides [`SOCKET_CLIENT`] (QMP): /proc/meminfo
+/// and the watched socket directory.
+const BALLOON: &[Rule] = &[
+    Any(libc::SYS_openat),     // /proc/meminfo, host_available_file, watched dir
+    Any(libc::SYS_getdents64), // the watched directory
+];
+
+/// The metrics endpoint, besides [`SOCKET_SERVER`] and
+/// [`SOCKET_CLIENT`]: the HTTP library's address look-ups and reads.
 const METRICS: &[Rule] = &[
-    Any(libc::SYS_accept4),     // scrapers connect
-    Any(libc::SYS_accept),      // scrapers connect
-    Any(libc::SYS_recvfrom),    // requests
-    Any(libc::SYS_sendto),      // responses
-    Any(libc::SYS_shutdown),    // end a response
-    Any(libc::SYS_setsockopt),  // timeouts
-    Any(libc::SYS_getsockopt),  // socket errors
     Any(libc::SYS_getsockname), // addresses
     Any(libc::SYS_getpeername), // addresses
     Any(libc::SYS_readv),       // requests
-    Ioctl(SOCKET_IOCTLS),
 ];
 
 /// The guests' control socket and QMP multiplexer (the lifecycle
-/// commands): accept commands, talk QMP, signal and reap QEMUs, write
-/// state and logs.
+/// commands), besides [`SOCKET_SERVER`] and [`SOCKET_CLIENT`]: signal and
+/// reap QEMUs, write state and logs.
 const GUESTS: &[Rule] = &[
-    Any(libc::SYS_accept4),    // control clients
-    Any(libc::SYS_accept),     // control clients
-    Any(libc::SYS_socket),     // QMP connections
-    Any(libc::SYS_connect),    // QMP connections
-    Any(libc::SYS_setsockopt), // timeouts
-    Any(libc::SYS_getsockopt), // SO_PEERCRED
-    Any(libc::SYS_recvfrom),   // QMP, control
-    Any(libc::SYS_sendto),     // QMP, control
-    Any(libc::SYS_shutdown),   // closing connections
-    Any(libc::SYS_openat),     // state files, logs
-    Any(libc::SYS_unlinkat),   // state files
-    Any(libc::SYS_renameat),   // state files
-    Any(libc::SYS_mkdirat),    // state directory
-    Any(libc::SYS_kill),       // signal a QEMU
-    Any(libc::SYS_wait4),      // reap a restore command
-    Any(libc::SYS_waitid),     // reap a restore command
-    Ioctl(SOCKET_IOCTLS),
+    Any(libc::SYS_openat),   // state files, logs
+    Any(libc::SYS_unlinkat), // state files
+    Any(libc::SYS_renameat), // state files
+    Any(libc::SYS_mkdirat),  // state directory
+    Any(libc::SYS_kill),     // signal a QEMU
+    Any(libc::SYS_wait4),    // reap a restore command
+    Any(libc::SYS_waitid),   // reap a restore command
 ];
 
 /// The liveness watchdog: sd_notify pings.
@@ -316,18 +300,18 @@ const LEGACY_FILES: &[Rule] = &[
 const LEGACY_FILES: &[Rule] = &[];
 
 impl Class {
-    /// The table of this class's own threads.
-    fn own(self) -> &'static [Rule] {
+    /// The tables of this class's own threads.
+    fn own(self) -> &'static [&'static [Rule]] {
         match self {
-            Class::Main => MAIN,
-            Class::Connection => CONNECTION,
-            Class::QueueWorker => QUEUE_WORKER,
-            Class::Io => IO,
-            Class::Switch => SWITCH,
-            Class::Balloon => BALLOON,
-            Class::Metrics => METRICS,
-            Class::Guests => GUESTS,
-            Class::Liveness => LIVENESS,
+            Class::Main => &[MAIN],
+            Class::Connection => &[CONNECTION],
+            Class::QueueWorker => &[QUEUE_WORKER, DISK_IO],
+            Class::Io => &[DISK_IO],
+            Class::Switch => &[SWITCH],
+            Class::Balloon => &[BALLOON, SOCKET_CLIENT],
+            Class::Metrics => &[METRICS, SOCKET_SERVER, SOCKET_CLIENT],
+            Class::Guests => &[GUESTS, SOCKET_SERVER, SOCKET_CLIENT],
+            Class::Liveness => &[LIVENESS],
         }
     }
 
@@ -357,7 +341,9 @@ impl Class {
     /// tables of the classes it starts.
     pub(crate) fn rules(self) -> Vec<Rule> {
         let mut out: Vec<Rule> = BASE.iter().chain(LEGACY).copied().collect();
-        out.extend_from_slice(self.own());
+        for table in self.own() {
+            out.extend_from_slice(table);
+        }
         if matches!(self, Class::Main | Class::Connection | Class::Guests) {
             out.extend_from_slice(LEGACY_FILES);
         }
