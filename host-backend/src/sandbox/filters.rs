@@ -225,6 +225,8 @@ const SOCKET_CLIENT: &[Rule] = &[
     Any(libc::SYS_getsockopt), // SO_PEERCRED: the guest's QEMU pid; errors
     Any(libc::SYS_recvfrom),   // replies
     Any(libc::SYS_sendto),     // requests
+    Any(libc::SYS_sendmsg),    // QMP getfd: a state file's fd to QEMU
+    Any(libc::SYS_recvmsg),    // replies
     Any(libc::SYS_shutdown),   // closing
     Ioctl(SOCKET_IOCTLS),
 ];
@@ -254,13 +256,15 @@ const METRICS: &[Rule] = &[
 /// commands), besides [`SOCKET_SERVER`] and [`SOCKET_CLIENT`]: signal and
 /// reap QEMUs, write state and logs.
 const GUESTS: &[Rule] = &[
-    Any(libc::SYS_openat),   // state files, logs
-    Any(libc::SYS_unlinkat), // state files
-    Any(libc::SYS_renameat), // state files
-    Any(libc::SYS_mkdirat),  // state directory
-    Any(libc::SYS_kill),     // signal a QEMU
-    Any(libc::SYS_wait4),    // reap a restore command
-    Any(libc::SYS_waitid),   // reap a restore command
+    Any(libc::SYS_openat),    // state files, logs
+    Any(libc::SYS_unlinkat),  // state files
+    Any(libc::SYS_renameat),  // state files
+    Any(libc::SYS_mkdirat),   // state directory
+    Any(libc::SYS_fsync),     // a saved state and its directory
+    Any(libc::SYS_fdatasync), // a saved state
+    Any(libc::SYS_kill),      // signal a QEMU
+    Any(libc::SYS_wait4),     // reap a restore command
+    Any(libc::SYS_waitid),    // reap a restore command
 ];
 
 /// The liveness watchdog: sd_notify pings.

@@ -91,17 +91,27 @@ impl Line {
     }
 }
 
-/// The line the handler writes, for the thread `who`.
-fn message(syscall: i32, arch: u32, who: Who) -> Line {
+/// The line the handler writes, for the thread `who` (`tid`). A thread
+/// that did not enter a sandbox itself runs its parent's filter: it is
+/// named by its tid only.
+fn message(syscall: i32, arch: u32, who: Who, tid: i64) -> Line {
     let mut l = Line {
         buf: [0; 256],
         len: 0,
     };
-    l.push(b"pvbackend: seccomp: thread '");
-    l.push(&who.name[..who.len]);
-    l.push(b"' (class ");
-    l.push(who.class.as_bytes());
-    l.push(b") made forbidden syscall ");
+    if who.len == 0 {
+        l.push(b"pvbackend: seccomp: thread tid ");
+        l.num(tid.unsigned_abs());
+        l.push(b" (no class of its own: its parent's filter) made forbidden syscall ");
+    } else {
+        l.push(b"pvbackend: seccomp: thread '");
+        l.push(&who.name[..who.len]);
+        l.push(b"' (tid ");
+        l.num(tid.unsigned_abs());
+        l.push(b", class ");
+        l.push(who.class.as_bytes());
+        l.push(b") made forbidden syscall ");
+    }
     l.num(u64::from(syscall.unsigned_abs()));
     l.push(b" (arch 0x");
     for shift in (0..8).rev() {
@@ -130,7 +140,9 @@ extern "C" fn handler(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
     let arch = unsafe { base.wrapping_add(4).cast::<u32>().read_unaligned() };
     if code == SYS_SECCOMP {
         let who = WHO.with(Cell::get);
-        let l = message(syscall, arch, who);
+        // SAFETY: gettid takes no arguments (allowed by every table).
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        let l = message(syscall, arch, who, tid);
         // SAFETY: writes our own initialised stack buffer to stderr.
         unsafe { libc::write(2, l.buf.as_ptr().cast(), l.len) };
     }
@@ -160,11 +172,26 @@ mod tests {
         };
         who.name[..12].copy_from_slice(b"vring_worker");
         who.len = 12;
-        let l = message(41, 0xc000_003e, who);
+        let l = message(41, 0xc000_003e, who, 4242);
         let s = std::str::from_utf8(&l.buf[..l.len]).expect("utf8");
         assert_eq!(
             s,
-            "pvbackend: seccomp: thread 'vring_worker' (class queue-worker) made forbidden syscall 41 (arch 0xc000003e); exiting with status 159 for the supervisor to restart the daemon\n"
+            "pvbackend: seccomp: thread 'vring_worker' (tid 4242, class queue-worker) made forbidden syscall 41 (arch 0xc000003e); exiting with status 159 for the supervisor to restart the daemon\n"
+        );
+        let l = message(
+            46,
+            0xc000_003e,
+            Who {
+                name: [0; 16],
+                len: 0,
+                class: "?",
+            },
+            7,
+        );
+        let s = std::str::from_utf8(&l.buf[..l.len]).expect("utf8");
+        assert!(
+            s.starts_with("pvbackend: seccomp: thread tid 7 (no class of its own: its parent's filter) made forbidden syscall 46 "),
+            "{s}"
         );
     }
 
