@@ -6,6 +6,10 @@
 //! shutdown_timeout_secs = 10    # SIGTERM: longest wait for in-flight requests
 //! metrics_listen = "127.0.0.1:9977"  # Prometheus endpoint (GET /metrics); omit to disable
 //! stall_timeout_secs = 30       # systemd watchdog: a device thread busy this long is wedged, pings stop
+//! seccomp = "trap"              # trap | log | off: a syscall outside a thread's allow-list ends the daemon / is logged
+//! # user = "pvbackend"          # drop to this user (and its group) once images are open and sockets bound
+//! # group = "kvm"               # the group to drop to (default: the user's primary group)
+//! landlock = false              # restrict file access to images, socket dirs, config (needs a Landlock kernel)
 //!
 //! [[disk]]
 //! name = "vm1-root"             # used in logs (default: the socket's file name)
@@ -89,6 +93,22 @@ pub struct DaemonConfig {
     /// pings stop ([`crate::daemon`]).
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout_secs: u64,
+    /// Syscalls outside a thread's allow-list: `trap` (the daemon exits
+    /// and is restarted), `log` (the kernel logs them) or `off`
+    /// ([`crate::sandbox`]).
+    #[serde(default)]
+    pub seccomp: crate::sandbox::Mode,
+    /// Drop to this user once every image is open and every socket bound
+    /// ([`crate::sandbox::privilege`]).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The group to drop to (default: the user's primary group).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Restrict each thread's file access with Landlock to the images,
+    /// socket directories and what the daemon reads at run time.
+    #[serde(default)]
+    pub landlock: bool,
 }
 
 impl Default for DaemonConfig {
@@ -98,6 +118,10 @@ impl Default for DaemonConfig {
             shutdown_timeout_secs: default_shutdown_timeout(),
             metrics_listen: None,
             stall_timeout_secs: default_stall_timeout(),
+            seccomp: crate::sandbox::Mode::default(),
+            user: None,
+            group: None,
+            landlock: false,
         }
     }
 }
@@ -131,6 +155,10 @@ pub struct Config {
     /// (see [`crate::guests::config`]).
     #[serde(default)]
     pub guests: crate::guests::GuestsConfig,
+    /// The file it was read from (a reload reads it again; Landlock keeps
+    /// it readable).
+    #[serde(skip)]
+    pub config_path: Option<PathBuf>,
 }
 
 /// A socket-served device's name for logs and metrics: its `name`, else
@@ -168,7 +196,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut c = Self::parse(&text, path)?;
+        c.config_path = Some(path.to_owned());
+        Ok(c)
     }
 
     /// Checks every device and the set as a whole.
@@ -178,6 +208,14 @@ impl Config {
         if self.daemon.stall_timeout_secs == 0 {
             return Err(ConfigError::Daemon(
                 "stall_timeout_secs 0 is not at least 1".into(),
+            ));
+        }
+        if let Some(user) = &self.daemon.user {
+            crate::sandbox::privilege::resolve(user, self.daemon.group.as_deref())
+                .map_err(|e| ConfigError::Daemon(e.to_string()))?;
+        } else if self.daemon.group.is_some() {
+            return Err(ConfigError::Daemon(
+                "group is set without user: the daemon drops to a group only with a user".into(),
             ));
         }
         // A daemon with only its metrics endpoint is a packaged daemon
@@ -234,6 +272,32 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("line 7"), "{msg}");
         assert!(msg.contains("queue_sise"), "{msg}");
+    }
+
+    #[test]
+    fn sandbox_keys_are_checked() {
+        let with = |daemon: &str| {
+            Config::parse(
+                &format!("[daemon]\nmetrics_listen = \"127.0.0.1:0\"\n{daemon}"),
+                Path::new("s.toml"),
+            )
+        };
+        let c = with("").expect("parses");
+        assert_eq!(
+            c.daemon.seccomp,
+            crate::sandbox::Mode::Trap,
+            "trap by default"
+        );
+        assert!(!c.daemon.landlock);
+        let e = with("seccomp = \"kill\"\n").expect_err("bad mode");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let c = with("user = \"root\"\nlandlock = true\nseccomp = \"log\"\n").expect("parses");
+        c.validate().expect("root exists");
+        let c = with("user = \"no-such-user-pvtest\"\n").expect("parses");
+        let e = c.validate().expect_err("unknown user").to_string();
+        assert!(e.contains("no-such-user-pvtest"), "{e}");
+        let c = with("group = \"root\"\n").expect("parses");
+        assert!(c.validate().is_err(), "group without user");
     }
 
     #[test]

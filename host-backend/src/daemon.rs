@@ -43,6 +43,8 @@ pub enum DaemonError {
     Control(#[from] crate::guests::control::ControlError),
     #[error("cannot start thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 /// Runs the daemon until `stop` becomes true, then stops within the
@@ -67,6 +69,7 @@ pub fn run_with_reload(
     load: &dyn Fn() -> Result<Config, String>,
 ) -> Result<(), DaemonError> {
     config.validate()?;
+    let ids = crate::sandbox::setup(config)?;
     let mut registry = Registry::default();
     let mut blk = BlkService::start(&config.disks, &mut registry, stop.clone())?;
     let balloon_metrics = Arc::new(crate::balloon::metrics::BalloonMetrics::register(
@@ -124,6 +127,7 @@ pub fn run_with_reload(
         net.as_ref().map_or(0, crate::net::NetService::port_count),
         if balloon.is_some() { "on" } else { "off" }
     );
+    crate::sandbox::lock_down(ids)?;
     info!("ready: {summary}");
     notify(&[
         NotifyState::Ready,
@@ -140,6 +144,7 @@ pub fn run_with_reload(
             let st = stop.clone();
             Some(
                 crate::worker::spawn("watchdog".into(), move || {
+                    crate::sandbox::enter(crate::sandbox::Class::Liveness);
                     run_watchdog(Liveness::global(), period, stall, &st);
                 })
                 .map_err(DaemonError::Thread)?,

@@ -32,5 +32,6 @@ pub mod listener;
 pub mod liveness;
 pub mod metrics_server;
 pub mod net;
+pub mod sandbox;
 pub mod top;
 pub mod worker;

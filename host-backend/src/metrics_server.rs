@@ -84,12 +84,26 @@ impl MetricsServer {
     /// Listens on `addr` (e.g. `127.0.0.1:9977`, port 0 for any) and serves
     /// `GET /metrics` from `registry`.
     pub fn start(addr: &str, registry: Arc<Registry>) -> Result<Self, String> {
-        let server =
-            tiny_http::Server::http(addr).map_err(|e| format!("metrics endpoint {addr}: {e}"))?;
-        let bound = server.server_addr().to_string();
-        let server = Arc::new(server);
-        let s = server.clone();
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("metrics endpoint {addr}: {e}"))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("metrics endpoint {addr}: {e}"))?
+            .to_string();
+        // The HTTP library starts its own threads (acceptor, connections):
+        // it is built on the metrics thread, inside its sandbox, so they
+        // inherit the filter.
+        let (tx, rx) = std::sync::mpsc::channel();
         let thread = crate::worker::spawn("metrics".into(), move || {
+            crate::sandbox::enter(crate::sandbox::Class::Metrics);
+            let s = match tiny_http::Server::from_listener(listener, None) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(s.clone()));
             for req in s.incoming_requests() {
                 let resp = if req.url() == "/metrics" {
                     let body = render(&registry);
@@ -109,6 +123,10 @@ impl MetricsServer {
             }
         })
         .map_err(|e| format!("metrics thread: {e}"))?;
+        let server = rx
+            .recv()
+            .map_err(|_| "metrics thread ended at start".to_owned())?
+            .map_err(|e| format!("metrics endpoint {addr}: {e}"))?;
         Ok(Self {
             server,
             thread: Some(thread),

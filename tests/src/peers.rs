@@ -323,6 +323,15 @@ impl PvBackend {
         Ok(st)
     }
 
+    /// Waits up to `timeout` for the daemon to exit on its own (a crash
+    /// test); `None` if it is still running.
+    pub fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<std::process::ExitStatus>, HarnessError> {
+        self.guard.wait_timeout(timeout)
+    }
+
     /// SIGKILL, no cleanup (for crash tests).
     pub fn kill(mut self) {
         self.guard.kill();

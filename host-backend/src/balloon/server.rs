@@ -331,6 +331,7 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     crate::worker::spawn("balloon".into(), move || {
+        crate::sandbox::enter(crate::sandbox::Class::Balloon);
         let every = Duration::from_secs(cfg.interval_secs.max(1));
         let dry = cfg.dry_run;
         let mut m = Manager::new(cfg, metrics, registry);

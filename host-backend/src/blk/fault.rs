@@ -21,6 +21,10 @@
 //!   stuck on a dead device would; the systemd watchdog must then stop
 //!   ([`crate::liveness`]). Needs no frontend, so a packaged daemon can be
 //!   tested on a system without QEMU.
+//! - `PVBACKEND_FAULT_SECCOMP_SECTOR=N`: a read that covers sector N makes
+//!   the thread executing it (the queue worker with `io=sync`) call
+//!   `socket(2)`, outside the allow-list of every data-path thread: the
+//!   seccomp filter must stop the daemon ([`crate::sandbox`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +39,7 @@ pub struct Faults {
     /// The sector whose reads stall, and the file that releases them.
     pub stall: Option<(u64, PathBuf)>,
     pub wedge_after: Option<Duration>,
+    pub forbidden_syscall_sector: Option<u64>,
 }
 
 impl Faults {
@@ -54,6 +59,7 @@ impl Faults {
                 stall: num("PVBACKEND_FAULT_STALL_SECTOR")
                     .zip(std::env::var_os("PVBACKEND_FAULT_STALL_UNTIL").map(PathBuf::from)),
                 wedge_after: num("PVBACKEND_FAULT_WEDGE_MS").map(Duration::from_millis),
+                forbidden_syscall_sector: num("PVBACKEND_FAULT_SECCOMP_SECTOR"),
             }
         })
     }
@@ -63,6 +69,7 @@ impl Faults {
             || self.delay.is_some()
             || self.stall.is_some()
             || self.wedge_after.is_some()
+            || self.forbidden_syscall_sector.is_some()
     }
 
     /// Holds a read that covers the stall sector until the release file
@@ -110,8 +117,23 @@ pub struct DiskFaults {
 }
 
 impl DiskFaults {
-    /// Panics the first time a read covers the armed sector.
+    /// Panics the first time a read covers the armed sector; makes a
+    /// forbidden syscall when a read covers the seccomp sector.
     pub fn on_read(&self, offset: u64, len: u64) {
+        let covers = |n: u64| {
+            let (first, end) = (offset / 512, offset.saturating_add(len).div_ceil(512));
+            (first..end).contains(&n)
+        };
+        if Faults::get().forbidden_syscall_sector.is_some_and(covers) {
+            log::warn!("fault injection: a forbidden syscall (socket) in this thread");
+            // SAFETY: socket(2) takes no pointers.
+            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) };
+            if fd >= 0 {
+                // SAFETY: the fd is ours (just created, shared with no one);
+                // the filter let the call through (log or off mode).
+                unsafe { libc::close(fd) };
+            }
+        }
         let Some(n) = Faults::get().panic_sector else {
             return;
         };

@@ -325,6 +325,7 @@ impl IoPool {
 }
 
 fn worker(inner: &PoolInner, metrics: &DiskMetrics, beat: &crate::liveness::Beat) {
+    crate::sandbox::enter(crate::sandbox::Class::Io);
     loop {
         let job = {
             let mut s = lock(&inner.state);

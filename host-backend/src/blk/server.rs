@@ -137,6 +137,7 @@ fn serve_connection(
 }
 
 fn serve_disk(server: Arc<DiskServer>, mut listener: Listener, stop: Arc<AtomicBool>, wedge: bool) {
+    crate::sandbox::enter(crate::sandbox::Class::Connection);
     // Busy while it works between waits; idle while it waits for a
     // connection (the queue workers mark themselves).
     let beat = crate::liveness::Liveness::global().register(format!("disk-{}", server.name));

@@ -88,6 +88,7 @@ impl ControlServer {
         listener.set_nonblocking(true).map_err(io)?;
         info!("control socket {} (mode {mode:o})", path.display());
         let thread = crate::worker::spawn("control".into(), move || {
+            crate::sandbox::enter(crate::sandbox::Class::Guests);
             while !stop.load(Ordering::Acquire) {
                 match listener.accept() {
                     Ok((s, _)) => {

@@ -379,6 +379,7 @@ impl QmpMux {
 }
 
 fn reader_loop(inner: &Inner, mut reader: BufReader<UnixStream>) {
+    crate::sandbox::enter(crate::sandbox::Class::Guests);
     loop {
         let line = match read_line(&mut reader, None) {
             Ok(Some(l)) => l,

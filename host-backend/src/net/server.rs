@@ -99,6 +99,7 @@ fn serve_port(
     listener: Listener,
     stop: Arc<AtomicBool>,
 ) {
+    crate::sandbox::enter(crate::sandbox::Class::Connection);
     let port = server.port.clone();
     info!(
         "net port '{}': listening on {}",
@@ -157,6 +158,7 @@ fn reset_port(switch: &Switch, server: &PortServer) {
 }
 
 fn serve_uplink(switch: Arc<Switch>, id: usize, stop: Arc<AtomicBool>) {
+    crate::sandbox::enter(crate::sandbox::Class::Switch);
     let Some(port) = switch.port(id).cloned() else {
         return;
     };
