@@ -325,7 +325,8 @@ fn stamped_write_verify_from_frontend_processes_single_and_multi_page_rings() {
 /// A hostile frontend (domain 5, driven by hand here) sends requests with
 /// bad grant refs, segments out of their page, sectors past the disk,
 /// unknown and unoffered operations: each gets an error response with its
-/// id and the ring goes on; then it runs `req_prod` ahead of the ring: the
+/// id and the ring goes on (valid writes, a discard and a flush on it land
+/// in the image); then it runs `req_prod` ahead of the ring: the
 /// backend disconnects that device only. Domain 6's disk is served
 /// throughout, and the backend process never dies.
 #[test]
@@ -335,11 +336,11 @@ fn a_hostile_frontend_cannot_crash_or_wedge_the_backend() {
     use xenbus::platform::{EventChannels, GrantTable, SharedPages};
     use xenbus::ring::{FrontRing, RingRegion, PAGE_SIZE};
     use xenbus::wire::blkif::{
-        BlkifRequest, BlkifResponse, OP_INDIRECT, OP_READ, OP_WRITE, RSP_EOPNOTSUPP, RSP_ERROR,
-        RSP_OKAY,
+        BlkifRequest, BlkifRequestDiscard, BlkifResponse, OP_DISCARD, OP_FLUSH_DISKCACHE,
+        OP_INDIRECT, OP_READ, OP_WRITE, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY,
     };
     use xenbus::xenstore::state::XenbusEndpoint;
-    use zerocopy::FromZeros;
+    use zerocopy::{FromZeros, IntoBytes};
 
     let f = fabric();
     let mut dom0 = f.xs.client();
@@ -466,10 +467,59 @@ fn a_hostile_frontend_cannot_crash_or_wedge_the_backend() {
         "refused requests wrote nothing"
     );
 
+    // Discard and flush on the same ring: the discarded block reads back
+    // as zeroes in the image (a hole punched in the file).
+    let mut d = BlkifRequestDiscard::new_zeroed();
+    d.operation = OP_DISCARD;
+    d.id = 14;
+    d.sector_number = 8;
+    d.nr_sectors = 8;
+    let mut slot = BlkifRequest::new_zeroed();
+    slot.as_mut_bytes()[..size_of::<BlkifRequestDiscard>()].copy_from_slice(d.as_bytes());
+    ring.push_request(&slot).expect("push discard");
+    ring.push_request(&req(15, OP_FLUSH_DISKCACHE, 0, &[]))
+        .expect("push flush");
+    if ring.push_requests_and_check_notify().expect("publish") {
+        plat.notify(port).expect("notify");
+    }
+    let mut more: Vec<BlkifResponse> = Vec::new();
+    while more.len() < 2 {
+        while let Some(r) = ring.consume_response().expect("responses") {
+            more.push(r);
+        }
+        if more.len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "backend wedged; log:\n{}",
+                blkback_log(&f)
+            );
+            plat.wait(port, Some(Duration::from_secs(1))).expect("wait");
+        }
+    }
+    let statuses: Vec<(u64, u8, i16)> =
+        more.iter().map(|r| (r.id, r.operation, r.status)).collect();
+    assert_eq!(
+        statuses,
+        [
+            (14, OP_DISCARD, RSP_OKAY),
+            (15, OP_FLUSH_DISKCACHE, RSP_OKAY)
+        ]
+    );
+    let img = fs::read(&imgs[0]).expect("image");
+    assert!(
+        img[8 * 512..16 * 512].iter().all(|b| *b == 0),
+        "the discarded block still holds data"
+    );
+    assert_eq!(
+        &img[16 * 512..24 * 512],
+        &[0xCD; 4096][..],
+        "discard stayed in range"
+    );
+
     // Run the producer index ahead of the ring: the backend must drop the
     // device (Closed), not loop or crash.
     let size = ring.size();
-    let rsp_prod = got.len() as u32;
+    let rsp_prod = (got.len() + more.len()) as u32;
     // SAFETY: offset 0 of our ring page is `req_prod`, a 4-aligned u32
     // only ever accessed atomically (by the ring and the backend).
     let req_prod = unsafe { AtomicU32::from_ptr(ring_page.as_ptr().cast::<u32>()) };
