@@ -2,7 +2,8 @@
 //!
 //! Today: vhost-user-blk disks for QEMU ([`blk`]); the host memory-balance
 //! manager for guests' virtio-balloons ([`balloon`]); the vhost-user-net L2
-//! switch ([`net`]). Xen backends arrive with their issue.
+//! switch ([`net`]); Xen blkback and the toolstack's vbd commands
+//! ([`xen`]), on the loopback fabric.
 //!
 //! Every device is a folder with the same file roles: `mod.rs` says what it
 //! is for and what it refuses; `config` holds its tables and command-line
@@ -35,3 +36,4 @@ pub mod net;
 pub mod sandbox;
 pub mod top;
 pub mod worker;
+pub mod xen;

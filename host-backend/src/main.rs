@@ -197,6 +197,12 @@ METRICS
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Xen: the toolstack's vbd commands and the blkback daemon
+    /// (on the loopback fabric; see docs/XEN.md).
+    Xen {
+        #[command(subcommand)]
+        action: host_backend::xen::cli::XenCommand,
+    },
     /// Validate a configuration file without serving anything: parse it,
     /// check every device table (and that each disk image exists), name
     /// the line at fault. Exit status 0 when valid, 1 otherwise. The
@@ -421,6 +427,9 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Xen { action }) = cli.command {
+        return host_backend::xen::cli::run(action);
+    }
     if let Some(Command::Top {
         metrics,
         every,

@@ -26,7 +26,12 @@ pub const GUEST_BINARIES: &[(&str, &str)] = &[
 ];
 
 /// Every host binary: (binary, package).
-pub const HOST_BINARIES: &[(&str, &str)] = &[("pvbackend", "host-backend")];
+pub const HOST_BINARIES: &[(&str, &str)] = &[
+    ("pvbackend", "host-backend"),
+    // The Xen frontend process of the xen_* tests (runs on the host, on the
+    // loopback fabric).
+    ("pvxenblk", "pv-blk-linux"),
+];
 
 /// The workspace root (the harness is one of its members).
 pub fn workspace_root() -> PathBuf {

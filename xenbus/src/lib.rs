@@ -4,7 +4,11 @@
 //!
 //! The crate is `no_std` + `alloc`; the `std` feature adds host-side pieces
 //! (a xenstore client over a unix socket) and `test-utils` adds in-process
-//! fakes of the other side for tests and fuzzers.
+//! fakes of the other side for tests and fuzzers. On Linux, `loopback` adds
+//! the loopback Xen fabric (`platform::loopback`: grants and event channels
+//! between processes through a broker standing in for the hypervisor) and
+//! `xenstored-fixture` the real C `xenstored` as a test fixture
+//! (`xenstore::daemon`).
 #![no_std]
 
 extern crate alloc;

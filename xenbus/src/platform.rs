@@ -14,6 +14,8 @@ use core::ptr::NonNull;
 
 #[cfg(feature = "test-utils")]
 pub mod inproc;
+#[cfg(all(feature = "loopback", target_os = "linux"))]
+pub mod loopback;
 
 /// A domain id (`domid_t`).
 pub type DomId = u16;

@@ -1,187 +1,26 @@
 //! The xenstore client against the real C `xenstored` (Debian
 //! `xen-utils-4.17`) and the C client tools (`xenstore-utils`).
 //!
-//! `xenstored` needs a hypervisor; `tests/fixtures/xenstored_preload.c`
-//! (compiled here with `cc`, loaded with `LD_PRELOAD`) stands in for the
-//! hypervisor calls it imports, so its real protocol engine serves a unix
-//! socket in a private run directory. Each test starts its own daemon and a
-//! guard kills it afterwards. Missing tools make the tests fail with the
+//! The daemon runs under the fixture of `xenbus::xenstore::daemon` (a
+//! preload standing in for the hypervisor calls it imports, so its real
+//! protocol engine serves a unix socket in a private run directory). Each
+//! test starts its own daemon and a guard kills it afterwards. Missing tools make the tests fail with the
 //! package to install; they never pass silently.
 
-use std::ffi::CString;
 use std::fs;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::ptr::NonNull;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use xenbus::xenstore::client::{Client, Error, RingEvents, RingTransport, TransportError};
-use xenbus::xenstore::ring::{Side, XenstoreRing};
+use xenbus::xenstore::client::{Error, TransportError};
+use xenbus::xenstore::daemon::{tool, GuestDomain, Xenstored};
 use xenbus::xenstore::state::{ShutdownRequest, ShutdownWatcher, XenbusEndpoint, XenbusState};
 use xenbus::xenstore::unix::UnixClient;
 use xenbus::xenstore::wire::{Access, EncodeError, MsgType, Perm, XsErrno};
 
-const T: Option<Duration> = Some(Duration::from_secs(30));
-
-fn find_xenstored() -> PathBuf {
-    if let Some(p) = std::env::var_os("PVXS_XENSTORED") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "PVXS_XENSTORED={} is not a file: install the Debian package xen-utils-4.17 \
-             or point PVXS_XENSTORED at the C xenstored",
-            p.display()
-        );
-        return p;
-    }
-    // /usr/sbin/xenstored is a wrapper that refuses to run without a
-    // hypervisor; the real binary lives in the versioned directory.
-    let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin/xenstored"))
-        .filter(|p| p.to_string_lossy().contains("/xen-") && p.is_file())
-        .collect();
-    found.sort();
-    found.pop().unwrap_or_else(|| {
-        panic!(
-            "the C xenstored was not found (/usr/lib/xen-*/bin/xenstored): \
-             install the Debian package xen-utils-4.17 (apt-get install xen-utils-4.17 xenstore-utils), \
-             or set PVXS_XENSTORED"
-        )
-    })
-}
-
-fn tool(name: &str) -> PathBuf {
-    let p = Path::new("/usr/bin").join(name);
-    assert!(
-        p.is_file(),
-        "{name} not found: install the Debian package xenstore-utils (apt-get install xenstore-utils)"
-    );
-    p
-}
-
-/// A running `xenstored` with its own run directory; killed on drop.
-struct Xenstored {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-}
-
-impl Xenstored {
-    fn start() -> Self {
-        let bin = find_xenstored();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let so = dir.path().join("xenstored_preload.so");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/xenstored_preload.c");
-        let out = Command::new("cc")
-            .args(["-shared", "-fPIC", "-O1", "-Wall", "-o"])
-            .arg(&so)
-            .arg(&src)
-            .arg("-ldl")
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run cc ({e}): install the Debian package gcc (apt-get install gcc)")
-            });
-        assert!(
-            out.status.success(),
-            "compiling {} failed (the Xen headers come from the Debian package libxen-dev):\n{}",
-            src.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        fs::write(dir.path().join("xsd_port"), "1\n").expect("xsd_port");
-        fs::write(dir.path().join("xsd_kva"), vec![0u8; 4096]).expect("xsd_kva");
-        let kick = dir.path().join("evtchn-kick");
-        let c = CString::new(kick.to_string_lossy().as_bytes()).expect("path");
-        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-        let run = dir.path().join("run");
-        fs::create_dir(&run).expect("run dir");
-        let log = fs::File::create(dir.path().join("xenstored.log")).expect("log");
-        let child = Command::new(&bin)
-            .arg("-N")
-            .arg("-F")
-            .arg(run.join("xenstored.pid"))
-            .arg("-T")
-            .arg(dir.path().join("trace"))
-            .env_remove("XENSTORED_PATH")
-            .env("XENSTORED_RUNDIR", &run)
-            .env("LD_PRELOAD", &so)
-            .env("PVXS_FIXTURE_DIR", dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut d = Xenstored {
-            child,
-            socket: run.join("socket"),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if UnixStream::connect(&d.socket).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("xenstored exited ({status}) before serving:\n{}", d.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "xenstored did not create its socket:\n{}",
-                d.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        let mut s = fs::read_to_string(self.dir.path().join("xenstored.log")).unwrap_or_default();
-        if let Ok(t) = fs::read_to_string(self.dir.path().join("trace")) {
-            let tail: Vec<String> = t
-                .lines()
-                .rev()
-                .take(40)
-                .map(|l| l.chars().take(160).collect())
-                .collect();
-            s.push_str("\n--- trace (last 40 lines, newest first) ---\n");
-            s.push_str(&tail.join("\n"));
-        }
-        s
-    }
-
-    fn client(&self) -> UnixClient {
-        let mut c = UnixClient::connect_unix(&self.socket).expect("connect");
-        c.set_timeout(T);
-        c
-    }
-
-    fn cli(&self, name: &str, args: &[&str]) -> Output {
-        Command::new(tool(name))
-            .args(args)
-            .env("XENSTORED_PATH", &self.socket)
-            .output()
-            .expect("run xenstore tool")
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Xenstored {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("xenstored log:\n{}", self.log());
-        }
-    }
-}
+const T: Option<Duration> = xenbus::xenstore::daemon::TIMEOUT;
 
 #[test]
 fn basic_operations() {
@@ -274,7 +113,7 @@ fn limits_and_daemon_errors() {
         Err(Error::Xenstore(XsErrno::Inval))
     ));
     // Unknown request type (20, XS_RESTRICT, was removed): ENOSYS... sent raw.
-    let mut s = UnixStream::connect(&xs.socket).expect("connect");
+    let mut s = UnixStream::connect(xs.socket()).expect("connect");
     {
         use std::io::{Read, Write};
         let h = xenbus::xenstore::wire::Header {
@@ -323,7 +162,7 @@ fn limits_and_daemon_errors() {
             tx_id: 0,
             len: 5000,
         };
-        let mut s = UnixStream::connect(&xs.socket).expect("connect");
+        let mut s = UnixStream::connect(xs.socket()).expect("connect");
         s.write_all(&h.to_bytes()).expect("send");
         let _ = s.write_all(&vec![b'x'; 5000]);
         s.set_read_timeout(T).expect("timeout");
@@ -371,8 +210,7 @@ fn dropped_connection_is_a_clean_error() {
     c.write("/x", b"1").expect("write");
     c.watch("/x", "t").expect("watch");
     let _ = c.next_event(T).expect("initial fire");
-    let _ = xs.child.kill();
-    let _ = xs.child.wait();
+    xs.kill();
     let e = c.read("/x").expect_err("must fail");
     assert!(
         matches!(e, Error::Transport(TransportError::Closed)),
@@ -443,7 +281,7 @@ fn transactions_conflict_and_retry() {
 
     // Two connections incrementing concurrently never lose an update.
     a.write("/tx/counter", b"0").expect("reset");
-    let sock = xs.socket.clone();
+    let sock = xs.socket().to_path_buf();
     let workers: Vec<_> = (0..2)
         .map(|_| {
             let sock = sock.clone();
@@ -590,7 +428,7 @@ fn interop_with_c_client_tools() {
     // A C watcher sees our write.
     let mut w = Command::new(tool("xenstore-watch"))
         .args(["-n", "2", "/interop/watched"])
-        .env("XENSTORED_PATH", &xs.socket)
+        .env("XENSTORED_PATH", xs.socket())
         .stdout(Stdio::piped())
         .spawn()
         .expect("xenstore-watch");
@@ -644,7 +482,7 @@ fn xenbus_handshake_through_xenstored() {
     })
     .expect("toolstack setup");
 
-    let sock = xs.socket.clone();
+    let sock = xs.socket().to_path_buf();
     let backend = thread::spawn(move || -> Result<Vec<XenbusState>, Error> {
         let mut c =
             UnixClient::connect_unix(&sock).map_err(|e| Error::Transport(TransportError::Io(e)))?;
@@ -672,7 +510,7 @@ fn xenbus_handshake_through_xenstored() {
         Ok(seen)
     });
 
-    let sock = xs.socket.clone();
+    let sock = xs.socket().to_path_buf();
     let frontend = thread::spawn(move || -> Result<Vec<XenbusState>, Error> {
         let mut c =
             UnixClient::connect_unix(&sock).map_err(|e| Error::Transport(TransportError::Io(e)))?;
@@ -728,113 +566,9 @@ fn xenbus_handshake_through_xenstored() {
 
 // ---- a guest domain on the ring page --------------------------------------
 
-/// The guest's view of the fixture's event channel: kicks go into the FIFO
-/// the fixture hands xenstored as its event fd; waits poll (spurious
-/// wake-ups are allowed by the `RingEvents` contract).
-struct FifoEvents {
-    kick: fs::File,
-    port: u32,
-    idle: Duration,
-    default_timeout: Duration,
-}
-
-impl RingEvents for FifoEvents {
-    fn notify(&mut self) {
-        use std::io::Write;
-        self.idle = Duration::ZERO;
-        let _ = self.kick.write_all(&self.port.to_ne_bytes());
-    }
-
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
-        if self.idle >= timeout.unwrap_or(self.default_timeout) {
-            self.idle = Duration::ZERO;
-            return Err(TransportError::TimedOut);
-        }
-        let step = Duration::from_millis(1);
-        thread::sleep(step);
-        self.idle += step;
-        Ok(())
-    }
-}
-
-/// A shared mapping of the file the fixture maps for `domid`'s ring.
-struct SharedRing {
-    ptr: NonNull<u8>,
-}
-
-impl SharedRing {
-    fn map(path: &Path) -> Self {
-        fs::write(path, vec![0u8; 4096]).expect("ring file");
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .expect("open ring");
-        use std::os::fd::AsRawFd;
-        // SAFETY: mapping a 4096-byte file we just created, shared, fresh
-        // address chosen by the kernel; the result is checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap ring");
-        SharedRing {
-            ptr: NonNull::new(p.cast()).expect("non-null mapping"),
-        }
-    }
-}
-
-impl Drop for SharedRing {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the page mapped in `map`, once; the ring that
-        // pointed into it was dropped before (field order in `GuestDomain`).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), 4096) };
-    }
-}
-
-/// Domain `domid` introduced to xenstored, talking over its ring page.
-struct GuestDomain {
-    client: Client<RingTransport<FifoEvents>>,
-    _ring: SharedRing,
-}
-
 fn introduce_guest(xs: &Xenstored, dom0: &mut UnixClient, domid: u32) -> GuestDomain {
-    let ring = SharedRing::map(&xs.dir.path().join(format!("ring-{domid}")));
-    dom0.introduce(domid, 0x1000 + u64::from(domid), 10 + domid)
-        .expect("introduce");
-    assert!(dom0.is_domain_introduced(domid).expect("introduced"));
-    // SAFETY: the mapping is 4096 bytes, page-aligned, outlives the client
-    // (dropped after it in `GuestDomain`), and this is the only guest-side
-    // attachment; xenstored is the server side.
-    let guest = unsafe { XenstoreRing::attach(ring.ptr, Side::Guest) };
-    // Non-blocking: a full FIFO drops the kick (event channels coalesce
-    // pending events the same way) instead of stalling the guest.
-    use std::os::unix::fs::OpenOptionsExt;
-    let kick = fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(xs.dir.path().join("evtchn-kick"))
-        .expect("open kick fifo");
-    let mut client = Client::new(RingTransport::new(
-        guest,
-        FifoEvents {
-            kick,
-            port: 100 + domid,
-            idle: Duration::ZERO,
-            default_timeout: Duration::from_secs(30),
-        },
-    ));
-    client.set_timeout(T);
-    GuestDomain {
-        client,
-        _ring: ring,
-    }
+    xs.introduce(dom0, domid);
+    GuestDomain::attach(xs.dir(), domid).expect("attach the guest ring")
 }
 
 #[test]
@@ -1010,7 +744,7 @@ fn guest_frontend_on_the_ring_handshakes_with_a_socket_backend() {
     .expect("toolstack setup");
     let mut g = introduce_guest(&xs, &mut dom0, 5);
 
-    let sock = xs.socket.clone();
+    let sock = xs.socket().to_path_buf();
     let backend = thread::spawn(move || -> Result<(), Error> {
         let mut c =
             UnixClient::connect_unix(&sock).map_err(|e| Error::Transport(TransportError::Io(e)))?;

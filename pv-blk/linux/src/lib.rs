@@ -57,6 +57,7 @@ pub mod nbd;
 pub mod pvio;
 pub mod server;
 pub mod ublk;
+pub mod xen;
 
 pub use config::Cli;
 pub use device::run;

@@ -28,6 +28,8 @@
 //! (`test-utils` feature).
 
 pub mod client;
+#[cfg(feature = "xenstored-fixture")]
+pub mod daemon;
 pub mod ring;
 pub mod state;
 #[cfg(feature = "test-utils")]
