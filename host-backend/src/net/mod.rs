@@ -34,6 +34,7 @@ pub mod config;
 pub mod device;
 pub mod frame;
 pub mod metrics;
+pub mod offload;
 pub mod port;
 pub mod proxy;
 pub mod server;

@@ -17,7 +17,7 @@
 //! at a time, so two ports forwarding to each other cannot deadlock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::frame::{self, DropReason, HDR_LEN};
 use super::metrics::PortMetrics;
+use super::offload::{self, Meta, Offloads, Plan, VnetHdr};
 use super::switch::{decide, Decision, Learned, MacTable, PollBudget, TokenBucket};
 use super::tap::Tap;
 
@@ -50,7 +51,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct RxSide {
     vring: Option<VringRwLock>,
     mem: Option<GuestMemoryAtomic<Mem>>,
-    backlog: VecDeque<Vec<u8>>,
+    /// Frames with the header each goes out with.
+    backlog: VecDeque<(Vec<u8>, VnetHdr)>,
 }
 
 /// What is behind a port.
@@ -78,6 +80,9 @@ pub struct Port {
     limiter: Option<Mutex<TokenBucket>>,
     rx: Mutex<RxSide>,
     hdr_len: AtomicUsize,
+    /// The connection's acked virtio features (0 for the uplink): the
+    /// offloads its guest may ask for and may be handed.
+    acked: AtomicU64,
     /// Used RX buffers were added and the guest has not been signalled.
     /// Set (Release) after `add_used`, taken (AcqRel) before signalling, so
     /// whoever takes it signals for every entry added before it was set.
@@ -119,13 +124,26 @@ impl Port {
                 .map(|r| Mutex::new(TokenBucket::new_mbps(r, Instant::now()))),
             rx: Mutex::new(RxSide::default()),
             hdr_len: AtomicUsize::new(HDR_LEN),
+            acked: AtomicU64::new(0),
             signal_due: AtomicBool::new(false),
         }
     }
 
-    /// The connection's acked features decide the header length.
+    /// The connection's acked features decide the header length and the
+    /// offloads.
     pub fn set_acked_features(&self, acked: u64) {
         self.hdr_len.store(frame::hdr_len(acked), Ordering::Release);
+        self.acked.store(acked, Ordering::Release);
+    }
+
+    /// What the guest may ask of the switch on transmit.
+    pub fn tx_offloads(&self) -> Offloads {
+        Offloads::from_guest_tx(self.acked.load(Ordering::Acquire))
+    }
+
+    /// What the switch may hand the guest on receive.
+    pub fn rx_offloads(&self) -> Offloads {
+        Offloads::to_guest_rx(self.acked.load(Ordering::Acquire))
     }
 
     pub fn hdr_len(&self) -> usize {
@@ -161,9 +179,44 @@ impl Port {
         }
     }
 
-    /// Delivers `frame` (Ethernet, no virtio header) to this port.
-    pub fn deliver(&self, frame: &[u8]) {
-        if frame.len() > usize::from(self.mtu) + frame::FRAME_OVERHEAD {
+    /// Delivers `frame` (Ethernet, no virtio header), which asks for the
+    /// offloads `meta`, to this port: as is when its guest takes them,
+    /// otherwise checksummed or segmented in software first.
+    pub fn deliver(&self, frame: &[u8], meta: &Meta) {
+        let plan = offload::plan(meta, self.rx_offloads());
+        if plan == Plan::Pass {
+            if meta.csum.is_some() {
+                self.metrics.offload_passed.inc();
+            }
+            self.deliver_one(frame, meta.header());
+            return;
+        }
+        match offload::transform(frame, meta, plan) {
+            Ok(outs) => {
+                if matches!(plan, Plan::Segment { .. }) {
+                    self.metrics.offload_segmented.inc();
+                }
+                if matches!(plan, Plan::Complete | Plan::Segment { partial: false }) {
+                    self.metrics.csum_completed.inc_by(outs.len() as u64);
+                }
+                for o in outs {
+                    self.deliver_one(&o.frame, o.hdr);
+                }
+            }
+            Err(r) => self.metrics.dropped(r),
+        }
+    }
+
+    /// Delivers one frame that goes out with `hdr`.
+    fn deliver_one(&self, frame: &[u8], hdr: VnetHdr) {
+        let max = usize::from(self.mtu) + frame::FRAME_OVERHEAD;
+        // A TSO frame's segments must fit this port's MTU.
+        let len = if hdr.gso_type == 0 {
+            frame.len()
+        } else {
+            usize::from(hdr.hdr_len) + usize::from(hdr.gso_size)
+        };
+        if len > max {
             self.metrics.dropped(DropReason::Oversized);
             return;
         }
@@ -185,7 +238,7 @@ impl Port {
             self.flush_locked(&mut rx);
         }
         if rx.backlog.is_empty() {
-            match self.put_locked(&rx, frame) {
+            match self.put_locked(&rx, frame, hdr) {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(r) => {
@@ -195,7 +248,7 @@ impl Port {
             }
         }
         if rx.backlog.len() < BACKLOG {
-            rx.backlog.push_back(frame.to_vec());
+            rx.backlog.push_back((frame.to_vec(), hdr));
         } else {
             self.metrics.dropped(DropReason::NoRxBuffer);
         }
@@ -230,11 +283,11 @@ impl Port {
     }
 
     fn flush_locked(&self, rx: &mut RxSide) {
-        while let Some(f) = rx.backlog.pop_front() {
-            match self.put_locked(rx, &f) {
+        while let Some((f, hdr)) = rx.backlog.pop_front() {
+            match self.put_locked(rx, &f, hdr) {
                 Ok(true) => {}
                 Ok(false) => {
-                    rx.backlog.push_front(f);
+                    rx.backlog.push_front((f, hdr));
                     return;
                 }
                 Err(r) => self.metrics.dropped(r),
@@ -245,7 +298,7 @@ impl Port {
     /// Copies one frame into the guest's next RX buffer. `Ok(false)` when
     /// there is none (notifications are then re-enabled, so the guest's
     /// next refill kicks us).
-    fn put_locked(&self, rx: &RxSide, frame: &[u8]) -> Result<bool, DropReason> {
+    fn put_locked(&self, rx: &RxSide, frame: &[u8], hdr: VnetHdr) -> Result<bool, DropReason> {
         let (Some(vring), Some(mem)) = (&rx.vring, &rx.mem) else {
             return Ok(false);
         };
@@ -287,7 +340,7 @@ impl Port {
                 }
             })
             .collect();
-        let hdr = frame::rx_header(hdr_len);
+        let hdr = frame::rx_header(hdr_len, hdr);
         let header = hdr.get(..hdr_len).unwrap_or(&hdr);
         let written = write_rx(&descs, complete, header, frame, |addr, data| {
             mem.write_slice(data, GuestAddress(addr)).map_err(|_| ())
@@ -403,6 +456,12 @@ impl Switch {
     /// switch on port `from`. The destinations are signalled by the next
     /// [`Switch::signal_due`].
     pub fn ingress(&self, from: usize, frame: &[u8]) {
+        self.ingress_packet(from, frame, &Meta::default());
+    }
+
+    /// [`Switch::ingress`] for a frame that asks for offloads (validated
+    /// by [`offload::parse_tx`]).
+    pub fn ingress_packet(&self, from: usize, frame: &[u8], meta: &Meta) {
         let Some(src) = self.ports.get(from) else {
             return;
         };
@@ -425,13 +484,13 @@ impl Switch {
         match decision {
             Decision::Unicast(to) => {
                 if let Some(p) = self.ports.get(to) {
-                    p.deliver(frame);
+                    p.deliver(frame, meta);
                 }
             }
             Decision::Flood => {
                 src.metrics.flooded.inc();
                 for p in self.ports.iter().filter(|p| p.id != from) {
-                    p.deliver(frame);
+                    p.deliver(frame, meta);
                 }
             }
             Decision::SamePort => src.metrics.dropped(DropReason::SamePort),
