@@ -14,10 +14,10 @@
 //! MTU and STATUS (link always up), and the offloads CSUM, GUEST_CSUM,
 //! HOST_/GUEST_TSO4, TSO6 and ECN ([`super::offload`]: a frame asking for
 //! one crosses as is to a port that took it and is checksummed or
-//! segmented in software for one that did not). Not offered: MRG_RXBUF
-//! (each RX chain holds a whole frame; Linux then posts MTU-sized buffers,
-//! or 64 KiB "big packet" chains when it took GUEST_TSO), the control
-//! queue and MQ.
+//! segmented in software for one that did not), and MRG_RXBUF (a frame
+//! spans as many RX buffers as it needs, `num_buffers` says how many; a
+//! frame is written only once enough buffers are posted). Not offered:
+//! the control queue and MQ.
 //!
 //! PROTOCOL_FEATURES with CONFIG (the config space: MAC when configured,
 //! link up, MTU; QEMU's virtio-net serves its own from `mac=`/`host_mtu=`)
@@ -37,7 +37,8 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -336,6 +337,9 @@ impl VhostUserBackend for NetBackend {
             | (1u64 << VIRTIO_NET_F_GUEST_TSO4)
             | (1u64 << VIRTIO_NET_F_GUEST_TSO6)
             | (1u64 << VIRTIO_NET_F_GUEST_ECN)
+            // A 64 KiB frame spans several small RX buffers instead of
+            // each buffer being 64 KiB.
+            | (1u64 << VIRTIO_NET_F_MRG_RXBUF)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
             // Dirty logging for migration: the switch writes guest memory
             // only through vm-memory (RX frames, used rings), which marks

@@ -136,6 +136,11 @@ impl Port {
         self.acked.store(acked, Ordering::Release);
     }
 
+    /// The guest took MRG_RXBUF: a frame may span several RX buffers.
+    pub fn mergeable(&self) -> bool {
+        self.acked.load(Ordering::Acquire) & (1 << 15) != 0
+    }
+
     /// What the guest may ask of the switch on transmit.
     pub fn tx_offloads(&self) -> Offloads {
         Offloads::from_guest_tx(self.acked.load(Ordering::Acquire))
@@ -295,9 +300,10 @@ impl Port {
         }
     }
 
-    /// Copies one frame into the guest's next RX buffer. `Ok(false)` when
-    /// there is none (notifications are then re-enabled, so the guest's
-    /// next refill kicks us).
+    /// Copies one frame into the guest's next RX buffer, or (MRG_RXBUF)
+    /// as many buffers as it takes, `num_buffers` saying how many.
+    /// `Ok(false)` when there are not enough (nothing is taken then, and
+    /// notifications are re-enabled, so the guest's next refill kicks us).
     fn put_locked(&self, rx: &RxSide, frame: &[u8], hdr: VnetHdr) -> Result<bool, DropReason> {
         let (Some(vring), Some(mem)) = (&rx.vring, &rx.mem) else {
             return Ok(false);
@@ -308,51 +314,95 @@ impl Port {
             return Ok(false);
         }
         let hdr_len = self.hdr_len();
+        let mergeable = self.mergeable();
+        let need = (hdr_len + frame.len()) as u64;
+        let size = state.get_queue().size();
+        let start = state.get_queue().next_avail();
+        // Chains taken for this frame: head, descriptors, complete.
+        let mut chains: Vec<(u16, Vec<frame::Desc>, bool)> = Vec::new();
+        let mut room = 0u64;
         let mut retried = false;
-        let chain = loop {
-            if let Some(c) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
-                break c;
-            }
-            if retried {
+        while chains.is_empty() || (mergeable && room < need) {
+            let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                // With EVENT_IDX this sets avail_event to where we stand;
+                // true when buffers were added meanwhile (look again, or
+                // the guest's kick for them has already been spent).
+                if !retried && matches!(state.enable_notification(), Ok(true)) {
+                    retried = true;
+                    continue;
+                }
+                // Not enough for the whole frame: give back what was taken.
+                state.get_queue_mut().set_next_avail(start);
                 return Ok(false);
+            };
+            let head = chain.head_index();
+            if head >= size {
+                // No descriptor to return it with; the others go back used
+                // and empty.
+                for (h, _, _) in &chains {
+                    let _ = state.add_used(*h, 0);
+                }
+                self.signal_due.store(true, Ordering::Release);
+                return Err(DropReason::RxChain);
             }
-            // With EVENT_IDX this sets avail_event to where we stand; true
-            // when buffers were added meanwhile (look again, or the guest's
-            // kick for them has already been spent).
-            match state.enable_notification() {
-                Ok(true) => retried = true,
-                _ => return Ok(false),
+            let mut complete = true;
+            let descs: Vec<frame::Desc> = chain
+                .take(frame::MAX_TX_DESCS)
+                .map(|d| {
+                    complete = !d.has_next();
+                    frame::Desc {
+                        addr: d.addr().0,
+                        len: d.len(),
+                        write_only: d.is_write_only(),
+                    }
+                })
+                .collect();
+            room += descs.iter().map(|d| u64::from(d.len)).sum::<u64>();
+            chains.push((head, descs, complete));
+        }
+        // Checked before anything is written: every chain complete and
+        // device-writable, and (one buffer without MRG_RXBUF) big enough.
+        let usable = chains
+            .iter()
+            .all(|(_, d, complete)| *complete && d.iter().all(|d| d.write_only));
+        if !usable || room < need {
+            for (head, _, _) in &chains {
+                if let Err(e) = state.add_used(*head, 0) {
+                    warn!("port '{}': rx add_used({head}): {e}", self.name);
+                }
             }
-        };
-        let head = chain.head_index();
-        if head >= state.get_queue().size() {
+            self.signal_due.store(true, Ordering::Release);
             return Err(DropReason::RxChain);
         }
-        let mut complete = true;
-        let descs: Vec<frame::Desc> = chain
-            .take(frame::MAX_TX_DESCS)
-            .map(|d| {
-                complete = !d.has_next();
-                frame::Desc {
-                    addr: d.addr().0,
-                    len: d.len(),
-                    write_only: d.is_write_only(),
-                }
-            })
-            .collect();
-        let hdr = frame::rx_header(hdr_len, hdr);
-        let header = hdr.get(..hdr_len).unwrap_or(&hdr);
-        let written = write_rx(&descs, complete, header, frame, |addr, data| {
-            mem.write_slice(data, GuestAddress(addr)).map_err(|_| ())
-        });
-        let (used, result) = match written {
-            Ok(n) => (n, Ok(true)),
-            // The buffer is returned empty: the guest sees a short frame
-            // and drops it; the frame is counted as dropped here.
-            Err(r) => (0, Err(r)),
+        let num_buffers = if mergeable {
+            u16::try_from(chains.len()).map_err(|_| DropReason::RxChain)?
+        } else {
+            1
         };
-        if let Err(e) = state.add_used(head, used) {
-            warn!("port '{}': rx add_used({head}): {e}", self.name);
+        let hdr = frame::rx_header(hdr_len, VnetHdr { num_buffers, ..hdr });
+        let header = hdr.get(..hdr_len).unwrap_or(&hdr);
+        let mut parts = [header, frame];
+        let mut result = Ok(true);
+        for (head, descs, complete) in &chains {
+            let written = if result.is_ok() {
+                write_rx_part(descs, *complete, &mut parts, |addr, data| {
+                    mem.write_slice(data, GuestAddress(addr)).map_err(|_| ())
+                })
+            } else {
+                Ok(0)
+            };
+            // A buffer that fails is returned empty: the guest sees a short
+            // frame and drops it; the frame is counted as dropped here.
+            let used = written.unwrap_or_else(|r| {
+                result = Err(r);
+                0
+            });
+            if let Err(e) = state.add_used(*head, used) {
+                warn!("port '{}': rx add_used({head}): {e}", self.name);
+            }
+        }
+        if result.is_ok() && parts.iter().any(|p| !p.is_empty()) {
+            result = Err(DropReason::RxChain);
         }
         // Signalled once per burst by `signal_if_due`.
         self.signal_due.store(true, Ordering::Release);
@@ -372,6 +422,27 @@ pub fn write_rx<F>(
     complete: bool,
     header: &[u8],
     frame: &[u8],
+    write: F,
+) -> Result<u32, DropReason>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), ()>,
+{
+    let room: u64 = descs.iter().map(|d| u64::from(d.len)).sum();
+    if room < (header.len() + frame.len()) as u64 {
+        return Err(DropReason::RxChain);
+    }
+    let mut parts = [header, frame];
+    write_rx_part(descs, complete, &mut parts, write)
+}
+
+/// Writes as much of `parts` (in order) as fits into the writable
+/// descriptors of one RX chain, advancing `parts` past what was written;
+/// returns the bytes written. Refuses chains that loop or hold a
+/// device-readable descriptor (writing nothing).
+pub fn write_rx_part<F>(
+    descs: &[frame::Desc],
+    complete: bool,
+    parts: &mut [&[u8]; 2],
     mut write: F,
 ) -> Result<u32, DropReason>
 where
@@ -380,12 +451,6 @@ where
     if !complete || descs.is_empty() || descs.iter().any(|d| !d.write_only) {
         return Err(DropReason::RxChain);
     }
-    let need = header.len() + frame.len();
-    let room: u64 = descs.iter().map(|d| u64::from(d.len)).sum();
-    if room < need as u64 {
-        return Err(DropReason::RxChain);
-    }
-    let mut parts = [header, frame];
     let mut done = 0usize;
     for d in descs {
         let mut addr = d.addr;
@@ -404,7 +469,7 @@ where
             left -= n;
             done += n;
         }
-        if done == need {
+        if parts.iter().all(|p| p.is_empty()) {
             break;
         }
     }
@@ -580,5 +645,40 @@ mod tests {
             write_rx(&[w(0, 100)], false, &[1; 12], &[2; 20], |_, _| Ok(())),
             Err(DropReason::RxChain)
         );
+    }
+
+    #[test]
+    fn a_frame_spans_merged_buffers_in_order() {
+        let mut mem = vec![0u8; 256];
+        let frame: Vec<u8> = (0..40).collect();
+        let mut parts: [&[u8]; 2] = [&[0xee; 12], &frame];
+        let mut writer = |a: u64, d: &[u8]| {
+            let a = a as usize;
+            mem.get_mut(a..a + d.len()).ok_or(())?.copy_from_slice(d);
+            Ok(())
+        };
+        // Three 20-byte buffers: 20 + 20 + 12.
+        let n: Vec<u32> = [0u64, 100, 200]
+            .iter()
+            .map(|&a| write_rx_part(&[w(a, 20)], true, &mut parts, &mut writer).expect("fits"))
+            .collect();
+        assert_eq!(n, vec![20, 20, 12]);
+        assert!(parts.iter().all(|p| p.is_empty()));
+        assert_eq!(&mem[0..12], &[0xee; 12]);
+        assert_eq!(&mem[12..20], &frame[..8]);
+        assert_eq!(&mem[100..120], &frame[8..28]);
+        assert_eq!(&mem[200..212], &frame[28..]);
+        assert_eq!(mem[212], 0);
+        // A readable descriptor takes nothing.
+        let mut parts: [&[u8]; 2] = [&[1; 12], &frame];
+        let readable = frame::Desc {
+            write_only: false,
+            ..w(0, 100)
+        };
+        assert_eq!(
+            write_rx_part(&[readable], true, &mut parts, |_, _| Ok(())),
+            Err(DropReason::RxChain)
+        );
+        assert_eq!(parts[1].len(), 40);
     }
 }
