@@ -195,10 +195,15 @@ pub fn check_tx(buf: &[u8], hdr_len: usize, mtu: u16) -> Result<&[u8], DropReaso
 }
 
 /// The header the switch puts in front of a received frame: `hdr` (the
-/// frame's offloads as this port takes them) with, for VERSION_1 (12
-/// bytes), `num_buffers` 1.
+/// frame's offloads as this port takes them, and with MRG_RXBUF the
+/// number of buffers it spans) with, for VERSION_1 (12 bytes),
+/// `num_buffers` at least 1; a legacy 10-byte header has none.
 pub fn rx_header(hdr_len: usize, hdr: super::offload::VnetHdr) -> [u8; HDR_LEN] {
-    let num_buffers = if hdr_len >= HDR_LEN { 1 } else { 0 };
+    let num_buffers = if hdr_len >= HDR_LEN {
+        hdr.num_buffers.max(1)
+    } else {
+        0
+    };
     super::offload::VnetHdr { num_buffers, ..hdr }.to_bytes()
 }
 
@@ -344,6 +349,12 @@ mod tests {
         let plain = super::super::offload::VnetHdr::default();
         assert_eq!(rx_header(HDR_LEN, plain)[10], 1);
         assert_eq!(rx_header(10, plain)[10], 0);
+        // A frame over three merged buffers says so.
+        let merged = super::super::offload::VnetHdr {
+            num_buffers: 3,
+            ..plain
+        };
+        assert_eq!(rx_header(HDR_LEN, merged)[10], 3);
         assert_eq!((hdr_len(1 << 32), hdr_len(0)), (12, 10));
     }
 }
