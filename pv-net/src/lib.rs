@@ -63,6 +63,7 @@ pub mod buf;
 pub mod csum;
 pub mod error;
 pub mod frontend;
+pub mod gso;
 pub mod tap_hdr;
 #[cfg(feature = "test-utils")]
 pub mod testing;

@@ -627,7 +627,14 @@ impl GuestBuilder {
     /// A virtio-net NIC on a vhost-user-net backend (our switch) listening
     /// on `socket`, with MAC `mac`. Implies shared guest memory. On QEMU
     /// before 8.0 INTx only (`vectors=0`, see [`vhost_user_net_nic_opts`]).
-    pub fn vhost_user_net(mut self, socket: &Path, mac: &str) -> Self {
+    pub fn vhost_user_net(self, socket: &Path, mac: &str) -> Self {
+        self.vhost_user_net_with(socket, mac, "")
+    }
+
+    /// [`GuestBuilder::vhost_user_net`] with extra `virtio-net-pci`
+    /// properties, `props` starting with a comma (such as
+    /// `,csum=off,host_tso4=off` to mask features the backend offers).
+    pub fn vhost_user_net_with(mut self, socket: &Path, mac: &str, props: &str) -> Self {
         let id = self.dev_id("vun");
         self.shared_memory = true;
         self.qemu_args.extend([
@@ -637,7 +644,7 @@ impl GuestBuilder {
             format!("vhost-user,id={id},chardev={id}c"),
             "-device".to_owned(),
             format!(
-                "virtio-net-pci,netdev={id},mac={mac}{}",
+                "virtio-net-pci,netdev={id},mac={mac}{}{props}",
                 vhost_user_net_nic_opts()
             ),
         ]);

@@ -11,10 +11,13 @@
 //! re-enable notifications (with the usual re-check) and sleep.
 //!
 //! Features: VERSION_1, EVENT_IDX, INDIRECT_DESC, MAC (when configured),
-//! MTU and STATUS (link always up). Not offered: MRG_RXBUF (each RX chain
-//! holds a whole frame; Linux then posts MTU-sized buffers), checksum and
-//! segmentation offloads (frames cross the switch exactly as sent, so a
-//! header asking for them is refused), the control queue and MQ.
+//! MTU and STATUS (link always up), and the offloads CSUM, GUEST_CSUM,
+//! HOST_/GUEST_TSO4, TSO6 and ECN ([`super::offload`]: a frame asking for
+//! one crosses as is to a port that took it and is checksummed or
+//! segmented in software for one that did not), and MRG_RXBUF (a frame
+//! spans as many RX buffers as it needs, `num_buffers` says how many; a
+//! frame is written only once enough buffers are posted). Not offered:
+//! the control queue and MQ.
 //!
 //! PROTOCOL_FEATURES with CONFIG (the config space: MAC when configured,
 //! link up, MTU; QEMU's virtio-net serves its own from `mac=`/`host_mtu=`)
@@ -32,7 +35,10 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -45,6 +51,7 @@ use vmm_sys_util::event::{
 };
 
 use super::frame::{self, DropReason};
+use super::offload;
 use super::port::{lock, Mem, Port, Switch, VringRwLock};
 use crate::dirty_log::{self, DirtyBitmap};
 
@@ -126,7 +133,13 @@ impl NetBackend {
     fn process_tx(&self, vring: &VringRwLock, mem: &GuestMemoryLoadGuard<Mem>) -> io::Result<bool> {
         let port = &self.shared.port;
         let hdr_len = port.hdr_len();
-        let max = hdr_len + usize::from(port.mtu) + frame::FRAME_OVERHEAD;
+        let offloads = port.tx_offloads();
+        let max = hdr_len
+            + if offloads.any_tso() {
+                offload::MAX_GSO_FRAME
+            } else {
+                usize::from(port.mtu) + frame::FRAME_OVERHEAD
+            };
         let mut completed = false;
         loop {
             let chain = vring
@@ -161,10 +174,13 @@ impl NetBackend {
                 error!("port '{}': tx add_used({head}): {e}", port.name);
             }
             completed = true;
-            match copied
-                .and_then(|buf| frame::check_tx(&buf, hdr_len, port.mtu).map(<[u8]>::to_vec))
-            {
-                Ok(f) => self.shared.switch.ingress(port.id, &f),
+            let parsed = copied.and_then(|buf| {
+                let (meta, f) = offload::parse_tx(&buf, hdr_len, port.mtu, offloads)?;
+                self.shared.switch.ingress_packet(port.id, f, &meta);
+                Ok(())
+            });
+            match parsed {
+                Ok(()) => {}
                 Err(r) => {
                     port.metrics.dropped(r);
                     log::debug!("port '{}': dropped a frame: {r}", port.name);
@@ -310,6 +326,20 @@ impl VhostUserBackend for NetBackend {
             | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1u64 << VIRTIO_NET_F_MTU)
             | (1u64 << VIRTIO_NET_F_STATUS)
+            // Offloads (see `super::offload`): frames cross as sent to a
+            // port that took the same, and are checksummed or segmented in
+            // software for one that did not.
+            | (1u64 << VIRTIO_NET_F_CSUM)
+            | (1u64 << VIRTIO_NET_F_GUEST_CSUM)
+            | (1u64 << VIRTIO_NET_F_HOST_TSO4)
+            | (1u64 << VIRTIO_NET_F_HOST_TSO6)
+            | (1u64 << VIRTIO_NET_F_HOST_ECN)
+            | (1u64 << VIRTIO_NET_F_GUEST_TSO4)
+            | (1u64 << VIRTIO_NET_F_GUEST_TSO6)
+            | (1u64 << VIRTIO_NET_F_GUEST_ECN)
+            // A 64 KiB frame spans several small RX buffers instead of
+            // each buffer being 64 KiB.
+            | (1u64 << VIRTIO_NET_F_MRG_RXBUF)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
             // Dirty logging for migration: the switch writes guest memory
             // only through vm-memory (RX frames, used rings), which marks

@@ -42,10 +42,22 @@ pub enum DropReason {
     SamePort,
     /// A frame from the uplink TAP could not be read or written.
     Uplink,
+    /// The guest's TSO header has a zero `gso_size`, or one whose segments
+    /// would not fit the MTU.
+    GsoSize,
+    /// The guest's `hdr_len` lies past the end of the frame.
+    HdrLen,
+    /// The guest's `csum_start`/`csum_offset` lie past the end of the
+    /// frame, or a TSO frame's are not at its TCP checksum.
+    CsumOffsets,
+    /// The guest's TSO frame is not the TCP/IP packet its GSO type names
+    /// (another protocol, a fragment, IP lengths that disagree with the
+    /// frame, no payload).
+    GsoFrame,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 13] = [
         Self::Runt,
         Self::Oversized,
         Self::BadHeader,
@@ -55,6 +67,10 @@ impl DropReason {
         Self::RxChain,
         Self::SamePort,
         Self::Uplink,
+        Self::GsoSize,
+        Self::HdrLen,
+        Self::CsumOffsets,
+        Self::GsoFrame,
     ];
 
     /// The `reason` label of `pvbackend_net_drops_total`.
@@ -69,6 +85,10 @@ impl DropReason {
             Self::RxChain => "rx_chain",
             Self::SamePort => "same_port",
             Self::Uplink => "uplink",
+            Self::GsoSize => "gso_size",
+            Self::HdrLen => "hdr_len",
+            Self::CsumOffsets => "csum_offsets",
+            Self::GsoFrame => "gso_frame",
         }
     }
 
@@ -76,7 +96,15 @@ impl DropReason {
     pub fn is_peer_fault(self) -> bool {
         matches!(
             self,
-            Self::Runt | Self::Oversized | Self::BadHeader | Self::MalformedChain | Self::RxChain
+            Self::Runt
+                | Self::Oversized
+                | Self::BadHeader
+                | Self::MalformedChain
+                | Self::RxChain
+                | Self::GsoSize
+                | Self::HdrLen
+                | Self::CsumOffsets
+                | Self::GsoFrame
         )
     }
 
@@ -97,6 +125,10 @@ impl fmt::Display for DropReason {
             Self::RxChain => "the destination's receive buffers are malformed or too small",
             Self::SamePort => "the destination was learned on the ingress port",
             Self::Uplink => "the uplink TAP failed",
+            Self::GsoSize => "the guest's TSO header has a zero or too large gso_size",
+            Self::HdrLen => "the guest's virtio-net hdr_len lies past the frame",
+            Self::CsumOffsets => "the guest's csum_start/csum_offset do not fit the frame",
+            Self::GsoFrame => "the guest's TSO frame is not the TCP/IP packet its header names",
         })
     }
 }
@@ -152,40 +184,27 @@ where
 }
 
 /// Checks the virtio-net header (the first `hdr_len` bytes of `buf`: 12
-/// with VERSION_1, 10 for a legacy driver) and the
-/// frame behind it against `mtu`; returns the frame.
+/// with VERSION_1, 10 for a legacy driver) and the frame behind it against
+/// `mtu` for a guest that negotiated no offloads; returns the frame. With
+/// offloads, [`super::offload::parse_tx`].
 ///
-/// Nothing was negotiated that lets the guest set header fields: flags
-/// other than DATA_VALID (which a driver may echo) and any GSO type are
-/// refused.
+/// Flags other than DATA_VALID (which a driver may echo) and any GSO type
+/// are refused.
 pub fn check_tx(buf: &[u8], hdr_len: usize, mtu: u16) -> Result<&[u8], DropReason> {
-    if buf.len() < hdr_len || hdr_len < 2 {
-        return Err(DropReason::BadHeader);
-    }
-    let (hdr, frame) = buf.split_at(hdr_len);
-    let flags = hdr[0];
-    let gso_type = hdr[1];
-    // VIRTIO_NET_HDR_F_NEEDS_CSUM (1) needs CSUM; RSC_INFO (4) needs RSC.
-    if flags & !2 != 0 || gso_type != 0 {
-        return Err(DropReason::BadHeader);
-    }
-    if frame.len() < ETH_HLEN {
-        return Err(DropReason::Runt);
-    }
-    if frame.len() > usize::from(mtu) + FRAME_OVERHEAD {
-        return Err(DropReason::Oversized);
-    }
-    Ok(frame)
+    super::offload::parse_tx(buf, hdr_len, mtu, super::offload::Offloads::NONE).map(|(_, f)| f)
 }
 
-/// The header the switch puts in front of each received frame: no
-/// offloads, and (VERSION_1, 12 bytes) `num_buffers` 1.
-pub fn rx_header(hdr_len: usize) -> [u8; HDR_LEN] {
-    let mut h = [0u8; HDR_LEN];
-    if hdr_len >= HDR_LEN {
-        h[10..12].copy_from_slice(&1u16.to_le_bytes());
-    }
-    h
+/// The header the switch puts in front of a received frame: `hdr` (the
+/// frame's offloads as this port takes them, and with MRG_RXBUF the
+/// number of buffers it spans) with, for VERSION_1 (12 bytes),
+/// `num_buffers` at least 1; a legacy 10-byte header has none.
+pub fn rx_header(hdr_len: usize, hdr: super::offload::VnetHdr) -> [u8; HDR_LEN] {
+    let num_buffers = if hdr_len >= HDR_LEN {
+        hdr.num_buffers.max(1)
+    } else {
+        0
+    };
+    super::offload::VnetHdr { num_buffers, ..hdr }.to_bytes()
 }
 
 /// Header length for the acked features: 12 bytes with VERSION_1 or
@@ -327,8 +346,15 @@ mod tests {
         assert!(parse_mac("52:54:00:12:34:5g").is_none());
         assert!(is_group(&[0xff; 6]) && is_group(&[0x33, 0x33, 0, 0, 0, 1]));
         assert!(!is_group(&m));
-        assert_eq!(rx_header(HDR_LEN)[10], 1);
-        assert_eq!(rx_header(10)[10], 0);
+        let plain = super::super::offload::VnetHdr::default();
+        assert_eq!(rx_header(HDR_LEN, plain)[10], 1);
+        assert_eq!(rx_header(10, plain)[10], 0);
+        // A frame over three merged buffers says so.
+        let merged = super::super::offload::VnetHdr {
+            num_buffers: 3,
+            ..plain
+        };
+        assert_eq!(rx_header(HDR_LEN, merged)[10], 3);
         assert_eq!((hdr_len(1 << 32), hdr_len(0)), (12, 10));
     }
 }

@@ -13,13 +13,16 @@
 //! | `pvbackend_net_rx_bytes_total` | counter | port, (guest) | their bytes (Ethernet frame, no virtio header) |
 //! | `pvbackend_net_tx_packets_total` | counter | port, (guest) | frames delivered to the port |
 //! | `pvbackend_net_tx_bytes_total` | counter | port, (guest) | their bytes |
-//! | `pvbackend_net_drops_total` | counter | port, reason, (guest) | dropped frames: `runt`, `oversized`, `bad_header`, `malformed_chain`, `rate_limited`, `same_port` (counted on the ingress port); `no_rx_buffer`, `rx_chain` (bad or small RX buffers), `oversized` for the destination's MTU (counted on the destination); `uplink` (TAP errors) |
+//! | `pvbackend_net_drops_total` | counter | port, reason, (guest) | dropped frames: `runt`, `oversized`, `bad_header`, `malformed_chain`, `rate_limited`, `same_port` (counted on the ingress port); `no_rx_buffer`, `rx_chain` (bad or small RX buffers), `oversized` for the destination's MTU (counted on the destination); `uplink` (TAP errors); malformed offload headers on the ingress port: `gso_size` (zero, or segments beyond the MTU), `hdr_len` (past the frame), `csum_offsets` (past the frame, or a TSO frame's not at its TCP checksum), `gso_frame` (not the TCP/IP packet its GSO type names) |
 //! | `pvbackend_net_flooded_total` | counter | port, (guest) | frames from the port flooded to every other port |
 //! | `pvbackend_net_learned_macs` | gauge | port, (guest) | MAC addresses learned on the port |
 //! | `pvbackend_net_worker_panics_total` | counter | port, (guest) | worker panics (the port was reset) |
 //! | `pvbackend_net_connections_total` | counter | port, (guest) | frontend connections accepted |
 //! | `pvbackend_net_poll_hits_total` | counter | port, (guest) | polling windows (`poll_us`) after a TX burst that found the guest's next frame |
 //! | `pvbackend_net_poll_misses_total` | counter | port, (guest) | polling windows that ended empty or out of budget (the worker went back to sleep) |
+//! | `pvbackend_net_offload_passed_total` | counter | port, (guest) | frames delivered to the port with their offload as sent (partial checksum, TSO): the port's guest took it |
+//! | `pvbackend_net_offload_segmented_total` | counter | port, (guest) | TSO frames segmented in software for the port (its guest did not take that TSO) |
+//! | `pvbackend_net_csum_completed_total` | counter | port, (guest) | partial checksums completed in software for the port (one per frame or segment) |
 //! | `pvbackend_switch_mac` | gauge | port, mac, (guest) | 1 for each address in the MAC table |
 //!
 //! The uplink's port is labelled `uplink:<tap name>`.
@@ -72,6 +75,9 @@ pub struct NetFamilies {
     connections: Family<PortLabels, Counter>,
     poll_hits: Family<PortLabels, Counter>,
     poll_misses: Family<PortLabels, Counter>,
+    offload_passed: Family<PortLabels, Counter>,
+    offload_segmented: Family<PortLabels, Counter>,
+    csum_completed: Family<PortLabels, Counter>,
     macs: Family<MacLabels, Gauge>,
 }
 
@@ -90,6 +96,9 @@ impl NetFamilies {
             connections: Family::default(),
             poll_hits: Family::default(),
             poll_misses: Family::default(),
+            offload_passed: Family::default(),
+            offload_segmented: Family::default(),
+            csum_completed: Family::default(),
             macs: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("pvbackend_net");
@@ -148,6 +157,21 @@ impl NetFamilies {
             "Polling windows after a TX burst that ended empty (the worker went back to sleep)",
             f.poll_misses.clone(),
         );
+        r.register(
+            "offload_passed",
+            "Frames delivered to the port with their checksum or TSO offload as sent",
+            f.offload_passed.clone(),
+        );
+        r.register(
+            "offload_segmented",
+            "TSO frames segmented in software for the port",
+            f.offload_segmented.clone(),
+        );
+        r.register(
+            "csum_completed",
+            "Partial checksums completed in software for the port",
+            f.csum_completed.clone(),
+        );
         registry.register(
             "pvbackend_switch_mac",
             "1 for each MAC address in the switch's table, by the port it was learned on",
@@ -199,6 +223,9 @@ impl NetFamilies {
             connections: c(&self.connections, &l),
             poll_hits: c(&self.poll_hits, &l),
             poll_misses: c(&self.poll_misses, &l),
+            offload_passed: c(&self.offload_passed, &l),
+            offload_segmented: c(&self.offload_segmented, &l),
+            csum_completed: c(&self.csum_completed, &l),
             drops,
             learned,
             macs: self.macs.clone(),
@@ -220,7 +247,10 @@ pub struct PortMetrics {
     pub connections: Counter,
     pub poll_hits: Counter,
     pub poll_misses: Counter,
-    drops: [Counter; 9],
+    pub offload_passed: Counter,
+    pub offload_segmented: Counter,
+    pub csum_completed: Counter,
+    drops: [Counter; DropReason::ALL.len()],
     pub learned: Gauge,
     macs: Family<MacLabels, Gauge>,
 }

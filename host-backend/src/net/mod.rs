@@ -20,8 +20,15 @@
 //! `poll_us` set watches its guest's TX queue for at most that long after a
 //! burst, within a CPU budget ([`switch::PollBudget`]), then sleeps again.
 //!
+//! Offloads ([`offload`]): a guest that negotiated checksum offload or TSO
+//! may send partial checksums and 64 KiB TSO frames; each egress port gets
+//! them as sent when its guest negotiated the same, and checksummed or
+//! segmented in software otherwise (the uplink TAP always the latter).
+//! RX buffers may be merged (MRG_RXBUF).
+//!
 //! What a guest cannot do: reach another port with a malformed frame or
-//! chain (runt, oversized, offload flags in the header, looping or
+//! chain (runt, oversized, offload flags it did not negotiate, GSO and
+//! checksum fields that do not fit the frame, looping or
 //! escaping chains, writable TX descriptors: each is dropped, counted and
 //! its buffer returned), make the switch read or write outside its own
 //! memory (every access goes through vm-memory's checked API), fill the MAC
@@ -34,6 +41,7 @@ pub mod config;
 pub mod device;
 pub mod frame;
 pub mod metrics;
+pub mod offload;
 pub mod port;
 pub mod proxy;
 pub mod server;

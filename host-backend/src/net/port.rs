@@ -17,7 +17,7 @@
 //! at a time, so two ports forwarding to each other cannot deadlock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::frame::{self, DropReason, HDR_LEN};
 use super::metrics::PortMetrics;
+use super::offload::{self, Meta, Offloads, Plan, VnetHdr};
 use super::switch::{decide, Decision, Learned, MacTable, PollBudget, TokenBucket};
 use super::tap::Tap;
 
@@ -50,7 +51,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct RxSide {
     vring: Option<VringRwLock>,
     mem: Option<GuestMemoryAtomic<Mem>>,
-    backlog: VecDeque<Vec<u8>>,
+    /// Frames with the header each goes out with.
+    backlog: VecDeque<(Vec<u8>, VnetHdr)>,
 }
 
 /// What is behind a port.
@@ -78,6 +80,9 @@ pub struct Port {
     limiter: Option<Mutex<TokenBucket>>,
     rx: Mutex<RxSide>,
     hdr_len: AtomicUsize,
+    /// The connection's acked virtio features (0 for the uplink): the
+    /// offloads its guest may ask for and may be handed.
+    acked: AtomicU64,
     /// Used RX buffers were added and the guest has not been signalled.
     /// Set (Release) after `add_used`, taken (AcqRel) before signalling, so
     /// whoever takes it signals for every entry added before it was set.
@@ -119,13 +124,31 @@ impl Port {
                 .map(|r| Mutex::new(TokenBucket::new_mbps(r, Instant::now()))),
             rx: Mutex::new(RxSide::default()),
             hdr_len: AtomicUsize::new(HDR_LEN),
+            acked: AtomicU64::new(0),
             signal_due: AtomicBool::new(false),
         }
     }
 
-    /// The connection's acked features decide the header length.
+    /// The connection's acked features decide the header length and the
+    /// offloads.
     pub fn set_acked_features(&self, acked: u64) {
         self.hdr_len.store(frame::hdr_len(acked), Ordering::Release);
+        self.acked.store(acked, Ordering::Release);
+    }
+
+    /// The guest took MRG_RXBUF: a frame may span several RX buffers.
+    pub fn mergeable(&self) -> bool {
+        self.acked.load(Ordering::Acquire) & (1 << 15) != 0
+    }
+
+    /// What the guest may ask of the switch on transmit.
+    pub fn tx_offloads(&self) -> Offloads {
+        Offloads::from_guest_tx(self.acked.load(Ordering::Acquire))
+    }
+
+    /// What the switch may hand the guest on receive.
+    pub fn rx_offloads(&self) -> Offloads {
+        Offloads::to_guest_rx(self.acked.load(Ordering::Acquire))
     }
 
     pub fn hdr_len(&self) -> usize {
@@ -161,9 +184,44 @@ impl Port {
         }
     }
 
-    /// Delivers `frame` (Ethernet, no virtio header) to this port.
-    pub fn deliver(&self, frame: &[u8]) {
-        if frame.len() > usize::from(self.mtu) + frame::FRAME_OVERHEAD {
+    /// Delivers `frame` (Ethernet, no virtio header), which asks for the
+    /// offloads `meta`, to this port: as is when its guest takes them,
+    /// otherwise checksummed or segmented in software first.
+    pub fn deliver(&self, frame: &[u8], meta: &Meta) {
+        let plan = offload::plan(meta, self.rx_offloads());
+        if plan == Plan::Pass {
+            if meta.csum.is_some() {
+                self.metrics.offload_passed.inc();
+            }
+            self.deliver_one(frame, meta.header());
+            return;
+        }
+        match offload::transform(frame, meta, plan) {
+            Ok(outs) => {
+                if matches!(plan, Plan::Segment { .. }) {
+                    self.metrics.offload_segmented.inc();
+                }
+                if matches!(plan, Plan::Complete | Plan::Segment { partial: false }) {
+                    self.metrics.csum_completed.inc_by(outs.len() as u64);
+                }
+                for o in outs {
+                    self.deliver_one(&o.frame, o.hdr);
+                }
+            }
+            Err(r) => self.metrics.dropped(r),
+        }
+    }
+
+    /// Delivers one frame that goes out with `hdr`.
+    fn deliver_one(&self, frame: &[u8], hdr: VnetHdr) {
+        let max = usize::from(self.mtu) + frame::FRAME_OVERHEAD;
+        // A TSO frame's segments must fit this port's MTU.
+        let len = if hdr.gso_type == 0 {
+            frame.len()
+        } else {
+            usize::from(hdr.hdr_len) + usize::from(hdr.gso_size)
+        };
+        if len > max {
             self.metrics.dropped(DropReason::Oversized);
             return;
         }
@@ -185,7 +243,7 @@ impl Port {
             self.flush_locked(&mut rx);
         }
         if rx.backlog.is_empty() {
-            match self.put_locked(&rx, frame) {
+            match self.put_locked(&rx, frame, hdr) {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(r) => {
@@ -195,7 +253,7 @@ impl Port {
             }
         }
         if rx.backlog.len() < BACKLOG {
-            rx.backlog.push_back(frame.to_vec());
+            rx.backlog.push_back((frame.to_vec(), hdr));
         } else {
             self.metrics.dropped(DropReason::NoRxBuffer);
         }
@@ -230,11 +288,11 @@ impl Port {
     }
 
     fn flush_locked(&self, rx: &mut RxSide) {
-        while let Some(f) = rx.backlog.pop_front() {
-            match self.put_locked(rx, &f) {
+        while let Some((f, hdr)) = rx.backlog.pop_front() {
+            match self.put_locked(rx, &f, hdr) {
                 Ok(true) => {}
                 Ok(false) => {
-                    rx.backlog.push_front(f);
+                    rx.backlog.push_front((f, hdr));
                     return;
                 }
                 Err(r) => self.metrics.dropped(r),
@@ -242,10 +300,11 @@ impl Port {
         }
     }
 
-    /// Copies one frame into the guest's next RX buffer. `Ok(false)` when
-    /// there is none (notifications are then re-enabled, so the guest's
-    /// next refill kicks us).
-    fn put_locked(&self, rx: &RxSide, frame: &[u8]) -> Result<bool, DropReason> {
+    /// Copies one frame into the guest's next RX buffer, or (MRG_RXBUF)
+    /// as many buffers as it takes, `num_buffers` saying how many.
+    /// `Ok(false)` when there are not enough (nothing is taken then, and
+    /// notifications are re-enabled, so the guest's next refill kicks us).
+    fn put_locked(&self, rx: &RxSide, frame: &[u8], hdr: VnetHdr) -> Result<bool, DropReason> {
         let (Some(vring), Some(mem)) = (&rx.vring, &rx.mem) else {
             return Ok(false);
         };
@@ -255,51 +314,95 @@ impl Port {
             return Ok(false);
         }
         let hdr_len = self.hdr_len();
+        let mergeable = self.mergeable();
+        let need = (hdr_len + frame.len()) as u64;
+        let size = state.get_queue().size();
+        let start = state.get_queue().next_avail();
+        // Chains taken for this frame: head, descriptors, complete.
+        let mut chains: Vec<(u16, Vec<frame::Desc>, bool)> = Vec::new();
+        let mut room = 0u64;
         let mut retried = false;
-        let chain = loop {
-            if let Some(c) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
-                break c;
-            }
-            if retried {
+        while chains.is_empty() || (mergeable && room < need) {
+            let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                // With EVENT_IDX this sets avail_event to where we stand;
+                // true when buffers were added meanwhile (look again, or
+                // the guest's kick for them has already been spent).
+                if !retried && matches!(state.enable_notification(), Ok(true)) {
+                    retried = true;
+                    continue;
+                }
+                // Not enough for the whole frame: give back what was taken.
+                state.get_queue_mut().set_next_avail(start);
                 return Ok(false);
+            };
+            let head = chain.head_index();
+            if head >= size {
+                // No descriptor to return it with; the others go back used
+                // and empty.
+                for (h, _, _) in &chains {
+                    let _ = state.add_used(*h, 0);
+                }
+                self.signal_due.store(true, Ordering::Release);
+                return Err(DropReason::RxChain);
             }
-            // With EVENT_IDX this sets avail_event to where we stand; true
-            // when buffers were added meanwhile (look again, or the guest's
-            // kick for them has already been spent).
-            match state.enable_notification() {
-                Ok(true) => retried = true,
-                _ => return Ok(false),
+            let mut complete = true;
+            let descs: Vec<frame::Desc> = chain
+                .take(frame::MAX_TX_DESCS)
+                .map(|d| {
+                    complete = !d.has_next();
+                    frame::Desc {
+                        addr: d.addr().0,
+                        len: d.len(),
+                        write_only: d.is_write_only(),
+                    }
+                })
+                .collect();
+            room += descs.iter().map(|d| u64::from(d.len)).sum::<u64>();
+            chains.push((head, descs, complete));
+        }
+        // Checked before anything is written: every chain complete and
+        // device-writable, and (one buffer without MRG_RXBUF) big enough.
+        let usable = chains
+            .iter()
+            .all(|(_, d, complete)| *complete && d.iter().all(|d| d.write_only));
+        if !usable || room < need {
+            for (head, _, _) in &chains {
+                if let Err(e) = state.add_used(*head, 0) {
+                    warn!("port '{}': rx add_used({head}): {e}", self.name);
+                }
             }
-        };
-        let head = chain.head_index();
-        if head >= state.get_queue().size() {
+            self.signal_due.store(true, Ordering::Release);
             return Err(DropReason::RxChain);
         }
-        let mut complete = true;
-        let descs: Vec<frame::Desc> = chain
-            .take(frame::MAX_TX_DESCS)
-            .map(|d| {
-                complete = !d.has_next();
-                frame::Desc {
-                    addr: d.addr().0,
-                    len: d.len(),
-                    write_only: d.is_write_only(),
-                }
-            })
-            .collect();
-        let hdr = frame::rx_header(hdr_len);
-        let header = hdr.get(..hdr_len).unwrap_or(&hdr);
-        let written = write_rx(&descs, complete, header, frame, |addr, data| {
-            mem.write_slice(data, GuestAddress(addr)).map_err(|_| ())
-        });
-        let (used, result) = match written {
-            Ok(n) => (n, Ok(true)),
-            // The buffer is returned empty: the guest sees a short frame
-            // and drops it; the frame is counted as dropped here.
-            Err(r) => (0, Err(r)),
+        let num_buffers = if mergeable {
+            u16::try_from(chains.len()).map_err(|_| DropReason::RxChain)?
+        } else {
+            1
         };
-        if let Err(e) = state.add_used(head, used) {
-            warn!("port '{}': rx add_used({head}): {e}", self.name);
+        let hdr = frame::rx_header(hdr_len, VnetHdr { num_buffers, ..hdr });
+        let header = hdr.get(..hdr_len).unwrap_or(&hdr);
+        let mut parts = [header, frame];
+        let mut result = Ok(true);
+        for (head, descs, complete) in &chains {
+            let written = if result.is_ok() {
+                write_rx_part(descs, *complete, &mut parts, |addr, data| {
+                    mem.write_slice(data, GuestAddress(addr)).map_err(|_| ())
+                })
+            } else {
+                Ok(0)
+            };
+            // A buffer that fails is returned empty: the guest sees a short
+            // frame and drops it; the frame is counted as dropped here.
+            let used = written.unwrap_or_else(|r| {
+                result = Err(r);
+                0
+            });
+            if let Err(e) = state.add_used(*head, used) {
+                warn!("port '{}': rx add_used({head}): {e}", self.name);
+            }
+        }
+        if result.is_ok() && parts.iter().any(|p| !p.is_empty()) {
+            result = Err(DropReason::RxChain);
         }
         // Signalled once per burst by `signal_if_due`.
         self.signal_due.store(true, Ordering::Release);
@@ -319,6 +422,27 @@ pub fn write_rx<F>(
     complete: bool,
     header: &[u8],
     frame: &[u8],
+    write: F,
+) -> Result<u32, DropReason>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), ()>,
+{
+    let room: u64 = descs.iter().map(|d| u64::from(d.len)).sum();
+    if room < (header.len() + frame.len()) as u64 {
+        return Err(DropReason::RxChain);
+    }
+    let mut parts = [header, frame];
+    write_rx_part(descs, complete, &mut parts, write)
+}
+
+/// Writes as much of `parts` (in order) as fits into the writable
+/// descriptors of one RX chain, advancing `parts` past what was written;
+/// returns the bytes written. Refuses chains that loop or hold a
+/// device-readable descriptor (writing nothing).
+pub fn write_rx_part<F>(
+    descs: &[frame::Desc],
+    complete: bool,
+    parts: &mut [&[u8]; 2],
     mut write: F,
 ) -> Result<u32, DropReason>
 where
@@ -327,12 +451,6 @@ where
     if !complete || descs.is_empty() || descs.iter().any(|d| !d.write_only) {
         return Err(DropReason::RxChain);
     }
-    let need = header.len() + frame.len();
-    let room: u64 = descs.iter().map(|d| u64::from(d.len)).sum();
-    if room < need as u64 {
-        return Err(DropReason::RxChain);
-    }
-    let mut parts = [header, frame];
     let mut done = 0usize;
     for d in descs {
         let mut addr = d.addr;
@@ -351,7 +469,7 @@ where
             left -= n;
             done += n;
         }
-        if done == need {
+        if parts.iter().all(|p| p.is_empty()) {
             break;
         }
     }
@@ -403,6 +521,12 @@ impl Switch {
     /// switch on port `from`. The destinations are signalled by the next
     /// [`Switch::signal_due`].
     pub fn ingress(&self, from: usize, frame: &[u8]) {
+        self.ingress_packet(from, frame, &Meta::default());
+    }
+
+    /// [`Switch::ingress`] for a frame that asks for offloads (validated
+    /// by [`offload::parse_tx`]).
+    pub fn ingress_packet(&self, from: usize, frame: &[u8], meta: &Meta) {
         let Some(src) = self.ports.get(from) else {
             return;
         };
@@ -425,13 +549,13 @@ impl Switch {
         match decision {
             Decision::Unicast(to) => {
                 if let Some(p) = self.ports.get(to) {
-                    p.deliver(frame);
+                    p.deliver(frame, meta);
                 }
             }
             Decision::Flood => {
                 src.metrics.flooded.inc();
                 for p in self.ports.iter().filter(|p| p.id != from) {
-                    p.deliver(frame);
+                    p.deliver(frame, meta);
                 }
             }
             Decision::SamePort => src.metrics.dropped(DropReason::SamePort),
@@ -521,5 +645,40 @@ mod tests {
             write_rx(&[w(0, 100)], false, &[1; 12], &[2; 20], |_, _| Ok(())),
             Err(DropReason::RxChain)
         );
+    }
+
+    #[test]
+    fn a_frame_spans_merged_buffers_in_order() {
+        let mut mem = vec![0u8; 256];
+        let frame: Vec<u8> = (0..40).collect();
+        let mut parts: [&[u8]; 2] = [&[0xee; 12], &frame];
+        let mut writer = |a: u64, d: &[u8]| {
+            let a = a as usize;
+            mem.get_mut(a..a + d.len()).ok_or(())?.copy_from_slice(d);
+            Ok(())
+        };
+        // Three 20-byte buffers: 20 + 20 + 12.
+        let n: Vec<u32> = [0u64, 100, 200]
+            .iter()
+            .map(|&a| write_rx_part(&[w(a, 20)], true, &mut parts, &mut writer).expect("fits"))
+            .collect();
+        assert_eq!(n, vec![20, 20, 12]);
+        assert!(parts.iter().all(|p| p.is_empty()));
+        assert_eq!(&mem[0..12], &[0xee; 12]);
+        assert_eq!(&mem[12..20], &frame[..8]);
+        assert_eq!(&mem[100..120], &frame[8..28]);
+        assert_eq!(&mem[200..212], &frame[28..]);
+        assert_eq!(mem[212], 0);
+        // A readable descriptor takes nothing.
+        let mut parts: [&[u8]; 2] = [&[1; 12], &frame];
+        let readable = frame::Desc {
+            write_only: false,
+            ..w(0, 100)
+        };
+        assert_eq!(
+            write_rx_part(&[readable], true, &mut parts, |_, _| Ok(())),
+            Err(DropReason::RxChain)
+        );
+        assert_eq!(parts[1].len(), 40);
     }
 }

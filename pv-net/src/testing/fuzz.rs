@@ -386,3 +386,106 @@ pub fn tap_hdr(data: &[u8]) {
         }
     }
 }
+
+/// Software TSO ([`crate::gso`]) on a hostile frame. Byte 0 picks IPv4 or
+/// IPv6 (bit 0), an 802.1Q tag (bit 1), a well-formed frame built from the
+/// rest (bit 2: the segmentation paths run, not only the refusals) and one
+/// corrupted header byte (bit 3, at byte 3's offset); bytes 1-2 are
+/// `gso_size`, byte 4 the TCP flags, bytes 5-6 the option words of IPv4
+/// and TCP; the rest is the frame or its payload.
+///
+/// Invariants: nothing panics; a parsed frame's offsets are ordered and
+/// inside it; segmenting yields ceil(payload / gso_size) segments, each
+/// with at most `gso_size` payload, each a frame `parse_tcp` accepts,
+/// whose payloads concatenate to the original's and whose checksums
+/// verify (completed, or partial then completed), FIN and PSH on the last
+/// only.
+pub fn gso(data: &[u8]) {
+    use crate::gso::{self, GsoKind};
+    let Some((&[mode, s0, s1, corrupt, flags, opts], rest)) = data.split_first_chunk::<6>() else {
+        return;
+    };
+    let kind = if mode & 1 == 0 {
+        GsoKind::Tcp4
+    } else {
+        GsoKind::Tcp6
+    };
+    let gso_size = usize::from(u16::from_le_bytes([s0, s1]));
+    let mut frame: Vec<u8> = if mode & 4 != 0 {
+        let tag = mode & 2 != 0;
+        let ip_opts = usize::from(opts & 3) * 4;
+        let tcp_opts = usize::from(opts >> 2 & 7) * 4;
+        let mut f = std::vec![0u8; 12];
+        if tag {
+            f.extend_from_slice(&[0x81, 0, 0, 5]);
+        }
+        let l3 = f.len() + 2;
+        let (ip_len, tcp_len) = match kind {
+            GsoKind::Tcp4 => (20 + ip_opts, 20 + tcp_opts),
+            GsoKind::Tcp6 => (40, 20 + tcp_opts),
+        };
+        let total = ip_len + tcp_len + rest.len();
+        match kind {
+            GsoKind::Tcp4 => {
+                f.extend_from_slice(&[0x08, 0x00, 0x40 | (ip_len / 4) as u8, 0]);
+                f.extend_from_slice(&(total as u16).to_be_bytes());
+                f.extend_from_slice(&[
+                    s0, s1, 0x40, 0, 64, 6, 0, 0, 169, 254, 1, 2, 169, 254, 3, 4,
+                ]);
+                f.resize(l3 + ip_len, 1);
+            }
+            GsoKind::Tcp6 => {
+                f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+                f.extend_from_slice(&((total - 40) as u16).to_be_bytes());
+                f.extend_from_slice(&[6, 64, 0xfe, 0x80]);
+                f.resize(l3 + ip_len, s0);
+            }
+        }
+        f.extend_from_slice(&[0, 80, 0x13, 0x88, s1, s0, 0xff, 0xfe, 0, 0, 0, 0]);
+        f.extend_from_slice(&[((tcp_len / 4) as u8) << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        f.resize(l3 + ip_len + tcp_len, 1);
+        f.extend_from_slice(rest);
+        f
+    } else {
+        rest.to_vec()
+    };
+    if mode & 8 != 0 && !frame.is_empty() {
+        let at = usize::from(corrupt) % frame.len();
+        frame[at] ^= flags | 1;
+    }
+    let Ok(h) = gso::parse_tcp(&frame, kind) else {
+        return;
+    };
+    assert!(h.l3 < h.l4 && h.l4 + 20 <= h.hdr_len && h.hdr_len <= frame.len());
+    for partial in [false, true] {
+        let mut out = Vec::new();
+        let Ok(()) = gso::segment(&frame, &h, gso_size, partial, &mut out) else {
+            assert!(out.is_empty());
+            continue;
+        };
+        let payload = &frame[h.hdr_len..];
+        assert_eq!(out.len(), payload.len().div_ceil(gso_size));
+        let mut joined = Vec::new();
+        for (i, seg) in out.iter_mut().enumerate() {
+            assert!(seg.len() <= h.hdr_len + gso_size);
+            if partial {
+                assert!(crate::csum::complete(seg, h.l4, gso::TCP_CSUM_OFFSET));
+            }
+            let sh = gso::parse_tcp(seg, kind).expect("a segment is a TCP/IP frame");
+            assert_eq!(sh, h);
+            assert!(gso::tcp_csum_ok(seg, &sh), "segment {i} checksum");
+            if kind == GsoKind::Tcp4 {
+                assert!(gso::ipv4_csum_ok(seg, &sh), "segment {i} IPv4 checksum");
+            }
+            let last = i + 1 == payload.len().div_ceil(gso_size);
+            let f = seg[h.l4 + 13];
+            if !last {
+                assert_eq!(f & 0x09, 0, "FIN/PSH before the last segment");
+            } else {
+                assert_eq!(f & 0x09, frame[h.l4 + 13] & 0x09);
+            }
+            joined.extend_from_slice(&seg[h.hdr_len..]);
+        }
+        assert_eq!(joined, payload);
+    }
+}
