@@ -196,6 +196,52 @@ pub fn pv_balloon() -> ModuleSpec {
     }
 }
 
+/// The block core and its Xen half's ring crate, after [`VIRTQ`].
+pub const BLK: [Crate; 2] = [
+    XENBUS,
+    Crate::lib("pv_blk", Source::Workspace("pv-blk"), "2021").deps(&[
+        "alloc",
+        "bitflags",
+        "log",
+        "zerocopy",
+        "virtio_drivers",
+        "pv_virtq",
+        "xenbus",
+    ]),
+];
+
+/// The `pv_blk` kernel module (pv-blk/kernel).
+pub fn pv_blk() -> ModuleSpec {
+    ModuleSpec {
+        name: "pv_blk",
+        crates: ALLOC
+            .iter()
+            .chain(&VIRTQ)
+            .chain(&BLK)
+            .chain(std::iter::once(&VIRTIO_PCI))
+            .copied()
+            .collect(),
+        main: "pv-blk/kernel/pv_blk_main.rs",
+        main_deps: &[
+            "alloc",
+            "pv_kalloc",
+            "pv_blk",
+            "pv_virtq",
+            "pv_virtio_pci",
+            "virtio_drivers",
+        ],
+        c_files: VIRTIO_PCI_C
+            .into_iter()
+            .chain(["pv-blk/kernel/pv_blk_rq.c"])
+            .collect(),
+    }
+}
+
+/// Every kernel module the tests load, for `pvprepare-kernel`.
+pub fn all() -> Vec<ModuleSpec> {
+    vec![pv_balloon(), pv_blk()]
+}
+
 /// A module to build: its name, its crates (dependencies first) and its
 /// entry crate (the file with `module!`, from the workspace root).
 #[derive(Debug, Clone)]
