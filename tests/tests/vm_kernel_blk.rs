@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pvtest::kernel::extmod;
+use pvtest::peers::PvBackend;
 use pvtest::pvblkd_scenario::{
     check_images, data_disk_checks, make_images, DATA_MIB, DIRECT_VERIFY_SH,
 };
@@ -145,5 +146,38 @@ fn module_drives_qemu_virtio_blk_and_hands_it_back() {
         .virtio_blk_disk(&fs_img)
         .run()
         .expect("harness");
+    check(&out, &data_img, &fs_img, SEED);
+}
+
+/// Against our host backend (vhost-user-blk, served by `pvbackend`).
+#[test]
+fn module_drives_pvbackend_and_hands_it_back() {
+    const SEED: u64 = 0x6B62_6C6B_0002;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data_img, fs_img) = make_images(dir.path());
+    let (sock_data, sock_fs) = (dir.path().join("data.sock"), dir.path().join("fs.sock"));
+    let backend = PvBackend::start(
+        &[
+            format!(
+                "path={},socket={},serial=pv-data-disk",
+                data_img.display(),
+                sock_data.display()
+            ),
+            format!(
+                "path={},socket={},serial=pv-fs-disk",
+                fs_img.display(),
+                sock_fs.display()
+            ),
+        ],
+        &["--log-level", "info"],
+        &dir.path().join("backend.log"),
+    )
+    .expect("backend");
+    let out = guest("kernel-blk-pvbackend", SEED)
+        .vhost_user_blk(&sock_data, 1)
+        .vhost_user_blk(&sock_fs, 1)
+        .run()
+        .expect("harness");
+    drop(backend);
     check(&out, &data_img, &fs_img, SEED);
 }
