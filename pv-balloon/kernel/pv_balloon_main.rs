@@ -10,14 +10,26 @@
 //! Unbind or `rmmod` resets the device, gives every page back, and the
 //! device can be bound to `virtio-pci` again.
 //!
-//! Everything runs in the threaded handler of the device's INTx line: a
-//! configuration change (new target) or a used buffer wakes it; it polls
-//! the core, then follows the core's plan for one buffer (pages from the
-//! page allocator for inflate; deflate hands them back). The next used
-//! buffer wakes it again. Allocation with `GFP_KERNEL` is fine there (a
-//! kernel thread, no spinlock held: the core sits in a sleeping mutex).
+//! The work is one `step`: poll the core, then follow the core's plan for
+//! one buffer (pages from the page allocator for inflate; deflate hands
+//! them back). Three things run it, all under the core's sleeping mutex in
+//! process context (allocation with `GFP_KERNEL` is fine):
+//! - the threaded handler of the device's INTx line, woken by a
+//!   configuration change (new target) or a used buffer: the fast path;
+//! - probe, once the handler is registered: a target set before that
+//!   raised its interrupt with no handler to see it;
+//! - a periodic poll ([`TICK_MS`], `pv_virtio_pci::Tick`): an interrupt
+//!   that is lost anyway (an ISR read that consumed it, a level dropped on
+//!   a shared line, a step that could not post its buffer, e.g. no memory
+//!   for the pages) delays the balloon by one period instead of wedging it
+//!   until the next interrupt, which might never come.
+//!
+//! `test_lose_irqs` (tests only) makes the handler acknowledge and ignore
+//! that many interrupts, so the tests can prove the poll alone completes.
 
+use core::ffi::c_void;
 use core::pin::Pin;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use kernel::device::Core;
 use kernel::irq::{self, IrqReturn, ThreadedHandler, ThreadedRegistration};
@@ -28,7 +40,7 @@ use kernel::sync::Mutex;
 use pv_balloon::{
     Event, GuestPage, Limits, Plan, VirtioBalloon, VirtioBalloonConfig, VirtioDeviceId,
 };
-use pv_virtio_pci::{KernelHal, PciTransport};
+use pv_virtio_pci::{KernelHal, PciTransport, Tick};
 use virtio_drivers::transport::Transport as _;
 
 extern "C" {
@@ -53,6 +65,8 @@ type Balloon<'a> = VirtioBalloon<KernelHal, PciTransport<'a>, KPage>;
 struct Shared<'a> {
     balloon: Balloon<'a>,
     reported: Option<u64>,
+    /// The poll's first catch-up was logged.
+    poll_noted: bool,
 }
 
 // SAFETY: the raw pointers inside (the queues' DMA memory, the buffers
@@ -66,8 +80,21 @@ struct BalloonIrq<'a> {
     balloon: Mutex<Shared<'a>>,
 }
 
-/// One pass: take completions, then post at most one buffer.
-fn step(shared: &mut Shared<'_>) {
+/// Period of the fallback poll.
+const TICK_MS: u32 = 250;
+/// Steps one poll may take while each makes progress (it catches up a
+/// whole inflate or deflate without interrupts, one buffer per step).
+const TICK_STEPS: u32 = 64;
+
+/// One pass: take completions, then post at most one buffer. Returns
+/// whether anything changed (a completion, a new target, a buffer posted).
+fn step(shared: &mut Shared<'_>) -> bool {
+    let before = shared.balloon.status();
+    let posted = step_inner(shared);
+    posted || shared.balloon.status() != before
+}
+
+fn step_inner(shared: &mut Shared<'_>) -> bool {
     let b = &mut shared.balloon;
     let mut sink = |ev: Event<KPage>| {
         if let Event::Warning(w) = ev {
@@ -80,13 +107,14 @@ fn step(shared: &mut Shared<'_>) {
         if let Err(e) = b.reset(&mut sink) {
             pr_err!("pv_balloon: reset failed {:?}\n", e);
         }
-        return;
+        return true;
     }
     match b.plan() {
         Plan::Inflate { pages } => {
             let mut v = alloc::vec::Vec::new();
             if v.try_reserve_exact(pages).is_err() {
-                return;
+                // No buffer posted, so no interrupt: the poll retries.
+                return false;
             }
             for _ in 0..pages {
                 match Page::alloc_page(GFP_KERNEL | __GFP_NOWARN) {
@@ -94,18 +122,25 @@ fn step(shared: &mut Shared<'_>) {
                     Err(_) => break,
                 }
             }
-            if !v.is_empty() {
-                if let Err(e) = b.inflate(&mut v) {
+            if v.is_empty() {
+                return false;
+            }
+            match b.inflate(&mut v) {
+                Ok(n) => n > 0,
+                Err(e) => {
                     pr_err!("pv_balloon: inflate {:?}\n", e);
+                    false
                 }
             }
             // Pages the core did not take drop here.
         }
-        Plan::Deflate { pages } => {
-            if let Err(e) = b.deflate(pages, &mut sink) {
+        Plan::Deflate { pages } => match b.deflate(pages, &mut sink) {
+            Ok(n) => n > 0,
+            Err(e) => {
                 pr_err!("pv_balloon: deflate {:?}\n", e);
+                false
             }
-        }
+        },
         Plan::Idle => {
             // Settled (nothing in flight, at the target): say so once per size.
             let st = b.status();
@@ -113,9 +148,13 @@ fn step(shared: &mut Shared<'_>) {
                 shared.reported = Some(st.held);
                 pr_info!("pv_balloon: balloon at {} frames\n", st.held);
             }
+            false
         }
     }
 }
+
+/// Interrupts the handler has ignored on purpose (`test_lose_irqs`).
+static LOST_IRQS: AtomicU32 = AtomicU32::new(0);
 
 impl ThreadedHandler for BalloonIrq<'_> {
     fn handle_threaded(&self) -> IrqReturn {
@@ -124,14 +163,50 @@ impl ThreadedHandler for BalloonIrq<'_> {
         if isr.is_empty() {
             return IrqReturn::None;
         }
+        let lose = module_parameters::test_lose_irqs.value();
+        if lose > 0 && LOST_IRQS.load(Ordering::Relaxed) < lose {
+            LOST_IRQS.fetch_add(1, Ordering::Relaxed);
+            return IrqReturn::Handled;
+        }
         step(&mut guard);
         IrqReturn::Handled
     }
 }
 
+impl BalloonIrq<'_> {
+    /// The fallback poll: steps while they make progress (bounded).
+    fn poll(&self) {
+        let mut guard = self.balloon.lock();
+        let mut caught_up = false;
+        for _ in 0..TICK_STEPS {
+            if !step(&mut guard) {
+                break;
+            }
+            caught_up = true;
+        }
+        if caught_up && !guard.poll_noted {
+            guard.poll_noted = true;
+            pr_info!(
+                "pv_balloon: caught up by polling ({} interrupts ignored on purpose)\n",
+                LOST_IRQS.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// [`Tick`]'s call: `ctx` is the registered [`BalloonIrq`].
+unsafe extern "C" fn balloon_tick(ctx: *const c_void) {
+    // SAFETY: `ctx` is the handler inside the pinned `irq` registration of
+    // the driver data; the `Tick` holding this call is dropped before it.
+    let h = unsafe { &*ctx.cast::<BalloonIrq<'_>>() };
+    h.poll();
+}
+
 #[pin_data]
 struct BalloonData<'bound> {
-    /// Dropped first: no handler runs after this.
+    /// Dropped first: no poll runs after this.
+    tick: Tick,
+    /// Dropped next: no handler runs after this.
     #[pin]
     irq: ThreadedRegistration<'bound, BalloonIrq<'bound>>,
     vectors: Pin<KBox<pci::IrqVectorRegistration<'bound>>>,
@@ -192,9 +267,20 @@ impl pci::Driver for PvBalloonDriver {
                         irq::Flags::SHARED | irq::Flags::ONESHOT,
                         c"pv_balloon",
                         try_pin_init!(BalloonIrq {
-                            balloon <- kernel::new_mutex!(Shared { balloon, reported: None }),
+                            balloon <- kernel::new_mutex!(Shared { balloon, reported: None, poll_noted: false }),
                         }? Error),
                     )
+                }
+            },
+            tick: {
+                let h: &BalloonIrq<'bound> = irq.handler();
+                // A target set before the handler was registered raised
+                // an interrupt nobody saw: look now.
+                h.poll();
+                // SAFETY: `h` lives in the pinned `irq`, dropped after
+                // `tick` (field order); `poll` locks what it touches.
+                unsafe {
+                    Tick::start(balloon_tick, core::ptr::from_ref(h).cast(), TICK_MS)?
                 }
             },
         }? Error)
@@ -211,6 +297,10 @@ kernel::module_pci_driver! {
         pci_dev_id: u32 {
             default: 0xffff_ffff,
             description: "PCI id (bus << 8 | devfn) of the one balloon to bind",
+        },
+        test_lose_irqs: u32 {
+            default: 0,
+            description: "Tests only: acknowledge and ignore this many interrupts",
         },
     },
 }

@@ -163,28 +163,7 @@ start_pvblkd vda 0
 start_pvblkd vdb 1
 [ "$(cat /sys/block/{d0}/size)" = {data_sectors} ]
 grep -q "export: {name}" /tmp/pvblkd0.log
-# whole-disk pattern through the export, read back from the device
-pvio write /dev/{d0} --seed {seed}
-echo 3 > /proc/sys/vm/drop_caches
-pvio verify /dev/{d0} --seed {seed}
-verify_direct {d0} --seed {seed} --start 100 --count 200
-# discard, write-zeroes, flush
-blkdiscard -o {d_off} -l {d_len} /dev/{d0}
-pvio zeroout /dev/{d0} --offset {z_off} --len {z_len}
-sync
-# a filesystem, written, unmounted, remounted read-only and checked
-mke2fs -q -b 4096 /dev/{d1}
-mount -t ext2 /dev/{d1} /mnt
-dd if=/dev/urandom of=/mnt/blob bs=64k count=64 2>/dev/null
-sha256sum /mnt/blob > /tmp/blob.sum
-mkdir /mnt/dir && for i in $(seq 1 50); do echo "file $i" > /mnt/dir/f$i; done
-umount /mnt
-echo 3 > /proc/sys/vm/drop_caches
-mount -t ext2 -o ro /dev/{d1} /mnt
-sha256sum -c /tmp/blob.sum
-[ "$(cat /mnt/dir/f50)" = "file 50" ]
-umount /mnt
-# SIGTERM: drain, flush, release; the kernel driver takes the disks back
+{data}{fs}# SIGTERM: drain, flush, release; the kernel driver takes the disks back
 stop_pvblkd 1
 stop_pvblkd 0
 # what the runtime wrote, read through the kernel's own driver
@@ -193,10 +172,8 @@ echo "pvtest: runtime scenario done"
 "#,
             helpers = self.helpers(),
             data_sectors = DATA_MIB * MIB / 512,
-            d_off = DISCARD.0,
-            d_len = DISCARD.1,
-            z_off = ZERO.0,
-            z_len = ZERO.1,
+            data = data_disk_checks(&d0, seed),
+            fs = fs_disk_checks(&d1),
         )
     }
 
@@ -303,6 +280,50 @@ impl Export {
         assert!(out.console_has("is back as /dev/vd"));
         assert!(out.console_has("(virtio-pci)"));
     }
+}
+
+/// Guest script for the data disk `/dev/DEV` (any block driver): whole-disk
+/// pattern write and verify (buffered, then O_DIRECT with
+/// [`DIRECT_VERIFY_SH`]'s `verify_direct`, which the script must define),
+/// discard, write-zeroes and flush; [`check_images`] checks the result.
+pub fn data_disk_checks(dev: &str, seed: u64) -> String {
+    format!(
+        r#"# whole-disk pattern through the export, read back from the device
+pvio write /dev/{dev} --seed {seed}
+echo 3 > /proc/sys/vm/drop_caches
+pvio verify /dev/{dev} --seed {seed}
+verify_direct {dev} --seed {seed} --start 100 --count 200
+# discard, write-zeroes, flush
+blkdiscard -o {d_off} -l {d_len} /dev/{dev}
+pvio zeroout /dev/{dev} --offset {z_off} --len {z_len}
+sync
+"#,
+        d_off = DISCARD.0,
+        d_len = DISCARD.1,
+        z_off = ZERO.0,
+        z_len = ZERO.1,
+    )
+}
+
+/// Guest script for the filesystem disk `/dev/DEV`: a filesystem created,
+/// written, unmounted, remounted read-only and checked; [`check_images`]
+/// runs the host's e2fsck on it.
+pub fn fs_disk_checks(dev: &str) -> String {
+    format!(
+        r#"# a filesystem, written, unmounted, remounted read-only and checked
+mke2fs -q -b 4096 /dev/{dev}
+mount -t ext2 /dev/{dev} /mnt
+dd if=/dev/urandom of=/mnt/blob bs=64k count=64 2>/dev/null
+sha256sum /mnt/blob > /tmp/blob.sum
+mkdir /mnt/dir && for i in $(seq 1 50); do echo "file $i" > /mnt/dir/f$i; done
+umount /mnt
+echo 3 > /proc/sys/vm/drop_caches
+mount -t ext2 -o ro /dev/{dev} /mnt
+sha256sum -c /tmp/blob.sum
+[ "$(cat /mnt/dir/f50)" = "file 50" ]
+umount /mnt
+"#
+    )
 }
 
 /// The data and filesystem images, sparse, in `dir`.

@@ -17,6 +17,8 @@
 //!   (coherent memory for the rings, streaming mappings for buffers).
 //!   `virtio_drivers`' `Hal` has no `self`, so the device is held in a
 //!   static for as long as the transport lives: one transport per module.
+//! - [`Tick`]: a periodic call from a work item, the fallback poll that
+//!   keeps a driver moving when an interrupt is late or lost.
 
 #![no_std]
 
@@ -31,6 +33,9 @@ use kernel::prelude::*;
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+mod tick;
+pub use tick::Tick;
 
 /// PCI capability id of vendor-specific capabilities.
 const PCI_CAP_ID_VNDR: u8 = 0x09;

@@ -1,5 +1,5 @@
-//! Builds (first time) or finds (cached) the Rust guest kernel and the
-//! `pv_balloon` kernel module, so `./dev.sh test` pays the one-time build
+//! Builds (first time) or finds (cached) the Rust guest kernel and our
+//! kernel modules (`pv_balloon`, `pv_blk`), so `./dev.sh test` pays the one-time build
 //! before the test run, outside nextest's per-test time limit, with its
 //! progress on the terminal. The tests resolve the same cache entries.
 
@@ -22,19 +22,19 @@ fn main() -> ExitCode {
         kernel.release,
         t.elapsed().as_secs_f64()
     );
-    let t = Instant::now();
-    match extmod::build_module(&extmod::pv_balloon()) {
-        Ok(ko) => {
-            eprintln!(
+    for spec in extmod::all() {
+        let t = Instant::now();
+        match extmod::build_module(&spec) {
+            Ok(ko) => eprintln!(
                 "pvprepare-kernel: {} ready ({:.0} s)",
                 ko.display(),
                 t.elapsed().as_secs_f64()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("pvprepare-kernel: the pv_balloon module: {e}");
-            ExitCode::FAILURE
+            ),
+            Err(e) => {
+                eprintln!("pvprepare-kernel: the {} module: {e}", spec.name);
+                return ExitCode::FAILURE;
+            }
         }
     }
+    ExitCode::SUCCESS
 }

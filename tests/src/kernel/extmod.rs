@@ -135,10 +135,14 @@ pub const VIRTQ: [Crate; 10] = [
     ]),
 ];
 
+/// The Xen rings and xenstore client the device cores' Xen halves use
+/// (compiled in with them, unused by the virtio modules).
+pub const XENBUS: Crate = Crate::lib("xenbus", Source::Workspace("xenbus"), "2021")
+    .deps(&["alloc", "bitflags", "log", "zerocopy"]);
+
 /// The balloon core and its Xen half's xenstore client, after [`VIRTQ`].
 pub const BALLOON: [Crate; 2] = [
-    Crate::lib("xenbus", Source::Workspace("xenbus"), "2021")
-        .deps(&["alloc", "bitflags", "log", "zerocopy"]),
+    XENBUS,
     Crate::lib("pv_balloon", Source::Workspace("pv-balloon"), "2021").deps(&[
         "alloc",
         "bitflags",
@@ -158,8 +162,12 @@ pub const VIRTIO_PCI: Crate = Crate::lib(
     "2021",
 )
 .deps(&["alloc", "virtio_drivers", "zerocopy", "pv_virtq"]);
-/// The kernel inline functions [`VIRTIO_PCI`] calls.
-pub const VIRTIO_PCI_C: &str = "pv-kernel/virtio-pci/pv_dma.c";
+/// The C half of [`VIRTIO_PCI`]: the kernel's inline DMA functions, and
+/// the work item of its periodic fallback poll (`Tick`).
+pub const VIRTIO_PCI_C: [&str; 2] = [
+    "pv-kernel/virtio-pci/pv_dma.c",
+    "pv-kernel/virtio-pci/pv_tick.c",
+];
 
 /// The `pv_balloon` kernel module (pv-balloon/kernel).
 pub fn pv_balloon() -> ModuleSpec {
@@ -181,8 +189,57 @@ pub fn pv_balloon() -> ModuleSpec {
             "pv_virtio_pci",
             "virtio_drivers",
         ],
-        c_files: &[VIRTIO_PCI_C, "pv-balloon/kernel/pv_mm.c"],
+        c_files: VIRTIO_PCI_C
+            .into_iter()
+            .chain(["pv-balloon/kernel/pv_mm.c"])
+            .collect(),
     }
+}
+
+/// The block core and its Xen half's ring crate, after [`VIRTQ`].
+pub const BLK: [Crate; 2] = [
+    XENBUS,
+    Crate::lib("pv_blk", Source::Workspace("pv-blk"), "2021").deps(&[
+        "alloc",
+        "bitflags",
+        "log",
+        "zerocopy",
+        "virtio_drivers",
+        "pv_virtq",
+        "xenbus",
+    ]),
+];
+
+/// The `pv_blk` kernel module (pv-blk/kernel).
+pub fn pv_blk() -> ModuleSpec {
+    ModuleSpec {
+        name: "pv_blk",
+        crates: ALLOC
+            .iter()
+            .chain(&VIRTQ)
+            .chain(&BLK)
+            .chain(std::iter::once(&VIRTIO_PCI))
+            .copied()
+            .collect(),
+        main: "pv-blk/kernel/pv_blk_main.rs",
+        main_deps: &[
+            "alloc",
+            "pv_kalloc",
+            "pv_blk",
+            "pv_virtq",
+            "pv_virtio_pci",
+            "virtio_drivers",
+        ],
+        c_files: VIRTIO_PCI_C
+            .into_iter()
+            .chain(["pv-blk/kernel/pv_blk_rq.c"])
+            .collect(),
+    }
+}
+
+/// Every kernel module the tests load, for `pvprepare-kernel`.
+pub fn all() -> Vec<ModuleSpec> {
+    vec![pv_balloon(), pv_blk()]
 }
 
 /// A module to build: its name, its crates (dependencies first) and its
@@ -196,7 +253,7 @@ pub struct ModuleSpec {
     pub main_deps: &'static [&'static str],
     /// C files (from the workspace root) linked in as objects of their own:
     /// the kernel's inline functions our Rust needs.
-    pub c_files: &'static [&'static str],
+    pub c_files: Vec<&'static str>,
 }
 
 /// The workspace root (this crate is `<root>/tests`).
@@ -490,7 +547,7 @@ fn kbuild(
         let _ = writeln!(k, "$(obj)/{main_stem}.o: $(obj)/{prev}");
     }
     objs.push(format!("{main_stem}.o"));
-    for c in spec.c_files {
+    for c in &spec.c_files {
         let base = Path::new(c)
             .file_stem()
             .and_then(|s| s.to_str())
@@ -579,7 +636,7 @@ fn build_module_in(spec: &ModuleSpec, tree: &RustTree) -> Result<PathBuf, Harnes
         }
         placed.push(p);
     }
-    for c in spec.c_files {
+    for c in &spec.c_files {
         let src = workspace_root().join(c);
         let name = src
             .file_name()
