@@ -2,14 +2,14 @@
 //!
 //! Each table lists what a thread of its class does itself; a class that
 //! starts threads also carries the tables of the classes it starts
-//! ([`Class::starts`]), because a thread inherits its parent's filter and
+//! (`Class::starts`), because a thread inherits its parent's filter and
 //! both filters then apply (the kernel takes the strictest answer). Every
-//! thread also gets [`BASE`]: what any Rust thread does (allocate, lock,
+//! thread also gets `BASE`: what any Rust thread does (allocate, lock,
 //! sleep, log, exit) and what the SIGSYS handler needs to report and exit.
 //!
 //! To extend: add the syscall to the table of the class whose thread makes
 //! it, with a comment saying what for. An ioctl is allowed per request
-//! number ([`Rule::Ioctl`]): add the number to the class's ioctl list.
+//! number (`Rule::Ioctl`): add the number to the class's ioctl list.
 //! Numbers are `libc::SYS_*`, so the tables build for every architecture
 //! the crate does; the few syscalls only x86_64 has (`open`, `poll`, ...)
 //! sit in `#[cfg]`'d tables, their generic twins (`openat`, `ppoll`) are

@@ -7,7 +7,7 @@
 //! per class, each syscall commented): a syscall outside it is, by
 //! [`Mode`], trapped (default), logged by the kernel and allowed, or the
 //! filters are off. A trapped syscall runs the SIGSYS handler
-//! ([`trap`]): it writes one line naming the syscall number, the
+//! (`trap`): it writes one line naming the syscall number, the
 //! architecture, the thread and its class to stderr, then the process
 //! exits with status 159 (128 + SIGSYS). The supervisor (systemd's
 //! `Restart=`) starts the daemon again; QEMU reconnects (`reconnect=`)
@@ -15,7 +15,7 @@
 //!
 //! A thread's filter is inherited by the threads it starts, and both
 //! filters apply; so the table of a class that starts threads includes
-//! the tables of the classes it starts ([`Class::starts`]).
+//! the tables of the classes it starts (`Class::starts`).
 //!
 //! Filters are installed only by the daemon ([`init`] sets the mode);
 //! library users and unit tests that never call it run unfiltered.

@@ -42,7 +42,7 @@ pub enum XenCommand {
         timeout: u64,
     },
     /// Run the block backend: serve every vbd under
-    /// /local/domain/<domid>/backend/vbd until SIGTERM/SIGINT.
+    /// /local/domain/DOMID/backend/vbd until SIGTERM/SIGINT.
     Blkback {
         /// The loopback fabric's broker socket.
         #[arg(long, value_name = "PATH")]

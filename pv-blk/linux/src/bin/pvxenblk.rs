@@ -13,7 +13,7 @@ struct Cli {
     /// The fabric broker's socket.
     #[arg(long)]
     broker: PathBuf,
-    /// The xenstored fixture directory (ring-<domid>, evtchn-kick).
+    /// The xenstored fixture directory (ring-DOMID, evtchn-kick).
     #[arg(long)]
     xenstore_dir: PathBuf,
     /// Our domain id.
