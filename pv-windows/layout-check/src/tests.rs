@@ -88,7 +88,9 @@ fn hw_initialization_data() {
     field!(O, PortVersionFlags, W, __bindgen_anon_1.PortVersionFlags);
     field!(O, DeviceIdLength, W, DeviceIdLength);
     field!(O, DeviceId, W, DeviceId);
-    field!(O, HwAdapterControl, W, HwAdapterControl);
+    // Recent storport.h: `union { HwAdapterControl; HwNvmeAdapterControl; }`
+    // (older WDKs have the plain field: a compile error here, not a skip).
+    field!(O, HwAdapterControl, W, __bindgen_anon_2.HwAdapterControl);
     field!(O, HwBuildIo, W, HwBuildIo);
     field!(O, HwFreeAdapterResources, W, HwFreeAdapterResources);
     field!(O, HwProcessServiceRequest, W, HwProcessServiceRequest);
@@ -100,7 +102,8 @@ fn hw_initialization_data() {
     field!(O, SrbTypeFlags, W, SrbTypeFlags);
     field!(O, AddressTypeFlags, W, AddressTypeFlags);
     field!(O, Reserved1, W, Reserved1);
-    field!(O, HwUnitControl, W, HwUnitControl);
+    // Recent storport.h: `union { HwUnitControl; HwNamespaceControl; }`
+    field!(O, HwUnitControl, W, __bindgen_anon_3.HwUnitControl);
 }
 
 #[test]
@@ -723,54 +726,41 @@ fn ndis_oid_request() {
 
 #[test]
 fn net_buffer() {
-    // NET_BUFFER_DATA is reached through `union { struct {...};
-    // SLIST_HEADER Link; NET_BUFFER_HEADER NetBufferHeader; }`, and its
-    // DataLength through the anonymous NET_BUFFER_DATA_LENGTH union.
+    // `union { struct { Next; CurrentMdl; CurrentMdlOffset; union {
+    // DataLength; stDataLength; }; MdlChain; DataOffset; }; SLIST_HEADER
+    // Link; }` (ndis/nbl.h; the named NET_BUFFER_HEADER member exists only
+    // with NDIS_INCLUDE_LEGACY_NAMES).
     type O = o_ndis::NET_BUFFER;
     type W = wn::NET_BUFFER;
     whole::<O, W>("NET_BUFFER");
-    field!(
-        O,
-        Next,
-        W,
-        __bindgen_anon_1.NetBufferHeader.NetBufferData.Next
-    );
+    field!(O, Next, W, __bindgen_anon_1.__bindgen_anon_1.Next);
     field!(
         O,
         CurrentMdl,
         W,
-        __bindgen_anon_1.NetBufferHeader.NetBufferData.CurrentMdl
+        __bindgen_anon_1.__bindgen_anon_1.CurrentMdl
     );
     field!(
         O,
         CurrentMdlOffset,
         W,
-        __bindgen_anon_1
-            .NetBufferHeader
-            .NetBufferData
-            .CurrentMdlOffset
+        __bindgen_anon_1.__bindgen_anon_1.CurrentMdlOffset
     );
     field!(
         O,
         DataLength,
         W,
         __bindgen_anon_1
-            .NetBufferHeader
-            .NetBufferData
+            .__bindgen_anon_1
             .__bindgen_anon_1
             .DataLength
     );
-    field!(
-        O,
-        MdlChain,
-        W,
-        __bindgen_anon_1.NetBufferHeader.NetBufferData.MdlChain
-    );
+    field!(O, MdlChain, W, __bindgen_anon_1.__bindgen_anon_1.MdlChain);
     field!(
         O,
         DataOffset,
         W,
-        __bindgen_anon_1.NetBufferHeader.NetBufferData.DataOffset
+        __bindgen_anon_1.__bindgen_anon_1.DataOffset
     );
     field!(O, ChecksumBias, W, ChecksumBias);
     field!(O, Reserved, W, Reserved);
@@ -790,20 +780,13 @@ fn net_buffer_list() {
     type O = o_ndis::NET_BUFFER_LIST;
     type W = wn::NET_BUFFER_LIST;
     prefix::<O, W>("NET_BUFFER_LIST");
-    field!(
-        O,
-        Next,
-        W,
-        __bindgen_anon_1.NetBufferListHeader.NetBufferListData.Next
-    );
+    // `union { struct { Next; FirstNetBuffer; }; SLIST_HEADER Link; }`
+    field!(O, Next, W, __bindgen_anon_1.__bindgen_anon_1.Next);
     field!(
         O,
         FirstNetBuffer,
         W,
-        __bindgen_anon_1
-            .NetBufferListHeader
-            .NetBufferListData
-            .FirstNetBuffer
+        __bindgen_anon_1.__bindgen_anon_1.FirstNetBuffer
     );
     field!(O, Context, W, Context);
     field!(O, ParentNetBufferList, W, ParentNetBufferList);
