@@ -139,6 +139,11 @@ struct Figures {
     irqs: String,
     /// The switch's polling windows (hits, misses), for switch cases.
     polls: Option<(f64, f64)>,
+    /// The switch's offload counters over both ports, for switch cases:
+    /// frames delivered with their offload as sent, TSO frames segmented
+    /// in software, checksums completed in software. Shows whether a run
+    /// really moved 64 KiB segments.
+    offloads: Option<(f64, f64, f64)>,
 }
 
 fn field(line: &str, key: &str) -> Option<f64> {
@@ -463,6 +468,22 @@ fn run_case(a: &Args, case: &str, dir: &Path) -> Result<Figures, String> {
                         .sum()
                 };
                 f.polls = Some((sum("hits"), sum("misses")));
+                let total = |family: &str| -> f64 {
+                    ["server", "client"]
+                        .iter()
+                        .filter_map(|p| {
+                            PvBackend::metric(
+                                &m,
+                                &format!(r#"pvbackend_net_{family}{{port="{p}"}}"#),
+                            )
+                        })
+                        .sum()
+                };
+                f.offloads = Some((
+                    total("offload_passed_total"),
+                    total("offload_segmented_total"),
+                    total("csum_completed_total"),
+                ));
             }
             drop(backend);
             r
@@ -537,6 +558,11 @@ fn main() -> ExitCode {
         println!("interrupts ({case}): {}", f.irqs);
         if let Some((hits, misses)) = f.polls {
             println!("switch polling windows ({case}): {hits} hits, {misses} misses");
+        }
+        if let Some((passed, segmented, completed)) = f.offloads {
+            println!(
+                "switch offloads ({case}): {passed} frames passed as sent, {segmented} segmented, {completed} checksums completed"
+            );
         }
     }
     let base = results.iter().find(|(c, _)| *c == "a").map(|(_, f)| f);
